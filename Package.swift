@@ -1,0 +1,52 @@
+// swift-tools-version:6.0
+// DataStream: a high-concurrency file receiver on libuv.
+//
+// Layers (a lower one never imports a higher one):
+//   CLibUV (C)  <-  UV (the only importer of CLibUV)
+//   DataStreamCore (pure Swift: wire formats, state machines, name policy)
+//   DataStream (drivers, store, sender: imports UV and DataStreamCore)
+//   datastream (the command line)
+import PackageDescription
+
+let package = Package(
+    name: "DataStream",
+    products: [
+        .executable(name: "datastream", targets: ["datastream"]),
+        .library(name: "DataStream", targets: ["DataStream"]),
+        .library(name: "UV", targets: ["UV"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"4.0.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CLibUV", path: "CLibUV", pkgConfig: "libuv",
+            providers: [.apt(["libuv1-dev"])]),
+        .systemLibrary(
+            name: "CXXHash", path: "CXXHash", pkgConfig: "libxxhash",
+            providers: [.apt(["libxxhash-dev"])]),
+        .target(name: "UV", dependencies: ["CLibUV"]),
+        .target(
+            name: "DataStreamCore",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
+        .target(
+            name: "DataStream",
+            dependencies: [
+                "UV", "DataStreamCore", "CXXHash",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .executableTarget(
+            name: "datastream",
+            dependencies: [
+                "DataStream",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(name: "UVTests", dependencies: ["UV"]),
+        .testTarget(name: "DataStreamCoreTests", dependencies: ["DataStreamCore"]),
+        .testTarget(name: "DataStreamTests", dependencies: ["DataStream", "DataStreamCore", "UV"]),
+    ]
+)

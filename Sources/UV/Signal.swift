@@ -1,0 +1,35 @@
+import CLibUV
+
+/// Watches a Unix signal on a loop (SIGINT, SIGTERM): the callback runs on the loop's thread.
+/// Owned by whoever created it; it keeps itself alive until `close()` completes. The libuv type is `uv_signal_t`.
+public final class Signal: Handle {
+    private var callback: ((Int32) -> Void)?
+
+    /// The libuv function is `uv_signal_init`.
+    public init(loop: Loop) throws(UVOperationError) {
+        let raw = Handle.allocate(UV_SIGNAL)
+        let status = uv_signal_init(loop.uv, raw.assumingMemoryBound(to: uv_signal_t.self))
+        if status < 0 {
+            raw.deallocate()
+            throw UVOperationError("signal_init", code: status)
+        }
+        super.init(loop: loop, initialisedHandle: raw)
+    }
+
+    /// The libuv function is `uv_signal_start`.
+    public func start(_ signum: Int32, _ callback: @escaping (Int32) -> Void) throws(UVOperationError) {
+        self.callback = callback
+        try check(uv_signal_start(raw.assumingMemoryBound(to: uv_signal_t.self), signalArrived, signum), "signal_start")
+    }
+
+    /// The libuv function is `uv_signal_stop`.
+    public func stop() { uv_signal_stop(raw.assumingMemoryBound(to: uv_signal_t.self)) }
+
+    override func releaseCallbacks() { callback = nil }
+
+    fileprivate func deliver(_ signum: Int32) { callback?(signum) }
+}
+
+private func signalArrived(_ s: UnsafeMutablePointer<uv_signal_t>?, _ signum: Int32) {
+    Handle.owner(s, as: Signal.self).deliver(signum)
+}

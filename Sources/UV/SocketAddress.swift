@@ -1,0 +1,68 @@
+import CLibUV
+
+/// An IPv4 or IPv6 socket address (value type). The libuv functions are `uv_ip4_addr`, `uv_ip6_addr`, `uv_ip_name`.
+public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
+    /// The bytes of a `sockaddr_in` or `sockaddr_in6`.
+    var storage: sockaddr_storage
+
+    /// Parses a numeric host (IPv4 dotted or IPv6) and a port.
+    public init(host: String, port: Int) throws(UVOperationError) {
+        var storage = sockaddr_storage()
+        let status: Int32 = withUnsafeMutablePointer(to: &storage) { p in
+            if host.contains(":") {
+                return p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { uv_ip6_addr(host, Int32(port), $0) }
+            }
+            return p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { uv_ip4_addr(host, Int32(port), $0) }
+        }
+        if status < 0 { throw UVOperationError("ip_addr", target: "\(host):\(port)", code: status) }
+        self.storage = storage
+    }
+
+    init(storage: sockaddr_storage) { self.storage = storage }
+
+    init?(_ sa: UnsafePointer<sockaddr>?) {
+        guard let sa else { return nil }
+        var storage = sockaddr_storage()
+        let length = sa.pointee.sa_family == sa_family_t(AF_INET6) ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
+        withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: UnsafeRawBufferPointer(start: sa, count: length)) }
+        self.storage = storage
+    }
+
+    /// Whether this is an IPv6 address.
+    public var isIPv6: Bool { storage.ss_family == sa_family_t(AF_INET6) }
+
+    /// The numeric host, without brackets.
+    public var host: String {
+        var s = storage
+        var buffer = [CChar](repeating: 0, count: 64)
+        _ = withUnsafePointer(to: &s) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { uv_ip_name($0, &buffer, buffer.count) }
+        }
+        return String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// The port.
+    public var port: Int {
+        var s = storage
+        return withUnsafePointer(to: &s) { p in
+            if isIPv6 { return p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin6_port)) } }
+            return p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin_port)) }
+        }
+    }
+
+    /// Whether the address is loopback (127.0.0.0/8 or ::1).
+    public var isLoopback: Bool {
+        let h = host
+        return h.hasPrefix("127.") || h == "::1"
+    }
+
+    public var description: String { isIPv6 ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    func withSockAddr<R>(_ body: (UnsafePointer<sockaddr>) -> R) -> R {
+        var s = storage
+        return withUnsafePointer(to: &s) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1, body) }
+    }
+
+    public static func == (a: SocketAddress, b: SocketAddress) -> Bool { a.description == b.description }
+    public func hash(into hasher: inout Hasher) { hasher.combine(description) }
+}

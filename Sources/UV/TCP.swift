@@ -1,0 +1,301 @@
+import CLibUV
+
+/// What a stream's reader is told after each libuv read callback.
+public enum ReadEvent: Equatable, Sendable {
+    /// `count` bytes arrived at the start of the buffer the reader supplied (0 means "nothing now", not EOF).
+    case data(count: Int)
+    /// The peer closed its side (`UV_EOF`).
+    case endOfStream
+    /// The reader supplied no buffer (`UV_ENOBUFS`): reading is paused until `startReading` again.
+    case noBuffer
+    /// The read failed, for example `ECONNRESET`.
+    case failed(UVError)
+}
+
+/// Receives the read events of one `TCPStream`. The stream holds its reader strongly from
+/// `startReading` until the handle is closed (or `stopReading`), so the reader lives as long as it reads.
+public protocol TCPStreamReader: AnyObject {
+    /// Supplies the memory for the next read, or nil when none may be used now (the stream then
+    /// reports `.noBuffer` and stops reading). The memory belongs to the reader; the stream only fills it.
+    func readBuffer(for stream: TCPStream, suggestedSize: Int) -> UnsafeMutableRawBufferPointer?
+    /// One read callback. `buffer` is exactly what `readBuffer` returned for it (nil if none), handed back on every path.
+    func stream(_ stream: TCPStream, didRead event: ReadEvent, buffer: UnsafeMutableRawBufferPointer?)
+}
+
+/// A connected TCP stream (accepted or connected). Whoever receives it owns it and must `close()` it;
+/// it keeps itself alive until libuv's close callback (see `Handle`). The libuv type is `uv_tcp_t`.
+public final class TCPStream: Handle {
+    private var reader: TCPStreamReader?
+    /// Whether `startReading` is in effect.
+    public private(set) var isReading = false
+
+    init(loop: Loop) throws(UVOperationError) {
+        let raw = Handle.allocate(UV_TCP)
+        let status = uv_tcp_init(loop.uv, raw.assumingMemoryBound(to: uv_tcp_t.self))
+        if status < 0 {
+            raw.deallocate()
+            throw UVOperationError("tcp_init", code: status)
+        }
+        super.init(loop: loop, initialisedHandle: raw)
+    }
+
+    var stream: UnsafeMutablePointer<uv_stream_t> { raw.assumingMemoryBound(to: uv_stream_t.self) }
+    var tcp: UnsafeMutablePointer<uv_tcp_t> { raw.assumingMemoryBound(to: uv_tcp_t.self) }
+
+    /// Connects to `address`; `completion` gets the connected stream (now yours) or the error.
+    /// The libuv function is `uv_tcp_connect`.
+    public static func connect(loop: Loop, to address: SocketAddress, completion: @escaping (Result<TCPStream, UVOperationError>) -> Void) throws(UVOperationError) {
+        let stream = try TCPStream(loop: loop)
+        let context = ConnectContext(stream: stream, target: address.description, completion: completion)
+        let req = UnsafeMutableRawPointer.allocate(byteCount: uv_req_size(UV_CONNECT), alignment: 16)
+            .assumingMemoryBound(to: uv_connect_t.self)
+        req.pointee.data = Unmanaged.passRetained(context).toOpaque()
+        let status = address.withSockAddr { uv_tcp_connect(req, stream.tcp, $0, connectDone) }
+        if status < 0 {
+            Unmanaged<ConnectContext>.fromOpaque(req.pointee.data!).release()
+            req.deallocate()
+            stream.close()
+            throw UVOperationError("tcp_connect", target: address.description, code: status)
+        }
+    }
+
+    /// Starts delivering reads to `reader`. The libuv function is `uv_read_start`.
+    public func startReading(_ reader: TCPStreamReader) throws(UVOperationError) {
+        self.reader = reader
+        guard !isReading else { return }
+        try check(uv_read_start(stream, streamAlloc, streamRead), "read_start")
+        isReading = true
+    }
+
+    /// Stops reading; the reader is kept for a later `startReading`. The libuv function is `uv_read_stop`.
+    public func stopReading() {
+        guard isReading else { return }
+        uv_read_stop(stream)
+        isReading = false
+    }
+
+    /// Writes a copy of `bytes`; `completion` runs when the kernel took them or the write failed.
+    /// If this throws, `completion` never runs. The libuv function is `uv_write`.
+    public func write(_ bytes: some Collection<UInt8>, completion: ((UVOperationError?) -> Void)? = nil) throws(UVOperationError) {
+        let count = bytes.count
+        let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 16)
+        _ = copy.initializeMemory(as: UInt8.self, from: bytes)
+        try write(start: UnsafeRawPointer(copy.baseAddress!), count: count, owned: copy, completion: completion)
+    }
+
+    /// Writes `bytes` without copying them: the memory must stay valid and unchanged until `completion` runs.
+    /// If this throws, `completion` never runs. The libuv function is `uv_write`.
+    public func write(unsafeBytes bytes: UnsafeRawBufferPointer, completion: ((UVOperationError?) -> Void)? = nil) throws(UVOperationError) {
+        try write(start: bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, count: bytes.count, owned: nil, completion: completion)
+    }
+
+    private func write(start: UnsafeRawPointer, count: Int, owned: UnsafeMutableRawBufferPointer?, completion: ((UVOperationError?) -> Void)?) throws(UVOperationError) {
+        let context = WriteContext(owned: owned, completion: completion)
+        let req = UnsafeMutableRawPointer.allocate(byteCount: uv_req_size(UV_WRITE), alignment: 16)
+            .assumingMemoryBound(to: uv_write_t.self)
+        req.pointee.data = Unmanaged.passRetained(context).toOpaque()
+        var buf = uv_buf_init(UnsafeMutablePointer(mutating: start.assumingMemoryBound(to: CChar.self)), UInt32(count))
+        let status = uv_write(req, stream, &buf, 1, writeDone)
+        if status < 0 {
+            Unmanaged<WriteContext>.fromOpaque(req.pointee.data!).release()
+            req.deallocate()
+            throw UVOperationError("write", code: status)
+        }
+    }
+
+    /// Bytes queued in libuv for writing and not yet taken by the kernel. The field is `write_queue_size`.
+    public var writeQueueSize: Int { stream.pointee.write_queue_size }
+
+    /// Half-closes: the peer sees end of stream after the queued writes. The libuv function is `uv_shutdown`.
+    public func shutdown(completion: ((UVOperationError?) -> Void)? = nil) throws(UVOperationError) {
+        let context = WriteContext(owned: nil, completion: completion)
+        let req = UnsafeMutableRawPointer.allocate(byteCount: uv_req_size(UV_SHUTDOWN), alignment: 16)
+            .assumingMemoryBound(to: uv_shutdown_t.self)
+        req.pointee.data = Unmanaged.passRetained(context).toOpaque()
+        let status = uv_shutdown(req, stream, shutdownDone)
+        if status < 0 {
+            Unmanaged<WriteContext>.fromOpaque(req.pointee.data!).release()
+            req.deallocate()
+            throw UVOperationError("shutdown", code: status)
+        }
+    }
+
+    /// Disables Nagle's algorithm. The libuv function is `uv_tcp_nodelay`.
+    public func setNoDelay(_ on: Bool) throws(UVOperationError) {
+        try check(uv_tcp_nodelay(tcp, on ? 1 : 0), "tcp_nodelay")
+    }
+
+    /// The remote address. The libuv function is `uv_tcp_getpeername`.
+    public func peerAddress() throws(UVOperationError) -> SocketAddress {
+        var storage = sockaddr_storage()
+        var length = Int32(MemoryLayout<sockaddr_storage>.size)
+        let status = withUnsafeMutablePointer(to: &storage) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { uv_tcp_getpeername(tcp, $0, &length) }
+        }
+        try check(status, "tcp_getpeername")
+        return SocketAddress(storage: storage)
+    }
+
+    /// The local address. The libuv function is `uv_tcp_getsockname`.
+    public func localAddress() throws(UVOperationError) -> SocketAddress {
+        try tcpLocalAddress(tcp)
+    }
+
+    override func releaseCallbacks() {
+        reader = nil
+        isReading = false
+    }
+
+    fileprivate func allocate(_ suggested: Int) -> UnsafeMutableRawBufferPointer? {
+        reader?.readBuffer(for: self, suggestedSize: suggested)
+    }
+
+    fileprivate func deliver(_ nread: Int, _ base: UnsafeMutablePointer<CChar>?, _ len: Int) {
+        let buffer = base.map { UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer($0), count: len) }
+        let event: ReadEvent
+        if nread >= 0 {
+            event = .data(count: nread)
+        } else if nread == Int(UV_EOF.rawValue) {
+            event = .endOfStream
+            stopReading()
+        } else if nread == Int(UV_ENOBUFS.rawValue) {
+            event = .noBuffer
+            stopReading()
+        } else {
+            event = .failed(UVError(code: Int32(nread)))
+            stopReading()
+        }
+        reader?.stream(self, didRead: event, buffer: buffer)
+    }
+}
+
+func tcpLocalAddress(_ tcp: UnsafeMutablePointer<uv_tcp_t>) throws(UVOperationError) -> SocketAddress {
+    var storage = sockaddr_storage()
+    var length = Int32(MemoryLayout<sockaddr_storage>.size)
+    let status = withUnsafeMutablePointer(to: &storage) { p in
+        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { uv_tcp_getsockname(tcp, $0, &length) }
+    }
+    try check(status, "tcp_getsockname")
+    return SocketAddress(storage: storage)
+}
+
+/// A listening TCP socket. Its owner closes it; each accepted `TCPStream` goes to the
+/// `onConnection` callback, which then owns it. The libuv type is `uv_tcp_t`.
+public final class TCPListener: Handle {
+    private var onConnection: ((Result<TCPStream, UVOperationError>) -> Void)?
+
+    /// The libuv function is `uv_tcp_init`.
+    public init(loop: Loop) throws(UVOperationError) {
+        let raw = Handle.allocate(UV_TCP)
+        let status = uv_tcp_init(loop.uv, raw.assumingMemoryBound(to: uv_tcp_t.self))
+        if status < 0 {
+            raw.deallocate()
+            throw UVOperationError("tcp_init", code: status)
+        }
+        super.init(loop: loop, initialisedHandle: raw)
+    }
+
+    private var tcp: UnsafeMutablePointer<uv_tcp_t> { raw.assumingMemoryBound(to: uv_tcp_t.self) }
+
+    /// Binds to `address` (port 0 picks a free port). The libuv function is `uv_tcp_bind`.
+    public func bind(_ address: SocketAddress) throws(UVOperationError) {
+        try check(address.withSockAddr { uv_tcp_bind(tcp, $0, 0) }, "tcp_bind", target: address.description)
+    }
+
+    /// Starts listening. The libuv function is `uv_listen`.
+    public func listen(backlog: Int32 = 4096, onConnection: @escaping (Result<TCPStream, UVOperationError>) -> Void) throws(UVOperationError) {
+        self.onConnection = onConnection
+        try check(uv_listen(raw.assumingMemoryBound(to: uv_stream_t.self), backlog, connectionArrived), "listen")
+    }
+
+    /// The bound address (with the real port after binding port 0). The libuv function is `uv_tcp_getsockname`.
+    public func localAddress() throws(UVOperationError) -> SocketAddress { try tcpLocalAddress(tcp) }
+
+    override func releaseCallbacks() { onConnection = nil }
+
+    fileprivate func accept(status: Int32) {
+        guard let onConnection else { return }
+        if status < 0 {
+            onConnection(.failure(UVOperationError("listen", code: status)))
+            return
+        }
+        let client: TCPStream
+        do {
+            client = try TCPStream(loop: loop)
+        } catch {
+            onConnection(.failure(error))
+            return
+        }
+        let result = uv_accept(raw.assumingMemoryBound(to: uv_stream_t.self), client.stream)
+        if result < 0 {
+            client.close()
+            onConnection(.failure(UVOperationError("accept", code: result)))
+            return
+        }
+        onConnection(.success(client))
+    }
+}
+
+// MARK: - Request contexts and C trampolines (the only place Unmanaged appears for TCP).
+
+private final class WriteContext {
+    let owned: UnsafeMutableRawBufferPointer?
+    let completion: ((UVOperationError?) -> Void)?
+    init(owned: UnsafeMutableRawBufferPointer?, completion: ((UVOperationError?) -> Void)?) {
+        self.owned = owned
+        self.completion = completion
+    }
+    deinit { owned?.deallocate() }
+}
+
+private final class ConnectContext {
+    let stream: TCPStream
+    let target: String
+    let completion: (Result<TCPStream, UVOperationError>) -> Void
+    init(stream: TCPStream, target: String, completion: @escaping (Result<TCPStream, UVOperationError>) -> Void) {
+        self.stream = stream
+        self.target = target
+        self.completion = completion
+    }
+}
+
+private func connectDone(_ req: UnsafeMutablePointer<uv_connect_t>?, _ status: Int32) {
+    let context = Unmanaged<ConnectContext>.fromOpaque(req!.pointee.data!).takeRetainedValue()
+    UnsafeMutableRawPointer(req!).deallocate()
+    if status < 0 {
+        context.stream.close()
+        context.completion(.failure(UVOperationError("tcp_connect", target: context.target, code: status)))
+    } else {
+        context.completion(.success(context.stream))
+    }
+}
+
+private func writeDone(_ req: UnsafeMutablePointer<uv_write_t>?, _ status: Int32) {
+    let context = Unmanaged<WriteContext>.fromOpaque(req!.pointee.data!).takeRetainedValue()
+    UnsafeMutableRawPointer(req!).deallocate()
+    context.completion?(status < 0 ? UVOperationError("write", code: status) : nil)
+}
+
+private func shutdownDone(_ req: UnsafeMutablePointer<uv_shutdown_t>?, _ status: Int32) {
+    let context = Unmanaged<WriteContext>.fromOpaque(req!.pointee.data!).takeRetainedValue()
+    UnsafeMutableRawPointer(req!).deallocate()
+    context.completion?(status < 0 ? UVOperationError("shutdown", code: status) : nil)
+}
+
+private func streamAlloc(_ h: UnsafeMutablePointer<uv_handle_t>?, _ suggested: Int, _ buf: UnsafeMutablePointer<uv_buf_t>?) {
+    let stream = Handle.owner(h, as: TCPStream.self)
+    if let memory = stream.allocate(suggested), let base = memory.baseAddress, memory.count > 0 {
+        buf!.pointee = uv_buf_init(base.assumingMemoryBound(to: CChar.self), UInt32(memory.count))
+    } else {
+        buf!.pointee = uv_buf_init(nil, 0)
+    }
+}
+
+private func streamRead(_ s: UnsafeMutablePointer<uv_stream_t>?, _ nread: Int, _ buf: UnsafePointer<uv_buf_t>?) {
+    let stream = Handle.owner(s, as: TCPStream.self)
+    stream.deliver(nread, buf?.pointee.base, buf?.pointee.len ?? 0)
+}
+
+private func connectionArrived(_ server: UnsafeMutablePointer<uv_stream_t>?, _ status: Int32) {
+    Handle.owner(server, as: TCPListener.self).accept(status: status)
+}
