@@ -1,0 +1,442 @@
+/// The state of one TCP connection, seed or native protocol: bytes and events in, actions out.
+///
+/// A value that touches no socket and no file: the connection driver feeds it what libuv
+/// reports (bytes, end of stream, completed file operations) and carries out the action each
+/// event returns. Bad peer input returns a close action with a typed reason and never traps.
+/// After the connection is closed, every event returns "nothing to do".
+///
+/// States (see the diagram in docs/PROTOCOL.md):
+/// awaitingFirstByte → seed: seedSize → seedReceiving → seedFinishing → closed
+///                   → native: awaitingHello → [authenticating] → awaitingHeader
+///                     → opening → receiving → awaitingEnd → verifying → finalising → awaitingHeader …
+/// Any state → failed (after a close action) → closed.
+public struct ConnectionStateMachine {
+    /// Server settings the machine needs.
+    public struct Configuration: Sendable {
+        /// When set, native clients must authenticate with it.
+        public var token: String?
+        /// The largest file accepted (checked before a byte is written).
+        public var maxFileSize: UInt64
+        /// The longest client file name, in UTF-8 bytes.
+        public var maxNameLength: Int
+        public init(token: String? = nil, maxFileSize: UInt64 = 1 << 40, maxNameLength: Int = NamePolicy.defaultMaxLength) {
+            self.token = token
+            self.maxFileSize = maxFileSize
+            self.maxNameLength = maxNameLength
+        }
+    }
+
+    /// What happens to the current upload's partial file when the connection ends.
+    public enum PartialDisposition: Hashable, Sendable {
+        /// There is no upload in progress.
+        case none
+        /// Keep it: a native upload that can be resumed.
+        case keep
+        /// Delete it: a seed upload (it cannot be resumed) or a refused one.
+        case discard
+    }
+
+    /// What the driver must do after an event.
+    public enum Action: Hashable, Sendable {
+        /// Nothing more.
+        case none
+        /// The rest of the input cannot be taken now: hold it, stop reading, and feed it again
+        /// after the pending file operation has been answered.
+        case wait
+        /// Send these bytes to the peer.
+        case send([UInt8])
+        /// Seed: create a fresh partial file; data follows at once (writes wait for the open).
+        case startSeedUpload(declaredSize: UInt64)
+        /// Seed: all bytes are in. Write `filePrefix` (digits that belong to the file) before the
+        /// data, store the file (`size` bytes) under a generated name, then call `seedStored` or `uploadFailed`.
+        case finishSeedUpload(filePrefix: [UInt8], size: UInt64)
+        /// Native: open (or resume) the partial of this upload, then call `uploadOpened(heldBytes:)` or `uploadOpenFailed`.
+        case openUpload(FileHeader)
+        /// Native: all bytes and the END frame are in. Flush the writes and call `digestComputed`.
+        case verifyUpload
+        /// Native: the digest matched. Store the file (fsync first if configured), then call `uploadCommitted` or `uploadFailed`.
+        case commitUpload
+        /// Native: the digest did not match. Delete the partial, then send `reply`.
+        case discardUpload(reply: [UInt8])
+        /// End the connection: send `reply` if any, deal with the partial, close. `reason` is nil for a normal end.
+        case close(reply: [UInt8]?, reason: ProtocolError?, partial: PartialDisposition)
+    }
+
+    /// The answer to `bytesReceived`: how much of the input was taken, how much of that (its
+    /// start) is file data for the current upload, and the action to carry out after queueing the data.
+    public struct Step: Hashable, Sendable {
+        public var consumed: Int
+        public var fileBytes: Int
+        public var action: Action
+        public init(consumed: Int, fileBytes: Int = 0, action: Action = .none) {
+            self.consumed = consumed
+            self.fileBytes = fileBytes
+            self.action = action
+        }
+    }
+
+    private enum State {
+        case awaitingFirstByte
+        case seedSize(digits: [UInt8])
+        case seedReceiving(SeedFraming)
+        case seedFinishing
+        case awaitingHello
+        case authenticating(nonce: [UInt8])
+        case awaitingHeader
+        case opening(FileHeader)
+        case receiving(FileHeader, remaining: UInt64)
+        case awaitingEnd(FileHeader)
+        case verifying(FileHeader, expected: [UInt8])
+        case finalising(FileHeader, digest: [UInt8])
+        case failed
+        case closed
+    }
+
+    public let configuration: Configuration
+    private var state: State = .awaitingFirstByte
+    private var frames = FrameAccumulator()
+    /// The peer closed while a native upload was verifying or finalising: finish it, then close.
+    private var peerClosed = false
+
+    public init(configuration: Configuration) {
+        self.configuration = configuration
+    }
+
+    /// A short name of the current state, for logs and tests.
+    public var stateName: String {
+        switch state {
+        case .awaitingFirstByte: return "awaitingFirstByte"
+        case .seedSize: return "seedSize"
+        case .seedReceiving: return "seedReceiving"
+        case .seedFinishing: return "seedFinishing"
+        case .awaitingHello: return "awaitingHello"
+        case .authenticating: return "authenticating"
+        case .awaitingHeader: return "awaitingHeader"
+        case .opening: return "opening"
+        case .receiving: return "receiving"
+        case .awaitingEnd: return "awaitingEnd"
+        case .verifying: return "verifying"
+        case .finalising: return "finalising"
+        case .failed: return "failed"
+        case .closed: return "closed"
+        }
+    }
+
+    /// Whether the connection speaks the seed protocol (known after the first byte).
+    public var isSeed: Bool {
+        switch state {
+        case .seedSize, .seedReceiving, .seedFinishing: return true
+        default: return false
+        }
+    }
+
+    /// The upload in progress on a native connection, if any.
+    public var currentUpload: FileHeader? {
+        switch state {
+        case .opening(let h), .receiving(let h, _), .awaitingEnd(let h), .verifying(let h, _), .finalising(let h, _): return h
+        default: return nil
+        }
+    }
+
+    // MARK: - Events
+
+    /// Bytes arrived. Call again with the rest of the input while `consumed` is less than its
+    /// count and the action is not `.wait` or `.close`.
+    public mutating func bytesReceived(_ input: UnsafeRawBufferPointer) -> Step {
+        guard !input.isEmpty else { return Step(consumed: 0) }
+        switch state {
+        case .awaitingFirstByte:
+            state = isDigit(input[0]) ? .seedSize(digits: []) : .awaitingHello
+            return bytesReceived(input)
+
+        case .seedSize(var digits):
+            var i = 0
+            while i < input.count, digits.count < SeedFraming.maxDigits, isDigit(input[i]) {
+                digits.append(input[i])
+                i += 1
+            }
+            if i == input.count && digits.count < SeedFraming.maxDigits {
+                state = .seedSize(digits: digits)
+                return Step(consumed: i)
+            }
+            do {
+                let framing = try SeedFraming(digits: digits, maxFileSize: configuration.maxFileSize)
+                state = .seedReceiving(framing)
+                return Step(consumed: i, action: .startSeedUpload(declaredSize: framing.declaredSize))
+            } catch {
+                return fail(error, partial: .none, reply: false, consumed: i)
+            }
+
+        case .seedReceiving(var framing):
+            let n = Int(min(UInt64(input.count), framing.remainingCapacity))
+            if n == 0 {
+                return fail(.trailingBytes(declared: framing.declaredSize, received: framing.received + UInt64(input.count)), partial: .discard, reply: false, consumed: input.count)
+            }
+            framing.dataReceived(UInt64(n))
+            if framing.isCompleteWithoutEOF {
+                state = .seedFinishing
+                return Step(consumed: n, fileBytes: n, action: .finishSeedUpload(filePrefix: framing.fileDigitsPrefix!, size: framing.fileSize!))
+            }
+            state = .seedReceiving(framing)
+            return Step(consumed: n, fileBytes: n)
+
+        case .seedFinishing:
+            return fail(.trailingBytes(declared: 0, received: UInt64(input.count)), partial: .discard, reply: false, consumed: input.count)
+
+        case .receiving(let header, let remaining):
+            let n = Int(min(UInt64(input.count), remaining))
+            state = remaining == UInt64(n) ? .awaitingEnd(header) : .receiving(header, remaining: remaining - UInt64(n))
+            return Step(consumed: n, fileBytes: n)
+
+        case .opening, .verifying, .finalising:
+            return Step(consumed: 0, action: .wait)
+
+        case .awaitingHello, .authenticating, .awaitingHeader, .awaitingEnd:
+            let (consumed, outcome) = frames.append(input)
+            switch outcome {
+            case .needMore:
+                return Step(consumed: consumed)
+            case .tooLarge(let length):
+                return fail(.frameTooLarge(length: length, limit: Wire.maxControlPayload), partial: currentUpload == nil ? .none : .keep, reply: true, consumed: input.count)
+            case .frame(let type):
+                var step = handleFrame(type: type, payload: frames.payload)
+                frames.reset()
+                step.consumed = consumed
+                return step
+            }
+
+        case .failed, .closed:
+            return Step(consumed: input.count)
+        }
+    }
+
+    /// The peer closed its side (EOF).
+    public mutating func endOfStream() -> Action {
+        switch state {
+        case .awaitingFirstByte, .awaitingHello, .authenticating, .awaitingHeader:
+            state = .closed
+            return .close(reply: nil, reason: nil, partial: .none)
+        case .seedSize(let digits):
+            guard let framing = try? SeedFraming(digits: digits, maxFileSize: configuration.maxFileSize) else {
+                return fail(.invalidSeedSize(digits: String(decoding: digits, as: UTF8.self)), partial: .none, reply: false)
+            }
+            return finishSeedAtEOF(framing)
+        case .seedReceiving(let framing):
+            return finishSeedAtEOF(framing)
+        case .seedFinishing:
+            return .none
+        case .opening(let h), .awaitingEnd(let h):
+            return fail(.unexpectedEndOfStream(received: 0, expected: h.size), partial: .keep, reply: false)
+        case .receiving(let h, let remaining):
+            return fail(.unexpectedEndOfStream(received: h.size - remaining, expected: h.size), partial: .keep, reply: false)
+        case .verifying, .finalising:
+            peerClosed = true
+            return .none
+        case .failed, .closed:
+            return .none
+        }
+    }
+
+    /// The connection failed underneath (for example a reset). Ends it whatever the state.
+    public mutating func connectionFailed(_ reason: String) -> Action {
+        switch state {
+        case .verifying, .finalising:
+            peerClosed = true
+            return .none
+        case .failed, .closed:
+            return .none
+        default:
+            let partial: PartialDisposition = isSeed ? .discard : (currentUpload == nil ? .none : .keep)
+            return fail(.connectionFailed(reason: reason), partial: partial, reply: false)
+        }
+    }
+
+    /// Native: the partial is open; the server holds `heldBytes` of it already (0 for a new upload).
+    public mutating func uploadOpened(heldBytes: UInt64) -> Action {
+        guard case .opening(let header) = state else { return unexpectedEvent("uploadOpened") }
+        precondition(heldBytes <= header.size, "the store never reports more bytes than the announced size")
+        state = heldBytes == header.size ? .awaitingEnd(header) : .receiving(header, remaining: header.size - heldBytes)
+        return .send(Wire.ready(uploadID: header.uploadID, offset: heldBytes))
+    }
+
+    /// Native: the partial could not be opened (busy id, resume mismatch, storage error).
+    /// The connection goes on; the client gets a RESULT for this file.
+    public mutating func uploadOpenFailed(_ error: ProtocolError) -> Action {
+        guard case .opening(let header) = state else { return unexpectedEvent("uploadOpenFailed") }
+        state = .awaitingHeader
+        let status: Wire.ResultStatus
+        if case .storageFailed = error { status = .storageFailed } else { status = .rejected }
+        return .send(Wire.result(UploadResult(uploadID: header.uploadID, status: status, digestAlgorithm: header.digest, digest: [], storedName: "", message: error.description)))
+    }
+
+    /// Native: the writes are flushed and this is the digest of the whole partial file.
+    public mutating func digestComputed(_ digest: [UInt8]) -> Action {
+        guard case .verifying(let header, let expected) = state else { return unexpectedEvent("digestComputed") }
+        if digest == expected {
+            state = .finalising(header, digest: digest)
+            return .commitUpload
+        }
+        state = .awaitingHeader
+        let reply = Wire.result(UploadResult(uploadID: header.uploadID, status: .digestMismatch, digestAlgorithm: header.digest, digest: digest, storedName: "",
+                                             message: "digest mismatch: client \(expected.hexString), server \(digest.hexString)"))
+        if peerClosed {
+            state = .closed
+            return .close(reply: nil, reason: .unexpectedEndOfStream(received: header.size, expected: header.size), partial: .discard)
+        }
+        return .discardUpload(reply: reply)
+    }
+
+    /// Native: the file is stored under `storedName` (relative to the target directory).
+    public mutating func uploadCommitted(storedName: String) -> Action {
+        guard case .finalising(let header, let digest) = state else { return unexpectedEvent("uploadCommitted") }
+        state = .awaitingHeader
+        if peerClosed {
+            state = .closed
+            return .close(reply: nil, reason: nil, partial: .none)
+        }
+        return .send(Wire.result(UploadResult(uploadID: header.uploadID, status: .stored, digestAlgorithm: header.digest, digest: digest, storedName: storedName, message: "stored")))
+    }
+
+    /// A file operation of the current upload failed (write, sync, link). Native uploads keep
+    /// their partial when it can still be resumed; seed uploads are discarded.
+    public mutating func uploadFailed(_ error: ProtocolError) -> Action {
+        switch state {
+        case .seedReceiving, .seedFinishing, .seedSize:
+            return fail(error, partial: .discard, reply: false)
+        case .receiving, .awaitingEnd, .verifying:
+            if peerClosed { return fail(error, partial: .keep, reply: false) }
+            return fail(error, partial: .keep, reply: true)
+        case .finalising(let header, let digest):
+            if peerClosed { return fail(error, partial: .keep, reply: false) }
+            state = .awaitingHeader
+            return .send(Wire.result(UploadResult(uploadID: header.uploadID, status: .storageFailed, digestAlgorithm: header.digest, digest: digest, storedName: "", message: error.description)))
+        case .failed, .closed:
+            return .none
+        default:
+            return unexpectedEvent("uploadFailed")
+        }
+    }
+
+    /// Seed: the file is stored. The server closes the connection, as the seed server does.
+    public mutating func seedStored() -> Action {
+        guard case .seedFinishing = state else { return unexpectedEvent("seedStored") }
+        state = .closed
+        return .close(reply: nil, reason: nil, partial: .none)
+    }
+
+    // MARK: - Helpers
+
+    private mutating func handleFrame(type: UInt8, payload: ArraySlice<UInt8>) -> Step {
+        let frameType = Wire.FrameType(rawValue: type)
+        switch (state, frameType) {
+        case (.awaitingHello, .hello):
+            guard payload.count >= 6, Array(payload.prefix(4)) == Wire.magic else {
+                return fail(.badMagic, partial: .none, reply: true)
+            }
+            let version = payload[payload.startIndex + 4]
+            guard version == Wire.version else { return fail(.unsupportedVersion(version), partial: .none, reply: true) }
+            if configuration.token != nil {
+                let nonce = Authentication.nonce()
+                state = .authenticating(nonce: nonce)
+                return Step(consumed: 0, action: .send(Wire.welcome(nonce: nonce)))
+            }
+            state = .awaitingHeader
+            return Step(consumed: 0, action: .send(Wire.welcome(nonce: nil)))
+
+        case (.authenticating(let nonce), .auth):
+            guard let token = configuration.token, Authentication.verify(token: token, nonce: nonce, response: Array(payload)) else {
+                return fail(.authenticationFailed, partial: .none, reply: true)
+            }
+            state = .awaitingHeader
+            return Step(consumed: 0, action: .send(Wire.authOK()))
+
+        case (.authenticating, _):
+            return fail(.authenticationRequired, partial: .none, reply: true)
+
+        case (.awaitingHeader, .file):
+            do throws(ProtocolError) {
+                let (id, size, algo, rawName) = try Wire.decodeFile(payload)
+                guard let digest = DigestAlgorithm(rawValue: algo) else { throw .unsupportedDigest(algo) }
+                guard size <= configuration.maxFileSize else { throw .fileTooLarge(size: size, limit: configuration.maxFileSize) }
+                let name = try NamePolicy.sanitise(rawName, maxLength: configuration.maxNameLength)
+                let header = FileHeader(uploadID: id, size: size, digest: digest, name: name)
+                state = .opening(header)
+                return Step(consumed: 0, action: .openUpload(header))
+            } catch {
+                return fail(error, partial: .none, reply: true)
+            }
+
+        case (.awaitingHeader, .bye):
+            state = .closed
+            return Step(consumed: 0, action: .close(reply: nil, reason: nil, partial: .none))
+
+        case (.awaitingEnd(let header), .end):
+            guard payload.count == header.digest.digestLength else {
+                return fail(.malformedFrame(type: type, detail: "END carries \(payload.count) digest bytes, \(header.digest.name) has \(header.digest.digestLength)"), partial: .keep, reply: true)
+            }
+            state = .verifying(header, expected: Array(payload))
+            return Step(consumed: 0, action: .verifyUpload)
+
+        default:
+            return fail(.unexpectedFrame(type: type, state: stateName), partial: currentUpload == nil ? .none : .keep, reply: true)
+        }
+    }
+
+    private mutating func finishSeedAtEOF(_ framing: SeedFraming) -> Action {
+        guard let prefix = framing.fileDigitsPrefix, let size = framing.fileSize else {
+            return fail(.unexpectedEndOfStream(received: framing.received, expected: framing.declaredSize), partial: .discard, reply: false)
+        }
+        state = .seedFinishing
+        return .finishSeedUpload(filePrefix: prefix, size: size)
+    }
+
+    private mutating func fail(_ error: ProtocolError, partial: PartialDisposition, reply: Bool, consumed: Int = 0) -> Step {
+        Step(consumed: consumed, action: fail(error, partial: partial, reply: reply))
+    }
+
+    private mutating func fail(_ error: ProtocolError, partial: PartialDisposition, reply: Bool) -> Action {
+        state = .failed
+        return .close(reply: reply ? Wire.error(error) : nil, reason: error, partial: partial)
+    }
+
+    private func unexpectedEvent(_ event: String) -> Action {
+        switch state {
+        case .failed, .closed: return .none
+        default: preconditionFailure("\(event) in state \(stateName): the driver broke the machine's contract")
+        }
+    }
+
+    private func isDigit(_ b: UInt8) -> Bool { b >= 0x30 && b <= 0x39 }
+}
+
+/// Collects one control frame (header and payload) across reads, into a buffer it reuses.
+struct FrameAccumulator {
+    private(set) var buffer: [UInt8] = []
+
+    enum Outcome { case needMore, frame(type: UInt8), tooLarge(UInt32) }
+
+    init() { buffer.reserveCapacity(512) }
+
+    /// The payload of the completed frame.
+    var payload: ArraySlice<UInt8> { buffer[Wire.headerLength...] }
+
+    mutating func reset() { buffer.removeAll(keepingCapacity: true) }
+
+    /// Takes bytes until one frame is complete; returns how many it took.
+    mutating func append(_ input: UnsafeRawBufferPointer) -> (Int, Outcome) {
+        var taken = 0
+        if buffer.count < Wire.headerLength {
+            let n = min(Wire.headerLength - buffer.count, input.count)
+            buffer.append(contentsOf: input[0..<n])
+            taken = n
+            if buffer.count < Wire.headerLength { return (taken, .needMore) }
+        }
+        let length = UInt32(buffer[1]) << 24 | UInt32(buffer[2]) << 16 | UInt32(buffer[3]) << 8 | UInt32(buffer[4])
+        guard length <= Wire.maxControlPayload else { return (taken, .tooLarge(length)) }
+        let want = Wire.headerLength + Int(length) - buffer.count
+        let n = min(want, input.count - taken)
+        buffer.append(contentsOf: input[taken..<(taken + n)])
+        taken += n
+        return buffer.count == Wire.headerLength + Int(length) ? (taken, .frame(type: buffer[0])) : (taken, .needMore)
+    }
+}

@@ -1,0 +1,85 @@
+/// Why a connection or an upload failed, with the numbers that explain it.
+///
+/// Produced by the state machines; the drivers log it and (for the native protocol) send its
+/// `code` in an ERROR frame. Plain data, no ownership.
+public enum ProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// A frame whose layout is wrong (`detail` says which field).
+    case malformedFrame(type: UInt8, detail: String)
+    /// The HELLO frame had the wrong magic.
+    case badMagic
+    /// The client speaks a version this server does not.
+    case unsupportedVersion(UInt8)
+    /// A frame type that is not allowed in the current state.
+    case unexpectedFrame(type: UInt8, state: String)
+    /// A control frame longer than the limit.
+    case frameTooLarge(length: UInt32, limit: UInt32)
+    /// The server requires a token and the client did not authenticate.
+    case authenticationRequired
+    /// The client's HMAC did not match.
+    case authenticationFailed
+    /// A file name that is empty, not UTF-8, or too long.
+    case invalidName(reason: String)
+    /// An announced size above the limit.
+    case fileTooLarge(size: UInt64, limit: UInt64)
+    /// A digest algorithm number this server does not know.
+    case unsupportedDigest(UInt8)
+    /// Another connection is uploading with this id right now.
+    case uploadBusy
+    /// A resumed upload announced a different size, digest or name than its partial file.
+    case resumeMismatch(detail: String)
+    /// The client closed before the upload was complete.
+    case unexpectedEndOfStream(received: UInt64, expected: UInt64)
+    /// Seed protocol: the size field is not a size this server accepts.
+    case invalidSeedSize(digits: String)
+    /// Seed protocol: more bytes arrived than the declared size.
+    case trailingBytes(declared: UInt64, received: UInt64)
+    /// Writing, syncing or renaming failed on the server (for example disk full).
+    case storageFailed(reason: String)
+    /// The connection failed underneath (for example a reset).
+    case connectionFailed(reason: String)
+
+    /// The number sent in an ERROR frame (see docs/PROTOCOL.md, "Error codes").
+    public var code: UInt16 {
+        switch self {
+        case .malformedFrame: return 1
+        case .badMagic: return 2
+        case .unsupportedVersion: return 3
+        case .unexpectedFrame: return 4
+        case .frameTooLarge: return 5
+        case .authenticationRequired: return 6
+        case .authenticationFailed: return 7
+        case .invalidName: return 8
+        case .fileTooLarge: return 9
+        case .unsupportedDigest: return 10
+        case .uploadBusy: return 11
+        case .resumeMismatch: return 12
+        case .unexpectedEndOfStream: return 13
+        case .invalidSeedSize: return 14
+        case .trailingBytes: return 15
+        case .storageFailed: return 16
+        case .connectionFailed: return 17
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .malformedFrame(let type, let detail): return "malformed frame 0x\(String(type, radix: 16)): \(detail)"
+        case .badMagic: return "bad magic in HELLO"
+        case .unsupportedVersion(let v): return "unsupported protocol version \(v)"
+        case .unexpectedFrame(let type, let state): return "unexpected frame 0x\(String(type, radix: 16)) while \(state)"
+        case .frameTooLarge(let length, let limit): return "frame of \(length) bytes exceeds the limit of \(limit)"
+        case .authenticationRequired: return "authentication required"
+        case .authenticationFailed: return "authentication failed"
+        case .invalidName(let reason): return "invalid file name: \(reason)"
+        case .fileTooLarge(let size, let limit): return "file of \(size) bytes exceeds the limit of \(limit)"
+        case .unsupportedDigest(let a): return "unsupported digest algorithm \(a)"
+        case .uploadBusy: return "upload id is in use by another connection"
+        case .resumeMismatch(let detail): return "resume does not match the partial upload: \(detail)"
+        case .unexpectedEndOfStream(let received, let expected): return "connection closed after \(received) of \(expected) bytes"
+        case .invalidSeedSize(let digits): return "invalid seed size field \"\(digits)\""
+        case .trailingBytes(let declared, let received): return "received \(received) bytes, more than the declared \(declared)"
+        case .storageFailed(let reason): return "storage failed: \(reason)"
+        case .connectionFailed(let reason): return "connection failed: \(reason)"
+        }
+    }
+}
