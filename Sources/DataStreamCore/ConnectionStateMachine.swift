@@ -310,7 +310,8 @@ public struct ConnectionStateMachine {
             if peerClosed { return fail(error, partial: .keep, reply: false) }
             state = .awaitingHeader
             return .send(Wire.result(UploadResult(uploadID: header.uploadID, status: .storageFailed, digestAlgorithm: header.digest, digest: digest, storedName: "", message: error.description)))
-        case .failed, .closed:
+        case .failed, .closed, .awaitingHeader:
+            // Already failed, or a late report for an upload that was answered.
             return .none
         default:
             return unexpectedEvent("uploadFailed")
@@ -410,20 +411,22 @@ public struct ConnectionStateMachine {
 }
 
 /// Collects one control frame (header and payload) across reads, into a buffer it reuses.
-struct FrameAccumulator {
-    private(set) var buffer: [UInt8] = []
+/// Used by the server's machine and by the sender. A value.
+public struct FrameAccumulator: Sendable {
+    public private(set) var buffer: [UInt8] = []
 
-    enum Outcome { case needMore, frame(type: UInt8), tooLarge(UInt32) }
+    public enum Outcome: Sendable { case needMore, frame(type: UInt8), tooLarge(UInt32) }
 
-    init() { buffer.reserveCapacity(512) }
+    public init() { buffer.reserveCapacity(512) }
 
     /// The payload of the completed frame.
-    var payload: ArraySlice<UInt8> { buffer[Wire.headerLength...] }
+    public var payload: ArraySlice<UInt8> { buffer[Wire.headerLength...] }
 
-    mutating func reset() { buffer.removeAll(keepingCapacity: true) }
+    /// Forgets the completed frame (call after handling it).
+    public mutating func reset() { buffer.removeAll(keepingCapacity: true) }
 
     /// Takes bytes until one frame is complete; returns how many it took.
-    mutating func append(_ input: UnsafeRawBufferPointer) -> (Int, Outcome) {
+    public mutating func append(_ input: UnsafeRawBufferPointer) -> (Int, Outcome) {
         var taken = 0
         if buffer.count < Wire.headerLength {
             let n = min(Wire.headerLength - buffer.count, input.count)

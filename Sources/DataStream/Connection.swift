@@ -1,0 +1,385 @@
+import DataStreamCore
+import Logging
+import UV
+
+/// The driver of one accepted TCP connection: it feeds what libuv reports into the connection's
+/// `ConnectionStateMachine` and carries out the actions the machine returns.
+///
+/// Owned by the `Server` (in its connection table) from accept until its stream's close
+/// callback. It owns its `TCPStream`, its current receive slab and its upload's `UploadSink`.
+/// Reading stops while any of these holds: the connection's own buffered bytes passed their high
+/// mark, the process-wide budget is exhausted, or the machine asked to hold input for a pending
+/// file operation.
+final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
+    let id: UInt64
+    private let server: Server
+    private let stream: TCPStream
+    private var machine: ConnectionStateMachine
+    private var logger: Logger
+    private let pool: BufferPool
+    private let store: Store
+
+    private var readSlab: Slab?
+    private var held: (slab: Slab, start: Int, count: Int)?
+    private var flow: WaterMarks
+    private var pausedByFlow = false
+    private var waitingForBuffer = false
+    private var closing = false
+
+    // The upload in progress.
+    private var sink: UploadSink?
+    private var native: Store.NativePartial?
+    private var nativeHeader: FileHeader?
+    private var seedPath: String?
+    private var finishCancelled = false
+
+    init(id: UInt64, server: Server, stream: TCPStream, peer: String) {
+        self.id = id
+        self.server = server
+        self.stream = stream
+        self.pool = server.pool
+        self.store = server.store
+        self.machine = ConnectionStateMachine(configuration: server.machineConfiguration)
+        self.flow = WaterMarks(low: server.configuration.connectionBufferLow, high: server.configuration.connectionBufferHigh)
+        var logger = server.logger
+        logger[metadataKey: "connection"] = "\(id)"
+        logger[metadataKey: "peer"] = "\(peer)"
+        self.logger = logger
+    }
+
+    func start() {
+        do {
+            try stream.startReading(self)
+        } catch {
+            logger.error("cannot read: \(error)")
+            closeConnection(reply: nil, reason: .connectionFailed(reason: error.description), partial: .none)
+        }
+    }
+
+    // MARK: - Reading
+
+    func readBuffer(for stream: TCPStream, suggestedSize: Int) -> UnsafeMutableRawBufferPointer? {
+        let allowance = pool.readAllowance
+        if allowance == 0 {
+            if !waitingForBuffer {
+                waitingForBuffer = true
+                pool.waitForRoom(self)
+            }
+            return nil
+        }
+        if let slab = readSlab {
+            if held == nil && pool.isOnlyReader(slab) {
+                slab.filled = 0 // everything read into it is written or consumed: reuse it from the start
+            } else if slab.tail < 4096 {
+                pool.release(slab)
+                readSlab = nil
+            }
+        }
+        let slab = readSlab ?? pool.takeSlab()
+        readSlab = slab
+        return UnsafeMutableRawBufferPointer(rebasing: slab.memory[slab.filled..<(slab.filled + min(allowance, slab.tail))])
+    }
+
+    func stream(_ stream: TCPStream, didRead event: ReadEvent, buffer: UnsafeMutableRawBufferPointer?) {
+        switch event {
+        case .data(let count):
+            guard count > 0, let slab = readSlab else { return }
+            let start = slab.filled
+            slab.filled += count
+            server.statistics.bytesReceived += UInt64(count)
+            process(slab, start: start, count: count)
+        case .endOfStream:
+            perform(machine.endOfStream())
+        case .noBuffer:
+            break // registered with the pool in readBuffer; reading resumes in buffersAvailable
+        case .failed(let error):
+            perform(machine.connectionFailed(error.description))
+        }
+    }
+
+    func buffersAvailable() {
+        waitingForBuffer = false
+        updateReading()
+    }
+
+    func sinkReleased(_ count: Int) {
+        if flow.removed(count) == .resume {
+            pausedByFlow = false
+            updateReading()
+        }
+    }
+
+    func sinkFailed(_ error: UVOperationError) {
+        switch machine.stateName {
+        case "receiving", "awaitingEnd", "seedReceiving":
+            perform(machine.uploadFailed(.storageFailed(reason: error.description)))
+        default:
+            break // the flush that is waiting reports it
+        }
+    }
+
+    /// Feeds input to the machine until it is all taken or the machine must wait.
+    private func process(_ slab: Slab, start: Int, count: Int) {
+        var offset = 0
+        while offset < count && !closing {
+            let step = machine.bytesReceived(UnsafeRawBufferPointer(rebasing: slab.memory[(start + offset)..<(start + count)]))
+            if step.fileBytes > 0 {
+                queueFileBytes(slab, start: start + offset, count: step.fileBytes)
+            }
+            offset += step.consumed
+            if step.action == .wait {
+                pool.retain(slab)
+                held = (slab, start + offset, count - offset)
+                updateReading()
+                return
+            }
+            perform(step.action)
+        }
+    }
+
+    /// Feeds the input held back by `.wait` again, once the pending operation has answered.
+    private func resumeHeld() {
+        guard let h = held, !closing else { updateReading(); return }
+        held = nil
+        process(h.slab, start: h.start, count: h.count)
+        pool.release(h.slab)
+        updateReading()
+    }
+
+    private func queueFileBytes(_ slab: Slab, start: Int, count: Int) {
+        guard let sink else { preconditionFailure("file data without an upload") }
+        pool.buffered(count)
+        if flow.added(count) == .pause {
+            pausedByFlow = true
+            updateReading()
+        }
+        sink.append(slab, start: start, count: count)
+    }
+
+    private func updateReading() {
+        guard !closing, stream.isOpen else { return }
+        let shouldRead = !pausedByFlow && !waitingForBuffer && held == nil
+        if shouldRead && !stream.isReading {
+            do { try stream.startReading(self) } catch {
+                closeConnection(reply: nil, reason: .connectionFailed(reason: error.description), partial: isSeedOrNative)
+            }
+        } else if !shouldRead && stream.isReading {
+            stream.stopReading()
+        }
+    }
+
+    private var isSeedOrNative: ConnectionStateMachine.PartialDisposition {
+        seedPath != nil ? .discard : (nativeHeader != nil ? .keep : .none)
+    }
+
+    // MARK: - Actions
+
+    private func perform(_ action: ConnectionStateMachine.Action) {
+        guard !closing else { return }
+        switch action {
+        case .none, .wait:
+            break
+        case .send(let bytes):
+            send(bytes)
+        case .startSeedUpload(let declared):
+            logger.debug("seed upload started", metadata: ["declared": "\(declared)"])
+            startSeedSink()
+        case .finishSeedUpload(let prefix, let size):
+            finishSeed(prefix: prefix, size: size)
+        case .openUpload(let header):
+            openNative(header)
+        case .verifyUpload:
+            guard let sink else { preconditionFailure("verify without an upload") }
+            sink.flush { [self] error in
+                if let error {
+                    perform(machine.uploadFailed(.storageFailed(reason: error.description)))
+                } else {
+                    perform(machine.digestComputed(sink.digester!.finish()))
+                }
+                resumeHeld()
+            }
+        case .commitUpload:
+            commitNative()
+        case .discardUpload(let reply):
+            if let native, let header = nativeHeader {
+                logger.warning("upload refused: digest mismatch", metadata: ["upload": "\(header.uploadID)", "name": "\(header.name)"])
+                server.statistics.uploadsFailed += 1
+                store.discard(sink?.takeDescriptor(), path: native.path, metaPath: native.metaPath)
+                store.release(header.uploadID)
+            }
+            clearUpload()
+            send(reply)
+        case .close(let reply, let reason, let partial):
+            closeConnection(reply: reply, reason: reason, partial: partial)
+        }
+    }
+
+    private func send(_ bytes: [UInt8]) {
+        do { try stream.write(bytes) } catch {
+            logger.debug("write failed: \(error)")
+        }
+    }
+
+    private func startSeedSink() {
+        let sink = UploadSink(path: "", fs: store.fs, pool: pool, owner: self)
+        self.sink = sink
+        store.openSeedPartial { [self] result in
+            switch result {
+            case .success(let (fd, path)):
+                guard self.sink === sink, !closing else {
+                    store.discard(fd, path: path, metaPath: nil)
+                    return
+                }
+                seedPath = path
+                sink.opened(fd)
+            case .failure(let error):
+                sink.openFailed(error)
+            }
+        }
+    }
+
+    private func finishSeed(prefix: [UInt8], size: UInt64) {
+        if sink == nil { startSeedSink() }
+        guard let sink else { return }
+        sink.flush { [self] error in
+            if let error {
+                perform(machine.uploadFailed(.storageFailed(reason: error.description)))
+                return
+            }
+            guard !finishCancelled, let path = seedPath, let fd = sink.takeDescriptor() else { return }
+            let commit: (FileDescriptor, String) -> Void = { [self] fd, path in
+                seedPath = path
+                let name = store.nextSeedName()
+                store.commit(fd, partialPath: path, metaPath: nil, name: name) { [self] result in
+                    switch result {
+                    case .success(let stored):
+                        seedPath = nil
+                        server.statistics.uploadsStored += 1
+                        logger.info("stored seed upload", metadata: ["name": "\(stored)", "bytes": "\(size)"])
+                        perform(machine.seedStored())
+                    case .failure(let error):
+                        perform(machine.uploadFailed(.storageFailed(reason: error.description)))
+                    }
+                }
+            }
+            if prefix.isEmpty {
+                commit(fd, path)
+            } else {
+                // The file began with digits: its first bytes were read as part of the size field.
+                store.rewrite(fd, oldPath: path, prefix: prefix, dataLength: size - UInt64(prefix.count)) { [self] result in
+                    switch result {
+                    case .success(let (newFD, newPath)): commit(newFD, newPath)
+                    case .failure(let error):
+                        seedPath = nil
+                        perform(machine.uploadFailed(.storageFailed(reason: error.description)))
+                    }
+                }
+            }
+        }
+    }
+
+    private func openNative(_ header: FileHeader) {
+        store.openNative(header) { [self] result in
+            switch result {
+            case .success(let partial):
+                if closing {
+                    store.closeQuietly(partial.fd, partial.path)
+                    store.release(header.uploadID)
+                    return
+                }
+                native = partial
+                nativeHeader = header
+                let sink = UploadSink(path: partial.path, fs: store.fs, pool: pool, owner: self, startOffset: partial.held, digester: partial.digester)
+                self.sink = sink
+                sink.opened(partial.fd)
+                logger.debug("upload opened", metadata: ["upload": "\(header.uploadID)", "name": "\(header.name)", "size": "\(header.size)", "held": "\(partial.held)"])
+                perform(machine.uploadOpened(heldBytes: partial.held))
+            case .failure(let error):
+                guard !closing else { return }
+                logger.warning("upload refused: \(error)", metadata: ["upload": "\(header.uploadID)"])
+                perform(machine.uploadOpenFailed(error))
+            }
+            resumeHeld()
+        }
+    }
+
+    private func commitNative() {
+        guard let native, let header = nativeHeader, let sink else { preconditionFailure("commit without an upload") }
+        guard let fd = sink.takeDescriptor() else { preconditionFailure("commit of a closed partial") }
+        store.commit(fd, partialPath: native.path, metaPath: native.metaPath, name: header.name) { [self] result in
+            store.release(header.uploadID)
+            clearUpload()
+            switch result {
+            case .success(let stored):
+                server.statistics.uploadsStored += 1
+                logger.info("stored upload", metadata: ["upload": "\(header.uploadID)", "name": "\(stored)", "bytes": "\(header.size)"])
+                perform(machine.uploadCommitted(storedName: stored))
+            case .failure(let error):
+                // The partial and its metadata stay: a retry resumes with every byte held.
+                logger.error("cannot store upload: \(error)", metadata: ["upload": "\(header.uploadID)"])
+                perform(machine.uploadFailed(.storageFailed(reason: error.description)))
+            }
+            resumeHeld()
+        }
+    }
+
+    private func clearUpload() {
+        sink = nil
+        native = nil
+        nativeHeader = nil
+    }
+
+    /// Ends the connection: the reply (if any) is written first; the partial is kept (flushed,
+    /// resumable) or discarded; the stream is closed and the server forgets the connection.
+    func closeConnection(reply: [UInt8]?, reason: ProtocolError?, partial: ConnectionStateMachine.PartialDisposition) {
+        guard !closing else { return }
+        if let reason {
+            server.statistics.uploadsFailed += (partial == .none ? 0 : 1)
+            switch reason {
+            case .unexpectedEndOfStream, .trailingBytes, .storageFailed, .connectionFailed:
+                logger.warning("broken upload: \(reason)", metadata: ["partial": "\(partial)"])
+            default:
+                logger.warning("connection refused: \(reason)")
+            }
+        }
+        if let reply { send(reply) }
+        closing = true
+        finishCancelled = true
+        pool.cancelWait(self)
+        if let h = held {
+            pool.release(h.slab)
+            held = nil
+        }
+        if let slab = readSlab {
+            pool.release(slab)
+            readSlab = nil
+        }
+        if let sink {
+            let native = self.native, header = nativeHeader, seedPath = self.seedPath
+            sink.close { [store] in
+                switch partial {
+                case .discard:
+                    if let seedPath { store.unlinkQuietly(seedPath) }
+                    if let native { store.discard(nil, path: native.path, metaPath: native.metaPath) }
+                case .keep, .none:
+                    if let seedPath { store.unlinkQuietly(seedPath) } // a seed partial is never resumable
+                }
+                if let header { store.release(header.uploadID) }
+            }
+        }
+        stream.stopReading()
+        // uv_close would cancel a queued reply: close once the writes queued so far are done.
+        if stream.writeQueueSize > 0 || reply != nil {
+            do {
+                try stream.shutdown { [self] _ in stream.close { [self] in server.connectionClosed(self) } }
+                return
+            } catch {}
+        }
+        stream.close { [self] in server.connectionClosed(self) }
+    }
+
+    /// Server shutdown: end the connection now, keeping native partials for resume.
+    func abort() {
+        closeConnection(reply: nil, reason: nil, partial: nativeHeader != nil ? .keep : (seedPath != nil ? .discard : .none))
+    }
+}

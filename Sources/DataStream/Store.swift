@@ -1,0 +1,385 @@
+import DataStreamCore
+import Glibc
+import UV
+
+/// Where uploads are written and how they are put into place. Owned by the server; used on the
+/// loop thread; every file operation goes through uv_fs on libuv's threadpool.
+///
+/// Layout under the target directory:
+/// - `NAME` — stored files, only ever complete and verified (created by link, never overwritten);
+/// - `.datastream/partial/ID.part` and `ID.meta` — a native upload in progress (resumable);
+/// - `.datastream/partial/seed-PID-N.part` — a seed upload in progress (deleted if broken).
+public final class Store {
+    /// The target directory.
+    public let directory: String
+    /// `.datastream/partial` under it.
+    public let partialDirectory: String
+    /// fsync the file before it is linked into place and the directory after.
+    public let fsyncEnabled: Bool
+    let fs: FileSystem
+    private var activeUploads: Set<UploadID> = []
+    private var seedCounter: UInt64 = 0
+    private let pid = getpid()
+
+    /// Creates the directories if needed (at start-up, before the loop serves anything) and
+    /// checks that the directory is writable.
+    public init(directory: String, fsync: Bool, loop: Loop) throws(StoreError) {
+        self.directory = directory
+        self.partialDirectory = directory + "/.datastream/partial"
+        self.fsyncEnabled = fsync
+        self.fs = FileSystem(loop: loop)
+        for d in [directory, directory + "/.datastream", partialDirectory] {
+            if mkdir(d, 0o755) != 0 && errno != EEXIST {
+                throw StoreError(path: d, reason: String(cString: strerror(errno)))
+            }
+            var st = stat()
+            guard lstat(d, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {
+                throw StoreError(path: d, reason: "not a directory")
+            }
+        }
+        guard access(partialDirectory, W_OK | X_OK) == 0, access(directory, W_OK | X_OK) == 0 else {
+            throw StoreError(path: directory, reason: "not writable")
+        }
+    }
+
+    /// The full path of a stored file name.
+    public func finalPath(_ name: String) -> String { directory + "/" + name }
+
+    // MARK: - Seed uploads
+
+    /// Creates a fresh partial file for a seed upload.
+    func openSeedPartial(completion: @escaping (Result<(FileDescriptor, String), UVOperationError>) -> Void) {
+        seedCounter += 1
+        let path = "\(partialDirectory)/seed-\(pid)-\(seedCounter).part"
+        submit(completion) { [fs] () throws(UVOperationError) in
+            try fs.open(path, flags: [.writeOnly, .create, .truncate, .noFollow], mode: 0o600) { r in completion(r.map { ($0, path) }) }
+        }
+    }
+
+    /// The generated name of the next seed upload.
+    func nextSeedName() -> String {
+        NamePolicy.seedUploadName(utcSeconds: time(nil), counter: seedCounter)
+    }
+
+    /// Seed uploads whose file began with digits: writes `prefix` and then the `dataLength` bytes
+    /// of `old` into a new partial file, deletes the old one, and completes with the new one.
+    func rewrite(_ oldFD: FileDescriptor, oldPath: String, prefix: [UInt8], dataLength: UInt64, completion: @escaping (Result<(FileDescriptor, String), UVOperationError>) -> Void) {
+        openSeedPartial { [self] r in
+            switch r {
+            case .failure(let e):
+                completion(.failure(e))
+            case .success(let (newFD, newPath)):
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 * 1024, alignment: 16)
+                _ = buffer.initializeMemory(as: UInt8.self, repeating: 0)
+                prefix.withUnsafeBytes { p in buffer.copyMemory(from: p) }
+                let finish: (UVOperationError?) -> Void = { [self] error in
+                    buffer.deallocate()
+                    closeQuietly(oldFD, oldPath)
+                    unlinkQuietly(oldPath)
+                    if let error {
+                        closeQuietly(newFD, newPath)
+                        unlinkQuietly(newPath)
+                        completion(.failure(error))
+                    } else {
+                        completion(.success((newFD, newPath)))
+                    }
+                }
+                // The prefix first, then the old file in chunks, each read then written.
+                writeAll(newFD, newPath, UnsafeRawBufferPointer(rebasing: buffer[0..<prefix.count]), at: 0) { [self] e in
+                    if let e { finish(e); return }
+                    copy(from: oldFD, oldPath, to: newFD, newPath, offset: 0, length: dataLength, shift: UInt64(prefix.count), buffer: buffer, completion: finish)
+                }
+            }
+        }
+    }
+
+    private func copy(from src: FileDescriptor, _ srcPath: String, to dst: FileDescriptor, _ dstPath: String, offset: UInt64, length: UInt64, shift: UInt64, buffer: UnsafeMutableRawBufferPointer, completion: @escaping (UVOperationError?) -> Void) {
+        guard offset < length else { completion(nil); return }
+        let n = Int(min(UInt64(buffer.count), length - offset))
+        submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { completion(e) } }) { [fs] () throws(UVOperationError) in
+            try fs.read(src, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n]), offset: Int64(offset), target: srcPath) { [self] r in
+                switch r {
+                case .failure(let e): completion(e)
+                case .success(0): completion(UVOperationError("fs_read", target: srcPath, code: UVError.endOfFile.code))
+                case .success(let got):
+                    writeAll(dst, dstPath, UnsafeRawBufferPointer(rebasing: buffer[0..<got]), at: offset + shift) { [self] e in
+                        if let e { completion(e); return }
+                        copy(from: src, srcPath, to: dst, dstPath, offset: offset + UInt64(got), length: length, shift: shift, buffer: buffer, completion: completion)
+                    }
+                }
+            }
+        }
+    }
+
+    private func writeAll(_ fd: FileDescriptor, _ path: String, _ bytes: UnsafeRawBufferPointer, at offset: UInt64, completion: @escaping (UVOperationError?) -> Void) {
+        guard bytes.count > 0 else { completion(nil); return }
+        submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { completion(e) } }) { [fs] () throws(UVOperationError) in
+            try fs.write(fd, buffers: CollectionOfOne(bytes), offset: Int64(offset), target: path) { [self] r in
+                switch r {
+                case .failure(let e): completion(e)
+                case .success(let n): writeAll(fd, path, UnsafeRawBufferPointer(rebasing: bytes[n...]), at: offset + UInt64(n), completion: completion)
+                }
+            }
+        }
+    }
+
+    // MARK: - Native uploads
+
+    /// The partial of a native upload, opened for writing.
+    struct NativePartial {
+        let fd: FileDescriptor
+        let path: String
+        let metaPath: String
+        /// Bytes already held (a resumed upload), all hashed into `digester`.
+        let held: UInt64
+        let digester: Digester
+    }
+
+    func partialPath(_ id: UploadID) -> String { "\(partialDirectory)/\(id.hex).part" }
+    func metaPath(_ id: UploadID) -> String { "\(partialDirectory)/\(id.hex).meta" }
+
+    /// Opens the partial of `header.uploadID`: resumes it if its metadata matches, creates it if
+    /// there is none. The upload id is marked busy until `release(_:)`.
+    func openNative(_ header: FileHeader, completion: @escaping (Result<NativePartial, ProtocolError>) -> Void) {
+        guard !activeUploads.contains(header.uploadID) else {
+            completion(.failure(.uploadBusy))
+            return
+        }
+        activeUploads.insert(header.uploadID)
+        let done: (Result<NativePartial, ProtocolError>) -> Void = { [self] r in
+            if case .failure = r { activeUploads.remove(header.uploadID) }
+            completion(r)
+        }
+        let meta = metaPath(header.uploadID)
+        readSmallFile(meta) { [self] r in
+            switch r {
+            case .failure(let e) where e.error == .noSuchFile:
+                createNative(header, done)
+            case .failure(let e):
+                done(.failure(.storageFailed(reason: e.description)))
+            case .success(let bytes):
+                guard let recorded = PartialMetadata(decoding: bytes) else {
+                    done(.failure(.storageFailed(reason: "unreadable metadata \(meta)")))
+                    return
+                }
+                guard recorded.size == header.size, recorded.digest == header.digest, recorded.name == header.name else {
+                    done(.failure(.resumeMismatch(detail: "held upload is \(recorded.size) bytes, \(recorded.digest.name), \"\(recorded.name)\"; announced \(header.size) bytes, \(header.digest.name), \"\(header.name)\"")))
+                    return
+                }
+                resumeNative(header, done)
+            }
+        }
+    }
+
+    /// Marks the upload id free again (its connection is done with it).
+    func release(_ id: UploadID) { activeUploads.remove(id) }
+
+    private func createNative(_ header: FileHeader, _ completion: @escaping (Result<NativePartial, ProtocolError>) -> Void) {
+        let meta = metaPath(header.uploadID), part = partialPath(header.uploadID)
+        let record = PartialMetadata(uploadID: header.uploadID, size: header.size, digest: header.digest, name: header.name).encoded
+        writeSmallFile(meta, record) { [self] e in
+            if let e { completion(.failure(.storageFailed(reason: e.description))); return }
+            submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { completion(.failure(.storageFailed(reason: e.description))) } }) { [fs] () throws(UVOperationError) in
+                try fs.open(part, flags: [.writeOnly, .create, .truncate, .noFollow], mode: 0o600) { r in
+                    switch r {
+                    case .failure(let e): completion(.failure(.storageFailed(reason: e.description)))
+                    case .success(let fd): completion(.success(NativePartial(fd: fd, path: part, metaPath: meta, held: 0, digester: Digester(header.digest))))
+                    }
+                }
+            }
+        }
+    }
+
+    private func resumeNative(_ header: FileHeader, _ completion: @escaping (Result<NativePartial, ProtocolError>) -> Void) {
+        let meta = metaPath(header.uploadID), part = partialPath(header.uploadID)
+        let storage: (UVOperationError) -> Void = { e in completion(.failure(.storageFailed(reason: e.description))) }
+        submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { storage(e) } }) { [fs] () throws(UVOperationError) in
+            try fs.open(part, flags: [.readWrite, .create, .noFollow], mode: 0o600) { [self] r in
+                guard case .success(let fd) = r else { if case .failure(let e) = r { storage(e) }; return }
+                submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { self.closeQuietly(fd, part); storage(e) } }) { [fs] () throws(UVOperationError) in
+                    try fs.size(of: fd, target: part) { [self] r in
+                        switch r {
+                        case .failure(let e):
+                            closeQuietly(fd, part)
+                            storage(e)
+                        case .success(let size) where size > header.size:
+                            closeQuietly(fd, part)
+                            completion(.failure(.resumeMismatch(detail: "partial holds \(size) bytes, more than the announced \(header.size)")))
+                        case .success(let size):
+                            // Hash what is held so the final digest covers the whole file.
+                            let digester = Digester(header.digest)
+                            hashPrefix(fd, part, length: size, into: digester) { e in
+                                if let e { self.closeQuietly(fd, part); storage(e); return }
+                                completion(.success(NativePartial(fd: fd, path: part, metaPath: meta, held: size, digester: digester)))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    private func hashPrefix(_ fd: FileDescriptor, _ path: String, length: UInt64, into digester: Digester, completion: @escaping (UVOperationError?) -> Void) {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        func step(_ offset: UInt64) {
+            guard offset < length else { buffer.deallocate(); completion(nil); return }
+            let n = Int(min(UInt64(buffer.count), length - offset))
+            do throws(UVOperationError) {
+                try fs.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n]), offset: Int64(offset), target: path) { r in
+                    switch r {
+                    case .success(let got) where got > 0:
+                        digester.update(UnsafeRawBufferPointer(rebasing: buffer[0..<got]))
+                        step(offset + UInt64(got))
+                    case .success:
+                        buffer.deallocate()
+                        completion(UVOperationError("fs_read", target: path, code: UVError.endOfFile.code))
+                    case .failure(let e):
+                        buffer.deallocate()
+                        completion(e)
+                    }
+                }
+            } catch {
+                buffer.deallocate()
+                completion(error)
+            }
+        }
+        step(0)
+    }
+
+    // MARK: - Putting files into place
+
+    /// Stores a complete, verified partial under `name` (or `name-1`, `name-2`, ... if taken):
+    /// fsync (if enabled), close, link into place (never replacing a file), unlink the partial
+    /// and its metadata, fsync the directory (if enabled). Completes with the stored name.
+    func commit(_ fd: FileDescriptor, partialPath: String, metaPath: String?, name: String, completion: @escaping (Result<String, UVOperationError>) -> Void) {
+        let afterSync: (UVOperationError?) -> Void = { [self] e in
+            if let e { closeQuietly(fd, partialPath); completion(.failure(e)); return }
+            submit(completion) { [fs] () throws(UVOperationError) in
+                try fs.close(fd, target: partialPath) { [self] e in
+                    if let e { completion(.failure(e)); return }
+                    link(partialPath, name: name, attempt: 0) { [self] r in
+                        guard case .success(let stored) = r else { completion(r); return }
+                        unlinkQuietly(partialPath)
+                        if let metaPath { unlinkQuietly(metaPath) }
+                        if fsyncEnabled {
+                            syncDirectory(directory) { e in completion(e.map { .failure($0) } ?? .success(stored)) }
+                        } else {
+                            completion(.success(stored))
+                        }
+                    }
+                }
+            }
+        }
+        if fsyncEnabled {
+            submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { afterSync(e) } }) { [fs] () throws(UVOperationError) in
+                try fs.fsync(fd, target: partialPath, completion: afterSync)
+            }
+        } else {
+            afterSync(nil)
+        }
+    }
+
+    private func link(_ partial: String, name: String, attempt: Int, completion: @escaping (Result<String, UVOperationError>) -> Void) {
+        let candidate = NamePolicy.candidate(name, attempt: attempt)
+        submit(completion) { [fs] () throws(UVOperationError) in
+            try fs.link(partial, to: finalPath(candidate)) { [self] e in
+                if let e, e.error == .fileExists, attempt < 10_000 {
+                    link(partial, name: name, attempt: attempt + 1, completion: completion)
+                } else if let e {
+                    completion(.failure(e))
+                } else {
+                    completion(.success(candidate))
+                }
+            }
+        }
+    }
+
+    private func syncDirectory(_ path: String, completion: @escaping (UVOperationError?) -> Void) {
+        submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { completion(e) } }) { [fs] () throws(UVOperationError) in
+            try fs.open(path, flags: [.readOnly, .directory]) { [self] r in
+                switch r {
+                case .failure(let e): completion(e)
+                case .success(let fd):
+                    do throws(UVOperationError) {
+                        try fs.fsync(fd, target: path) { [self] e in closeQuietly(fd, path); completion(e) }
+                    } catch {
+                        closeQuietly(fd, path)
+                        completion(error)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deletes a partial (and its metadata), closing its descriptor first if given.
+    func discard(_ fd: FileDescriptor?, path: String, metaPath: String?) {
+        if let fd { closeQuietly(fd, path) }
+        unlinkQuietly(path)
+        if let metaPath { unlinkQuietly(metaPath) }
+    }
+
+    // MARK: - Small helpers
+
+    func closeQuietly(_ fd: FileDescriptor, _ path: String) { try? fs.close(fd, target: path) }
+    func unlinkQuietly(_ path: String) { try? fs.unlink(path) }
+
+    private func submit<T>(_ completion: @escaping (Result<T, UVOperationError>) -> Void, _ body: () throws(UVOperationError) -> Void) {
+        do throws(UVOperationError) { try body() } catch { completion(.failure(error)) }
+    }
+
+    private func readSmallFile(_ path: String, completion: @escaping (Result<[UInt8], UVOperationError>) -> Void) {
+        submit(completion) { [fs] () throws(UVOperationError) in
+            try fs.open(path, flags: [.readOnly, .noFollow]) { [self] r in
+                switch r {
+                case .failure(let e): completion(.failure(e))
+                case .success(let fd):
+                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 16)
+                    do throws(UVOperationError) {
+                        try fs.read(fd, into: buffer, offset: 0, target: path) { [self] r in
+                            let result = r.map { Array(UnsafeRawBufferPointer(rebasing: buffer[0..<$0])) }
+                            buffer.deallocate()
+                            closeQuietly(fd, path)
+                            completion(result)
+                        }
+                    } catch {
+                        buffer.deallocate()
+                        closeQuietly(fd, path)
+                        completion(.failure(error))
+                    }
+                }
+            }
+        }
+    }
+
+    private func writeSmallFile(_ path: String, _ bytes: [UInt8], completion: @escaping (UVOperationError?) -> Void) {
+        let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 16)
+        bytes.withUnsafeBytes { copy.copyMemory(from: $0) }
+        let done: (UVOperationError?) -> Void = { e in copy.deallocate(); completion(e) }
+        submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { done(e) } }) { [fs] () throws(UVOperationError) in
+            try fs.open(path, flags: [.writeOnly, .create, .truncate, .noFollow], mode: 0o600) { [self] r in
+                switch r {
+                case .failure(let e): done(e)
+                case .success(let fd):
+                    writeAll(fd, path, UnsafeRawBufferPointer(rebasing: copy[0..<bytes.count]), at: 0) { [self] e in
+                        if let e { closeQuietly(fd, path); done(e); return }
+                        let close: () -> Void = { [self] in
+                            do throws(UVOperationError) { try fs.close(fd, target: path, completion: done) } catch { done(error) }
+                        }
+                        if fsyncEnabled {
+                            do throws(UVOperationError) { try fs.fsync(fd, target: path) { e in if let e { self.closeQuietly(fd, path); done(e) } else { close() } } } catch { closeQuietly(fd, path); done(error) }
+                        } else {
+                            close()
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The target directory cannot be used (at start-up).
+public struct StoreError: Error, CustomStringConvertible {
+    public let path: String
+    public let reason: String
+    public var description: String { "cannot use directory \(path): \(reason)" }
+}
