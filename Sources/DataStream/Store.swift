@@ -52,7 +52,7 @@ public final class Store {
         seedCounter += 1
         let path = "\(partialDirectory)/seed-\(pid)-\(seedCounter).part"
         submit(completion) { [fs] () throws(UVOperationError) in
-            try fs.open(path, flags: [.writeOnly, .create, .truncate, .noFollow], mode: 0o600) { r in completion(r.map { ($0, path) }) }
+            try fs.open(path, flags: [.readWrite, .create, .truncate, .noFollow], mode: 0o600) { r in completion(r.map { ($0, path) }) }
         }
     }
 

@@ -1,0 +1,391 @@
+import Crypto
+import DataStreamCore
+import Glibc
+import UV
+
+/// The client side: sends files to a DataStream receiver over one TCP connection, in the native
+/// protocol (several files, digests, resume) or the seed protocol (one connection per file, as
+/// the seed's own client). Runs on a loop the caller owns and runs; the sender owns its stream,
+/// its two file buffers and the descriptors it opens.
+public final class Sender: TCPStreamReader {
+    public struct Options: Sendable {
+        public var host: String
+        public var port: Int
+        public var token: String?
+        public var seedProtocol = false
+        public var digest: DigestAlgorithm = .xxh3_128
+        /// Bytes per file read and socket write.
+        public var chunkSize = 256 * 1024
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+    }
+
+    /// What happened to one file.
+    public struct Outcome: Sendable {
+        public var path: String
+        public var size: UInt64 = 0
+        /// Bytes put on the wire for it (less than `size` after a resume).
+        public var bytesSent: UInt64 = 0
+        /// Where the server already was when it answered READY (0 for a fresh upload).
+        public var resumedFrom: UInt64 = 0
+        public var succeeded = false
+        /// The name the server stored it under (native protocol only).
+        public var storedName = ""
+        public var digest = ""
+        public var message = ""
+    }
+
+    public let loop: Loop
+    public let options: Options
+    private var stream: TCPStream?
+    private var paths: [String] = []
+    private var outcomes: [Outcome] = []
+    private var index = 0
+    private var completion: (([Outcome]) -> Void)?
+    private var progress: ((UInt64) -> Void)?
+    private var frames = FrameAccumulator()
+    private let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+    private let chunks: [UnsafeMutableRawBufferPointer]
+    private var freeChunks: [Int] = []
+    private lazy var fs = FileSystem(loop: loop)
+    private var phase: Phase = .idle
+    /// Total bytes written to the socket for file data, for progress.
+    public private(set) var totalSent: UInt64 = 0
+
+    private enum Phase { case idle, hello, auth, awaitingReady, streaming, awaitingResult, seedAwaitingClose, done }
+
+    // The file being sent.
+    private var fd: FileDescriptor?
+    private var fileSize: UInt64 = 0
+    private var readOffset: UInt64 = 0
+    private var sendFrom: UInt64 = 0
+    private var writesInFlight = 0
+    private var readsInFlight = 0
+    private var digester: Digester?
+    private var uploadID: UploadID?
+
+    public init(loop: Loop, options: Options) {
+        self.loop = loop
+        self.options = options
+        chunks = (0..<2).map { _ in UnsafeMutableRawBufferPointer.allocate(byteCount: options.chunkSize, alignment: 16) }
+        freeChunks = [0, 1]
+    }
+
+    deinit {
+        readBuffer.deallocate()
+        for c in chunks { c.deallocate() }
+    }
+
+    /// Sends `paths` in order; `completion` gets one outcome per path. `progress` gets the total
+    /// file bytes written to the socket so far.
+    public func send(_ paths: [String], progress: ((UInt64) -> Void)? = nil, completion: @escaping ([Outcome]) -> Void) {
+        self.paths = paths
+        self.outcomes = paths.map { Outcome(path: $0) }
+        self.completion = completion
+        self.progress = progress
+        index = 0
+        if options.seedProtocol { nextSeedFile() } else { connect { [self] in sendHello() } }
+    }
+
+    // MARK: - Connection
+
+    private func connect(_ then: @escaping () -> Void) {
+        do {
+            let address = try SocketAddress(host: options.host, port: options.port)
+            try TCPStream.connect(loop: loop, to: address) { [self] result in
+                switch result {
+                case .success(let s):
+                    stream = s
+                    frames.reset()
+                    do { try s.startReading(self) } catch { failAll("\(error)"); return }
+                    then()
+                case .failure(let e):
+                    failAll(e.description)
+                }
+            }
+        } catch {
+            failAll("\(error)")
+        }
+    }
+
+    private func write(_ bytes: [UInt8]) {
+        do { try stream?.write(bytes) } catch { failAll("\(error)") }
+    }
+
+    public func readBuffer(for stream: TCPStream, suggestedSize: Int) -> UnsafeMutableRawBufferPointer? { readBuffer }
+
+    public func stream(_ stream: TCPStream, didRead event: ReadEvent, buffer: UnsafeMutableRawBufferPointer?) {
+        switch event {
+        case .data(let count):
+            var offset = 0
+            while offset < count, phase != .done {
+                let (taken, outcome) = frames.append(UnsafeRawBufferPointer(rebasing: readBuffer[offset..<count]))
+                offset += taken
+                switch outcome {
+                case .needMore: continue
+                case .tooLarge(let n): failAll("server sent a frame of \(n) bytes"); return
+                case .frame(let type):
+                    let payload = frames.payload
+                    handleFrame(type, payload)
+                    frames.reset()
+                }
+            }
+        case .endOfStream, .failed, .noBuffer:
+            if phase == .seedAwaitingClose {
+                if case .endOfStream = event {
+                    outcomes[index].succeeded = true
+                    outcomes[index].message = "sent; the server closed the connection"
+                } else {
+                    outcomes[index].message = "connection failed: \(event)"
+                }
+                closeStream()
+                index += 1
+                nextSeedFile()
+            } else if phase != .done {
+                failAll(event == .endOfStream ? "the server closed the connection" : "connection failed: \(event)")
+            }
+        }
+    }
+
+    private func handleFrame(_ type: UInt8, _ payload: ArraySlice<UInt8>) {
+        do throws(ProtocolError) {
+            switch (phase, Wire.FrameType(rawValue: type)) {
+            case (.hello, .welcome):
+                let (_, nonce) = try Wire.decodeWelcome(payload)
+                if let nonce {
+                    guard let token = options.token else { failAll("the server requires a token (--token)"); return }
+                    phase = .auth
+                    write(Wire.auth(mac: Authentication.response(token: token, nonce: nonce)))
+                } else {
+                    nextNativeFile()
+                }
+            case (.auth, .authOK):
+                nextNativeFile()
+            case (.awaitingReady, .ready):
+                let (_, offset) = try Wire.decodeReady(payload)
+                guard offset <= fileSize else { failAll("server asked to resume at \(offset), past the end"); return }
+                outcomes[index].resumedFrom = offset
+                sendFrom = offset
+                phase = .streaming
+                pumpFile()
+            case (.awaitingReady, .result), (.awaitingResult, .result):
+                let r = try Wire.decodeResult(payload)
+                outcomes[index].succeeded = r.status == .stored
+                outcomes[index].storedName = r.storedName
+                outcomes[index].digest = r.digest.hexString
+                outcomes[index].message = r.message
+                closeFile()
+                index += 1
+                nextNativeFile()
+            case (_, .error):
+                let (code, message) = Wire.decodeError(payload)
+                failAll("server error \(code): \(message)")
+            default:
+                failAll("unexpected frame 0x\(String(type, radix: 16)) from the server")
+            }
+        } catch {
+            failAll("\(error)")
+        }
+    }
+
+    // MARK: - Native files
+
+    private func sendHello() {
+        phase = .hello
+        write(Wire.hello())
+    }
+
+    private func nextNativeFile() {
+        guard index < paths.count else {
+            phase = .done
+            write(Wire.bye())
+            finish()
+            return
+        }
+        let path = paths[index]
+        guard let (size, id) = Sender.identity(of: path) else {
+            outcomes[index].message = "cannot read \(path): \(String(cString: strerror(errno)))"
+            index += 1
+            nextNativeFile()
+            return
+        }
+        outcomes[index].size = size
+        openFile(path, size: size) { [self] in
+            uploadID = id
+            digester = Digester(options.digest)
+            phase = .awaitingReady
+            let name = String(path.split(separator: "/").last ?? Substring(path))
+            write(Wire.file(FileHeader(uploadID: id, size: size, digest: options.digest, name: name)))
+        }
+    }
+
+    /// The file's size, and an upload id derived from its path, size and modification time, so a
+    /// later run of the sender resumes the same upload.
+    static func identity(of path: String) -> (UInt64, UploadID)? {
+        var st = stat()
+        guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
+        var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let absolute = realpath(path, &resolved) != nil ? String(decoding: resolved.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self) : path
+        let key = "\(absolute)\n\(st.st_size)\n\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)"
+        let digest = Array(SHA256.hash(data: Array(key.utf8)))
+        return (UInt64(st.st_size), UploadID(bytes: Array(digest.prefix(Wire.uploadIDLength))))
+    }
+
+    private func openFile(_ path: String, size: UInt64, then: @escaping () -> Void) {
+        fileSize = size
+        readOffset = 0
+        sendFrom = 0
+        do {
+            try fs.open(path, flags: [.readOnly]) { [self] r in
+                switch r {
+                case .success(let f):
+                    fd = f
+                    then()
+                case .failure(let e):
+                    outcomes[index].message = e.description
+                    index += 1
+                    options.seedProtocol ? nextSeedFile() : nextNativeFile()
+                }
+            }
+        } catch {
+            outcomes[index].message = "\(error)"
+            index += 1
+            options.seedProtocol ? nextSeedFile() : nextNativeFile()
+        }
+    }
+
+    /// Keeps up to two chunks moving: read from the file (hashing every byte), then written to
+    /// the socket if past the resume point.
+    private func pumpFile() {
+        while readOffset < fileSize, let chunk = freeChunks.popLast(), let fd {
+            let n = Int(min(UInt64(chunks[chunk].count), fileSize - readOffset))
+            let offset = readOffset
+            readOffset += UInt64(n)
+            readsInFlight += 1
+            do {
+                try fs.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: chunks[chunk][0..<n]), offset: Int64(offset)) { [self] r in
+                    readsInFlight -= 1
+                    guard case .success(let got) = r, got == n else {
+                        failAll("read of \(paths[index]) failed or the file shrank")
+                        return
+                    }
+                    chunkRead(chunk, offset: offset, count: n)
+                }
+            } catch {
+                failAll("\(error)")
+                return
+            }
+        }
+        if readOffset >= fileSize && writesInFlight == 0 && readsInFlight == 0 && phase == .streaming {
+            fileStreamed()
+        }
+    }
+
+    private var pendingChunks: [(chunk: Int, offset: UInt64, count: Int)] = []
+    private var nextHashOffset: UInt64 = 0
+
+    private func chunkRead(_ chunk: Int, offset: UInt64, count: Int) {
+        // Reads can complete out of order: hash and send strictly in file order.
+        pendingChunks.append((chunk, offset, count))
+        pendingChunks.sort { $0.offset < $1.offset }
+        while let first = pendingChunks.first, first.offset == nextHashOffset {
+            pendingChunks.removeFirst()
+            nextHashOffset += UInt64(first.count)
+            let bytes = UnsafeRawBufferPointer(rebasing: chunks[first.chunk][0..<first.count])
+            if phase != .seedAwaitingClose { digester?.update(bytes) }
+            let skip = first.offset < sendFrom ? Int(min(UInt64(first.count), sendFrom - first.offset)) : 0
+            if skip == first.count {
+                freeChunks.append(first.chunk)
+                continue
+            }
+            writesInFlight += 1
+            let toSend = UnsafeRawBufferPointer(rebasing: bytes[skip...])
+            do {
+                try stream?.write(unsafeBytes: toSend) { [self] e in
+                    writesInFlight -= 1
+                    freeChunks.append(first.chunk)
+                    if let e { failAll(e.description); return }
+                    totalSent += UInt64(toSend.count)
+                    outcomes[index].bytesSent += UInt64(toSend.count)
+                    progress?(totalSent)
+                    pumpFile()
+                }
+            } catch {
+                writesInFlight -= 1
+                failAll("\(error)")
+                return
+            }
+        }
+        pumpFile()
+    }
+
+    private func fileStreamed() {
+        if options.seedProtocol {
+            phase = .seedAwaitingClose
+            try? stream?.shutdown()
+            return
+        }
+        phase = .awaitingResult
+        write(Wire.end(digest: digester!.finish()))
+    }
+
+    private func closeFile() {
+        if let fd { try? fs.close(fd) }
+        fd = nil
+        nextHashOffset = 0
+        pendingChunks.removeAll()
+    }
+
+    // MARK: - Seed files
+
+    private func nextSeedFile() {
+        closeFile()
+        guard index < paths.count else {
+            phase = .done
+            finish()
+            return
+        }
+        let path = paths[index]
+        guard let (size, _) = Sender.identity(of: path) else {
+            outcomes[index].message = "cannot read \(path): \(String(cString: strerror(errno)))"
+            index += 1
+            nextSeedFile()
+            return
+        }
+        outcomes[index].size = size
+        openFile(path, size: size) { [self] in
+            digester = nil
+            connect { [self] in
+                phase = .streaming
+                write(Array(String(size).utf8))
+                pumpFile()
+            }
+        }
+    }
+
+    // MARK: - End
+
+    private func closeStream() {
+        stream?.close()
+        stream = nil
+    }
+
+    private func failAll(_ message: String) {
+        guard phase != .done else { return }
+        for i in index..<outcomes.count where outcomes[i].message.isEmpty {
+            outcomes[i].message = message
+        }
+        phase = .done
+        finish()
+    }
+
+    private func finish() {
+        closeFile()
+        closeStream()
+        let c = completion
+        completion = nil
+        c?(outcomes)
+    }
+}
