@@ -1,0 +1,87 @@
+import Testing
+@testable import DataStreamCore
+
+struct NamePolicyTests {
+    @Test(arguments: [
+        ("../../etc/passwd", "___.._etc_passwd"),
+        ("/etc/passwd", "_etc_passwd"),
+        ("..", "__"),
+        (".", "_"),
+        (".hidden", "_hidden"),
+        ("a/b\\c", "a_b_c"),
+        ("tab\there", "tab_here"),
+        ("new\nline", "new_line"),
+        ("report.pdf", "report.pdf"),
+        ("ünïcødé.txt", "ünïcødé.txt"),
+    ])
+    func sanitisedNamesStayOneComponent(input: String, expected: String) throws {
+        let name = try NamePolicy.sanitise(Array(input.utf8))
+        #expect(name == expected)
+        #expect(!name.contains("/"))
+        #expect(name != "." && name != "..")
+        #expect(!name.hasPrefix("."))
+    }
+
+    @Test func refusesEmptyLongAndInvalidNames() {
+        #expect(throws: ProtocolError.self) { try NamePolicy.sanitise([]) }
+        #expect(throws: ProtocolError.self) { try NamePolicy.sanitise(Array(repeating: 0x61, count: 241)) }
+        #expect(throws: ProtocolError.self) { try NamePolicy.sanitise([0xFF, 0xFE]) }
+    }
+
+    @Test func collisionCandidates() {
+        #expect(NamePolicy.candidate("report.pdf", attempt: 0) == "report.pdf")
+        #expect(NamePolicy.candidate("report.pdf", attempt: 2) == "report-2.pdf")
+        #expect(NamePolicy.candidate("archive", attempt: 1) == "archive-1")
+        #expect(NamePolicy.candidate("_bashrc", attempt: 1) == "_bashrc-1")
+    }
+
+    @Test func seedNamesCarryUTCTime() {
+        #expect(NamePolicy.seedUploadName(utcSeconds: 0, counter: 1) == "upload-19700101T000000Z-1.bin")
+        #expect(NamePolicy.seedUploadName(utcSeconds: 1_795_396_500, counter: 42) == "upload-20261123T011500Z-42.bin")
+    }
+}
+
+struct PartialMetadataTests {
+    @Test func roundTrip() {
+        let m = PartialMetadata(uploadID: .random(), size: 12345, digest: .sha256, name: "a b\nc.txt")
+        #expect(PartialMetadata(decoding: m.encoded) == m)
+        #expect(PartialMetadata(decoding: Array("garbage".utf8)) == nil)
+    }
+}
+
+struct WaterMarksTests {
+    @Test func pausesAboveHighResumesAtLow() {
+        var w = WaterMarks(low: 10, high: 20)
+        #expect(w.added(15) == .none)
+        #expect(w.added(10) == .pause)
+        #expect(w.added(1) == .none)
+        #expect(w.removed(10) == .none)
+        #expect(w.removed(6) == .resume)
+        #expect(w.buffered == 10)
+        #expect(w.removed(10) == .none)
+    }
+}
+
+struct WireTests {
+    @Test func resultRoundTrip() throws {
+        let r = UploadResult(uploadID: .random(), status: .stored, digestAlgorithm: .xxh3_128, digest: Array(0..<16), storedName: "x.bin", message: "stored")
+        let frame = Wire.result(r)
+        #expect(frame[0] == Wire.FrameType.result.rawValue)
+        #expect(try Wire.decodeResult(frame[5...]) == r)
+    }
+
+    @Test func noFrameTypeIsAnASCIIDigit() {
+        for t: Wire.FrameType in [.hello, .welcome, .auth, .authOK, .file, .ready, .end, .result, .bye, .error] {
+            #expect(!(0x30...0x39).contains(t.rawValue))
+        }
+    }
+
+    @Test func authenticationResponse() {
+        let nonce = Authentication.nonce()
+        let mac = Authentication.response(token: "secret", nonce: nonce)
+        #expect(mac.count == 32)
+        #expect(Authentication.verify(token: "secret", nonce: nonce, response: mac))
+        #expect(!Authentication.verify(token: "other", nonce: nonce, response: mac))
+        #expect(!Authentication.verify(token: "secret", nonce: Authentication.nonce(), response: mac))
+    }
+}
