@@ -45,7 +45,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
-        .testTarget(name: "UVTests", dependencies: ["UV"]),
+        .testTarget(name: "UVTests", dependencies: ["UV", "CLibUV"]),
         .testTarget(name: "DataStreamCoreTests", dependencies: ["DataStreamCore"]),
         .testTarget(name: "DataStreamTests", dependencies: ["DataStream", "DataStreamCore", "UV"]),
     ]

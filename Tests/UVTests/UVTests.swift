@@ -1,0 +1,300 @@
+import CLibUV
+import Glibc
+import Testing
+import UV
+import Foundation
+
+/// Tests in the style of libuv's own: each has its own loop, counts its callbacks, and ends by
+/// checking that the loop closes cleanly (no handle left open).
+struct LoopAndHandleTests {
+    @Test func thousandsOfHandlesOpenAndCloseWithoutLeaks() throws {
+        let loop = try Loop()
+        var closed = 0
+        let n = 3000
+        for i in 0..<n {
+            let handle: Handle
+            switch i % 4 {
+            case 0: handle = try UV.Timer(loop: loop)
+            case 1: handle = try TCPListener(loop: loop)
+            case 2: handle = try UDPSocket(loop: loop, batchedReceive: i % 8 == 2)
+            default: handle = try UV.Signal(loop: loop)
+            }
+            handle.close { closed += 1 }
+            handle.close { Issue.record("a second close must do nothing") }
+        }
+        #expect(loop.openHandleCount == n)
+        loop.run()
+        #expect(closed == n)
+        #expect(loop.openHandleCount == 0)
+        try loop.close()
+    }
+
+    @Test func ownedLoopRefusesToCloseWithOpenHandles() throws {
+        let loop = try Loop()
+        let timer = try UV.Timer(loop: loop)
+        #expect(throws: UVOperationError.self) { try loop.close() }
+        timer.close()
+        loop.run()
+        try loop.close()
+    }
+
+    @Test func runsOnALoopTheCallerOwns() throws {
+        // An embedding C tool creates and closes its own uv_loop_t.
+        let raw = UnsafeMutablePointer<uv_loop_t>.allocate(capacity: 1)
+        defer { raw.deallocate() }
+        #expect(uv_loop_init(raw) == 0)
+        let loop = Loop(borrowing: UnsafeMutableRawPointer(raw))
+        #expect(!loop.ownsLoop)
+        var fired = 0
+        let timer = try UV.Timer(loop: loop)
+        try timer.start(timeout: 5) {
+            fired += 1
+            timer.close()
+        }
+        #expect(uv_run(raw, UV_RUN_DEFAULT) == 0)
+        #expect(fired == 1)
+        #expect(uv_loop_close(raw) == 0)
+    }
+
+    @Test func repeatingTimerAndSignal() throws {
+        let loop = try Loop()
+        var ticks = 0
+        var signals = 0
+        let timer = try UV.Timer(loop: loop)
+        let signal = try UV.Signal(loop: loop)
+        let deadline = try UV.Timer(loop: loop)
+        try signal.start(SIGUSR2) { signum in
+            #expect(signum == SIGUSR2)
+            signals += 1
+            signal.close()
+            deadline.close()
+        }
+        try timer.start(timeout: 1, repeat: 1) {
+            ticks += 1
+            if ticks == 3 { kill(getpid(), SIGUSR2) }
+            if ticks == 5 { timer.close() }
+        }
+        try deadline.start(timeout: 5000) {
+            Issue.record("the signal did not arrive within 5 s")
+            signal.close()
+            deadline.close()
+        }
+        loop.run()
+        #expect(ticks == 5)
+        #expect(signals == 1)
+        try loop.close()
+    }
+
+    @Test func errorsNameTheOperationAndTheLibuvError() throws {
+        let loop = try Loop()
+        let fs = FileSystem(loop: loop)
+        var seen: UVOperationError?
+        try fs.open("/nonexistent/dir/file", flags: [.readOnly]) { r in
+            if case .failure(let e) = r { seen = e }
+        }
+        loop.run()
+        #expect(seen?.error == .noSuchFile)
+        #expect(seen?.error.name == "ENOENT")
+        #expect(seen?.description == "fs_open `/nonexistent/dir/file` failed: ENOENT (no such file or directory)")
+        try loop.close()
+    }
+
+    @Test func addressInUseIsATypedError() throws {
+        let loop = try Loop()
+        let a = try TCPListener(loop: loop)
+        try a.bind(SocketAddress(host: "127.0.0.1", port: 0))
+        try a.listen { _ in }
+        let port = try a.localAddress().port
+        let b = try TCPListener(loop: loop)
+        try b.bind(SocketAddress(host: "127.0.0.1", port: port))
+        do {
+            try b.listen { _ in }
+            Issue.record("listen on a used port succeeded")
+        } catch {
+            #expect(error.error == .addressInUse)
+        }
+        a.close()
+        b.close()
+        loop.run()
+        try loop.close()
+    }
+}
+
+struct FileSystemTests {
+    @Test func writeVectoredReadSyncLinkRenameUnlink() throws {
+        let loop = try Loop()
+        let fs = FileSystem(loop: loop)
+        let dir = "/tmp/uvtests-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        mkdir(dir, 0o755)
+        let path = dir + "/a"
+        let a = Array("hello ".utf8), b = Array("world".utf8)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
+        defer { buffer.deallocate() }
+        var steps: [String] = []
+        try a.withUnsafeBytes { pa in
+            try b.withUnsafeBytes { pb in
+                try fs.open(path, flags: [.readWrite, .create, .exclusive]) { r in
+                    guard case .success(let fd) = r else { Issue.record("open"); return }
+                    steps.append("open")
+                    try! fs.write(fd, buffers: [pa, pb], offset: 0) { r in
+                        #expect((try? r.get()) == 11)
+                        steps.append("write")
+                        try! fs.fsync(fd) { e in
+                            #expect(e == nil)
+                            try! fs.read(fd, into: buffer, offset: 0) { r in
+                                #expect((try? r.get()) == 11)
+                                #expect(Array(buffer[0..<11]) == a + b)
+                                steps.append("read")
+                                try! fs.size(of: fd) { r in
+                                    #expect((try? r.get()) == 11)
+                                    try! fs.close(fd) { _ in
+                                        try! fs.link(path, to: dir + "/b") { e in
+                                            #expect(e == nil)
+                                            try! fs.link(path, to: dir + "/b") { e in
+                                                #expect(e?.error == .fileExists)
+                                                steps.append("link")
+                                                try! fs.rename(dir + "/b", to: dir + "/c") { e in
+                                                    #expect(e == nil)
+                                                    try! fs.unlink(path)
+                                                    try! fs.unlink(dir + "/c") { e in
+                                                        #expect(e == nil)
+                                                        steps.append("unlink")
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                loop.run()
+            }
+        }
+        #expect(steps == ["open", "write", "read", "link", "unlink"])
+        #expect(rmdir(dir) == 0)
+        try loop.close()
+    }
+
+    @Test func noFollowRefusesSymlinks() throws {
+        let loop = try Loop()
+        let link = "/tmp/uvtests-link-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        symlink("/etc/hostname", link)
+        defer { unlink(link) }
+        var error: UVOperationError?
+        try FileSystem(loop: loop).open(link, flags: [.readOnly, .noFollow]) { r in
+            if case .failure(let e) = r { error = e }
+        }
+        loop.run()
+        #expect(error?.error == .loopDetected)
+        try loop.close()
+    }
+}
+
+final class Collector: TCPStreamReader {
+    var received: [UInt8] = []
+    var ended = false
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
+    var onEnd: (() -> Void)?
+    deinit { buffer.deallocate() }
+    func readBuffer(for stream: TCPStream, suggestedSize: Int) -> UnsafeMutableRawBufferPointer? { buffer }
+    func stream(_ stream: TCPStream, didRead event: ReadEvent, buffer: UnsafeMutableRawBufferPointer?) {
+        switch event {
+        case .data(let n): received += buffer![0..<n]
+        default:
+            ended = true
+            onEnd?()
+        }
+    }
+}
+
+struct TCPAndUDPTests {
+    @Test func tcpRoundTripWithShutdown() throws {
+        let loop = try Loop()
+        let listener = try TCPListener(loop: loop)
+        try listener.bind(SocketAddress(host: "127.0.0.1", port: 0))
+        let collector = Collector()
+        var accepted: TCPStream?
+        try listener.listen { r in
+            accepted = try? r.get()
+            try? accepted?.startReading(collector)
+        }
+        collector.onEnd = {
+            accepted?.close()
+            listener.close()
+        }
+        let payload = (0..<200_000).map { UInt8(truncatingIfNeeded: $0 * 7) }
+        var wrote = false
+        try TCPStream.connect(loop: loop, to: listener.localAddress()) { r in
+            guard let s = try? r.get() else { Issue.record("connect"); return }
+            try! s.write(payload) { e in
+                #expect(e == nil)
+                wrote = true
+                try! s.shutdown { _ in s.close() }
+            }
+        }
+        loop.run()
+        #expect(wrote)
+        #expect(collector.ended)
+        #expect(collector.received == payload)
+        try loop.close()
+    }
+
+    final class DatagramCollector: UDPSocketReceiver {
+        var datagrams: [[UInt8]] = []
+        var onDatagram: (() -> Void)?
+        func receiveBuffer(for socket: UDPSocket, suggestedSize: Int) -> UnsafeMutableRawBufferPointer? {
+            UnsafeMutableRawBufferPointer.allocate(byteCount: 20 * 65536, alignment: 16)
+        }
+        func socket(_ socket: UDPSocket, didReceive count: Int, in datagram: UnsafeMutableRawBufferPointer?, from sender: SocketAddress?, isMoreOfBatch: Bool, error: UVError?) {
+            if sender != nil, let datagram {
+                datagrams.append(Array(datagram[0..<count]))
+                onDatagram?()
+            }
+            if !isMoreOfBatch { datagram?.deallocate() }
+        }
+    }
+
+    @Test func udpBatchedReceiveOnLoopback() throws {
+        let loop = try Loop()
+        let receiver = try UDPSocket(loop: loop, batchedReceive: true)
+        try receiver.bind(SocketAddress(host: "127.0.0.1", port: 0))
+        #expect(try receiver.setReceiveBufferSize(1 << 20) > 0)
+        let collector = DatagramCollector()
+        let sender = try UDPSocket(loop: loop)
+        try sender.bind(SocketAddress(host: "127.0.0.1", port: 0))
+        let target = try receiver.localAddress()
+        collector.onDatagram = {
+            if collector.datagrams.count == 50 {
+                receiver.close()
+                sender.close()
+            }
+        }
+        try receiver.startReceiving(collector)
+        for i in 0..<50 {
+            let bytes = [UInt8](repeating: UInt8(i), count: 1000)
+            _ = try bytes.withUnsafeBytes { try sender.trySend($0, to: target) }
+        }
+        loop.run()
+        #expect(collector.datagrams.count == 50)
+        #expect(Set(collector.datagrams.map { $0[0] }).count == 50)
+        try loop.close()
+    }
+
+    @Test func crossThreadWakeup() throws {
+        let loop = try Loop()
+        var woke = 0
+        var wakeup: AsyncWakeup!
+        wakeup = try AsyncWakeup(loop: loop) {
+            woke += 1
+            wakeup.close()
+        }
+        let w = wakeup!
+        let thread = Thread { w.send() }
+        thread.start()
+        loop.run()
+        #expect(woke == 1)
+        try loop.close()
+    }
+}
