@@ -42,3 +42,12 @@ final class Digester {
         }
     }
 }
+
+/// One-shot digests with the same libraries and byte order as the server (for clients and tests).
+public enum Digests {
+    public static func compute(_ algorithm: DigestAlgorithm, _ bytes: [UInt8]) -> [UInt8] {
+        let d = Digester(algorithm)
+        bytes.withUnsafeBytes { d.update($0) }
+        return d.finish()
+    }
+}

@@ -33,6 +33,7 @@ public final class Server {
         public var uploadsStored: UInt64 = 0
         public var uploadsFailed: UInt64 = 0
         public var bytesReceived: UInt64 = 0
+        public init() {}
     }
 
     public let loop: Loop

@@ -1,0 +1,89 @@
+import DataStream
+import DataStreamCore
+import Foundation
+import Testing
+import UV
+
+/// The seed's TCP client, unmodified: digits, then the bytes, then close.
+struct SeedProtocolTests {
+    @Test func seedClientUploadsTenMiBIn1024ByteWrites() throws {
+        let server = try BackgroundServer()
+        defer { server.stop() }
+        let data = content(1, count: 10 << 20)
+        let client = try BlockingClient(port: server.port)
+        client.send(Array(String(data.count).utf8))
+        var offset = 0
+        while offset < data.count {
+            client.send(Array(data[offset..<min(offset + 1024, data.count)]))
+            offset += 1024
+        }
+        client.shutdownWrite()
+        #expect(client.readUntilEOF() != nil, "the server closes the connection once the file is stored")
+        let files = server.storedFiles()
+        #expect(files.count == 1)
+        #expect(files.first?.hasPrefix("upload-") == true)
+        #expect(server.contents(files[0]) == data)
+        #expect(server.eventually { server.partials().isEmpty })
+    }
+
+    @Test func sizeAndDataInOneWriteAndFilesBeginningWithDigits() throws {
+        let server = try BackgroundServer()
+        defer { server.stop() }
+        let cases: [[UInt8]] = [
+            Array("plain text".utf8),
+            Array("12abc".utf8),                            // begins with digits
+            Array("2024-11-23 log line\n".utf8),            // begins with digits, longer
+            Array("123".utf8),                              // only digits
+            [],                                              // empty file
+            Array("7".utf8) + content(9, count: 100_000),   // digits then binary, large
+        ]
+        for data in cases {
+            let client = try BlockingClient(port: server.port)
+            client.send(Array(String(data.count).utf8) + data)
+            client.shutdownWrite()
+            #expect(client.readUntilEOF() != nil)
+        }
+        #expect(server.eventually { server.storedFiles().count == cases.count })
+        let stored = Set(server.storedFiles().compactMap { server.contents($0) })
+        #expect(stored == Set(cases))
+    }
+
+    @Test func brokenUploadsNeverAppearUnderAFinalName() throws {
+        let server = try BackgroundServer()
+        defer { server.stop() }
+        // Closed before the declared size.
+        var client = try BlockingClient(port: server.port)
+        client.send(Array("1000".utf8) + content(2, count: 500))
+        client.shutdownWrite()
+        #expect(client.readUntilEOF() != nil)
+        // Bytes beyond the declared size.
+        client = try BlockingClient(port: server.port)
+        client.send(Array("3".utf8) + Array("abcdef".utf8))
+        client.shutdownWrite()
+        #expect(client.readUntilEOF() != nil)
+        // A size no split can satisfy.
+        client = try BlockingClient(port: server.port)
+        client.send(Array("99999999999999999999999".utf8))
+        client.shutdownWrite()
+        #expect(client.readUntilEOF() != nil)
+        #expect(server.eventually { server.partials().isEmpty })
+        #expect(server.storedFiles().isEmpty)
+        // And the server keeps serving.
+        let ok = try BlockingClient(port: server.port)
+        ok.send(Array("2hi".utf8))
+        #expect(ok.readUntilEOF() != nil)
+        #expect(server.storedFiles().count == 1)
+    }
+
+    @Test func senderSpeaksTheSeedProtocol() throws {
+        let server = try BackgroundServer()
+        defer { server.stop() }
+        let data = content(3, count: 777_777)
+        let path = writeTemporaryFile(data, name: "seed.bin")
+        let outcomes = try sendFiles([path], port: server.port, seed: true)
+        #expect(outcomes.count == 1)
+        #expect(outcomes[0].succeeded)
+        #expect(server.eventually { server.storedFiles().count == 1 })
+        #expect(server.contents(server.storedFiles()[0]) == data)
+    }
+}

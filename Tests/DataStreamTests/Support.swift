@@ -1,0 +1,209 @@
+import DataStream
+import DataStreamCore
+import Dispatch
+import Foundation
+import Glibc
+import UV
+
+/// A DataStream server on its own loop in a background thread, on 127.0.0.1 and an ephemeral
+/// port, writing into a fresh temporary directory. `stop()` stops it through an async wakeup
+/// and waits until its loop has closed cleanly.
+final class BackgroundServer: @unchecked Sendable {
+    let directory: String
+    private(set) var port = 0
+    private var wakeup: AsyncWakeup?
+    private let ready = DispatchSemaphore(value: 0)
+    private let done = DispatchSemaphore(value: 0)
+    private(set) var statistics = Server.Statistics()
+    private(set) var loopClosedCleanly = false
+
+    init(directory: String? = nil, configure: (inout Server.Configuration) -> Void = { _ in }) throws {
+        self.directory = directory ?? BackgroundServer.temporaryDirectory()
+        var configuration = Server.Configuration()
+        configuration.port = 0
+        configuration.directory = self.directory
+        configure(&configuration)
+        let config = configuration
+        let thread = Thread { [self] in run(config) }
+        thread.start()
+        ready.wait()
+        guard port != 0 else { throw TestError("server did not start") }
+    }
+
+    static func temporaryDirectory() -> String {
+        let path = "/tmp/datastream-tests-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+        mkdir(path, 0o755)
+        return path
+    }
+
+    private func run(_ configuration: Server.Configuration) {
+        guard let loop = try? Loop(), let server = try? Server(loop: loop, configuration: configuration),
+              let address = try? server.start() else { ready.signal(); done.signal(); return }
+        port = address.port
+        wakeup = try? AsyncWakeup(loop: loop) { [self] in
+            server.stop { [self] in wakeup?.close() }
+        }
+        ready.signal()
+        loop.run()
+        statistics = server.statistics
+        loopClosedCleanly = (try? loop.close()) != nil
+        done.signal()
+    }
+
+    func stop() {
+        wakeup?.send()
+        done.wait()
+    }
+
+    /// Names of the stored files (not the hidden state folder).
+    func storedFiles() -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0 != ".datastream" }.sorted()
+    }
+
+    func partials() -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory + "/.datastream/partial")) ?? []).sorted()
+    }
+
+    func contents(_ name: String) -> [UInt8]? {
+        FileManager.default.contents(atPath: directory + "/" + name).map { [UInt8]($0) }
+    }
+
+    /// Waits (bounded) until `condition` holds.
+    func eventually(_ seconds: Double = 10, _ condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if condition() { return true }
+            usleep(10_000)
+        }
+        return condition()
+    }
+}
+
+struct TestError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+/// Deterministic bytes for upload `index`.
+func content(_ index: Int, count: Int, seed: UInt64 = 0x9E37_79B9_7F4A_7C15) -> [UInt8] {
+    var x = seed &+ UInt64(index) &* 0x2545_F491_4F6C_DD1D
+    return (0..<count).map { _ in
+        x ^= x << 13
+        x ^= x >> 7
+        x ^= x << 17
+        return UInt8(truncatingIfNeeded: x)
+    }
+}
+
+/// A blocking TCP client on 127.0.0.1, as simple as the seed's own (receive timeout 15 s).
+final class BlockingClient {
+    let fd: Int32
+
+    init(port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var timeout = timeval(tv_sec: 15, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = UInt16(port).bigEndian
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let r = withUnsafePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard r == 0 else { throw TestError("connect: \(String(cString: strerror(errno)))") }
+    }
+
+    deinit { Glibc.close(fd) }
+
+    func send(_ bytes: [UInt8], chunk: Int = 1 << 20) {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes[offset..<min(bytes.count, offset + chunk)].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n <= 0 { return }
+            offset += n
+        }
+    }
+
+    func shutdownWrite() { Glibc.shutdown(fd, Int32(SHUT_WR)) }
+
+    /// Reads until the server closes; nil on timeout.
+    func readUntilEOF() -> [UInt8]? {
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n == 0 { return out }
+            if n < 0 { return errno == ECONNRESET ? out : nil }
+            out += buffer[0..<n]
+        }
+    }
+
+    private func readExactly(_ count: Int) -> [UInt8]? {
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: count)
+        while out.count < count {
+            let n = recv(fd, &buffer, count - out.count, 0)
+            if n <= 0 { return nil }
+            out += buffer[0..<n]
+        }
+        return out
+    }
+
+    /// Reads one native frame.
+    func readFrame() -> (type: Wire.FrameType?, payload: ArraySlice<UInt8>)? {
+        guard let header = readExactly(5) else { return nil }
+        let length = Int(header[1]) << 24 | Int(header[2]) << 16 | Int(header[3]) << 8 | Int(header[4])
+        guard let payload = length == 0 ? [] : readExactly(length) else { return nil }
+        return (Wire.FrameType(rawValue: header[0]), payload[...])
+    }
+
+    /// HELLO, WELCOME and (with a token) AUTH, AUTH_OK.
+    func handshake(token: String? = nil) throws {
+        send(Wire.hello())
+        guard let (type, payload) = readFrame(), type == .welcome else { throw TestError("no WELCOME") }
+        let (_, nonce) = try Wire.decodeWelcome(payload)
+        if let nonce {
+            send(Wire.auth(mac: Authentication.response(token: token ?? "", nonce: nonce)))
+            guard let (t, _) = readFrame(), t == .authOK else { throw TestError("no AUTH_OK") }
+        }
+    }
+
+    /// Sends FILE and returns READY's offset.
+    func announce(_ header: FileHeader) throws -> UInt64 {
+        send(Wire.file(header))
+        guard let (type, payload) = readFrame() else { throw TestError("no answer to FILE") }
+        if type == .result { throw TestError("refused: \(try Wire.decodeResult(payload).message)") }
+        guard type == .ready else { throw TestError("expected READY, got \(String(describing: type))") }
+        return try Wire.decodeReady(payload).1
+    }
+
+    func result() throws -> UploadResult {
+        guard let (type, payload) = readFrame(), type == .result else { throw TestError("no RESULT") }
+        return try Wire.decodeResult(payload)
+    }
+}
+
+/// Runs senders on a client loop in the calling thread until they finish.
+func sendFiles(_ paths: [String], port: Int, token: String? = nil, seed: Bool = false) throws -> [Sender.Outcome] {
+    let loop = try Loop()
+    var options = Sender.Options(host: "127.0.0.1", port: port)
+    options.token = token
+    options.seedProtocol = seed
+    let sender = Sender(loop: loop, options: options)
+    var outcomes: [Sender.Outcome] = []
+    sender.send(paths) { outcomes = $0 }
+    loop.run()
+    try loop.close()
+    return outcomes
+}
+
+func writeTemporaryFile(_ bytes: [UInt8], name: String) -> String {
+    let dir = BackgroundServer.temporaryDirectory()
+    let path = dir + "/" + name
+    FileManager.default.createFile(atPath: path, contents: Data(bytes))
+    return path
+}
+
+func xxh3(_ bytes: [UInt8]) -> [UInt8] {
+    Digests.compute(.xxh3_128, bytes)
+}
