@@ -28,42 +28,75 @@ protocol BufferWaiter: AnyObject {
     func buffersAvailable()
 }
 
-/// The process-wide pool of receive slabs and the budget of buffered bytes (received, not yet
-/// written to disk) for all connections together. Owned by the server; used on the loop thread only.
+/// The process-wide pool of receive slabs, shared by all connections. Owned by the server; used
+/// on the loop thread only.
 ///
-/// When the budget's high mark is passed, reads get no buffer (libuv reports `ENOBUFS`, the
-/// connection stops reading and waits here); at the low mark the waiters resume in order. This
-/// bounds memory whatever the number of connections and however slow the disk is.
+/// Reads of all connections land one after another in the pool's *current* slab (libuv calls
+/// alloc, read and the read callback in sequence, one stream at a time), so a connection holds
+/// memory only for bytes it has received and not yet written: an idle connection holds none.
+/// A slab returns to the pool when every range in it is written. At most `maxSlabs` exist: when
+/// none is free, reads get no buffer (libuv reports `ENOBUFS`, the connection stops reading and
+/// waits here) and resume in order as slabs come back. This bounds memory whatever the number of
+/// connections and however slow the disk is.
 final class BufferPool {
     let slabSize: Int
-    /// The largest single read handed to libuv (smaller reads keep the budget's overshoot small).
+    /// The largest single read handed to libuv.
     let maxReadSize: Int
+    let maxSlabs: Int
     private let maxFreeSlabs: Int
     private var freeSlabs: [Slab] = []
-    private(set) var budget: WaterMarks
+    private var current: Slab?
+    /// Where the last buffer handed out starts in `current`.
+    private var lentStart = 0
     private var waiters: [BufferWaiter] = []
     /// Slabs alive (in use or free), for metrics and tests.
     private(set) var liveSlabs = 0
+    /// Bytes received and not yet released by their connection (for metrics and tests).
+    private(set) var bufferedBytes = 0
 
-    init(slabSize: Int = 256 * 1024, maxReadSize: Int = 64 * 1024, maxFreeSlabs: Int = 32, budgetLow: Int = 16 << 20, budgetHigh: Int = 24 << 20) {
+    init(slabSize: Int = 256 * 1024, maxReadSize: Int = 64 * 1024, budget: Int = 24 << 20, maxFreeSlabs: Int = 16) {
         self.slabSize = slabSize
-        self.maxReadSize = maxReadSize
+        self.maxReadSize = min(maxReadSize, slabSize)
+        self.maxSlabs = max(2, budget / slabSize)
         self.maxFreeSlabs = maxFreeSlabs
-        self.budget = WaterMarks(low: budgetLow, high: budgetHigh)
         freeSlabs.reserveCapacity(maxFreeSlabs)
     }
 
-    /// Whether a read may be given a buffer now.
-    var hasRoom: Bool { !budget.isPaused && budget.hasRoom }
+    /// Memory for the next read (at most `maxReadSize`), or nil when every slab is in use; then
+    /// `waiter` is told when one comes back.
+    func readBuffer(for waiter: BufferWaiter) -> UnsafeMutableRawBufferPointer? {
+        if let slab = current, slab.tail < maxReadSize {
+            current = nil
+            release(slab)
+        }
+        if current == nil {
+            guard let slab = takeSlab() else {
+                waiters.append(waiter)
+                return nil
+            }
+            current = slab
+        }
+        let slab = current!
+        lentStart = slab.filled
+        return UnsafeMutableRawBufferPointer(rebasing: slab.memory[slab.filled..<(slab.filled + maxReadSize)])
+    }
 
-    /// How many bytes the next read may take (0 when the budget is exhausted).
-    var readAllowance: Int { hasRoom ? min(maxReadSize, budget.high - budget.buffered) : 0 }
+    /// `count` bytes arrived in the buffer last handed out: returns where they are. The caller
+    /// retains the slab for every range it keeps.
+    func received(_ count: Int) -> (slab: Slab, start: Int) {
+        let slab = current!
+        precondition(slab.filled == lentStart, "a read callback without its allocation")
+        slab.filled += count
+        bufferedBytes += count
+        return (slab, lentStart)
+    }
 
-    func takeSlab() -> Slab {
+    private func takeSlab() -> Slab? {
         let slab: Slab
         if let s = freeSlabs.popLast() {
             slab = s
         } else {
+            guard liveSlabs < maxSlabs else { return nil }
             slab = Slab(size: slabSize)
             liveSlabs += 1
         }
@@ -78,25 +111,16 @@ final class BufferPool {
         slab.references -= 1
         precondition(slab.references >= 0, "slab released twice")
         guard slab.references == 0 else { return }
-        if freeSlabs.count < maxFreeSlabs {
+        if freeSlabs.count < maxFreeSlabs || !waiters.isEmpty {
             freeSlabs.append(slab)
         } else {
-            liveSlabs -= 1
+            liveSlabs -= 1 // deinit unmaps it
         }
+        if !waiters.isEmpty { wakeWaiters() }
     }
 
-    /// Whether `slab` has no reference but the reader's (so the reader may rewind it).
-    func isOnlyReader(_ slab: Slab) -> Bool { slab.references == 1 }
-
-    func buffered(_ n: Int) { _ = budget.added(n) }
-
-    func written(_ n: Int) {
-        if budget.removed(n) == .resume || (!waiters.isEmpty && hasRoom) {
-            wakeWaiters()
-        }
-    }
-
-    func waitForRoom(_ waiter: BufferWaiter) { waiters.append(waiter) }
+    /// The connection is done with `n` received bytes (written to disk, consumed, or dropped).
+    func consumed(_ n: Int) { bufferedBytes -= n }
 
     func cancelWait(_ waiter: BufferWaiter) { waiters.removeAll { $0 === waiter } }
 

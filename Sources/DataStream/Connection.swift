@@ -6,9 +6,9 @@ import UV
 /// `ConnectionStateMachine` and carries out the actions the machine returns.
 ///
 /// Owned by the `Server` (in its connection table) from accept until its stream's close
-/// callback. It owns its `TCPStream`, its current receive slab and its upload's `UploadSink`.
+/// callback. It owns its `TCPStream`, the input it holds back, and its upload's `UploadSink`.
 /// Reading stops while any of these holds: the connection's own buffered bytes passed their high
-/// mark, the process-wide budget is exhausted, or the machine asked to hold input for a pending
+/// mark, every receive slab of the process is in use, or the machine asked to hold input for a pending
 /// file operation.
 final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     let id: UInt64
@@ -19,7 +19,6 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     private let pool: BufferPool
     private let store: Store
 
-    private var readSlab: Slab?
     private var held: (slab: Slab, start: Int, count: Int)?
     private var flow: WaterMarks
     private var pausedByFlow = false
@@ -59,33 +58,16 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     // MARK: - Reading
 
     func readBuffer(for stream: TCPStream, suggestedSize: Int) -> UnsafeMutableRawBufferPointer? {
-        let allowance = pool.readAllowance
-        if allowance == 0 {
-            if !waitingForBuffer {
-                waitingForBuffer = true
-                pool.waitForRoom(self)
-            }
-            return nil
-        }
-        if let slab = readSlab {
-            if held == nil && pool.isOnlyReader(slab) {
-                slab.filled = 0 // everything read into it is written or consumed: reuse it from the start
-            } else if slab.tail < 4096 {
-                pool.release(slab)
-                readSlab = nil
-            }
-        }
-        let slab = readSlab ?? pool.takeSlab()
-        readSlab = slab
-        return UnsafeMutableRawBufferPointer(rebasing: slab.memory[slab.filled..<(slab.filled + min(allowance, slab.tail))])
+        if let buffer = pool.readBuffer(for: self) { return buffer }
+        waitingForBuffer = true // the pool calls buffersAvailable when a slab comes back
+        return nil
     }
 
     func stream(_ stream: TCPStream, didRead event: ReadEvent, buffer: UnsafeMutableRawBufferPointer?) {
         switch event {
         case .data(let count):
-            guard count > 0, let slab = readSlab else { return }
-            let start = slab.filled
-            slab.filled += count
+            guard count > 0 else { return }
+            let (slab, start) = pool.received(count)
             server.statistics.bytesReceived += UInt64(count)
             process(slab, start: start, count: count)
         case .endOfStream:
@@ -127,6 +109,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
                 queueFileBytes(slab, start: start + offset, count: step.fileBytes)
             }
             offset += step.consumed
+            pool.consumed(step.consumed - step.fileBytes) // control bytes are copied into the machine
             if step.action == .wait {
                 pool.retain(slab)
                 held = (slab, start + offset, count - offset)
@@ -148,7 +131,6 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
 
     private func queueFileBytes(_ slab: Slab, start: Int, count: Int) {
         guard let sink else { preconditionFailure("file data without an upload") }
-        pool.buffered(count)
         if flow.added(count) == .pause {
             pausedByFlow = true
             updateReading()
@@ -347,12 +329,9 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
         finishCancelled = true
         pool.cancelWait(self)
         if let h = held {
+            pool.consumed(h.count)
             pool.release(h.slab)
             held = nil
-        }
-        if let slab = readSlab {
-            pool.release(slab)
-            readSlab = nil
         }
         if let sink {
             let native = self.native, header = nativeHeader, seedPath = self.seedPath

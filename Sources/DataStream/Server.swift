@@ -21,9 +21,8 @@ public final class Server {
         /// Per-connection buffered bytes: pause reading above `high`, resume at `low`.
         public var connectionBufferLow = 1 << 20
         public var connectionBufferHigh = 4 << 20
-        /// Whole-process buffered bytes: give reads no buffer above `high`, resume at `low`.
-        public var processBufferLow = 16 << 20
-        public var processBufferHigh = 24 << 20
+        /// Whole-process receive memory: reads wait for a buffer when it is all in use.
+        public var processBufferBudget = 24 << 20
         public init() {}
     }
 
@@ -59,7 +58,7 @@ public final class Server {
         } catch {
             throw .directory(error)
         }
-        pool = BufferPool(budgetLow: configuration.processBufferLow, budgetHigh: configuration.processBufferHigh)
+        pool = BufferPool(budget: configuration.processBufferBudget)
         machineConfiguration = .init(token: configuration.token, maxFileSize: configuration.maxFileSize)
     }
 

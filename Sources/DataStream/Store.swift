@@ -19,6 +19,7 @@ public final class Store {
     let fs: FileSystem
     private var activeUploads: Set<UploadID> = []
     private var seedCounter: UInt64 = 0
+    private var storedSeedCounter: UInt64 = 0
     private let pid = getpid()
 
     /// Creates the directories if needed (at start-up, before the loop serves anything) and
@@ -58,7 +59,8 @@ public final class Store {
 
     /// The generated name of the next seed upload.
     func nextSeedName() -> String {
-        NamePolicy.seedUploadName(utcSeconds: time(nil), counter: seedCounter)
+        storedSeedCounter += 1
+        return NamePolicy.seedUploadName(utcSeconds: time(nil), counter: storedSeedCounter)
     }
 
     /// Seed uploads whose file began with digits: writes `prefix` and then the `dataLength` bytes

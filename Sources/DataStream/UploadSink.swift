@@ -67,6 +67,7 @@ final class UploadSink {
     func append(_ slab: Slab, start: Int, count: Int) {
         guard count > 0 else { return }
         if failure != nil {
+            pool.consumed(count)
             owner?.sinkReleased(count)
             return
         }
@@ -82,7 +83,7 @@ final class UploadSink {
 
     /// Calls `completion` once every queued byte is written (or the sink has failed).
     func flush(_ completion: @escaping (UVOperationError?) -> Void) {
-        if failure != nil || (queue.isEmpty && inFlight.isEmpty && fd != nil) {
+        if failure != nil || (queue.isEmpty && inFlight.isEmpty && (fd != nil || closed)) {
             completion(failure)
             return
         }
@@ -145,7 +146,7 @@ final class UploadSink {
             }
         }
         writeOffset += UInt64(written)
-        pool.written(written)
+        pool.consumed(written)
         owner?.sinkReleased(written)
         inFlight.removeFirst(index)
         if !inFlight.isEmpty {
@@ -166,7 +167,7 @@ final class UploadSink {
         queuedBytes = 0
         for s in dropped {
             pool.release(s.slab)
-            pool.written(s.count)
+            pool.consumed(s.count)
             owner?.sinkReleased(s.count)
         }
         if first { owner?.sinkFailed(error) }

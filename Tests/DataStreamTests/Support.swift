@@ -84,14 +84,23 @@ struct TestError: Error, CustomStringConvertible {
     init(_ d: String) { description = d }
 }
 
-/// Deterministic bytes for upload `index`.
+/// Deterministic bytes for upload `index` (xorshift64, eight bytes per step).
 func content(_ index: Int, count: Int, seed: UInt64 = 0x9E37_79B9_7F4A_7C15) -> [UInt8] {
-    var x = seed &+ UInt64(index) &* 0x2545_F491_4F6C_DD1D
-    return (0..<count).map { _ in
-        x ^= x << 13
-        x ^= x >> 7
-        x ^= x << 17
-        return UInt8(truncatingIfNeeded: x)
+    var x = seed &+ UInt64(index) &* 0x2545_F491_4F6C_DD1D | 1
+    return [UInt8](unsafeUninitializedCapacity: count) { buffer, initialised in
+        var i = 0
+        while i < count {
+            x ^= x << 13
+            x ^= x >> 7
+            x ^= x << 17
+            withUnsafeBytes(of: x.littleEndian) { word in
+                for b in word where i < count {
+                    buffer[i] = b
+                    i += 1
+                }
+            }
+        }
+        initialised = count
     }
 }
 

@@ -1,0 +1,115 @@
+import DataStream
+import DataStreamCore
+import Foundation
+import Testing
+import UV
+
+/// A seed-protocol upload on a client loop, as the seed's client: writes the digits and the
+/// bytes, closes its sending side, then waits for the server to close the connection (which it
+/// does once the file is stored). The half-close matters for files that begin with digits:
+/// their framing is only decided at the client's end of stream.
+final class LoopSeedUpload: TCPStreamReader {
+    let index: Int
+    let data: [UInt8]
+    var stream: TCPStream?
+    var finished = false
+    var stage = "connecting"
+    var failure: String?
+    let scratch: UnsafeMutableRawBufferPointer
+    let onDone: () -> Void
+
+    init(index: Int, data: [UInt8], scratch: UnsafeMutableRawBufferPointer, onDone: @escaping () -> Void) {
+        self.index = index
+        self.data = data
+        self.scratch = scratch
+        self.onDone = onDone
+    }
+
+    func start(loop: Loop, port: Int) throws {
+        try TCPStream.connect(loop: loop, to: SocketAddress(host: "127.0.0.1", port: port)) { [self] r in
+            switch r {
+            case .failure(let e): done(e.description)
+            case .success(let s):
+                stream = s
+                stage = "writing"
+                do {
+                    try s.startReading(self)
+                    try s.write(Array(String(data.count).utf8) + data) { [self] e in
+                        stage = "awaiting close"
+                        if let e { done(e.description); return }
+                        do { try s.shutdown() } catch { done("\(error)") }
+                    }
+                } catch { done("\(error)") }
+            }
+        }
+    }
+
+    func readBuffer(for stream: TCPStream, suggestedSize: Int) -> UnsafeMutableRawBufferPointer? { scratch }
+
+    func stream(_ stream: TCPStream, didRead event: ReadEvent, buffer: UnsafeMutableRawBufferPointer?) {
+        switch event {
+        case .data: break
+        case .endOfStream: done(nil)
+        case .noBuffer: done("no buffer")
+        case .failed(let e): done(e.description)
+        }
+    }
+
+    private func done(_ failure: String?) {
+        guard !finished else { return }
+        finished = true
+        self.failure = failure
+        stream?.close()
+        onDone()
+    }
+}
+
+struct ConcurrencyTests {
+    @Test func thousandConcurrentUploadsAreByteIdentical() throws {
+        let server = try BackgroundServer()
+        defer { server.stop() }
+        let n = 1000
+        let loop = try Loop()
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 16)
+        defer { scratch.deallocate() }
+        var completed = 0
+        var uploads: [LoopSeedUpload] = []
+        var expected: [Int: [UInt8]] = [:]
+        for i in 0..<n {
+            // Sizes vary from 1 KiB to about 200 KiB; contents derive from the index.
+            let data = content(i, count: 1024 + (i * 7919) % (200 * 1024))
+            expected[i] = data
+            uploads.append(LoopSeedUpload(index: i, data: data, scratch: scratch) { completed += 1 })
+        }
+        for upload in uploads { try upload.start(loop: loop, port: server.port) }
+        let guardTimer = try UV.Timer(loop: loop)
+        try guardTimer.start(timeout: 60_000) {
+            let stages = Dictionary(grouping: uploads.filter { !$0.finished }, by: \.stage).mapValues(\.count)
+            Issue.record("uploads did not finish within 60 s: \(completed) of \(n); unfinished by stage: \(stages)")
+            for u in uploads where !u.finished { u.stream?.close() }
+            guardTimer.close()
+        }
+        let check = try UV.Timer(loop: loop)
+        try check.start(timeout: 10, repeat: 10) {
+            if completed == n {
+                check.close()
+                guardTimer.close()
+            }
+        }
+        loop.run()
+        try loop.close()
+        #expect(completed == n)
+        #expect(uploads.allSatisfy { $0.failure == nil })
+        let files = server.storedFiles()
+        #expect(files.count == n)
+        // Match each stored file to an upload by content.
+        var byContent: [[UInt8]: Int] = [:]
+        for (i, d) in expected { byContent[d] = i }
+        var matched = Set<Int>()
+        for name in files {
+            if let bytes = server.contents(name), let i = byContent[bytes] { matched.insert(i) }
+        }
+        #expect(matched.count == n)
+        #expect(server.eventually { server.partials().isEmpty })
+    }
+}
