@@ -46,7 +46,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "UVTests", dependencies: ["UV", "CLibUV"]),
-        .testTarget(name: "DataStreamCoreTests", dependencies: ["DataStreamCore"]),
+        .testTarget(name: "DataStreamCoreTests", dependencies: ["DataStreamCore", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "DataStreamTests", dependencies: ["DataStream", "DataStreamCore", "UV"]),
     ]
 )

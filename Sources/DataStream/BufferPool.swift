@@ -54,12 +54,12 @@ final class BufferPool {
     /// Bytes received and not yet released by their connection (for metrics and tests).
     private(set) var bufferedBytes = 0
 
-    init(slabSize: Int = 256 * 1024, maxReadSize: Int = 64 * 1024, budget: Int = 24 << 20, maxFreeSlabs: Int = 16) {
+    init(slabSize: Int = 256 * 1024, maxReadSize: Int = 64 * 1024, budget: Int = 24 << 20, maxFreeSlabs: Int? = nil) {
         self.slabSize = slabSize
         self.maxReadSize = min(maxReadSize, slabSize)
         self.maxSlabs = max(2, budget / slabSize)
-        self.maxFreeSlabs = maxFreeSlabs
-        freeSlabs.reserveCapacity(maxFreeSlabs)
+        self.maxFreeSlabs = maxFreeSlabs ?? max(2, budget / slabSize) // keep them mapped: no page-fault churn
+        freeSlabs.reserveCapacity(self.maxFreeSlabs)
     }
 
     /// Memory for the next read (at most `maxReadSize`), or nil when every slab is in use; then
