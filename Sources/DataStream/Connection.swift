@@ -209,7 +209,9 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
             switch result {
             case .success(let (fd, path)):
                 guard self.sink === sink, !closing else {
+                    // The connection ended while the file was opening: drop both.
                     store.discard(fd, path: path, metaPath: nil)
+                    sink.openFailed(UVOperationError("fs_open", target: path, code: UVError.canceled.code))
                     return
                 }
                 seedPath = path

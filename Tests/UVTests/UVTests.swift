@@ -277,6 +277,7 @@ struct TCPAndUDPTests {
             _ = try bytes.withUnsafeBytes { try sender.trySend($0, to: target) }
         }
         loop.run()
+        collector.onDatagram = nil
         #expect(collector.datagrams.count == 50)
         #expect(Set(collector.datagrams.map { $0[0] }).count == 50)
         try loop.close()
