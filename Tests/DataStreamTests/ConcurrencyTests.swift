@@ -113,3 +113,54 @@ struct ConcurrencyTests {
         #expect(server.eventually { server.partials().isEmpty })
     }
 }
+
+struct BackpressureTests {
+    /// With only two receive slabs (512 KiB) for the whole process and a 64 KiB per-connection
+    /// mark, 60 concurrent uploads of up to 1.5 MiB must all wait for buffers, resume, and finish intact.
+    @Test func tinyBudgetsStillDeliverEveryUploadIntact() throws {
+        let server = try BackgroundServer {
+            $0.processBufferBudget = 512 * 1024
+            $0.connectionBufferLow = 16 * 1024
+            $0.connectionBufferHigh = 64 * 1024
+        }
+        defer { server.stop() }
+        let loop = try Loop()
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 16)
+        defer { scratch.deallocate() }
+        var completed = 0
+        let n = 60
+        let uploads = (0..<n).map { i in
+            LoopSeedUpload(index: i, data: content(1000 + i, count: 100_000 + i * 25_000, seed: 7), scratch: scratch) { completed += 1 }
+        }
+        for u in uploads { try u.start(loop: loop, port: server.port) }
+        let deadline = try UV.Timer(loop: loop)
+        let check = try UV.Timer(loop: loop)
+        try deadline.start(timeout: 60_000) {
+            Issue.record("only \(completed) of \(n) finished in 60 s")
+            for u in uploads where !u.finished { u.stream?.close() }
+            deadline.close()
+            check.close()
+        }
+        try check.start(timeout: 10, repeat: 10) {
+            if completed == n {
+                check.close()
+                deadline.close()
+            }
+        }
+        loop.run()
+        try loop.close()
+        #expect(uploads.allSatisfy { $0.failure == nil })
+        let stored = Set(server.storedFiles().compactMap { server.contents($0) })
+        #expect(stored == Set(uploads.map(\.data)))
+    }
+
+    @Test func fsyncModeStoresAndAnswers() throws {
+        let server = try BackgroundServer { $0.fsync = true }
+        defer { server.stop() }
+        let a = content(77, count: 600_000)
+        let outcomes = try sendFiles([writeTemporaryFile(a, name: "durable.bin")], port: server.port)
+        #expect(outcomes.first?.succeeded == true)
+        #expect(server.contents("durable.bin") == a)
+        #expect(server.eventually { server.partials().isEmpty })
+    }
+}
