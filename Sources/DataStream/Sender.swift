@@ -198,27 +198,33 @@ public final class Sender: TCPStreamReader {
     }
 
     private func nextNativeFile() {
-        guard index < paths.count else {
+        openNextFile(finished: { [self] in
             phase = .done
             write(Wire.bye())
             finish()
-            return
-        }
-        let path = paths[index]
-        guard let (size, id) = Sender.identity(of: path) else {
-            outcomes[index].message = "cannot read \(path): \(String(cString: strerror(errno)))"
-            index += 1
-            nextNativeFile()
-            return
-        }
-        outcomes[index].size = size
-        openFile(path, size: size) { [self] in
+        }) { [self] path, size, id in
             uploadID = id
             digester = Digester(options.digest)
             phase = .awaitingReady
             let name = String(path.split(separator: "/").last ?? Substring(path))
             write(Wire.file(FileHeader(uploadID: id, size: size, digest: options.digest, name: name)))
         }
+    }
+
+    /// Opens the next readable file (recording why others cannot be read) and calls `start`
+    /// with it; after the last file, calls `finished`.
+    private func openNextFile(finished: () -> Void, start: @escaping (String, UInt64, UploadID) -> Void) {
+        while index < paths.count {
+            let path = paths[index]
+            if let (size, id) = Sender.identity(of: path) {
+                outcomes[index].size = size
+                openFile(path, size: size) { start(path, size, id) }
+                return
+            }
+            outcomes[index].message = "cannot read \(path): \(String(cString: strerror(errno)))"
+            index += 1
+        }
+        finished()
     }
 
     /// The file's size, and an upload id derived from its path, size and modification time, so a
@@ -342,20 +348,10 @@ public final class Sender: TCPStreamReader {
 
     private func nextSeedFile() {
         closeFile()
-        guard index < paths.count else {
+        openNextFile(finished: { [self] in
             phase = .done
             finish()
-            return
-        }
-        let path = paths[index]
-        guard let (size, _) = Sender.identity(of: path) else {
-            outcomes[index].message = "cannot read \(path): \(String(cString: strerror(errno)))"
-            index += 1
-            nextSeedFile()
-            return
-        }
-        outcomes[index].size = size
-        openFile(path, size: size) { [self] in
+        }) { [self] _, size, _ in
             digester = nil
             connect { [self] in
                 phase = .streaming

@@ -8,12 +8,7 @@ public final class AsyncWakeup: Handle, @unchecked Sendable {
 
     /// The libuv function is `uv_async_init`.
     public init(loop: Loop, _ callback: @escaping () -> Void) throws(UVOperationError) {
-        let raw = Handle.allocate(UV_ASYNC)
-        let status = uv_async_init(loop.uv, raw.assumingMemoryBound(to: uv_async_t.self), asyncFired)
-        if status < 0 {
-            raw.deallocate()
-            throw UVOperationError("async_init", code: status)
-        }
+        let raw = try Handle.initialise(UV_ASYNC, "async_init") { uv_async_init(loop.uv, $0.assumingMemoryBound(to: uv_async_t.self), asyncFired) }
         self.callback = callback
         super.init(loop: loop, initialisedHandle: raw)
     }

@@ -19,9 +19,16 @@ open class Handle {
 
     var handle: UnsafeMutablePointer<uv_handle_t> { raw.assumingMemoryBound(to: uv_handle_t.self) }
 
-    /// Allocates memory for a handle of this type; free it with `deallocate()` if `uv_*_init` fails.
-    static func allocate(_ type: uv_handle_type) -> UnsafeMutableRawPointer {
-        UnsafeMutableRawPointer.allocate(byteCount: uv_handle_size(type), alignment: 16)
+    /// Allocates memory for a handle of `type` and runs its `uv_*_init` on it; frees the memory
+    /// and throws if that fails.
+    static func initialise(_ type: uv_handle_type, _ operation: String, _ initialise: (UnsafeMutableRawPointer) -> Int32) throws(UVOperationError) -> UnsafeMutableRawPointer {
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: uv_handle_size(type), alignment: 16)
+        let status = initialise(raw)
+        if status < 0 {
+            raw.deallocate()
+            throw UVOperationError(operation, code: status)
+        }
+        return raw
     }
 
     /// Takes over a handle that `uv_*_init` initialised: stores the +1 self reference in `data`.

@@ -7,12 +7,7 @@ public final class Signal: Handle {
 
     /// The libuv function is `uv_signal_init`.
     public init(loop: Loop) throws(UVOperationError) {
-        let raw = Handle.allocate(UV_SIGNAL)
-        let status = uv_signal_init(loop.uv, raw.assumingMemoryBound(to: uv_signal_t.self))
-        if status < 0 {
-            raw.deallocate()
-            throw UVOperationError("signal_init", code: status)
-        }
+        let raw = try Handle.initialise(UV_SIGNAL, "signal_init") { uv_signal_init(loop.uv, $0.assumingMemoryBound(to: uv_signal_t.self)) }
         super.init(loop: loop, initialisedHandle: raw)
     }
 

@@ -30,12 +30,7 @@ public final class TCPStream: Handle {
     public private(set) var isReading = false
 
     init(loop: Loop) throws(UVOperationError) {
-        let raw = Handle.allocate(UV_TCP)
-        let status = uv_tcp_init(loop.uv, raw.assumingMemoryBound(to: uv_tcp_t.self))
-        if status < 0 {
-            raw.deallocate()
-            throw UVOperationError("tcp_init", code: status)
-        }
+        let raw = try Handle.initialise(UV_TCP, "tcp_init") { uv_tcp_init(loop.uv, $0.assumingMemoryBound(to: uv_tcp_t.self)) }
         super.init(loop: loop, initialisedHandle: raw)
     }
 
@@ -186,12 +181,7 @@ public final class TCPListener: Handle {
 
     /// The libuv function is `uv_tcp_init`.
     public init(loop: Loop) throws(UVOperationError) {
-        let raw = Handle.allocate(UV_TCP)
-        let status = uv_tcp_init(loop.uv, raw.assumingMemoryBound(to: uv_tcp_t.self))
-        if status < 0 {
-            raw.deallocate()
-            throw UVOperationError("tcp_init", code: status)
-        }
+        let raw = try Handle.initialise(UV_TCP, "tcp_init") { uv_tcp_init(loop.uv, $0.assumingMemoryBound(to: uv_tcp_t.self)) }
         super.init(loop: loop, initialisedHandle: raw)
     }
 

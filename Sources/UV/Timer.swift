@@ -7,12 +7,7 @@ public final class Timer: Handle {
 
     /// The libuv function is `uv_timer_init`.
     public init(loop: Loop) throws(UVOperationError) {
-        let raw = Handle.allocate(UV_TIMER)
-        let status = uv_timer_init(loop.uv, raw.assumingMemoryBound(to: uv_timer_t.self))
-        if status < 0 {
-            raw.deallocate()
-            throw UVOperationError("timer_init", code: status)
-        }
+        let raw = try Handle.initialise(UV_TIMER, "timer_init") { uv_timer_init(loop.uv, $0.assumingMemoryBound(to: uv_timer_t.self)) }
         super.init(loop: loop, initialisedHandle: raw)
     }
 

@@ -17,13 +17,8 @@ public final class UDPSocket: Handle {
 
     /// The libuv functions are `uv_udp_init` and `uv_udp_init_ex` (with `UV_UDP_RECVMMSG` when `batchedReceive`).
     public init(loop: Loop, batchedReceive: Bool = false) throws(UVOperationError) {
-        let raw = Handle.allocate(UV_UDP)
         let flags = UInt32(AF_UNSPEC) | (batchedReceive ? UInt32(UV_UDP_RECVMMSG.rawValue) : 0)
-        let status = uv_udp_init_ex(loop.uv, raw.assumingMemoryBound(to: uv_udp_t.self), flags)
-        if status < 0 {
-            raw.deallocate()
-            throw UVOperationError("udp_init_ex", code: status)
-        }
+        let raw = try Handle.initialise(UV_UDP, "udp_init_ex") { uv_udp_init_ex(loop.uv, $0.assumingMemoryBound(to: uv_udp_t.self), flags) }
         super.init(loop: loop, initialisedHandle: raw)
     }
 
