@@ -58,6 +58,13 @@ struct Serve: ParsableCommand {
         print("listening tcp \(address)")
         fflush(stdout)
 
+        // A parent may have spawned us with these signals blocked (Foundation's Process does):
+        // unblock them, or SIGINT/SIGTERM would never reach the loop.
+        var unblock = sigset_t()
+        sigemptyset(&unblock)
+        sigaddset(&unblock, SIGINT)
+        sigaddset(&unblock, SIGTERM)
+        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
         var signals: [UV.Signal] = []
         var stopping = false
         for signum in [SIGINT, SIGTERM] {
