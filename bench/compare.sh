@@ -13,8 +13,8 @@ start() { # name -> sets PORT, PID; receiver writes into $work/out
     rm -rf "$work/out"; mkdir -p "$work/out"
     local port=$(( 20000 + RANDOM % 20000 ))
     case "$1" in
-        datastream) /usr/bin/time -f "%M" -o "$work/rss" "$here/.build/release/datastream" serve --port "$port" --dir "$work/out" --log-level warning >/dev/null 2>&1 & ;;
-        node) /usr/bin/time -f "%M" -o "$work/rss" node "$here/bench/peers/node-receiver.js" "$port" "$work/out" >/dev/null 2>&1 & ;;
+        datastream) /usr/bin/time -f "%M" -o "$work/rss" -q "$here/.build/release/datastream" serve --port "$port" --dir "$work/out" --log-level warning >/dev/null 2>&1 & ;;
+        node) /usr/bin/time -f "%M" -o "$work/rss" -q node "$here/bench/peers/node-receiver.js" "$port" "$work/out" >/dev/null 2>&1 & ;;
     esac
     PID=$!; PORT=$port
     for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done

@@ -92,11 +92,9 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     }
 
     func sinkFailed(_ error: UVOperationError) {
-        switch machine.stateName {
-        case "receiving", "awaitingEnd", "seedReceiving":
+        // Otherwise a flush is waiting on the sink and reports the failure itself.
+        if machine.isReceivingFileBytes {
             perform(machine.uploadFailed(.storageFailed(reason: error.description)))
-        default:
-            break // the flush that is waiting reports it
         }
     }
 

@@ -130,6 +130,15 @@ public struct ConnectionStateMachine {
         }
     }
 
+    /// Whether file bytes may still be arriving for the current upload (a write failure must
+    /// then end the upload at once rather than wait for the next file operation to report it).
+    public var isReceivingFileBytes: Bool {
+        switch state {
+        case .seedReceiving, .receiving, .awaitingEnd: return true
+        default: return false
+        }
+    }
+
     /// The upload in progress on a native connection, if any.
     public var currentUpload: FileHeader? {
         switch state {
