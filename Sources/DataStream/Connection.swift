@@ -141,14 +141,15 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
         let shouldRead = !pausedByFlow && !waitingForBuffer && held == nil
         if shouldRead && !stream.isReading {
             do { try stream.startReading(self) } catch {
-                closeConnection(reply: nil, reason: .connectionFailed(reason: error.description), partial: isSeedOrNative)
+                closeConnection(reply: nil, reason: .connectionFailed(reason: error.description), partial: currentPartialDisposition)
             }
         } else if !shouldRead && stream.isReading {
             stream.stopReading()
         }
     }
 
-    private var isSeedOrNative: ConnectionStateMachine.PartialDisposition {
+    /// What to do with the partial if the connection ends now: native partials are resumable.
+    private var currentPartialDisposition: ConnectionStateMachine.PartialDisposition {
         seedPath != nil ? .discard : (nativeHeader != nil ? .keep : .none)
     }
 
@@ -359,6 +360,6 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
 
     /// Server shutdown: end the connection now, keeping native partials for resume.
     func abort() {
-        closeConnection(reply: nil, reason: nil, partial: nativeHeader != nil ? .keep : (seedPath != nil ? .discard : .none))
+        closeConnection(reply: nil, reason: nil, partial: currentPartialDisposition)
     }
 }

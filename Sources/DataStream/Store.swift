@@ -164,8 +164,9 @@ public final class Store {
                     done(.failure(.storageFailed(reason: "unreadable metadata \(meta)")))
                     return
                 }
-                guard recorded.size == header.size, recorded.digest == header.digest, recorded.name == header.name else {
-                    done(.failure(.resumeMismatch(detail: "held upload is \(recorded.size) bytes, \(recorded.digest.name), \"\(recorded.name)\"; announced \(header.size) bytes, \(header.digest.name), \"\(header.name)\"")))
+                let held = recorded.header
+                guard held == header else {
+                    done(.failure(.resumeMismatch(detail: "held upload is \(held.size) bytes, \(held.digest.name), \"\(held.name)\"; announced \(header.size) bytes, \(header.digest.name), \"\(header.name)\"")))
                     return
                 }
                 resumeNative(header, done)
@@ -178,7 +179,7 @@ public final class Store {
 
     private func createNative(_ header: FileHeader, _ completion: @escaping (Result<NativePartial, ProtocolError>) -> Void) {
         let meta = metaPath(header.uploadID), part = partialPath(header.uploadID)
-        let record = PartialMetadata(uploadID: header.uploadID, size: header.size, digest: header.digest, name: header.name).encoded
+        let record = PartialMetadata(header).encoded
         writeSmallFile(meta, record) { [self] e in
             if let e { completion(.failure(.storageFailed(reason: e.description))); return }
             submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { completion(.failure(.storageFailed(reason: e.description))) } }) { [fs] () throws(UVOperationError) in

@@ -1,22 +1,14 @@
 /// What the server records beside a partial native upload (`<id>.meta`), so that it can be
 /// resumed after a reconnect or a restart. A value with a line-based text encoding.
 public struct PartialMetadata: Hashable, Sendable {
-    public var uploadID: UploadID
-    public var size: UInt64
-    public var digest: DigestAlgorithm
-    /// The sanitised name.
-    public var name: String
+    /// What the client announced (with the sanitised name).
+    public var header: FileHeader
 
-    public init(uploadID: UploadID, size: UInt64, digest: DigestAlgorithm, name: String) {
-        self.uploadID = uploadID
-        self.size = size
-        self.digest = digest
-        self.name = name
-    }
+    public init(_ header: FileHeader) { self.header = header }
 
     /// The encoded file: `datastream-partial 1`, then `id`, `size`, `digest`, `name` (hex of UTF-8) lines.
     public var encoded: [UInt8] {
-        Array("datastream-partial 1\nid \(uploadID.hex)\nsize \(size)\ndigest \(digest.name)\nname \(Array(name.utf8).hexString)\n".utf8)
+        Array("datastream-partial 1\nid \(header.uploadID.hex)\nsize \(header.size)\ndigest \(header.digest.name)\nname \(Array(header.name.utf8).hexString)\n".utf8)
     }
 
     /// Parses `encoded`; nil for anything else.
@@ -35,6 +27,6 @@ public struct PartialMetadata: Hashable, Sendable {
               let nameBytes = fields["name"].flatMap({ [UInt8](hex: String($0)) }),
               let name = String(validating: nameBytes, as: UTF8.self)
         else { return nil }
-        self.init(uploadID: id, size: size, digest: digest, name: name)
+        self.init(FileHeader(uploadID: id, size: size, digest: digest, name: name))
     }
 }

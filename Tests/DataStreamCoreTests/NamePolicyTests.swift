@@ -43,7 +43,7 @@ struct NamePolicyTests {
 
 struct PartialMetadataTests {
     @Test func roundTrip() {
-        let m = PartialMetadata(uploadID: .random(), size: 12345, digest: .sha256, name: "a b\nc.txt")
+        let m = PartialMetadata(FileHeader(uploadID: .random(), size: 12345, digest: .sha256, name: "a b\nc.txt"))
         #expect(PartialMetadata(decoding: m.encoded) == m)
         #expect(PartialMetadata(decoding: Array("garbage".utf8)) == nil)
     }
