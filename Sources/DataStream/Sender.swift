@@ -8,6 +8,7 @@ import UV
 /// the seed's own client). Runs on a loop the caller owns and runs; the sender owns its stream,
 /// its two file buffers and the descriptors it opens.
 public final class Sender: TCPStreamReader {
+    /// Where to send and how: the receiver, the token, the protocol, the digest, the chunk size.
     public struct Options: Sendable {
         public var host: String
         public var port: Int

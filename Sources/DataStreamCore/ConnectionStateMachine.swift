@@ -424,6 +424,8 @@ public struct ConnectionStateMachine {
 public struct FrameAccumulator: Sendable {
     public private(set) var buffer: [UInt8] = []
 
+    /// What one `append` produced: nothing complete yet, a whole frame (its payload is in
+    /// `payload` until `reset`), or a header announcing a payload over the limit.
     public enum Outcome: Sendable { case needMore, frame(type: UInt8), tooLarge(UInt32) }
 
     public init() { buffer.reserveCapacity(512) }
