@@ -64,47 +64,52 @@ final class LoopSeedUpload: TCPStreamReader {
     }
 }
 
+/// Runs one seed upload per payload, all at once, on a client loop in the calling thread, until
+/// every one has finished or `timeout` ms have passed (then the unfinished ones are recorded as a
+/// test issue, by stage, and closed). Returns the uploads with their outcomes.
+func runSeedUploads(_ payloads: [[UInt8]], port: Int, timeout: UInt64 = 60_000) throws -> [LoopSeedUpload] {
+    let loop = try Loop()
+    let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 16)
+    defer { scratch.deallocate() }
+    var completed = 0
+    let uploads = payloads.enumerated().map { i, data in
+        LoopSeedUpload(index: i, data: data, scratch: scratch) { completed += 1 }
+    }
+    for upload in uploads { try upload.start(loop: loop, port: port) }
+    let deadline = try UV.Timer(loop: loop)
+    let check = try UV.Timer(loop: loop)
+    try deadline.start(timeout: timeout) {
+        let stages = Dictionary(grouping: uploads.filter { !$0.finished }, by: \.stage).mapValues(\.count)
+        Issue.record("uploads did not finish within \(timeout) ms: \(completed) of \(uploads.count); unfinished by stage: \(stages)")
+        for u in uploads where !u.finished { u.stream?.close() }
+        deadline.close()
+        check.close()
+    }
+    try check.start(timeout: 10, repeat: 10) {
+        if completed == uploads.count {
+            check.close()
+            deadline.close()
+        }
+    }
+    loop.run()
+    try loop.close()
+    return uploads
+}
+
 struct ConcurrencyTests {
     @Test func thousandConcurrentUploadsAreByteIdentical() throws {
         let server = try BackgroundServer()
         defer { server.stop() }
         let n = 1000
-        let loop = try Loop()
-        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 16)
-        defer { scratch.deallocate() }
-        var completed = 0
-        var uploads: [LoopSeedUpload] = []
-        var expected: [Int: [UInt8]] = [:]
-        for i in 0..<n {
-            // Sizes vary from 1 KiB to about 200 KiB; contents derive from the index.
-            let data = content(i, count: 1024 + (i * 7919) % (200 * 1024))
-            expected[i] = data
-            uploads.append(LoopSeedUpload(index: i, data: data, scratch: scratch) { completed += 1 })
-        }
-        for upload in uploads { try upload.start(loop: loop, port: server.port) }
-        let guardTimer = try UV.Timer(loop: loop)
-        try guardTimer.start(timeout: 60_000) {
-            let stages = Dictionary(grouping: uploads.filter { !$0.finished }, by: \.stage).mapValues(\.count)
-            Issue.record("uploads did not finish within 60 s: \(completed) of \(n); unfinished by stage: \(stages)")
-            for u in uploads where !u.finished { u.stream?.close() }
-            guardTimer.close()
-        }
-        let check = try UV.Timer(loop: loop)
-        try check.start(timeout: 10, repeat: 10) {
-            if completed == n {
-                check.close()
-                guardTimer.close()
-            }
-        }
-        loop.run()
-        try loop.close()
-        #expect(completed == n)
-        #expect(uploads.allSatisfy { $0.failure == nil })
+        // Sizes vary from 1 KiB to about 200 KiB; contents derive from the index.
+        let payloads = (0..<n).map { i in content(i, count: 1024 + (i * 7919) % (200 * 1024)) }
+        let uploads = try runSeedUploads(payloads, port: server.port)
+        #expect(uploads.allSatisfy { $0.finished && $0.failure == nil })
         let files = server.storedFiles()
         #expect(files.count == n)
         // Match each stored file to an upload by content.
         var byContent: [[UInt8]: Int] = [:]
-        for (i, d) in expected { byContent[d] = i }
+        for (i, d) in payloads.enumerated() { byContent[d] = i }
         var matched = Set<Int>()
         for name in files {
             if let bytes = server.contents(name), let i = byContent[bytes] { matched.insert(i) }
@@ -124,32 +129,9 @@ struct BackpressureTests {
             $0.connectionBufferHigh = 64 * 1024
         }
         defer { server.stop() }
-        let loop = try Loop()
-        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 16)
-        defer { scratch.deallocate() }
-        var completed = 0
-        let n = 60
-        let uploads = (0..<n).map { i in
-            LoopSeedUpload(index: i, data: content(1000 + i, count: 100_000 + i * 25_000, seed: 7), scratch: scratch) { completed += 1 }
-        }
-        for u in uploads { try u.start(loop: loop, port: server.port) }
-        let deadline = try UV.Timer(loop: loop)
-        let check = try UV.Timer(loop: loop)
-        try deadline.start(timeout: 60_000) {
-            Issue.record("only \(completed) of \(n) finished in 60 s")
-            for u in uploads where !u.finished { u.stream?.close() }
-            deadline.close()
-            check.close()
-        }
-        try check.start(timeout: 10, repeat: 10) {
-            if completed == n {
-                check.close()
-                deadline.close()
-            }
-        }
-        loop.run()
-        try loop.close()
-        #expect(uploads.allSatisfy { $0.failure == nil })
+        let payloads = (0..<60).map { i in content(1000 + i, count: 100_000 + i * 25_000, seed: 7) }
+        let uploads = try runSeedUploads(payloads, port: server.port)
+        #expect(uploads.allSatisfy { $0.finished && $0.failure == nil })
         let stored = Set(server.storedFiles().compactMap { server.contents($0) })
         #expect(stored == Set(uploads.map(\.data)))
     }
