@@ -51,8 +51,6 @@ final class BufferPool {
     private var waiters: [BufferWaiter] = []
     /// Slabs alive (in use or free), for metrics and tests.
     private(set) var liveSlabs = 0
-    /// Bytes received and not yet released by their connection (for metrics and tests).
-    private(set) var bufferedBytes = 0
 
     init(slabSize: Int = 256 * 1024, maxReadSize: Int = 64 * 1024, budget: Int = 24 << 20, maxFreeSlabs: Int? = nil) {
         self.slabSize = slabSize
@@ -87,7 +85,6 @@ final class BufferPool {
         let slab = current!
         precondition(slab.filled == lentStart, "a read callback without its allocation")
         slab.filled += count
-        bufferedBytes += count
         return (slab, lentStart)
     }
 
@@ -118,9 +115,6 @@ final class BufferPool {
         }
         if !waiters.isEmpty { wakeWaiters() }
     }
-
-    /// The connection is done with `n` received bytes (written to disk, consumed, or dropped).
-    func consumed(_ n: Int) { bufferedBytes -= n }
 
     func cancelWait(_ waiter: BufferWaiter) { waiters.removeAll { $0 === waiter } }
 

@@ -107,7 +107,6 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
                 queueFileBytes(slab, start: start + offset, count: step.fileBytes)
             }
             offset += step.consumed
-            pool.consumed(step.consumed - step.fileBytes) // control bytes are copied into the machine
             if step.action == .wait {
                 pool.retain(slab)
                 held = (slab, start + offset, count - offset)
@@ -330,7 +329,6 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
         finishCancelled = true
         pool.cancelWait(self)
         if let h = held {
-            pool.consumed(h.count)
             pool.release(h.slab)
             held = nil
         }

@@ -65,7 +65,6 @@ public final class Sender: TCPStreamReader {
     private var writesInFlight = 0
     private var readsInFlight = 0
     private var digester: Digester?
-    private var uploadID: UploadID?
 
     public init(loop: Loop, options: Options) {
         self.loop = loop
@@ -204,7 +203,6 @@ public final class Sender: TCPStreamReader {
             write(Wire.bye())
             finish()
         }) { [self] path, size, id in
-            uploadID = id
             digester = Digester(options.digest)
             phase = .awaitingReady
             let name = String(path.split(separator: "/").last ?? Substring(path))

@@ -49,9 +49,6 @@ final class UploadSink {
         inFlight.reserveCapacity(8)
     }
 
-    /// The bytes queued or being written.
-    var pendingBytes: Int { queuedBytes + inFlight.reduce(0) { $0 + $1.count } }
-
     /// The descriptor is open: queued writes may start.
     func opened(_ fd: FileDescriptor) {
         self.fd = fd
@@ -67,7 +64,6 @@ final class UploadSink {
     func append(_ slab: Slab, start: Int, count: Int) {
         guard count > 0 else { return }
         if failure != nil {
-            pool.consumed(count)
             owner?.sinkReleased(count)
             return
         }
@@ -146,7 +142,6 @@ final class UploadSink {
             }
         }
         writeOffset += UInt64(written)
-        pool.consumed(written)
         owner?.sinkReleased(written)
         inFlight.removeFirst(index)
         if !inFlight.isEmpty {
@@ -167,7 +162,6 @@ final class UploadSink {
         queuedBytes = 0
         for s in dropped {
             pool.release(s.slab)
-            pool.consumed(s.count)
             owner?.sinkReleased(s.count)
         }
         if first { owner?.sinkFailed(error) }

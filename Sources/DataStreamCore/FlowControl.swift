@@ -35,7 +35,4 @@ public struct WaterMarks: Hashable, Sendable {
         }
         return .none
     }
-
-    /// Whether one more byte may be taken without passing `high`.
-    public var hasRoom: Bool { buffered < high }
 }
