@@ -1,4 +1,5 @@
 import CLibUV
+import Glibc
 
 /// An IPv4 or IPv6 socket address (value type). The libuv functions are `uv_ip4_addr`, `uv_ip6_addr`, `uv_ip_name`.
 public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
@@ -63,6 +64,40 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         return withUnsafePointer(to: &s) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1, body) }
     }
 
-    public static func == (a: SocketAddress, b: SocketAddress) -> Bool { a.description == b.description }
-    public func hash(into hasher: inout Hasher) { hasher.combine(description) }
+    /// The bytes that identify the address: family, port and IP address (18 or 6+ bytes).
+    /// Used for equality, hashing and binding handshake cookies to a source.
+    public var identityBytes: [UInt8] {
+        var s = storage
+        return withUnsafeBytes(of: &s) { raw in
+            if isIPv6 {
+                // sin6_family (2), sin6_port (2), sin6_flowinfo (4), sin6_addr (16), sin6_scope_id (4)
+                return [6] + Array(raw[2..<4]) + Array(raw[8..<24]) + Array(raw[24..<28])
+            }
+            return [4] + Array(raw[2..<8])
+        }
+    }
+
+    public static func == (a: SocketAddress, b: SocketAddress) -> Bool {
+        guard a.storage.ss_family == b.storage.ss_family else { return false }
+        var x = a.storage, y = b.storage
+        let length = a.isIPv6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
+        return withUnsafeBytes(of: &x) { p in
+            withUnsafeBytes(of: &y) { q in
+                if a.isIPv6 { return memcmp(p.baseAddress! + 2, q.baseAddress! + 2, 2) == 0 && memcmp(p.baseAddress! + 8, q.baseAddress! + 8, 20) == 0 }
+                return memcmp(p.baseAddress! + 2, q.baseAddress! + 2, 6) == 0 && length > 0
+            }
+        }
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        var s = storage
+        withUnsafeBytes(of: &s) { raw in
+            if isIPv6 {
+                hasher.combine(bytes: UnsafeRawBufferPointer(rebasing: raw[2..<4]))
+                hasher.combine(bytes: UnsafeRawBufferPointer(rebasing: raw[8..<28]))
+            } else {
+                hasher.combine(bytes: UnsafeRawBufferPointer(rebasing: raw[2..<8]))
+            }
+        }
+    }
 }

@@ -1,4 +1,5 @@
 import CLibUV
+import Glibc
 
 /// Receives the datagrams of one `UDPSocket`; held strongly by the socket while it receives.
 public protocol UDPSocketReceiver: AnyObject {
@@ -70,6 +71,99 @@ public final class UDPSocket: Handle {
         return Int(status)
     }
 
+    /// Sends every later datagram to `address` (and receives only from it).
+    /// The libuv function is `uv_udp_connect`.
+    public func connect(_ address: SocketAddress) throws(UVOperationError) {
+        try check(address.withSockAddr { uv_udp_connect(udp, $0) }, "udp_connect", target: address.description)
+    }
+
+    /// The socket's descriptor, for the socket options and batched sends libuv does not offer.
+    /// The libuv function is `uv_fileno`.
+    public func fileDescriptor() throws(UVOperationError) -> Int32 {
+        var fd = uv_os_fd_t()
+        try check(uv_fileno(handle, &fd), "fileno")
+        return Int32(fd)
+    }
+
+    /// Sets the kernel receive buffer to `bytes`, past `net.core.rmem_max` when the process may
+    /// (`SO_RCVBUFFORCE`, root), else as far as the limit allows (`SO_RCVBUF`). Returns the size
+    /// the kernel granted (it reports twice the usable size, as `getsockopt` does).
+    @discardableResult
+    public func requestReceiveBuffer(_ bytes: Int32) throws(UVOperationError) -> Int32 {
+        let fd = try fileDescriptor()
+        var value = bytes
+        let size = socklen_t(MemoryLayout<Int32>.size)
+        if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &value, size) != 0 {
+            value = bytes
+            if setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &value, size) != 0 {
+                throw UVOperationError("setsockopt(SO_RCVBUF)", code: -errno)
+            }
+        }
+        var granted: Int32 = 0
+        var length = size
+        if getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &granted, &length) != 0 { throw UVOperationError("getsockopt(SO_RCVBUF)", code: -errno) }
+        return granted
+    }
+
+    /// Sets the kernel send buffer (`SO_SNDBUFFORCE`, else `SO_SNDBUF`); returns the size granted.
+    @discardableResult
+    public func requestSendBuffer(_ bytes: Int32) throws(UVOperationError) -> Int32 {
+        let fd = try fileDescriptor()
+        var value = bytes
+        let size = socklen_t(MemoryLayout<Int32>.size)
+        if setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &value, size) != 0 {
+            value = bytes
+            if setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &value, size) != 0 { throw UVOperationError("setsockopt(SO_SNDBUF)", code: -errno) }
+        }
+        var granted: Int32 = 0
+        var length = size
+        if getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &granted, &length) != 0 { throw UVOperationError("getsockopt(SO_SNDBUF)", code: -errno) }
+        return granted
+    }
+
+    /// Sets the don't-fragment bit on every datagram (path MTU discovery "do"): a datagram too
+    /// large for the path fails with `EMSGSIZE` instead of being fragmented.
+    public func setDontFragment(ipv6: Bool) throws(UVOperationError) {
+        let fd = try fileDescriptor()
+        var value: Int32 = ipv6 ? IPV6_PMTUDISC_DO : IP_PMTUDISC_DO
+        let status = ipv6
+            ? setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_MTU_DISCOVER, &value, socklen_t(MemoryLayout<Int32>.size))
+            : setsockopt(fd, Int32(IPPROTO_IP), IP_MTU_DISCOVER, &value, socklen_t(MemoryLayout<Int32>.size))
+        if status != 0 { throw UVOperationError("setsockopt(MTU_DISCOVER)", code: -errno) }
+    }
+
+    /// Sends one datagram made of `head` then `body` at once if the kernel takes it (to the
+    /// connected peer when `address` is nil). The libuv function is `uv_udp_try_send`.
+    @discardableResult
+    public func trySend(_ head: UnsafeRawBufferPointer, _ body: UnsafeRawBufferPointer, to address: SocketAddress?) throws(UVOperationError) -> Int {
+        var bufs = (
+            uv_buf_init(UnsafeMutablePointer(mutating: head.baseAddress?.assumingMemoryBound(to: CChar.self)), UInt32(head.count)),
+            uv_buf_init(UnsafeMutablePointer(mutating: body.baseAddress?.assumingMemoryBound(to: CChar.self)), UInt32(body.count)))
+        let status = withUnsafeMutableBytes(of: &bufs) { p in
+            let b = p.baseAddress!.assumingMemoryBound(to: uv_buf_t.self)
+            if let address { return address.withSockAddr { uv_udp_try_send(udp, b, 2, $0) } }
+            return uv_udp_try_send(udp, b, 2, nil)
+        }
+        try check(status, "udp_try_send", target: address?.description)
+        return Int(status)
+    }
+
+    /// Sends the datagrams queued in `batch` with one `sendmmsg` call on a connected socket
+    /// (libuv 1.44 has no batched send); removes those the kernel took and returns their count.
+    /// `EAGAIN` returns 0 (the rest stay queued); other errors throw.
+    public func send(_ batch: UDPBatch) throws(UVOperationError) -> Int {
+        guard batch.count > 0 else { return 0 }
+        let fd = try fileDescriptor()
+        let sent = batch.withMessages { datastream_sendmmsg(fd, $0, UInt32($1), 0) }
+        if sent < 0 {
+            let e = errno
+            if e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS { return 0 }
+            throw UVOperationError("sendmmsg", code: -e)
+        }
+        batch.removeFirst(Int(sent))
+        return Int(sent)
+    }
+
     override func releaseCallbacks() { receiver = nil }
 
     fileprivate func allocate(_ suggested: Int) -> UnsafeMutableRawBufferPointer? {
@@ -98,4 +192,72 @@ private func udpAlloc(_ h: UnsafeMutablePointer<uv_handle_t>?, _ suggested: Int,
 
 private func udpReceived(_ h: UnsafeMutablePointer<uv_udp_t>?, _ nread: Int, _ buf: UnsafePointer<uv_buf_t>?, _ addr: UnsafePointer<sockaddr>?, _ flags: UInt32) {
     Handle.owner(h, as: UDPSocket.self).deliver(nread, buf, addr, flags)
+}
+
+/// A reusable batch of datagrams for `UDPSocket.send(_:)`: each has a small header copied into
+/// the batch and a body that points at memory the caller keeps valid until it is sent (for the
+/// sender, its memory-mapped file). Owned by one sender; not thread-safe.
+public final class UDPBatch {
+    public let capacity: Int
+    public let headerCapacity: Int
+    public private(set) var count = 0
+    private let messages: UnsafeMutablePointer<datastream_mmsghdr>
+    private let vectors: UnsafeMutablePointer<iovec>
+    private let headers: UnsafeMutableRawPointer
+
+    public init(capacity: Int, headerCapacity: Int) {
+        self.capacity = capacity
+        self.headerCapacity = headerCapacity
+        messages = .allocate(capacity: capacity)
+        messages.initialize(repeating: datastream_mmsghdr(), count: capacity)
+        vectors = .allocate(capacity: capacity * 2)
+        vectors.initialize(repeating: iovec(), count: capacity * 2)
+        headers = .allocate(byteCount: capacity * headerCapacity, alignment: 16)
+    }
+
+    deinit {
+        messages.deallocate()
+        vectors.deallocate()
+        headers.deallocate()
+    }
+
+    public var isFull: Bool { count == capacity }
+
+    /// Appends a datagram: `writeHeader` fills the header bytes (returns how many), `body` follows.
+    public func append(body: UnsafeRawBufferPointer, writeHeader: (UnsafeMutableRawPointer) -> Int) {
+        precondition(count < capacity)
+        let h = headers + count * headerCapacity
+        let headerLength = writeHeader(h)
+        precondition(headerLength <= headerCapacity)
+        vectors[count * 2] = iovec(iov_base: h, iov_len: headerLength)
+        vectors[count * 2 + 1] = iovec(iov_base: UnsafeMutableRawPointer(mutating: body.baseAddress), iov_len: body.count)
+        count += 1
+    }
+
+    fileprivate func withMessages<R>(_ body: (UnsafeMutablePointer<datastream_mmsghdr>, Int) -> R) -> R {
+        for i in 0..<count {
+            messages[i] = datastream_mmsghdr()
+            messages[i].msg_hdr.msg_iov = vectors + i * 2
+            messages[i].msg_hdr.msg_iovlen = 2
+        }
+        return body(messages, count)
+    }
+
+    fileprivate func removeFirst(_ n: Int) {
+        guard n > 0 else { return }
+        let rest = count - n
+        if rest > 0 {
+            // Move the unsent datagrams (and their headers) to the front.
+            for i in 0..<rest {
+                let from = headers + (n + i) * headerCapacity, to = headers + i * headerCapacity
+                to.copyMemory(from: from, byteCount: vectors[(n + i) * 2].iov_len)
+                vectors[i * 2] = iovec(iov_base: to, iov_len: vectors[(n + i) * 2].iov_len)
+                vectors[i * 2 + 1] = vectors[(n + i) * 2 + 1]
+            }
+        }
+        count = rest
+    }
+
+    /// Drops every queued datagram.
+    public func removeAll() { count = 0 }
 }
