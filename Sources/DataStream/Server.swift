@@ -23,6 +23,20 @@ public final class Server {
         public var connectionBufferHigh = 4 << 20
         /// Whole-process receive memory: reads wait for a buffer when it is all in use.
         public var processBufferBudget = 24 << 20
+        /// Receive UDP (seed and native reliable UDP) on the same loop.
+        public var udpEnabled = true
+        /// The UDP port; nil means the TCP port's number (the bound one when `port` is 0).
+        public var udpPort: Int?
+        /// The UDP socket receive buffer to ask the kernel for (past rmem_max as root).
+        public var udpReceiveBuffer: Int32 = 32 << 20
+        /// Seconds without a datagram before a UDP session is closed.
+        public var udpIdleTimeout: Double = 30
+        /// Ring memory per native UDP session, and for all of them together.
+        public var udpWindowBytes = 16 << 20
+        public var udpMemoryBudget = 512 << 20
+        public var udpMaxSessions = 256
+        public var udpMaxSessionsPerAddress = 32
+        public var udpMaxSeedSessions = 64
         public init() {}
     }
 
@@ -32,6 +46,13 @@ public final class Server {
         public var uploadsStored: UInt64 = 0
         public var uploadsFailed: UInt64 = 0
         public var bytesReceived: UInt64 = 0
+        public var udpDatagramsReceived: UInt64 = 0
+        /// Datagrams that changed nothing: unknown sessions, wrong source, spoofed or stale cookies, garbage.
+        public var udpDatagramsIgnored: UInt64 = 0
+        public var udpDuplicates: UInt64 = 0
+        public var udpSessionsRefused: UInt64 = 0
+        public var udpDatagramsSent: UInt64 = 0
+        public var udpBytesSent: UInt64 = 0
         public init() {}
     }
 
@@ -43,10 +64,16 @@ public final class Server {
     let pool: BufferPool
     let machineConfiguration: ConnectionStateMachine.Configuration
     private var listener: TCPListener?
+    private var udp: UDPReceiver?
+    /// The bound UDP address, once started with UDP enabled.
+    public private(set) var udpAddress: SocketAddress?
+    /// The UDP receive buffer the kernel granted (getsockopt's figure, twice the usable bytes).
+    public var udpReceiveBufferGranted: Int32 { udp?.grantedReceiveBuffer ?? 0 }
     private var connections: [ObjectIdentifier: Connection] = [:]
     private var nextConnectionID: UInt64 = 0
     private var stopCallback: (() -> Void)?
     private var listenerClosed = true
+    private var udpClosed = true
 
     /// Prepares the target directory (created if missing; an error if unusable).
     public init(loop: Loop, configuration: Configuration, logger: Logger = Logger(label: "datastream")) throws(ServerError) {
@@ -65,6 +92,30 @@ public final class Server {
     /// Binds and listens; returns the bound address (with the real port when `port` is 0).
     @discardableResult
     public func start() throws(ServerError) -> SocketAddress {
+        // With an ephemeral TCP port and UDP on the same number, that number may be taken for
+        // UDP: try a few ephemeral ports before giving up.
+        var attempt = 0
+        while true {
+            attempt += 1
+            let bound = try startTCP()
+            guard configuration.udpEnabled else { return bound }
+            let port = configuration.udpPort ?? bound.port
+            do throws(UVOperationError) {
+                try startUDP(try SocketAddress(host: configuration.host, port: port))
+                return bound
+            } catch {
+                if let listener {
+                    self.listener = nil
+                    listener.close()
+                    listenerClosed = true
+                }
+                let retry = error.error == .addressInUse && configuration.port == 0 && configuration.udpPort == nil && attempt < 20
+                if !retry { throw .listenUDP(host: configuration.host, port: port, error) }
+            }
+        }
+    }
+
+    private func startTCP() throws(ServerError) -> SocketAddress {
         do throws(UVOperationError) {
             let address = try SocketAddress(host: configuration.host, port: configuration.port)
             let listener = try TCPListener(loop: loop)
@@ -83,6 +134,30 @@ public final class Server {
         }
     }
 
+    private func startUDP(_ address: SocketAddress) throws(UVOperationError) {
+        var limits = UDPReceiver.Limits()
+        limits.idleTimeout = configuration.udpIdleTimeout
+        limits.windowBytes = configuration.udpWindowBytes
+        limits.memoryBudget = configuration.udpMemoryBudget
+        limits.maxSessions = configuration.udpMaxSessions
+        limits.maxSessionsPerAddress = configuration.udpMaxSessionsPerAddress
+        limits.maxSeedSessions = configuration.udpMaxSeedSessions
+        let receiver = try UDPReceiver(server: self, address: address, receiveBufferBytes: configuration.udpReceiveBuffer, limits: limits)
+        udp = receiver
+        udpClosed = false
+        do throws(UVOperationError) {
+            try receiver.start()
+            udpAddress = try receiver.localAddress()
+        } catch {
+            udp = nil
+            receiver.stop { [self] in udpClosed = true }
+            throw error
+        }
+    }
+
+    /// UDP sessions open now (seed and native, including finished ones still lingering).
+    public var udpSessionCount: Int { udp?.sessionCount ?? 0 }
+
     /// The connections open now.
     public var connectionCount: Int { connections.count }
 
@@ -94,6 +169,13 @@ public final class Server {
             self.listener = nil
             listener.close { [self] in
                 listenerClosed = true
+                finishStopIfDone()
+            }
+        }
+        if let udp {
+            self.udp = nil
+            udp.stop { [self] in
+                udpClosed = true
                 finishStopIfDone()
             }
         }
@@ -121,7 +203,7 @@ public final class Server {
     }
 
     private func finishStopIfDone() {
-        guard let callback = stopCallback, listenerClosed, connections.isEmpty else { return }
+        guard let callback = stopCallback, listenerClosed, udpClosed, connections.isEmpty else { return }
         stopCallback = nil
         callback()
     }
@@ -131,6 +213,7 @@ public final class Server {
 public enum ServerError: Error, CustomStringConvertible {
     case directory(StoreError)
     case listen(host: String, port: Int, UVOperationError)
+    case listenUDP(host: String, port: Int, UVOperationError)
 
     public var description: String {
         switch self {
@@ -138,6 +221,9 @@ public enum ServerError: Error, CustomStringConvertible {
         case .listen(let host, let port, let e):
             if e.error == .addressInUse { return "cannot listen on \(host):\(port): the port is in use" }
             return "cannot listen on \(host):\(port): \(e)"
+        case .listenUDP(let host, let port, let e):
+            if e.error == .addressInUse { return "cannot receive UDP on \(host):\(port): the port is in use (--udp-port to choose another, --no-udp to turn UDP off)" }
+            return "cannot receive UDP on \(host):\(port): \(e)"
         }
     }
 }

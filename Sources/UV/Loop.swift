@@ -94,3 +94,6 @@ public final class Loop {
         // reference would be worse. Owners call `close()`.
     }
 }
+
+/// Nanoseconds of a monotonic clock (arbitrary origin). The libuv function is `uv_hrtime`.
+public func monotonicNanoseconds() -> UInt64 { uv_hrtime() }

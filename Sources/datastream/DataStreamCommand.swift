@@ -32,9 +32,17 @@ struct Serve: ParsableCommand {
     @Flag(help: "fsync each file before it is put into place, and the directory after (an acknowledged upload survives a power cut).") var fsync = false
     @Option(help: "Largest file accepted, in bytes.") var maxFileSize: UInt64 = 1 << 40
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: Logger.Level = .info
+    @Option(help: "UDP port (default: the TCP port's number).") var udpPort: Int?
+    @Flag(help: "Do not receive UDP.") var noUdp = false
+    @Option(help: "UDP socket receive buffer to ask for, in bytes (past rmem_max when run as root).") var udpReceiveBuffer: Int32 = 32 << 20
+    @Option(help: "Seconds without a datagram before a UDP session is closed (native partials stay resumable).") var udpIdleTimeout: Double = 30
 
     func run() throws {
         var configuration = Server.Configuration()
+        configuration.udpEnabled = !noUdp
+        configuration.udpPort = udpPort
+        configuration.udpReceiveBuffer = udpReceiveBuffer
+        configuration.udpIdleTimeout = udpIdleTimeout
         configuration.host = host
         configuration.port = port
         configuration.directory = dir
@@ -56,6 +64,10 @@ struct Serve: ParsableCommand {
         let address: SocketAddress
         do { address = try server.start() } catch { die("\(error)") }
         print("listening tcp \(address)")
+        if let udp = server.udpAddress {
+            print("listening udp \(udp)")
+            Logger(label: "datastream").info("udp receive buffer: kernel granted \(server.udpReceiveBufferGranted) bytes (getsockopt)")
+        }
         fflush(stdout)
 
         // A parent may have spawned us with these signals blocked (Foundation's Process does):
@@ -96,6 +108,10 @@ struct Send: ParsableCommand {
     @Flag(help: "Print one JSON object with the outcome of every file.") var json = false
     @Flag(help: "Speak the seed protocol (size digits, then bytes; one connection per file).") var seedProtocol = false
     @Option(help: "Digest: xxh3-128 or sha256.") var digest = "xxh3-128"
+    @Flag(help: "Send over UDP: native reliable UDP, or the seed's UDP client with --seed-protocol.") var udp = false
+    @Option(help: "UDP: payload bytes per datagram (512-16384; 1200 is safe on the internet, 8192 suits loopback and jumbo frames).") var chunkSize = 1200
+    @Option(help: "UDP: cap on the sending rate in MB/s (default: none; the rate is found by probing).") var maxRate: Double?
+    @Option(help: "UDP seed protocol: pause after each datagram, in milliseconds (the seed client's is 1).") var seedPause: Double = 1
 
     func run() throws {
         guard let colon = to.lastIndex(of: ":"), let port = Int(to[to.index(after: colon)...]) else {
@@ -108,9 +124,30 @@ struct Send: ParsableCommand {
         options.seedProtocol = seedProtocol
         options.digest = algorithm
 
+        guard (UDPWire.minimumChunkSize...UDPWire.maximumChunkSize).contains(chunkSize) else {
+            die("--chunk-size must be between \(UDPWire.minimumChunkSize) and \(UDPWire.maximumChunkSize), got \(chunkSize)")
+        }
+        if let maxRate, maxRate <= 0 { die("--max-rate must be positive") }
         let loop: Loop
         do { loop = try Loop() } catch { die("\(error)") }
-        let sender = Sender(loop: loop, options: options)
+        let sendFiles: (@escaping ([Sender.Outcome]) -> Void) -> Void
+        let sent: () -> UInt64
+        if udp {
+            var u = UDPSender.Options(host: host, port: port)
+            u.token = token
+            u.digest = algorithm
+            u.chunkSize = chunkSize
+            u.maxRate = maxRate.map { $0 * 1e6 }
+            u.seedProtocol = seedProtocol
+            u.seedPause = seedPause / 1000
+            let sender = UDPSender(loop: loop, options: u)
+            sendFiles = { [files] done in sender.send(files, completion: done) }
+            sent = { sender.totalSent }
+        } else {
+            let sender = Sender(loop: loop, options: options)
+            sendFiles = { [files] done in sender.send(files) { done($0) } }
+            sent = { sender.totalSent }
+        }
         let total = files.reduce(UInt64(0)) { sum, path in
             sum + ((try? FileManager.default.attributesOfItem(atPath: path)[.size] as? UInt64) ?? 0)
         }
@@ -118,11 +155,11 @@ struct Send: ParsableCommand {
         var ticker: UV.Timer?
         if let bar {
             ticker = try? UV.Timer(loop: loop)
-            try? ticker?.start(timeout: 200, repeat: 200) { bar.draw(sent: sender.totalSent, now: loop.now) }
+            try? ticker?.start(timeout: 200, repeat: 200) { bar.draw(sent: sent(), now: loop.now) }
         }
         var results: [Sender.Outcome] = []
         let started = loop.now
-        sender.send(files) { outcomes in
+        sendFiles { outcomes in
             results = outcomes
             ticker?.close()
         }
@@ -130,7 +167,7 @@ struct Send: ParsableCommand {
         loop.updateTime()
         let seconds = max(Double(loop.now - started) / 1000, 0.001)
         try? loop.close()
-        bar?.finish(sent: sender.totalSent)
+        bar?.finish(sent: sent())
         report(results, seconds: seconds)
         if results.contains(where: { !$0.succeeded }) { throw ExitCode(1) }
     }

@@ -1,0 +1,373 @@
+import DataStreamCore
+import Glibc
+import UV
+
+/// The UDP client: sends files one after another over native reliable UDP (handshake, paced
+/// chunks in `sendmmsg` batches, retransmissions the receiver asks for ahead of new data,
+/// FINISH with the digest) or like the seed's UDP client (size datagram, 1024-byte datagrams
+/// with a pause, `EOF`; no feedback exists in that protocol).
+///
+/// Runs on a loop the caller owns and runs; owns its socket, its pacing timer and the read-only
+/// memory mapping of the file being sent (page faults on the mapping happen on this loop, which
+/// serves only this sender).
+public final class UDPSender: UDPSocketReceiver {
+    public struct Options: Sendable {
+        public var host: String
+        public var port: Int
+        public var token: String?
+        public var digest: DigestAlgorithm = .xxh3_128
+        /// Payload bytes per DATA datagram (native).
+        public var chunkSize = UDPWire.defaultChunkSize
+        /// Cap on the pacing rate, bytes per second (nil: found by the rate controller alone).
+        public var maxRate: Double?
+        /// Send like the seed's UDP client.
+        public var seedProtocol = false
+        /// Seed protocol: bytes per datagram and the pause after each (the seed client's: 1024, 1 ms).
+        public var seedDatagramSize = 1024
+        public var seedPause: Double = 0.001
+        /// Give up when the receiver has said nothing for this long (seconds).
+        public var silenceTimeout: Double = 10
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+    }
+
+    /// Counters of the last native transfer, for reports and benchmarks.
+    public struct TransferStatistics: Sendable {
+        public var datagramsSent: UInt64 = 0
+        public var retransmitted: UInt64 = 0
+        public var statusesReceived: UInt64 = 0
+        public var finalRate: Double = 0
+        public var minimumRoundTrip: UInt64 = 0
+    }
+
+    public let loop: Loop
+    public let options: Options
+    public private(set) var totalSent: UInt64 = 0
+    public private(set) var statistics = TransferStatistics()
+    private var socket: UDPSocket?
+    private var timer: UV.Timer?
+    private var paths: [String] = []
+    private var index = 0
+    private var outcomes: [Sender.Outcome] = []
+    private var completion: (([Sender.Outcome]) -> Void)?
+    private let receiveBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65_536, alignment: 16)
+    private let batch = UDPBatch(capacity: 64, headerCapacity: UDPWire.dataHeaderLength)
+    private var packet: UInt64 = 0
+    private var sendTimes = [UInt64](repeating: 0, count: 1 << 16)
+
+    // The file being sent.
+    private var mapping: UnsafeRawBufferPointer?
+    private var fileSize: UInt64 = 0
+    private var uploadID = UploadID(bytes: [UInt8](repeating: 0, count: 16))
+    private var clientNonce: UInt64 = 0
+    private var state = State.idle
+    private var lastHeard: UInt64 = 0
+    private var lastControl: UInt64 = 0
+    private var start: UDPWire.Start?
+    private var session: UInt64 = 0
+    private var base: UInt64 = 0
+    private var chunkSize = 0
+    private var scheduler = UDPSendScheduler(chunkCount: 0, windowChunks: 0)
+    private var rate = RateController()
+    private var budget: Double = 0
+    private var lastPace: UInt64 = 0
+    private var digester: Digester?
+    private var finishDatagram: [UInt8]?
+    private var seedOffset: UInt64 = 0
+    private var seedNext: UInt64 = 0
+
+    private enum State { case idle, awaitingCookie, awaitingAccept, sending, seed, done }
+
+    public init(loop: Loop, options: Options) {
+        self.loop = loop
+        self.options = options
+    }
+
+    deinit { receiveBuffer.deallocate() }
+
+    /// Sends `paths` in order and calls `completion` with one outcome per path.
+    public func send(_ paths: [String], completion: @escaping ([Sender.Outcome]) -> Void) {
+        self.paths = paths
+        self.completion = completion
+        outcomes = paths.map { Sender.Outcome(path: $0) }
+        do throws(UVOperationError) {
+            let address = try SocketAddress(host: options.host, port: options.port)
+            let s = try UDPSocket(loop: loop)
+            socket = s
+            try s.connect(address)
+            _ = try? s.requestSendBuffer(4 << 20)
+            _ = try? s.requestReceiveBuffer(1 << 20)
+            try? s.setDontFragment(ipv6: address.isIPv6)
+            try s.startReceiving(self)
+            let t = try UV.Timer(loop: loop)
+            timer = t
+            try t.start(timeout: 1, repeat: 1) { [unowned self] in tick() }
+        } catch {
+            for i in outcomes.indices { outcomes[i].message = error.description }
+            finishAll()
+            return
+        }
+        nextFile()
+    }
+
+    private func now() -> UInt64 { monotonicNanoseconds() / 1_000 }
+
+    // MARK: - Files
+
+    private func nextFile() {
+        unmap()
+        guard index < paths.count else { finishAll(); return }
+        let path = paths[index]
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { fail("cannot open: \(String(cString: strerror(errno)))"); return }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { fail("not a regular file"); return }
+        fileSize = UInt64(st.st_size)
+        outcomes[index].size = fileSize
+        if fileSize > 0 {
+            guard let p = mmap(nil, Int(fileSize), PROT_READ, MAP_SHARED, fd, 0), p != MAP_FAILED else {
+                fail("cannot map: \(String(cString: strerror(errno)))")
+                return
+            }
+            _ = madvise(p, Int(fileSize), MADV_SEQUENTIAL)
+            mapping = UnsafeRawBufferPointer(start: p, count: Int(fileSize))
+        }
+        lastHeard = now()
+        if options.seedProtocol {
+            state = .seed
+            seedOffset = 0
+            seedNext = now()
+            sendControl(Array(String(fileSize).utf8))
+            return
+        }
+        guard let (_, id) = Sender.identity(of: path) else { fail("cannot read the file's identity"); return }
+        uploadID = id
+        clientNonce = UInt64.random(in: 1...UInt64.max)
+        state = .awaitingCookie
+        sendInitial()
+    }
+
+    private func unmap() {
+        if let m = mapping, let b = m.baseAddress { munmap(UnsafeMutableRawPointer(mutating: b), m.count) }
+        mapping = nil
+    }
+
+    private func fail(_ message: String) {
+        outcomes[index].message = message
+        outcomes[index].succeeded = false
+        advance()
+    }
+
+    private func advance() {
+        state = .idle
+        finishDatagram = nil
+        batch.removeAll()
+        index += 1
+        nextFile()
+    }
+
+    private func finishAll() {
+        unmap()
+        state = .done
+        timer?.close()
+        timer = nil
+        socket?.close()
+        socket = nil
+        let c = completion
+        completion = nil
+        c?(outcomes)
+    }
+
+    // MARK: - Control datagrams
+
+    private func nextPacket() -> UInt64 {
+        packet += 1
+        return packet
+    }
+
+    private func sendControl(_ bytes: [UInt8]) {
+        lastControl = now()
+        _ = bytes.withUnsafeBytes { p in try? socket?.trySend(p, UnsafeRawBufferPointer(start: nil, count: 0), to: nil) }
+    }
+
+    private func sendInitial() {
+        sendControl(UDPWire.encode(UDPWire.Initial(clientNonce: clientNonce, chunkSize: UInt16(clamping: options.chunkSize)), packet: nextPacket()))
+    }
+
+    public func receiveBuffer(for socket: UDPSocket, suggestedSize: Int) -> UnsafeMutableRawBufferPointer? { receiveBuffer }
+
+    public func socket(_ socket: UDPSocket, didReceive count: Int, in datagram: UnsafeMutableRawBufferPointer?, from sender: SocketAddress?, isMoreOfBatch: Bool, error: UVError?) {
+        guard error == nil, sender != nil, let datagram else { return }
+        let d = UnsafeRawBufferPointer(rebasing: datagram[0..<count])
+        guard let h = UDPWire.header(d) else { return }
+        lastHeard = now()
+        switch (state, h.kind) {
+        case (.awaitingCookie, .cookie):
+            guard let c = UDPWire.decodeCookie(d), c.clientNonce == clientNonce else { return }
+            if c.authenticationRequired && options.token == nil { fail("the receiver requires a token (--token)"); return }
+            let mac = options.token.map { HandshakeCookie.authentication(token: $0, cookie: c.cookie, clientNonce: clientNonce) } ?? []
+            let name = paths[index].split(separator: "/").last.map(String.init) ?? paths[index]
+            start = UDPWire.Start(clientNonce: clientNonce, cookie: c.cookie, chunkSize: c.chunkSize,
+                                  file: FileHeader(uploadID: uploadID, size: fileSize, digest: options.digest, name: name), mac: mac)
+            state = .awaitingAccept
+            sendControl(UDPWire.encode(start!, packet: nextPacket()))
+        case (.awaitingAccept, .accept):
+            guard let a = UDPWire.decodeAccept(d), a.clientNonce == clientNonce, let start else { return }
+            accepted(a, session: h.session, chunkSize: Int(start.chunkSize))
+        case (.awaitingAccept, .abort), (.awaitingCookie, .abort), (.sending, .abort):
+            let reason = UDPWire.decodeAbort(d)?.message ?? "refused"
+            fail("refused by the receiver: \(reason)")
+        case (.sending, .status):
+            guard h.session == session, let s = UDPWire.decodeStatus(d) else { return }
+            status(s)
+        default:
+            return
+        }
+    }
+
+    private func accepted(_ a: UDPWire.Accept, session: UInt64, chunkSize: Int) {
+        guard a.baseOffset <= fileSize else { fail("the receiver holds more than the file"); return }
+        self.session = session
+        self.chunkSize = chunkSize
+        base = a.baseOffset
+        outcomes[index].resumedFrom = base
+        let cs = UInt64(chunkSize)
+        let chunks = UInt32((fileSize - base + cs - 1) / cs)
+        scheduler = UDPSendScheduler(chunkCount: chunks, windowChunks: a.windowChunks)
+        var rc = RateController.Configuration()
+        rc.maxRate = options.maxRate
+        rate = RateController(rc)
+        statistics = TransferStatistics()
+        budget = 0
+        lastPace = now()
+        let d = Digester(options.digest)
+        if base > 0, let m = mapping { d.update(UnsafeRawBufferPointer(rebasing: m[0..<Int(base)])) }
+        digester = d
+        state = .sending
+        pace()
+    }
+
+    private func status(_ s: UDPWire.Status) {
+        let t = now()
+        statistics.statusesReceived += 1
+        let sentAt = sendTimes[Int(s.echoPacket & 0xFFFF)]
+        if s.echoPacket > 0, packet - s.echoPacket < 0xFFFF, sentAt > 0, t > sentAt + UInt64(s.echoDelay) {
+            rate.roundTripSample(t - sentAt - UInt64(s.echoDelay))
+        }
+        rate.delivered(receivedBytes: s.receivedBytes, receiverTime: s.receiverTime, now: t)
+        switch s.phase {
+        case .stored:
+            outcomes[index].succeeded = true
+            outcomes[index].storedName = s.message
+            outcomes[index].digest = finishDatagram.flatMap { UDPWire.decodeFinish(UnsafeRawBufferPointer(start: $0, count: $0.count))?.digest.hexString } ?? ""
+            wrapUp()
+            advance()
+        case .failed:
+            outcomes[index].message = s.message
+            wrapUp()
+            advance()
+        case .receiving, .verifying:
+            scheduler.status(s)
+            pace()
+        }
+    }
+
+    private func wrapUp() {
+        statistics.retransmitted = scheduler.retransmitted
+        statistics.finalRate = rate.bandwidth
+        statistics.minimumRoundTrip = rate.minimumRoundTrip == .max ? 0 : rate.minimumRoundTrip
+    }
+
+    // MARK: - Pacing
+
+    private func tick() {
+        let t = now()
+        switch state {
+        case .awaitingCookie, .awaitingAccept:
+            if t - lastHeard > UInt64(options.silenceTimeout * 1_000_000) { fail("no answer from \(options.host):\(options.port) (is UDP enabled there?)"); return }
+            if t - lastControl > 200_000 {
+                if state == .awaitingCookie { sendInitial() } else if let start { sendControl(UDPWire.encode(start, packet: nextPacket())) }
+            }
+        case .sending:
+            if t - lastHeard > UInt64(options.silenceTimeout * 1_000_000) { fail("the receiver stopped answering"); return }
+            pace()
+        case .seed:
+            seedPace(t)
+        case .idle, .done:
+            return
+        }
+    }
+
+    /// Sends what the pacing budget allows: retransmissions first, then new chunks in the window.
+    private func pace() {
+        guard state == .sending, let socket else { return }
+        let t = now()
+        let r = rate.pacingRate
+        let datagramBytes = Double(chunkSize + UDPWire.dataHeaderLength)
+        budget = min(budget + r * Double(t - lastPace) / 1_000_000, max(r * 0.002, datagramBytes * 64))
+        lastPace = t
+        // Datagrams left in the batch from an EAGAIN go first.
+        if batch.count > 0 {
+            guard let n = try? socket.send(batch), n > 0 else { return }
+        }
+        while budget >= datagramBytes, let (chunk, retransmission) = scheduler.next() {
+            let offset = Int(base) + Int(chunk) * chunkSize
+            let length = Int(min(UInt64(chunkSize), fileSize - UInt64(offset)))
+            let payload = UnsafeRawBufferPointer(rebasing: mapping![offset..<(offset + length)])
+            if !retransmission {
+                digester?.update(payload)
+                totalSent += UInt64(length)
+                outcomes[index].bytesSent += UInt64(length)
+            }
+            let pn = nextPacket()
+            sendTimes[Int(pn & 0xFFFF)] = t
+            batch.append(body: payload) { h in
+                UDPWire.writeDataHeader(session: session, packet: pn, chunk: chunk, into: h)
+                return UDPWire.dataHeaderLength
+            }
+            statistics.datagramsSent += 1
+            budget -= Double(length + UDPWire.dataHeaderLength)
+            if batch.isFull {
+                let sent = (try? socket.send(batch)) ?? 0
+                if sent == 0 || batch.count > 0 { return }
+            }
+        }
+        if batch.count > 0 { _ = try? socket.send(batch) }
+        if scheduler.allSentOnce, batch.count == 0 {
+            if finishDatagram == nil, let digester {
+                finishDatagram = UDPWire.encode(UDPWire.Finish(chunkCount: scheduler.chunkCount, algorithm: options.digest, digest: digester.finish()), session: session, packet: nextPacket())
+                self.digester = nil
+                sendControl(finishDatagram!)
+            } else if let f = finishDatagram, t - lastControl > max(20_000, 3 * (rate.minimumRoundTrip == .max ? 10_000 : rate.minimumRoundTrip)) {
+                sendControl(f)
+            }
+        }
+    }
+
+    /// The seed client: one datagram per pause, then `EOF`.
+    private func seedPace(_ t: UInt64) {
+        guard let socket else { return }
+        let size = UInt64(options.seedDatagramSize)
+        let pause = UInt64(options.seedPause * 1_000_000)
+        var sentNow = 0
+        while seedOffset < fileSize, t >= seedNext, sentNow < 4096 {
+            let n = Int(min(size, fileSize - seedOffset))
+            let payload = UnsafeRawBufferPointer(rebasing: mapping![Int(seedOffset)..<(Int(seedOffset) + n)])
+            guard (try? socket.trySend(payload, UnsafeRawBufferPointer(start: nil, count: 0), to: nil)) != nil else { return }
+            seedOffset += UInt64(n)
+            totalSent += UInt64(n)
+            outcomes[index].bytesSent += UInt64(n)
+            seedNext += pause
+            sentNow += 1
+        }
+        if seedOffset >= fileSize {
+            sendControl(Array("EOF".utf8))
+            outcomes[index].succeeded = true
+            outcomes[index].message = "sent (the seed UDP protocol has no acknowledgement)"
+            advance()
+        }
+    }
+}
