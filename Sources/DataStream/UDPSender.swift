@@ -33,12 +33,16 @@ public final class UDPSender: UDPSocketReceiver {
         }
     }
 
-    /// Counters of the last native transfer, for reports and benchmarks.
+    /// Counters over every native transfer of this sender, for reports and benchmarks.
     public struct TransferStatistics: Sendable {
+        /// DATA datagrams, retransmissions included.
         public var datagramsSent: UInt64 = 0
+        /// Chunks sent again because the receiver reported them missing.
         public var retransmitted: UInt64 = 0
         public var statusesReceived: UInt64 = 0
+        /// The bandwidth estimate at the end of the last transfer, bytes per second.
         public var finalRate: Double = 0
+        /// The smallest round trip seen, microseconds.
         public var minimumRoundTrip: UInt64 = 0
     }
 
@@ -53,7 +57,7 @@ public final class UDPSender: UDPSocketReceiver {
     private var outcomes: [Sender.Outcome] = []
     private var completion: (([Sender.Outcome]) -> Void)?
     private let receiveBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65_536, alignment: 16)
-    private let batch = UDPBatch(capacity: 64, headerCapacity: UDPWire.dataHeaderLength)
+    private let batch = UDPBatch(messageCapacity: 16)
     private var packet: UInt64 = 0
     private var sendTimes = [UInt64](repeating: 0, count: 1 << 16)
 
@@ -75,6 +79,7 @@ public final class UDPSender: UDPSocketReceiver {
     private var lastPace: UInt64 = 0
     private var digester: Digester?
     private var finishDatagram: [UInt8]?
+    private var finishDigest: [UInt8] = []
     private var seedOffset: UInt64 = 0
     private var seedNext: UInt64 = 0
 
@@ -113,6 +118,18 @@ public final class UDPSender: UDPSocketReceiver {
     }
 
     private func now() -> UInt64 { monotonicNanoseconds() / 1_000 }
+
+    /// Stops at once: the current and remaining files fail with `reason`. With `tellReceiver`
+    /// an ABORT ends the receiver's session (its partial stays resumable); without it the
+    /// receiver finds out by its idle timeout, as after a crash.
+    public func cancel(reason: String = "cancelled", tellReceiver: Bool = true) {
+        guard state != .done else { return }
+        if tellReceiver, state == .sending {
+            sendControl(UDPWire.encodeAbort(code: 0, message: reason, session: session, packet: nextPacket()))
+        }
+        for i in index..<outcomes.count where !outcomes[i].succeeded { outcomes[i].message = reason }
+        finishAll()
+    }
 
     // MARK: - Files
 
@@ -240,7 +257,6 @@ public final class UDPSender: UDPSocketReceiver {
         var rc = RateController.Configuration()
         rc.maxRate = options.maxRate
         rate = RateController(rc)
-        statistics = TransferStatistics()
         budget = 0
         lastPace = now()
         let d = Digester(options.digest)
@@ -262,7 +278,7 @@ public final class UDPSender: UDPSocketReceiver {
         case .stored:
             outcomes[index].succeeded = true
             outcomes[index].storedName = s.message
-            outcomes[index].digest = finishDatagram.flatMap { UDPWire.decodeFinish(UnsafeRawBufferPointer(start: $0, count: $0.count))?.digest.hexString } ?? ""
+            outcomes[index].digest = finishDigest.hexString
             wrapUp()
             advance()
         case .failed:
@@ -276,7 +292,7 @@ public final class UDPSender: UDPSocketReceiver {
     }
 
     private func wrapUp() {
-        statistics.retransmitted = scheduler.retransmitted
+        statistics.retransmitted += scheduler.retransmitted
         statistics.finalRate = rate.bandwidth
         statistics.minimumRoundTrip = rate.minimumRoundTrip == .max ? 0 : rate.minimumRoundTrip
     }
@@ -313,7 +329,13 @@ public final class UDPSender: UDPSocketReceiver {
         if batch.count > 0 {
             guard let n = try? socket.send(batch), n > 0 else { return }
         }
-        while budget >= datagramBytes, let (chunk, retransmission) = scheduler.next() {
+        let largest = UDPWire.dataHeaderLength + chunkSize
+        while budget >= datagramBytes {
+            if batch.isFull(for: largest) {
+                _ = try? socket.send(batch)
+                if batch.count > 0 { return }  // the kernel is full: the rest goes next time
+            }
+            guard let (chunk, retransmission) = scheduler.next() else { break }
             let offset = Int(base) + Int(chunk) * chunkSize
             let length = Int(min(UInt64(chunkSize), fileSize - UInt64(offset)))
             let payload = UnsafeRawBufferPointer(rebasing: mapping![offset..<(offset + length)])
@@ -324,21 +346,19 @@ public final class UDPSender: UDPSocketReceiver {
             }
             let pn = nextPacket()
             sendTimes[Int(pn & 0xFFFF)] = t
-            batch.append(body: payload) { h in
+            let datagram = UDPWire.dataHeaderLength + length
+            batch.append(length: datagram) { h in
                 UDPWire.writeDataHeader(session: session, packet: pn, chunk: chunk, into: h)
-                return UDPWire.dataHeaderLength
+                (h + UDPWire.dataHeaderLength).copyMemory(from: payload.baseAddress!, byteCount: length)
             }
             statistics.datagramsSent += 1
-            budget -= Double(length + UDPWire.dataHeaderLength)
-            if batch.isFull {
-                let sent = (try? socket.send(batch)) ?? 0
-                if sent == 0 || batch.count > 0 { return }
-            }
+            budget -= Double(datagram)
         }
         if batch.count > 0 { _ = try? socket.send(batch) }
         if scheduler.allSentOnce, batch.count == 0 {
             if finishDatagram == nil, let digester {
-                finishDatagram = UDPWire.encode(UDPWire.Finish(chunkCount: scheduler.chunkCount, algorithm: options.digest, digest: digester.finish()), session: session, packet: nextPacket())
+                finishDigest = digester.finish()
+                finishDatagram = UDPWire.encode(UDPWire.Finish(chunkCount: scheduler.chunkCount, algorithm: options.digest, digest: finishDigest), session: session, packet: nextPacket())
                 self.digester = nil
                 sendControl(finishDatagram!)
             } else if let f = finishDatagram, t - lastControl > max(20_000, 3 * (rate.minimumRoundTrip == .max ? 10_000 : rate.minimumRoundTrip)) {

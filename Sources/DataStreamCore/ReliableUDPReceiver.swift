@@ -97,6 +97,7 @@ public struct ReliableUDPReceiver: Sendable {
     private var changedSinceStatus = false
     private var urgent = false
     private var pendingGap: UInt32?
+    private var reportedWindow: UInt32 = 0
     public private(set) var roundTrip: UInt64
     public private(set) var bytesSentToSource: UInt64 = 0
 
@@ -289,7 +290,9 @@ public struct ReliableUDPReceiver: Sendable {
         }
         let sinceStatus = now >= lastStatusTime ? now - lastStatusTime : 0
         let open = highest > cumulative || (finish != nil && cumulative < chunkCount)
-        if (urgent && sinceStatus >= 200) || (changedSinceStatus && sinceStatus >= configuration.statusInterval)
+        // A window update: the sender may be waiting for it (it has sent all it was allowed).
+        let windowOpened = windowLimit != reportedWindow
+        if (urgent && sinceStatus >= 200) || (windowOpened && sinceStatus >= 200) || (changedSinceStatus && sinceStatus >= configuration.statusInterval)
             || (open && sinceStatus >= max(configuration.idleStatusInterval, roundTrip * 2)) {
             a.sendStatus = budgetAllows(64)
         }
@@ -330,6 +333,7 @@ public struct ReliableUDPReceiver: Sendable {
             }
         }
         lastStatusTime = now
+        reportedWindow = windowLimit
         changedSinceStatus = false
         urgent = false
         let delay = now >= largestPacketTime ? now - largestPacketTime : 0

@@ -132,6 +132,7 @@ struct Send: ParsableCommand {
         do { loop = try Loop() } catch { die("\(error)") }
         let sendFiles: (@escaping ([Sender.Outcome]) -> Void) -> Void
         let sent: () -> UInt64
+        var udpStatistics: () -> UDPSender.TransferStatistics? = { nil }
         if udp {
             var u = UDPSender.Options(host: host, port: port)
             u.token = token
@@ -143,6 +144,7 @@ struct Send: ParsableCommand {
             let sender = UDPSender(loop: loop, options: u)
             sendFiles = { [files] done in sender.send(files, completion: done) }
             sent = { sender.totalSent }
+            udpStatistics = { seedProtocol ? nil : sender.statistics }
         } else {
             let sender = Sender(loop: loop, options: options)
             sendFiles = { [files] done in sender.send(files) { done($0) } }
@@ -168,18 +170,20 @@ struct Send: ParsableCommand {
         let seconds = max(Double(loop.now - started) / 1000, 0.001)
         try? loop.close()
         bar?.finish(sent: sent())
-        report(results, seconds: seconds)
+        report(results, seconds: seconds, udp: udpStatistics())
         if results.contains(where: { !$0.succeeded }) { throw ExitCode(1) }
     }
 
-    private func report(_ results: [Sender.Outcome], seconds: Double) {
+    private func report(_ results: [Sender.Outcome], seconds: Double, udp: UDPSender.TransferStatistics?) {
         if json {
             struct FileJSON: Codable { var path: String; var size: UInt64; var sent: UInt64; var resumedFrom: UInt64; var ok: Bool; var storedName: String; var digest: String; var message: String }
-            struct Report: Codable { var files: [FileJSON]; var seconds: Double; var ok: Bool }
+            struct UDPJSON: Codable { var datagrams: UInt64; var retransmitted: UInt64; var statuses: UInt64; var finalRateBytesPerSecond: Double; var minimumRoundTripMicroseconds: UInt64 }
+            struct Report: Codable { var files: [FileJSON]; var seconds: Double; var ok: Bool; var udp: UDPJSON? }
             let files = results.map { FileJSON(path: $0.path, size: $0.size, sent: $0.bytesSent, resumedFrom: $0.resumedFrom, ok: $0.succeeded, storedName: $0.storedName, digest: $0.digest, message: $0.message) }
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
-            let data = (try? encoder.encode(Report(files: files, seconds: seconds, ok: !results.contains { !$0.succeeded }))) ?? Data()
+            let data = (try? encoder.encode(Report(files: files, seconds: seconds, ok: !results.contains { !$0.succeeded },
+                                                       udp: udp.map { UDPJSON(datagrams: $0.datagramsSent, retransmitted: $0.retransmitted, statuses: $0.statusesReceived, finalRateBytesPerSecond: $0.finalRate, minimumRoundTripMicroseconds: $0.minimumRoundTrip) }))) ?? Data()
             print(String(decoding: data, as: UTF8.self))
             return
         }
@@ -194,6 +198,9 @@ struct Send: ParsableCommand {
         }
         let bytes = results.reduce(UInt64(0)) { $0 + $1.bytesSent }
         print(String(format: "%d of %d files sent, %.1f MB in %.2f s (%.1f MB/s)", results.filter(\.succeeded).count, results.count, Double(bytes) / 1e6, seconds, Double(bytes) / 1e6 / seconds))
+        if let udp, udp.datagramsSent > 0 {
+            print(String(format: "udp: %llu datagrams, %llu retransmitted (%.3f%%), minimum round trip %llu µs", udp.datagramsSent, udp.retransmitted, Double(udp.retransmitted) * 100 / Double(udp.datagramsSent), udp.minimumRoundTrip))
+        }
     }
 }
 

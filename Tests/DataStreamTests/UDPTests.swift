@@ -1,0 +1,474 @@
+import DataStream
+import DataStreamCore
+import Dispatch
+import Foundation
+import Glibc
+import Testing
+import UV
+
+// MARK: - Helpers
+
+/// A blocking UDP socket connected to 127.0.0.1:`port` (receive timeout `timeout` seconds).
+final class BlockingUDP {
+    let fd: Int32
+
+    init(port: Int, timeout: Double = 0.3) throws {
+        fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - Double(Int(timeout))) * 1e6))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = UInt16(port).bigEndian
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let r = withUnsafePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard r == 0 else { throw TestError("connect: \(String(cString: strerror(errno)))") }
+    }
+
+    deinit { close(fd) }
+
+    func send(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) } }
+
+    /// One datagram, or nil when nothing arrives within the timeout.
+    func receive() -> [UInt8]? {
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        let n = recv(fd, &buffer, buffer.count, 0)
+        return n < 0 ? nil : Array(buffer[0..<n])
+    }
+}
+
+/// Behaves like the seed's UDP client: the size as digits, 1024-byte datagrams with a pause, `EOF`.
+func seedUDPUpload(_ bytes: [UInt8], port: Int, pauseMicroseconds: UInt32 = 1000, skipDatagram: Int? = nil, sendEOF: Bool = true) throws {
+    let s = try BlockingUDP(port: port)
+    s.send(Array(String(bytes.count).utf8))
+    var index = 0
+    var offset = 0
+    while offset < bytes.count {
+        let end = min(offset + 1024, bytes.count)
+        if index != skipDatagram { s.send(Array(bytes[offset..<end])) }
+        usleep(pauseMicroseconds)
+        offset = end
+        index += 1
+    }
+    if sendEOF { s.send(Array("EOF".utf8)) }
+}
+
+/// Runs UDP senders on a client loop in the calling thread until they finish.
+func sendUDP(_ paths: [String], port: Int, configure: (inout UDPSender.Options) -> Void = { _ in }) throws -> ([Sender.Outcome], UDPSender.TransferStatistics) {
+    let loop = try Loop()
+    var options = UDPSender.Options(host: "127.0.0.1", port: port)
+    configure(&options)
+    let sender = UDPSender(loop: loop, options: options)
+    var outcomes: [Sender.Outcome] = []
+    sender.send(paths) { outcomes = $0 }
+    loop.run()
+    try loop.close()
+    return (outcomes, sender.statistics)
+}
+
+/// A UDP relay between one client and the server that drops, reorders and duplicates datagrams
+/// in both directions at seeded rates, and can drop chosen datagrams (`dropRule`). Runs on its
+/// own thread until `stop()`; bounded by a deadline.
+final class LossyRelay: @unchecked Sendable {
+    struct Rates { var loss = 0.05, reorder = 0.05, duplicate = 0.01 }
+    enum Direction { case toServer, toClient }
+    private let front: Int32
+    private let back: Int32
+    private(set) var port = 0
+    private var stopped = false
+    private let lock = NSLock()
+    private let done = DispatchSemaphore(value: 0)
+    private var counts: [Direction: (forwarded: Int, dropped: Int, reordered: Int, duplicated: Int)] = [.toServer: (0, 0, 0, 0), .toClient: (0, 0, 0, 0)]
+
+    init(serverPort: Int, rates: Rates = Rates(), seed: UInt64 = 42, dropRule: @escaping @Sendable (Direction, [UInt8]) -> Bool = { _, _ in false }) throws {
+        front = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        back = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        var big: Int32 = 8 << 20
+        for fd in [front, back] { setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &big, 4) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                _ = bind(front, $0, length)
+                _ = getsockname(front, $0, &length)
+            }
+        }
+        port = Int(UInt16(bigEndian: addr.sin_port))
+        var server = sockaddr_in()
+        server.sin_family = sa_family_t(AF_INET)
+        server.sin_port = UInt16(serverPort).bigEndian
+        server.sin_addr.s_addr = inet_addr("127.0.0.1")
+        _ = withUnsafePointer(to: &server) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(back, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        let thread = Thread { [self] in run(rates: rates, seed: seed, dropRule: dropRule) }
+        thread.start()
+    }
+
+    deinit {
+        close(front)
+        close(back)
+    }
+
+    func count(_ d: Direction) -> (forwarded: Int, dropped: Int, reordered: Int, duplicated: Int) {
+        lock.lock()
+        defer { lock.unlock() }
+        return counts[d]!
+    }
+
+    func stop() {
+        lock.lock()
+        stopped = true
+        lock.unlock()
+        done.wait()
+    }
+
+    private func run(rates: Rates, seed: UInt64, dropRule: (Direction, [UInt8]) -> Bool) {
+        var x = seed | 1
+        func random() -> Double {
+            x ^= x << 13
+            x ^= x >> 7
+            x ^= x << 17
+            return Double(x >> 11) / Double(1 << 53)
+        }
+        var client = sockaddr_in()
+        var haveClient = false
+        var held: [Direction: [UInt8]] = [:]
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        let deadline = Date().addingTimeInterval(120)
+        func forward(_ d: Direction, _ bytes: [UInt8]) {
+            _ = bytes.withUnsafeBytes { b in
+                if d == .toServer { return Glibc.send(back, b.baseAddress, b.count, 0) }
+                return withUnsafePointer(to: &client) { p in
+                    p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(front, b.baseAddress, b.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                }
+            }
+        }
+        func handle(_ d: Direction, _ bytes: [UInt8]) {
+            lock.lock()
+            defer { lock.unlock() }
+            if dropRule(d, bytes) || random() < rates.loss {
+                counts[d]!.dropped += 1
+                return
+            }
+            if held[d] == nil, random() < rates.reorder {
+                held[d] = bytes  // goes out after the next one
+                counts[d]!.reordered += 1
+                return
+            }
+            forward(d, bytes)
+            counts[d]!.forwarded += 1
+            if random() < rates.duplicate {
+                forward(d, bytes)
+                counts[d]!.duplicated += 1
+            }
+            if let h = held.removeValue(forKey: d) { forward(d, h) }
+        }
+        while Date() < deadline {
+            lock.lock()
+            let stop = stopped
+            lock.unlock()
+            if stop { break }
+            var fds = [pollfd(fd: front, events: Int16(POLLIN), revents: 0), pollfd(fd: back, events: Int16(POLLIN), revents: 0)]
+            let ready = poll(&fds, 2, 5)
+            if ready <= 0 {
+                // Quiet: let held datagrams go rather than keep them forever.
+                lock.lock()
+                for (d, h) in held { forward(d, h) }
+                held.removeAll()
+                lock.unlock()
+                continue
+            }
+            if fds[0].revents & Int16(POLLIN) != 0 {
+                var from = sockaddr_in()
+                var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+                let n = withUnsafeMutablePointer(to: &from) { p in
+                    p.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(front, &buffer, buffer.count, Int32(MSG_DONTWAIT), $0, &length) }
+                }
+                if n >= 0 {
+                    client = from
+                    haveClient = true
+                    handle(.toServer, Array(buffer[0..<n]))
+                }
+            }
+            if fds[1].revents & Int16(POLLIN) != 0 {
+                let n = recv(back, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+                if n >= 0, haveClient { handle(.toClient, Array(buffer[0..<n])) }
+            }
+        }
+        done.signal()
+    }
+}
+
+/// The message type byte of a native datagram, and a STATUS's phase byte.
+private func kind(_ d: [UInt8]) -> UInt8? { d.count >= 20 && d[0] == 0xD5 ? d[2] : nil }
+private func statusPhase(_ d: [UInt8]) -> UInt8? { kind(d) == 0x06 && d.count > 56 ? d[56] : nil }
+
+// MARK: - Seed UDP
+
+@Suite(.serialized) struct SeedUDPTests {
+    @Test func aSeedLikeClientDeliversAByteIdenticalFile() throws {
+        let server = try BackgroundServer()
+        let bytes = content(1, count: 200_000)
+        try seedUDPUpload(bytes, port: server.port)
+        #expect(server.eventually { server.storedFiles().count == 1 })
+        server.stop()
+        let files = server.storedFiles()
+        #expect(files.count == 1 && files.first!.hasPrefix("upload-"))
+        #expect(files.first.flatMap(server.contents) == bytes)
+        #expect(server.statistics.uploadsStored == 1)
+        #expect(server.statistics.udpDatagramsSent == 0)  // nothing is ever sent to a seed client
+    }
+
+    @Test func aLostEOFStillCompletesTheFile() throws {
+        let server = try BackgroundServer()
+        let bytes = content(2, count: 10_000)
+        try seedUDPUpload(bytes, port: server.port, pauseMicroseconds: 500, sendEOF: false)
+        #expect(server.eventually { server.storedFiles().count == 1 })
+        server.stop()
+        #expect(server.storedFiles().first.flatMap(server.contents) == bytes)
+    }
+
+    @Test func aLostDatagramEndsByTimeoutAndIsNeverStored() throws {
+        let server = try BackgroundServer { $0.udpIdleTimeout = 0.5 }
+        let bytes = content(3, count: 20_000)
+        // Datagram 5 is lost and so is the EOF: only the idle timeout can end the session.
+        try seedUDPUpload(bytes, port: server.port, pauseMicroseconds: 200, skipDatagram: 5, sendEOF: false)
+        usleep(1_500_000)
+        // A complete upload from another source on the same port still works afterwards.
+        let good = content(4, count: 5_000)
+        try seedUDPUpload(good, port: server.port, pauseMicroseconds: 200)
+        #expect(server.eventually { server.storedFiles().count == 1 })
+        server.stop()
+        #expect(server.storedFiles().count == 1)
+        #expect(server.storedFiles().first.flatMap(server.contents) == good)
+        #expect(server.statistics.uploadsFailed == 1)
+        #expect(server.partials().isEmpty)
+    }
+
+    @Test func anEarlyEOFIsIncomplete() throws {
+        let server = try BackgroundServer()
+        try seedUDPUpload(content(5, count: 8_000), port: server.port, pauseMicroseconds: 200, skipDatagram: 7)
+        #expect(server.eventually { server.statistics.uploadsFailed == 1 || server.partials().isEmpty })
+        usleep(200_000)
+        server.stop()
+        #expect(server.storedFiles().isEmpty)
+        #expect(server.statistics.uploadsFailed == 1)
+        #expect(server.partials().isEmpty)
+    }
+
+    @Test func theSeedSenderModeIsUnderstood() throws {
+        let server = try BackgroundServer()
+        let bytes = content(6, count: 50_000)
+        let path = writeTemporaryFile(bytes, name: "seed.bin")
+        let (outcomes, _) = try sendUDP([path], port: server.port) {
+            $0.seedProtocol = true
+            $0.seedPause = 0.0002
+        }
+        #expect(outcomes.first?.succeeded == true)
+        #expect(server.eventually { server.storedFiles().count == 1 })
+        server.stop()
+        #expect(server.storedFiles().first.flatMap(server.contents) == bytes)
+    }
+}
+
+// MARK: - Native reliable UDP
+
+@Suite(.serialized) struct NativeUDPTests {
+    @Test func filesArriveByteIdenticalWithTheirNames() throws {
+        let server = try BackgroundServer()
+        let a = content(10, count: 3_000_000 + 17), b = content(11, count: 1200), empty: [UInt8] = []
+        let paths = [writeTemporaryFile(a, name: "a.bin"), writeTemporaryFile(b, name: "b.bin"), writeTemporaryFile(empty, name: "empty")]
+        let (outcomes, stats) = try sendUDP(paths, port: server.port)
+        server.stop()
+        #expect(outcomes.allSatisfy { $0.succeeded }, "\(outcomes.map { $0.message })")
+        #expect(outcomes.map(\.storedName) == ["a.bin", "b.bin", "empty"])
+        #expect(server.contents("a.bin") == a)
+        #expect(server.contents("b.bin") == b)
+        #expect(server.contents("empty") == empty)
+        #expect(outcomes[0].digest == xxh3(a).hexString)
+        #expect(server.partials().isEmpty)
+        // Nothing was lost on loopback: retransmissions stay under 0.5%.
+        #expect(Double(stats.retransmitted) <= Double(stats.datagramsSent) * 0.005)
+        // After validation the receiver sends a small fraction of what it receives.
+        #expect(server.statistics.udpBytesSent * 10 < server.statistics.bytesReceived)
+    }
+
+    @Test(arguments: [1200, 8192])
+    func aLossyReorderingDuplicatingPathDeliversIdenticalFiles(chunkSize: Int) throws {
+        let server = try BackgroundServer()
+        let relay = try LossyRelay(serverPort: server.port, seed: UInt64(chunkSize))
+        let files = (0..<3).map { content(20 + $0, count: 700_000 + $0 * 333_333) }
+        let paths = files.enumerated().map { writeTemporaryFile($1, name: "lossy-\($0).bin") }
+        let (outcomes, stats) = try sendUDP(paths, port: relay.port) { $0.chunkSize = chunkSize }
+        relay.stop()
+        server.stop()
+        #expect(outcomes.allSatisfy { $0.succeeded }, "\(outcomes.map { $0.message })")
+        for (i, f) in files.enumerated() { #expect(server.contents("lossy-\(i).bin") == f) }
+        let up = relay.count(.toServer), down = relay.count(.toClient)
+        #expect(up.dropped > 0 && up.reordered > 0 && up.duplicated > 0)
+        #expect(down.dropped > 0 || down.forwarded < 20)
+        #expect(stats.retransmitted >= UInt64(up.dropped) / 2)
+        #expect(server.statistics.udpDuplicates > 0)
+    }
+
+    @Test func aLostFinishAndALostFinalStatusAreRecovered() throws {
+        let server = try BackgroundServer()
+        let dropped = Counter()
+        let relay = try LossyRelay(serverPort: server.port, rates: .init(loss: 0, reorder: 0, duplicate: 0)) { d, bytes in
+            // The first FINISH and the first "stored" STATUS never arrive.
+            if d == .toServer, kind(bytes) == 0x07, dropped.increment("finish") == 1 { return true }
+            if d == .toClient, statusPhase(bytes) == 2, dropped.increment("stored") == 1 { return true }
+            return false
+        }
+        let bytes = content(30, count: 400_000)
+        let (outcomes, _) = try sendUDP([writeTemporaryFile(bytes, name: "fin.bin")], port: relay.port)
+        relay.stop()
+        server.stop()
+        #expect(outcomes.first?.succeeded == true, "\(outcomes.map(\.message))")
+        #expect(dropped.value("finish") >= 2 && dropped.value("stored") >= 2)
+        #expect(server.storedFiles() == ["fin.bin"])
+        #expect(server.contents("fin.bin") == bytes)
+    }
+
+    @Test func spoofedUnknownAndUnverifiedDatagramsGetNoReplyAndChangeNothing() throws {
+        let server = try BackgroundServer()
+        let s = try BlockingUDP(port: server.port)
+        func header(_ kind: UInt8, session: UInt64) -> [UInt8] {
+            var h: [UInt8] = [0xD5, 1, kind, 0]
+            withUnsafeBytes(of: session.bigEndian) { h += $0 }
+            withUnsafeBytes(of: UInt64(1).bigEndian) { h += $0 }
+            return h
+        }
+        // DATA and FINISH for sessions that do not exist.
+        s.send(header(0x05, session: 0x1234_5678) + [0, 0, 0, 0] + [UInt8](repeating: 7, count: 1200))
+        s.send(header(0x07, session: 42) + [0, 0, 0, 1, 1, 16] + [UInt8](repeating: 0, count: 16))
+        // A START with a forged cookie.
+        let file = FileHeader(uploadID: UploadID.random(), size: 10, digest: .xxh3_128, name: "forged")
+        s.send(UDPWire.encode(UDPWire.Start(clientNonce: 1, cookie: [UInt8](repeating: 0, count: 24), chunkSize: 1200, file: file, mac: []), packet: 2))
+        // An INIT that is not padded (it would make the reply an amplifier).
+        s.send(Array(UDPWire.encode(UDPWire.Initial(clientNonce: 5, chunkSize: 1200), packet: 3).prefix(100)))
+        // A reply to anything above would be a failure.
+        #expect(s.receive() == nil)
+        // A proper INIT gets exactly one COOKIE, far smaller than the INIT.
+        let initial = UDPWire.encode(UDPWire.Initial(clientNonce: 6, chunkSize: 1200), packet: 4)
+        s.send(initial)
+        let reply = s.receive()
+        #expect(reply.map { kind($0) } == 0x02)
+        #expect(reply.map { $0.count * 10 < initial.count } == true)
+        #expect(s.receive() == nil)
+        server.stop()
+        #expect(server.storedFiles().isEmpty)
+        #expect(server.partials().isEmpty)
+        #expect(server.statistics.udpDatagramsIgnored >= 4)
+        #expect(server.statistics.udpDatagramsSent == 1)
+    }
+
+    @Test func aTokenIsRequiredWhenTheServerHasOne() throws {
+        let server = try BackgroundServer { $0.token = "s3cret" }
+        let bytes = content(40, count: 50_000)
+        let path = writeTemporaryFile(bytes, name: "auth.bin")
+        let (none, _) = try sendUDP([path], port: server.port)
+        #expect(none.first?.succeeded == false)
+        #expect(none.first?.message.contains("token") == true)
+        let (wrong, _) = try sendUDP([path], port: server.port) { $0.token = "guess" }
+        #expect(wrong.first?.succeeded == false)
+        #expect(wrong.first?.message.contains("authentication failed") == true)
+        let (right, _) = try sendUDP([path], port: server.port) { $0.token = "s3cret" }
+        server.stop()
+        #expect(right.first?.succeeded == true)
+        #expect(server.storedFiles() == ["auth.bin"])
+    }
+
+    @Test func anInterruptedTransferResumes() throws {
+        let server = try BackgroundServer { $0.udpIdleTimeout = 1 }
+        let bytes = content(50, count: 6_000_000)
+        let path = writeTemporaryFile(bytes, name: "resume.bin")
+        // First try: paced at 4 MB/s and cut off after about half a second, without telling the
+        // receiver (as a crash would): the receiver closes the session at its idle timeout.
+        let loop = try Loop()
+        var options = UDPSender.Options(host: "127.0.0.1", port: server.port)
+        options.maxRate = 4e6
+        let sender = UDPSender(loop: loop, options: options)
+        var first: [Sender.Outcome] = []
+        sender.send([path]) { first = $0 }
+        let cut = try UV.Timer(loop: loop)
+        try cut.start(timeout: 600) {
+            sender.cancel(reason: "cut", tellReceiver: false)
+            cut.close()
+        }
+        loop.run()
+        try loop.close()
+        #expect(first.first?.succeeded == false)
+        #expect(server.eventually(5) { server.partials().count == 2 })
+        usleep(1_500_000)  // the idle timeout closes the session, keeping its partial
+        let (second, _) = try sendUDP([path], port: server.port)
+        server.stop()
+        #expect(second.first?.succeeded == true, "\(second.map(\.message))")
+        #expect((second.first?.resumedFrom ?? 0) > 0)
+        #expect((second.first?.bytesSent ?? 0) < UInt64(bytes.count))
+        #expect(server.contents("resume.bin") == bytes)
+        #expect(server.partials().isEmpty)
+    }
+
+    @Test func manySourcesAndTCPUploadsAtOnceOnOneLoop() throws {
+        let server = try BackgroundServer()
+        let udpFiles = (0..<12).map { content(100 + $0, count: 300_000 + $0 * 1000) }
+        let udpPaths = udpFiles.enumerated().map { writeTemporaryFile($1, name: "udp-\($0).bin") }
+        let tcpFiles = (0..<6).map { content(200 + $0, count: 500_000) }
+        let tcpPaths = tcpFiles.enumerated().map { writeTemporaryFile($1, name: "tcp-\($0).bin") }
+        let seedFiles = (0..<3).map { content(300 + $0, count: 30_000) }
+        let group = DispatchGroup()
+        let tcpResult = ResultBox()
+        DispatchQueue.global().async(group: group) {
+            tcpResult.set((try? sendFiles(tcpPaths, port: server.port)).map { $0.allSatisfy(\.succeeded) } ?? false)
+        }
+        for (i, f) in seedFiles.enumerated() {
+            DispatchQueue.global().async(group: group) { try? seedUDPUpload(f, port: server.port, pauseMicroseconds: 100 + UInt32(i) * 50) }
+        }
+        // Twelve native UDP senders, each with its own socket, on one client loop.
+        let loop = try Loop()
+        var outcomes: [[Sender.Outcome]] = Array(repeating: [], count: udpPaths.count)
+        var senders: [UDPSender] = []
+        for (i, p) in udpPaths.enumerated() {
+            let s = UDPSender(loop: loop, options: UDPSender.Options(host: "127.0.0.1", port: server.port))
+            senders.append(s)
+            s.send([p]) { outcomes[i] = $0 }
+        }
+        loop.run()
+        try loop.close()
+        group.wait()
+        #expect(server.eventually { server.storedFiles().count == udpFiles.count + tcpFiles.count + seedFiles.count })
+        server.stop()
+        #expect(outcomes.allSatisfy { $0.first?.succeeded == true }, "\(outcomes.map { $0.first?.message ?? "-" })")
+        #expect(tcpResult.value)
+        for (i, f) in udpFiles.enumerated() { #expect(server.contents("udp-\(i).bin") == f) }
+        for (i, f) in tcpFiles.enumerated() { #expect(server.contents("tcp-\(i).bin") == f) }
+        let seedStored = server.storedFiles().filter { $0.hasPrefix("upload-") }.compactMap(server.contents)
+        #expect(Set(seedStored.map { xxh3($0) }) == Set(seedFiles.map { xxh3($0) }))
+    }
+}
+
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var counts: [String: Int] = [:]
+    func increment(_ k: String) -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        counts[k, default: 0] += 1
+        return counts[k]!
+    }
+    func value(_ k: String) -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return counts[k, default: 0]
+    }
+}
+
+final class ResultBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var v = false
+    func set(_ x: Bool) { lock.lock(); v = x; lock.unlock() }
+    var value: Bool { lock.lock(); defer { lock.unlock() }; return v }
+}
