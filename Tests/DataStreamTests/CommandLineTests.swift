@@ -101,4 +101,54 @@ struct CommandLineTests {
         #expect(badDir.status == 1)
         #expect(badDir.stderr.hasPrefix("datastream: cannot use directory \(file)"))
     }
+
+    @Test func sendOverUDPWithJSONAndTheSeedMode() throws {
+        let server = try BackgroundServer()
+        defer { server.stop() }
+        let bytes = content(7, count: 300_000)
+        let a = writeTemporaryFile(bytes, name: "u.bin")
+        let ok = try run(["send", "--udp", "--chunk-size", "8192", a, "--to", "127.0.0.1:\(server.port)", "--json"])
+        #expect(ok.status == 0, "\(ok.stderr)")
+        let report = try JSONSerialization.jsonObject(with: Data(ok.stdout.utf8)) as? [String: Any]
+        #expect(report?["ok"] as? Bool == true)
+        #expect((report?["files"] as? [[String: Any]])?.first?["storedName"] as? String == "u.bin")
+        #expect((report?["udp"] as? [String: Any])?["datagrams"] as? Int ?? 0 >= 37)
+        let seed = try run(["send", "--udp", "--seed-protocol", "--seed-pause", "0.1", a, "--to", "127.0.0.1:\(server.port)"])
+        #expect(seed.status == 0)
+        #expect(server.eventually { server.storedFiles().count == 2 })
+        #expect(server.storedFiles().compactMap(server.contents).allSatisfy { $0 == bytes })
+        let badChunk = try run(["send", "--udp", "--chunk-size", "100", a, "--to", "127.0.0.1:\(server.port)"])
+        #expect(badChunk.status == 1)
+        #expect(badChunk.stderr.contains("--chunk-size must be between 512 and 16384"))
+    }
+
+    @Test func servePrintsTheUDPLineUnlessUDPIsOff() throws {
+        func firstLines(_ arguments: [String]) throws -> [String] {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: Self.binary)
+            p.arguments = ["serve", "--port", "0", "--dir", BackgroundServer.temporaryDirectory(), "--log-level", "warning"] + arguments
+            let out = Pipe()
+            p.standardOutput = out
+            try p.run()
+            usleep(500_000)
+            kill(p.processIdentifier, SIGTERM)
+            p.waitUntilExit()
+            return String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).split(separator: "\n").map(String.init)
+        }
+        let both = try firstLines([])
+        #expect(both.count == 2)
+        let tcpPort = both.first?.split(separator: ":").last.map(String.init)
+        #expect(both.first?.hasPrefix("listening tcp 127.0.0.1:") == true)
+        #expect(both.last == "listening udp 127.0.0.1:\(tcpPort ?? "?")")
+        #expect(try firstLines(["--no-udp"]).count == 1)
+        // An explicit UDP port (taken here from a socket bound to port 0 and closed).
+        let probe = try BlockingUDP(port: 9)
+        var addr = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe.fd, $0, &length) } }
+        let free = Int(UInt16(bigEndian: addr.sin_port))
+        close(probe.fd)
+        let explicit = try firstLines(["--udp-port", "\(free)"])
+        #expect(explicit.last == "listening udp 127.0.0.1:\(free)")
+    }
 }
