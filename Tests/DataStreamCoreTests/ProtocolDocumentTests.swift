@@ -1,3 +1,4 @@
+import Foundation
 import Crypto
 import Testing
 @testable import DataStreamCore
@@ -45,5 +46,31 @@ struct ProtocolDocumentTests {
         #expect(step.action == .startSeedUpload(declaredSize: 3))
         step = input.withUnsafeBytes { m.bytesReceived(UnsafeRawBufferPointer(rebasing: $0[1...])) }
         #expect(step == .init(consumed: 3, fileBytes: 3, action: .finishSeedUpload(filePrefix: [], size: 3)))
+    }
+}
+
+/// The UDP worked example of docs/PROTOCOL.md §5.8, read from the document itself.
+struct UDPProtocolDocumentTests {
+    static let document: String = {
+        let here = URL(fileURLWithPath: #filePath)
+        let path = here.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("docs/PROTOCOL.md").path
+        return (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+    }()
+
+    func example(_ label: String) -> [UInt8]? {
+        guard let line = Self.document.split(separator: "\n").first(where: { $0.hasPrefix(label + ":") }) else { return nil }
+        return [UInt8](hex: line.dropFirst(label.count + 1).replacingOccurrences(of: " ", with: ""))
+    }
+
+    @Test func udpExamplesMatchTheEncoders() throws {
+        let session: UInt64 = 0x0102_0304_0506_0708
+        var data = [UInt8](repeating: 0, count: UDPWire.dataHeaderLength)
+        data.withUnsafeMutableBytes { UDPWire.writeDataHeader(session: session, packet: 9, chunk: 3, into: $0.baseAddress!) }
+        #expect(example("udp-data") == data + Array("hi".utf8))
+        let status = UDPWire.Status(receiverTime: 1000, echoPacket: 9, echoDelay: 50, cumulative: 3, windowLimit: 67, receivedBytes: 2400,
+                                    phase: .receiving, nacks: [(1, 1)], message: "")
+        #expect(example("udp-status") == UDPWire.encode(status, session: session, packet: 2))
+        let finish = UDPWire.Finish(chunkCount: 4, algorithm: .xxh3_128, digest: [0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff])
+        #expect(example("udp-finish") == UDPWire.encode(finish, session: session, packet: 10))
     }
 }
