@@ -45,6 +45,11 @@ final class UDPReceiver: UDPSocketReceiver {
     private var ringBytesInUse = 0
     private var packetNumber: UInt64 = 0
     private var closing = false
+    /// Sessions created and not yet retired (ended with no file operation in flight): `stop`
+    /// completes only when this is zero, so no callback of a session outlives the server.
+    private var liveSessions = 0
+    private var stopCompletion: (() -> Void)?
+    private var handlesOpen = 0
     /// The receive buffer the kernel granted (as getsockopt reports it).
     private(set) var grantedReceiveBuffer: Int32 = 0
 
@@ -83,14 +88,28 @@ final class UDPReceiver: UDPSocketReceiver {
     var sessionCount: Int { sessions.count + seedSessions.count }
 
     /// Closes the socket and timer; seed sessions end incomplete, native ones keep their partials.
+    /// `completion` runs once the socket and timer are closed and every session has retired
+    /// (its last file operation answered).
     func stop(_ completion: @escaping () -> Void) {
         closing = true
-        for s in seedSessions.values { s.shutdown() }
+        stopCompletion = completion
+        handlesOpen = 2
+        for s in Array(seedSessions.values) { s.shutdown() }
         for s in Array(sessions.values) { s.close(keepPartial: true) }
-        var pending = 2
-        let done = { pending -= 1; if pending == 0 { completion() } }
-        timer.close(done)
-        socket.close(done)
+        timer.close { [self] in handlesOpen -= 1; finishStopIfDone() }
+        socket.close { [self] in handlesOpen -= 1; finishStopIfDone() }
+    }
+
+    /// A session ended and has nothing in flight: nothing of it will call back any more.
+    func sessionRetired() {
+        liveSessions -= 1
+        finishStopIfDone()
+    }
+
+    private func finishStopIfDone() {
+        guard handlesOpen == 0, liveSessions == 0, let completion = stopCompletion else { return }
+        stopCompletion = nil
+        completion()
     }
 
     // MARK: - Receiving
@@ -154,6 +173,7 @@ final class UDPReceiver: UDPSocketReceiver {
         }
         let session = SeedSessionDriver(receiver: self, source: source, declaredSize: size, now: Self.microseconds())
         seedSessions[source] = session
+        liveSessions += 1
         session.start()
     }
 
@@ -266,6 +286,7 @@ final class UDPReceiver: UDPSocketReceiver {
         let session = NativeSessionDriver(receiver: self, id: id, source: source, clientNonce: start.clientNonce, file: file,
                                           chunkSize: chunkSize, windowChunks: windowChunks)
         sessions[id] = session
+        liveSessions += 1
         byNonce[key] = id
         perAddress[hostKey(source), default: 0] += 1
         ringBytesInUse += ringBytes
@@ -298,6 +319,7 @@ final class UDPReceiver: UDPSocketReceiver {
 
     @discardableResult
     func send(_ bytes: [UInt8], to address: SocketAddress) -> Bool {
+        guard !closing else { return false }
         let sent = bytes.withUnsafeBytes { p in (try? socket.trySend(p, to: address)) != nil }
         if sent {
             server.statistics.udpDatagramsSent += 1
@@ -318,7 +340,8 @@ func uv_hrtime_microseconds() -> UInt64 { UV.monotonicNanoseconds() / 1_000 }
 /// large writes (two 256 KiB buffers: one filling, one being written) and stores or discards it.
 /// Owned by the `UDPReceiver` until it ends.
 final class SeedSessionDriver {
-    unowned let receiver: UDPReceiver
+    /// Strong: a file operation's callback may run after the receiver dropped this session.
+    let receiver: UDPReceiver
     let source: SocketAddress
     private var machine: SeedUDPSession
     private var fd: FileDescriptor?
@@ -483,6 +506,8 @@ final class SeedSessionDriver {
             server.logger.warning("broken udp seed upload: \(reason ?? "?")", metadata: ["source": "\(source)"])
         }
         receiver.seedSessionEnded(self)
+        // finishSession runs once, with no open, write or commit in flight.
+        receiver.sessionRetired()
     }
 }
 
@@ -494,7 +519,8 @@ final class SeedSessionDriver {
 /// Owned by the `UDPReceiver` from START until it ends (idle timeout, abort, or the linger
 /// after its final status). The ring is released as soon as the session is finished.
 final class NativeSessionDriver {
-    unowned let receiver: UDPReceiver
+    /// Strong: a file operation's callback may run after the receiver dropped this session.
+    let receiver: UDPReceiver
     let id: UInt64
     let source: SocketAddress
     let clientNonce: UInt64
@@ -511,6 +537,9 @@ final class NativeSessionDriver {
     private var closeRequested: Bool?
     private var finishedAt: UInt64?
     private var ended = false
+    private var opening = false
+    private var committing = false
+    private var retired = false
     private var startedAt: UInt64
 
     init(receiver: UDPReceiver, id: UInt64, source: SocketAddress, clientNonce: UInt64, file: FileHeader, chunkSize: Int, windowChunks: UInt32) {
@@ -528,12 +557,15 @@ final class NativeSessionDriver {
     private var ringBytes: Int { Int(windowChunks) * chunkSize }
 
     func open() {
+        opening = true
         server.store.openNative(file) { [self] result in
+            opening = false
             guard !ended else {
                 if case .success(let p) = result {
                     server.store.closeQuietly(p.fd, p.path)
                     server.store.release(file.uploadID)
                 }
+                retireIfDone()
                 return
             }
             switch result {
@@ -643,6 +675,7 @@ final class NativeSessionDriver {
         let failed: (String) -> Void = { [self] reason in
             writeInFlight = false
             if let keep = closeRequested { close(keepPartial: keep); return }
+            guard !ended else { retireIfDone(); return }
             server.logger.error("udp upload write failed: \(reason)", metadata: ["upload": "\(file.uploadID)"])
             perform(machine!.writeFailed(ProtocolError.storageFailed(reason: reason).description))
         }
@@ -659,6 +692,7 @@ final class NativeSessionDriver {
                 case .success:
                     writeInFlight = false
                     if let keep = closeRequested { close(keepPartial: keep); return }
+                    guard !ended else { retireIfDone(); return }
                     perform(machine!.writeCompleted(now: UDPReceiver.microseconds()))
                 }
             }
@@ -675,8 +709,11 @@ final class NativeSessionDriver {
         guard matches else { return }
         let store = server.store
         self.partial = nil
+        committing = true
         store.commit(partial.fd, partialPath: partial.path, metaPath: partial.metaPath, name: file.name) { [self] r in
+            committing = false
             store.release(file.uploadID)
+            defer { retireIfDone() }
             switch r {
             case .success(let stored):
                 server.statistics.uploadsStored += 1
@@ -752,5 +789,13 @@ final class NativeSessionDriver {
             receiver.ringReleased(ringBytes)
         }
         receiver.nativeSessionEnded(self)
+        retireIfDone()
+    }
+
+    /// Tells the receiver once that this session ended and no callback of it is pending.
+    private func retireIfDone() {
+        guard ended, !retired, !opening, !writeInFlight, !committing else { return }
+        retired = true
+        receiver.sessionRetired()
     }
 }

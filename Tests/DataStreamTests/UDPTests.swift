@@ -276,6 +276,52 @@ private func statusPhase(_ d: [UInt8]) -> UInt8? { kind(d) == 0x06 && d.count > 
 // MARK: - Native reliable UDP
 
 @Suite(.serialized) struct NativeUDPTests {
+    /// `stop` completes only when every session's file operations have answered, so a caller may
+    /// release the server in the completion while uploads (native and seed) are mid-flight.
+    @Test func stoppingMidTransferWaitsForEverySessionAndTheServerMayBeReleasedThen() throws {
+        let directory = BackgroundServer.temporaryDirectory()
+        let loop = try Loop()
+        var configuration = Server.Configuration()
+        configuration.port = 0
+        configuration.directory = directory
+        var server: Server? = try Server(loop: loop, configuration: configuration)
+        let port = try server!.start().port
+        let bytes = content(40, count: 40_000_000)
+        let sender = UDPSender(loop: loop, options: .init(host: "127.0.0.1", port: port))
+        var outcomes: [Sender.Outcome] = []
+        sender.send([writeTemporaryFile(bytes, name: "big.bin")]) { outcomes = $0 }
+        let seed = try BlockingUDP(port: port)
+        var sessionsAtCompletion = -1
+        var stopped = false
+        let timer = try Timer(loop: loop)
+        let deadline = Date().addingTimeInterval(20)
+        try timer.start(timeout: 1, repeat: 1) {
+            guard let s = server, !stopped, s.statistics.bytesReceived > 4_000_000 || Date() > deadline else { return }
+            stopped = true
+            // A seed session opens its partial while the server stops.
+            seed.send(Array("5000".utf8))
+            seed.send([UInt8](repeating: 7, count: 1024))
+            s.stop {
+                sessionsAtCompletion = server?.udpSessionCount ?? -2
+                server = nil
+                sender.cancel(reason: "server stopped", tellReceiver: false)
+                timer.close()
+            }
+        }
+        loop.run()
+        #expect(stopped)
+        #expect(sessionsAtCompletion == 0)
+        #expect(server == nil)
+        #expect(throws: Never.self) { try loop.close() }
+        #expect(outcomes.first?.succeeded == false)
+        // Nothing appears under a final name; the native partial stays for a resume.
+        let stored = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0 != ".datastream" }
+        #expect(stored.isEmpty)
+        let partials = (try? FileManager.default.contentsOfDirectory(atPath: directory + "/.datastream/partial")) ?? []
+        #expect(partials.contains { $0.hasSuffix(".part") && !$0.hasPrefix("seed-") })
+        #expect(!partials.contains { $0.hasPrefix("seed-") })
+    }
+
     @Test func filesArriveByteIdenticalWithTheirNames() throws {
         let server = try BackgroundServer()
         let a = content(10, count: 3_000_000 + 17), b = content(11, count: 1200), empty: [UInt8] = []
@@ -298,7 +344,12 @@ private func statusPhase(_ d: [UInt8]) -> UInt8? { kind(d) == 0x06 && d.count > 
     @Test(arguments: [1200, 8192])
     func aLossyReorderingDuplicatingPathDeliversIdenticalFiles(chunkSize: Int) throws {
         let server = try BackgroundServer()
-        let relay = try LossyRelay(serverPort: server.port, seed: UInt64(chunkSize))
+        // Besides the random 5% (which may miss the few STATUS datagrams of a short run), every
+        // third STATUS towards the sender is lost, so both directions certainly lose datagrams.
+        let statuses = Counter()
+        let relay = try LossyRelay(serverPort: server.port, seed: UInt64(chunkSize)) { d, bytes in
+            d == .toClient && kind(bytes) == 0x06 && statuses.increment("status") % 3 == 0
+        }
         let files = (0..<3).map { content(20 + $0, count: 700_000 + $0 * 333_333) }
         let paths = files.enumerated().map { writeTemporaryFile($1, name: "lossy-\($0).bin") }
         let (outcomes, stats) = try sendUDP(paths, port: relay.port) { $0.chunkSize = chunkSize }
@@ -308,7 +359,7 @@ private func statusPhase(_ d: [UInt8]) -> UInt8? { kind(d) == 0x06 && d.count > 
         for (i, f) in files.enumerated() { #expect(server.contents("lossy-\(i).bin") == f) }
         let up = relay.count(.toServer), down = relay.count(.toClient)
         #expect(up.dropped > 0 && up.reordered > 0 && up.duplicated > 0)
-        #expect(down.dropped > 0 || down.forwarded < 20)
+        #expect(down.dropped > 0)
         #expect(stats.retransmitted >= UInt64(up.dropped) / 2)
         #expect(server.statistics.udpDuplicates > 0)
     }
