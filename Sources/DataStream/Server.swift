@@ -29,6 +29,8 @@ public final class Server {
         public var udpPort: Int?
         /// The UDP socket receive buffer to ask the kernel for (past rmem_max as root).
         public var udpReceiveBuffer: Int32 = 32 << 20
+        /// Let the kernel coalesce runs of equal-size datagrams into one receive (`UDP_GRO`).
+        public var udpReceiveOffload = true
         /// Seconds without a datagram before a UDP session is closed.
         public var udpIdleTimeout: Double = 30
         /// Ring memory per native UDP session, and for all of them together.
@@ -53,6 +55,8 @@ public final class Server {
         public var udpSessionsRefused: UInt64 = 0
         public var udpDatagramsSent: UInt64 = 0
         public var udpBytesSent: UInt64 = 0
+        /// Receives that held several datagrams coalesced by the kernel (receive offload).
+        public var udpCoalescedReceives: UInt64 = 0
         public init() {}
     }
 
@@ -69,6 +73,8 @@ public final class Server {
     public private(set) var udpAddress: SocketAddress?
     /// The UDP receive buffer the kernel granted (getsockopt's figure, twice the usable bytes).
     public var udpReceiveBufferGranted: Int32 { udp?.grantedReceiveBuffer ?? 0 }
+    /// Whether the kernel accepted UDP receive offload on the socket.
+    public var udpReceiveOffloadEnabled: Bool { udp?.receiveOffload ?? false }
     private var connections: [ObjectIdentifier: Connection] = [:]
     private var nextConnectionID: UInt64 = 0
     private var stopCallback: (() -> Void)?
@@ -142,7 +148,8 @@ public final class Server {
         limits.maxSessions = configuration.udpMaxSessions
         limits.maxSessionsPerAddress = configuration.udpMaxSessionsPerAddress
         limits.maxSeedSessions = configuration.udpMaxSeedSessions
-        let receiver = try UDPReceiver(server: self, address: address, receiveBufferBytes: configuration.udpReceiveBuffer, limits: limits)
+        let receiver = try UDPReceiver(server: self, address: address, receiveBufferBytes: configuration.udpReceiveBuffer,
+                                   receiveOffload: configuration.udpReceiveOffload, limits: limits)
         udp = receiver
         udpClosed = false
         do throws(UVOperationError) {

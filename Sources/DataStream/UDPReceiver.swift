@@ -52,13 +52,15 @@ final class UDPReceiver: UDPSocketReceiver {
     private var handlesOpen = 0
     /// The receive buffer the kernel granted (as getsockopt reports it).
     private(set) var grantedReceiveBuffer: Int32 = 0
+    /// The kernel may hand over several datagrams in one buffer (`UDP_GRO`).
+    private(set) var receiveOffload = false
 
     private struct NonceKey: Hashable {
         var source: SocketAddress
         var nonce: UInt64
     }
 
-    init(server: Server, address: SocketAddress, receiveBufferBytes: Int32, limits: Limits) throws(UVOperationError) {
+    init(server: Server, address: SocketAddress, receiveBufferBytes: Int32, receiveOffload: Bool, limits: Limits) throws(UVOperationError) {
         self.server = server
         self.store = server.store
         self.logger = server.logger
@@ -67,6 +69,7 @@ final class UDPReceiver: UDPSocketReceiver {
         do throws(UVOperationError) {
             try socket.bind(address)
             grantedReceiveBuffer = try socket.requestReceiveBuffer(receiveBufferBytes)
+            if receiveOffload { self.receiveOffload = try socket.enableReceiveOffload() }
             timer = try Timer(loop: server.loop)
         } catch {
             socket.close()
@@ -127,15 +130,31 @@ final class UDPReceiver: UDPSocketReceiver {
             return
         }
         let d = UnsafeRawBufferPointer(rebasing: datagram[0..<count])
-        server.statistics.udpDatagramsReceived += 1
         if !seedSessions.isEmpty, let seed = seedSessions[sender] {
-            seed.datagram(d)
+            server.statistics.udpDatagramsReceived += 1
+            seed.datagram(d, mayBeCoalesced: receiveOffload)
             return
         }
         if let header = UDPWire.header(d) {
+            if receiveOffload, header.kind == .data, let session = sessions[header.session],
+               case let segment = UDPWire.dataHeaderLength + session.chunkSize, count > segment {
+                // Several DATA datagrams coalesced by the kernel: equal segments of this
+                // session's datagram size, the last possibly shorter (and of any kind).
+                server.statistics.udpCoalescedReceives += 1
+                var offset = 0
+                while offset < count {
+                    let piece = UnsafeRawBufferPointer(rebasing: d[offset..<min(offset + segment, count)])
+                    offset += segment
+                    server.statistics.udpDatagramsReceived += 1
+                    if let h = UDPWire.header(piece) { native(h, piece, from: sender) } else { server.statistics.udpDatagramsIgnored += 1 }
+                }
+                return
+            }
+            server.statistics.udpDatagramsReceived += 1
             native(header, d, from: sender)
             return
         }
+        server.statistics.udpDatagramsReceived += 1
         if let size = UDPWire.seedSize(d) {
             startSeed(size: size, from: sender)
             return
@@ -393,8 +412,15 @@ final class SeedSessionDriver {
         apply(machine.started(), nil)
     }
 
-    func datagram(_ d: UnsafeRawBufferPointer) {
-        apply(machine.datagram(count: d.count, isEndMarker: UDPWire.isSeedEnd(d), now: UDPReceiver.microseconds()), d)
+    /// `mayBeCoalesced`: receive offload is on, so `d` may be several datagrams end to end.
+    func datagram(_ d: UnsafeRawBufferPointer, mayBeCoalesced: Bool) {
+        let now = UDPReceiver.microseconds()
+        if mayBeCoalesced, d.count > 3 {
+            let endsWithMarker = UDPWire.isSeedEnd(UnsafeRawBufferPointer(rebasing: d[(d.count - 3)...]))
+            apply(machine.coalescedDatagram(count: d.count, endsWithMarker: endsWithMarker, now: now), d)
+            return
+        }
+        apply(machine.datagram(count: d.count, isEndMarker: UDPWire.isSeedEnd(d), now: now), d)
     }
 
     func tick(now: UInt64) {

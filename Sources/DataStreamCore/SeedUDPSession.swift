@@ -81,6 +81,18 @@ public struct SeedUDPSession: Sendable {
         return .append(count)
     }
 
+    /// A receive buffer that may hold several datagrams the kernel coalesced (UDP receive
+    /// offload: equal-size segments, the last one possibly shorter). The bytes count in arrival
+    /// order as always; when the buffer ends in `EOF` and its other bytes complete the declared
+    /// size exactly, that tail is the end marker, not data (data can never exceed the size).
+    public mutating func coalescedDatagram(count: Int, endsWithMarker: Bool, now: UInt64) -> Action {
+        guard case .receiving(let received, _) = state else { return .none }
+        if endsWithMarker, count > 3, received + UInt64(count - 3) == declaredSize {
+            return finish(.complete, append: count - 3)
+        }
+        return datagram(count: count, isEndMarker: false, now: now)
+    }
+
     /// The driver's periodic check: ends the session if nothing arrived for `timeout`.
     public mutating func tick(now: UInt64, timeout: UInt64) -> Action {
         guard case .receiving(let received, let last) = state, now >= last, now - last >= timeout else { return .none }

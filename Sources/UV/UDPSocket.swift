@@ -132,6 +132,18 @@ public final class UDPSocket: Handle {
         if status != 0 { throw UVOperationError("setsockopt(MTU_DISCOVER)", code: -errno) }
     }
 
+    /// Asks the kernel to hand over runs of equal-size datagrams of one flow as one buffer (UDP
+    /// receive offload, `UDP_GRO`): segments of the first segment's size, the last possibly
+    /// shorter. A loopback sender's segmented (`UDP_SEGMENT`) messages then arrive whole instead
+    /// of being split and queued one datagram at a time. Returns false if the kernel refuses.
+    @discardableResult
+    public func enableReceiveOffload() throws(UVOperationError) -> Bool {
+        let fd = try fileDescriptor()
+        var on: Int32 = 1
+        // SOL_UDP (17), UDP_GRO (104): Linux 5.0 and later.
+        return setsockopt(fd, 17, 104, &on, socklen_t(MemoryLayout<Int32>.size)) == 0
+    }
+
     /// Sends one datagram made of `head` then `body` at once if the kernel takes it (to the
     /// connected peer when `address` is nil). The libuv function is `uv_udp_try_send`.
     @discardableResult

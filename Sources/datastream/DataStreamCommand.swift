@@ -36,6 +36,7 @@ struct Serve: ParsableCommand {
     @Flag(help: "Do not receive UDP.") var noUdp = false
     @Option(help: "UDP socket receive buffer to ask for, in bytes (past rmem_max when run as root).") var udpReceiveBuffer: Int32 = 32 << 20
     @Option(help: "Seconds without a datagram before a UDP session is closed (native partials stay resumable).") var udpIdleTimeout: Double = 30
+    @Flag(help: "Do not let the kernel coalesce UDP datagrams into one receive (UDP_GRO).") var noUdpOffload = false
 
     func run() throws {
         var configuration = Server.Configuration()
@@ -43,6 +44,7 @@ struct Serve: ParsableCommand {
         configuration.udpPort = udpPort
         configuration.udpReceiveBuffer = udpReceiveBuffer
         configuration.udpIdleTimeout = udpIdleTimeout
+        configuration.udpReceiveOffload = !noUdpOffload
         configuration.host = host
         configuration.port = port
         configuration.directory = dir
@@ -66,7 +68,7 @@ struct Serve: ParsableCommand {
         print("listening tcp \(address)")
         if let udp = server.udpAddress {
             print("listening udp \(udp)")
-            Logger(label: "datastream").info("udp receive buffer: kernel granted \(server.udpReceiveBufferGranted) bytes (getsockopt)")
+            Logger(label: "datastream").info("udp receive buffer: kernel granted \(server.udpReceiveBufferGranted) bytes (getsockopt); receive offload \(server.udpReceiveOffloadEnabled ? "on" : "off")")
         }
         fflush(stdout)
 

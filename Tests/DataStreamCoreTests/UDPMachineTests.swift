@@ -107,6 +107,21 @@ struct SeedUDPSessionTests {
         #expect(s.datagram(count: 1024, isEndMarker: false, now: 2) == .appendAndFinish(0, .overflow(extra: 548)))
     }
 
+    @Test func aCoalescedBufferEndingInTheMarkerCompletesWhenTheRestFillsTheSize() {
+        var s = SeedUDPSession(declaredSize: 4096, now: 0)
+        #expect(s.coalescedDatagram(count: 2048, endsWithMarker: false, now: 1) == .append(2048))
+        // 2048 data bytes then the 3-byte EOF segment: complete, the marker is not data.
+        #expect(s.coalescedDatagram(count: 2051, endsWithMarker: true, now: 2) == .appendAndFinish(2048, .complete))
+    }
+
+    @Test func aCoalescedBufferEndingInEOFBytesIsDataWhileTheSizeIsNotReached() {
+        var s = SeedUDPSession(declaredSize: 4096, now: 0)
+        // The file's own bytes may end in "EOF": short of the size, they are data.
+        #expect(s.coalescedDatagram(count: 2051, endsWithMarker: true, now: 1) == .append(2051))
+        // Past the size by more than the marker: an overflow, as for any datagram.
+        #expect(s.coalescedDatagram(count: 2051, endsWithMarker: true, now: 2) == .appendAndFinish(0, .overflow(extra: 6)))
+    }
+
     @Test func emptyFileCompletesAtOnce() {
         var s = SeedUDPSession(declaredSize: 0, now: 0)
         #expect(s.started() == .appendAndFinish(0, .complete))

@@ -30,6 +30,32 @@ final class BlockingUDP {
 
     func send(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) } }
 
+    /// Sends `datagrams` (equal sizes, the last possibly shorter) as one segmented message
+    /// (`UDP_SEGMENT`), as a GSO sender does; the receiving kernel may hand it over whole.
+    func sendSegmented(_ datagrams: [[UInt8]]) throws {
+        var payload = datagrams.flatMap { $0 }
+        var segment = UInt16(datagrams[0].count)
+        // cmsghdr (16 bytes on 64-bit Linux) + a 16-bit segment size, padded to 24.
+        var control = [UInt8](repeating: 0, count: 24)
+        control.withUnsafeMutableBytes { c in
+            c.storeBytes(of: 18, toByteOffset: 0, as: Int.self)  // CMSG_LEN(2)
+            c.storeBytes(of: 17, toByteOffset: 8, as: Int32.self)  // SOL_UDP
+            c.storeBytes(of: 103, toByteOffset: 12, as: Int32.self)  // UDP_SEGMENT
+            withUnsafeBytes(of: &segment) { c.baseAddress!.advanced(by: 16).copyMemory(from: $0.baseAddress!, byteCount: 2) }
+        }
+        let sent = payload.withUnsafeMutableBytes { p in
+            control.withUnsafeMutableBytes { c in
+                var iov = iovec(iov_base: p.baseAddress, iov_len: p.count)
+                return withUnsafeMutablePointer(to: &iov) { v in
+                    var m = msghdr(msg_name: nil, msg_namelen: 0, msg_iov: v, msg_iovlen: 1,
+                                   msg_control: c.baseAddress, msg_controllen: c.count, msg_flags: 0)
+                    return sendmsg(fd, &m, 0)
+                }
+            }
+        }
+        guard sent == payload.count else { throw TestError("sendmsg(UDP_SEGMENT): \(String(cString: strerror(errno)))") }
+    }
+
     /// One datagram, or nil when nothing arrives within the timeout.
     func receive() -> [UInt8]? {
         var buffer = [UInt8](repeating: 0, count: 65_536)
@@ -258,6 +284,33 @@ private func statusPhase(_ d: [UInt8]) -> UInt8? { kind(d) == 0x06 && d.count > 
         #expect(server.partials().isEmpty)
     }
 
+    /// A sender that segments (GSO) has its datagrams coalesced by the receiving kernel: the seed
+    /// session still reads the declared size, and an `EOF` coalesced after the data as the end.
+    @Test func coalescedSeedDatagramsAndATrailingEOFStillMakeTheFile() throws {
+        let server = try BackgroundServer()
+        let bytes = content(8, count: 8 * 1024)
+        let s = try BlockingUDP(port: server.port)
+        s.send(Array(String(bytes.count).utf8))
+        usleep(50_000)
+        let chunks = stride(from: 0, to: bytes.count, by: 1024).map { Array(bytes[$0..<($0 + 1024)]) }
+        try s.sendSegmented(Array(chunks[0..<4]))
+        try s.sendSegmented(Array(chunks[4...]) + [Array("EOF".utf8)])
+        // A second upload of 5000 bytes: the short last segment ends a coalesced run, EOF follows.
+        let other = content(9, count: 5000)
+        let t = try BlockingUDP(port: server.port)
+        t.send(Array(String(other.count).utf8))
+        usleep(50_000)
+        try t.sendSegmented(stride(from: 0, to: other.count, by: 1024).map { Array(other[$0..<min($0 + 1024, other.count)]) })
+        t.send(Array("EOF".utf8))
+        #expect(server.eventually { server.storedFiles().count == 2 })
+        server.stop()
+        let stored = server.storedFiles().compactMap(server.contents)
+        let both = stored.contains(bytes) && stored.contains(other)
+        #expect(both, "stored sizes \(stored.map(\.count))")
+        #expect(server.statistics.uploadsFailed == 0)
+        #expect(server.partials().isEmpty)
+    }
+
     @Test func theSeedSenderModeIsUnderstood() throws {
         let server = try BackgroundServer()
         let bytes = content(6, count: 50_000)
@@ -335,6 +388,8 @@ private func statusPhase(_ d: [UInt8]) -> UInt8? { kind(d) == 0x06 && d.count > 
         #expect(server.contents("empty") == empty)
         #expect(outcomes[0].digest == xxh3(a).hexString)
         #expect(server.partials().isEmpty)
+        // The sender segments (GSO) and the receiver takes coalesced runs whole (GRO).
+        #expect(server.statistics.udpCoalescedReceives > 0)
         // Nothing was lost on loopback: retransmissions stay under 0.5%.
         #expect(Double(stats.retransmitted) <= Double(stats.datagramsSent) * 0.005)
         // After validation the receiver sends a small fraction of what it receives.
