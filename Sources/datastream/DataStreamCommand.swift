@@ -4,6 +4,7 @@ import DataStream
 import DataStreamCore
 import Foundation
 import Logging
+import Histogram
 import UV
 
 @main
@@ -11,7 +12,7 @@ struct DataStreamCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "datastream",
         abstract: "A high-concurrency file receiver on libuv, and its sender.",
-        subcommands: [Serve.self, Send.self])
+        subcommands: [Serve.self, Send.self, Bench.self])
 }
 
 /// Reads a `--log-level` value.
@@ -233,5 +234,111 @@ final class ProgressBar {
 
     func finish(sent: UInt64) {
         FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
+    }
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Load a receiver with many simultaneous uploads of verifiable content, and report throughput and latency.",
+        discussion: """
+        Every upload's bytes derive from --seed and its index, so --verify DIR can check each stored
+        file afterwards whatever name the receiver gave it. Sizes: 1MiB (fixed), 4KiB-64KiB (uniform),
+        or 4KiB,1MiB,16MiB (picked per upload). Exit status 1 if any upload failed or did not verify.
+        """)
+
+    @Option(help: "Receiver as HOST:PORT.") var to: String
+    @Option(name: .customLong("protocol"), help: "seed (size digits, bytes, close) or native (DataStream's protocol).") var wireProtocol = "seed"
+    @Option(help: "Uploads in flight at once (one connection each).") var concurrency = 16
+    @Option(help: "Uploads in all (default 100, or unlimited with --duration).") var uploads: UInt64?
+    @Option(help: "Stop starting uploads after this many seconds.") var duration: Double?
+    @Option(help: "Upload size: 1MiB, 4KiB-64KiB, or 4KiB,1MiB,16MiB.") var size = "1MiB"
+    @Option(help: "Seed of the content and of the sizes.") var seed: UInt64 = 1
+    @Option(help: "Token, if the receiver requires one (native protocol).") var token: String?
+    @Option(help: "After the run, check every file in this directory (the receiver's) against what was sent.") var verify: String?
+    @Flag(help: "Print the report as one JSON object.") var json = false
+
+    func run() throws {
+        guard let colon = to.lastIndex(of: ":"), let port = Int(to[to.index(after: colon)...]), (1...65535).contains(port) else {
+            die("--to must be HOST:PORT, got \(to)")
+        }
+        guard let wire = LoadGenerator.WireProtocol(rawValue: wireProtocol) else {
+            die("--protocol must be one of \(LoadGenerator.WireProtocol.allCases.map(\.rawValue).joined(separator: ", ")), got \(wireProtocol)")
+        }
+        guard concurrency >= 1 else { die("--concurrency must be at least 1") }
+        if let duration, duration <= 0 { die("--duration must be positive") }
+        if let uploads, uploads == 0 { die("--uploads must be at least 1") }
+        let sizes: SizeDistribution
+        do { sizes = try SizeDistribution(parsing: size) } catch { die("--size: \(error)") }
+        var options = LoadGenerator.Options(host: String(to[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]")), port: port)
+        options.wireProtocol = wire
+        options.concurrency = concurrency
+        options.uploads = uploads ?? (duration == nil ? 100 : nil)
+        options.duration = duration
+        options.sizes = sizes
+        options.seed = seed
+        options.token = token
+
+        let loop: Loop
+        do { loop = try Loop() } catch { die("\(error)") }
+        let generator = LoadGenerator(loop: loop, options: options)
+        let live = isatty(2) == 1 && !json
+        var final: LoadGenerator.Report?
+        do {
+            try generator.run(progress: { r in
+                guard live else { return }
+                let total = options.uploads.map { " of \($0)" } ?? ""
+                let line = String(format: "\r%llu%@ uploads done, %d in flight, %.1f MB/s, %llu errors ", r.completed, total, r.inFlight, r.megabytesPerSecond, r.failed)
+                FileHandle.standardError.write(Data(line.utf8))
+            }) { final = $0 }
+        } catch { die("\(error)") }
+        loop.run()
+        try? loop.close()
+        if live { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        guard let report = final else { die("the run did not finish") }
+        let verification = verify.map { BenchVerifier.verify(directory: $0, content: generator.content, sizes: sizes, confirmed: report.succeeded) }
+        print(render(report, verification: verification, options: options))
+        if report.failed > 0 || verification.map({ !$0.ok }) == true { throw ExitCode(1) }
+    }
+
+    private func render(_ r: LoadGenerator.Report, verification v: BenchVerification?, options: LoadGenerator.Options) -> String {
+        let p = { (q: Double) in r.completed > 0 ? Double(r.latency.valueAtPercentile(q)) / 1000 : 0 }
+        let maxLatency = r.completed > 0 ? Double(r.latency.max) / 1000 : 0
+        if json {
+            struct Latency: Codable { var p50: Double; var p90: Double; var p99: Double; var max: Double }
+            struct Verification: Codable { var filesChecked: Int; var verified: Int; var mismatches: [String]; var missing: [UInt64]; var unconfirmed: Int; var foreign: Int; var ok: Bool }
+            struct Report: Codable {
+                var target: String; var wireProtocol: String; var concurrency: Int; var sizes: String; var seed: UInt64
+                var uploadsCompleted: UInt64; var uploadsFailed: UInt64; var bytes: UInt64; var seconds: Double
+                var megabytesPerSecond: Double; var gigabitsPerSecond: Double; var uploadsPerSecond: Double
+                var latencyMilliseconds: Latency; var errors: [String: UInt64]; var errorSamples: [String]
+                var verification: Verification?
+            }
+            let out = Report(target: to, wireProtocol: options.wireProtocol.rawValue, concurrency: options.concurrency, sizes: options.sizes.description, seed: options.seed,
+                             uploadsCompleted: r.completed, uploadsFailed: r.failed, bytes: r.bytes, seconds: r.seconds,
+                             megabytesPerSecond: r.megabytesPerSecond, gigabitsPerSecond: r.gigabitsPerSecond, uploadsPerSecond: r.uploadsPerSecond,
+                             latencyMilliseconds: Latency(p50: p(50), p90: p(90), p99: p(99), max: maxLatency), errors: r.failures, errorSamples: r.sampleMessages,
+                             verification: v.map { Verification(filesChecked: $0.filesChecked, verified: $0.verified, mismatches: $0.mismatches, missing: $0.missing, unconfirmed: $0.unconfirmed, foreign: $0.foreign, ok: $0.ok) })
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            return String(decoding: (try? encoder.encode(out)) ?? Data(), as: UTF8.self)
+        }
+        var lines = [
+            "target        \(to) (\(options.wireProtocol.rawValue)), \(options.concurrency) at once, sizes \(options.sizes)",
+            String(format: "uploads       %llu done, %llu failed in %.2f s (%.1f uploads/s)", r.completed, r.failed, r.seconds, r.uploadsPerSecond),
+            String(format: "throughput    %.1f MB/s (%.2f Gbit/s), %.1f MB sent", r.megabytesPerSecond, r.gigabitsPerSecond, Double(r.bytes) / 1e6),
+            String(format: "latency ms    p50 %.2f  p90 %.2f  p99 %.2f  max %.2f", p(50), p(90), p(99), maxLatency),
+        ]
+        if r.failures.isEmpty {
+            lines.append("errors        none")
+        } else {
+            lines.append("errors        " + r.failures.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+            lines += r.sampleMessages.map { "  \($0)" }
+        }
+        if let v {
+            lines.append("verify        \(v.verified) of \(r.completed) confirmed uploads stored intact; \(v.mismatches.count) mismatched, \(v.missing.count) missing, \(v.unconfirmed) stored but unconfirmed, \(v.foreign) other files")
+            lines += v.mismatches.prefix(20).map { "  MISMATCH \($0)" }
+            if !v.missing.isEmpty { lines.append("  missing uploads: " + v.missing.prefix(20).map(String.init).joined(separator: ", ")) }
+        }
+        return lines.joined(separator: "\n")
     }
 }

@@ -142,13 +142,64 @@ struct CommandLineTests {
         #expect(both.last == "listening udp 127.0.0.1:\(tcpPort ?? "?")")
         #expect(try firstLines(["--no-udp"]).count == 1)
         // An explicit UDP port (taken here from a socket bound to port 0 and closed).
-        let probe = try BlockingUDP(port: 9)
-        var addr = sockaddr_in()
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe.fd, $0, &length) } }
-        let free = Int(UInt16(bigEndian: addr.sin_port))
-        close(probe.fd)
+        // The probe socket closes (once, in its deinit) when the closure returns. Closing its
+        // descriptor by hand as well closed it twice: the second close could hit a descriptor
+        // another test's loop had been given meanwhile, and libuv aborts on that.
+        let free: Int = try {
+            let probe = try BlockingUDP(port: 9)
+            var addr = sockaddr_in()
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe.fd, $0, &length) } }
+            return Int(UInt16(bigEndian: addr.sin_port))
+        }()
         let explicit = try firstLines(["--udp-port", "\(free)"])
         #expect(explicit.last == "listening udp 127.0.0.1:\(free)")
+    }
+
+    @Test func benchRunsVerifiesAndReportsAsJSON() throws {
+        let server = try BackgroundServer()
+        let r = try run(["bench", "--to", "127.0.0.1:\(server.port)", "--uploads", "20", "--concurrency", "5",
+                         "--size", "1KiB-64KiB", "--seed", "3", "--verify", server.directory, "--json"])
+        server.stop()
+        #expect(r.status == 0, "\(r.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        #expect(json["uploadsCompleted"] as? Int == 20)
+        #expect(json["uploadsFailed"] as? Int == 0)
+        let latency = try #require(json["latencyMilliseconds"] as? [String: Double])
+        #expect(Set(latency.keys) == ["p50", "p90", "p99", "max"])
+        #expect((latency["p50"] ?? 0) > 0 && (latency["p50"] ?? 0) <= (latency["max"] ?? 0))
+        let verification = try #require(json["verification"] as? [String: Any])
+        #expect(verification["verified"] as? Int == 20)
+        #expect(verification["ok"] as? Bool == true)
+    }
+
+    @Test func benchTableAndExitStatusWhenUploadsFail() throws {
+        let server = try BackgroundServer()
+        let ok = try run(["bench", "--to", "127.0.0.1:\(server.port)", "--uploads", "4", "--size", "2KiB"])
+        server.stop()
+        #expect(ok.status == 0)
+        #expect(ok.stdout.contains("uploads       4 done, 0 failed"))
+        #expect(ok.stdout.contains("latency ms    p50"))
+        #expect(ok.stdout.contains("errors        none"))
+        // The server is gone: every upload fails to connect, and the status says so.
+        let failed = try run(["bench", "--to", "127.0.0.1:\(server.port)", "--uploads", "3"])
+        #expect(failed.status == 1)
+        #expect(failed.stdout.contains("connect 3"))
+    }
+
+    @Test func benchArgumentErrorsAreOneClearLine() throws {
+        let cases: [([String], String)] = [
+            (["--to", "nowhere"], "--to must be HOST:PORT"),
+            (["--to", "127.0.0.1:9", "--size", "64KiB-4KiB"], "the low end is above the high end"),
+            (["--to", "127.0.0.1:9", "--size", "12 parsecs"], "unknown unit"),
+            (["--to", "127.0.0.1:9", "--protocol", "carrier-pigeon"], "--protocol must be one of seed, native"),
+            (["--to", "127.0.0.1:9", "--concurrency", "0"], "--concurrency must be at least 1"),
+        ]
+        for (arguments, message) in cases {
+            let r = try run(["bench"] + arguments)
+            #expect(r.status == 1, "\(arguments)")
+            #expect(r.stderr.contains(message), "\(arguments): \(r.stderr)")
+            #expect(r.stderr.split(separator: "\n").count == 1, "\(arguments): \(r.stderr)")
+        }
     }
 }

@@ -1,0 +1,386 @@
+import DataStreamCore
+import Histogram
+import UV
+
+/// The load generator behind `datastream bench`: keeps `concurrency` uploads in flight against
+/// one receiver, each on its own TCP connection, until `uploads` are done or `duration` passed.
+/// Every upload's bytes come from `BenchContent` (derived from the seed and the upload's index)
+/// and are written straight from its shared pattern, so the generator copies no file bytes.
+///
+/// Runs on a loop the caller owns and runs (one thread, non-blocking); owns its connections.
+public final class LoadGenerator {
+    /// The wire protocol the uploads speak.
+    public enum WireProtocol: String, CaseIterable, Sendable {
+        /// Size digits, the bytes, close (PyDataStream's framing).
+        case seed
+        /// DataStream's native protocol: HELLO, FILE, data, END, RESULT, one file per connection.
+        case native
+    }
+
+    /// Where to send, what, and how much.
+    public struct Options: Sendable {
+        public var host: String
+        public var port: Int
+        public var wireProtocol: WireProtocol = .seed
+        public var concurrency = 16
+        /// Stop after this many uploads (started ones finish)...
+        public var uploads: UInt64? = 100
+        /// ...or once this many seconds passed (whichever comes first).
+        public var duration: Double?
+        public var sizes: SizeDistribution = .fixed(1 << 20)
+        public var seed: UInt64 = 1
+        public var token: String?
+        /// Bytes per socket write (at most `BenchContent.windowLimit`).
+        public var writeSize = 256 * 1024
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+    }
+
+    /// Why an upload failed, for the report's "errors by kind".
+    public enum FailureKind: String, Sendable, CaseIterable {
+        /// The connection could not be made.
+        case connect
+        /// A read or write failed (reset, broken pipe).
+        case connection
+        /// The receiver closed before the upload was confirmed.
+        case closedEarly = "closed-early"
+        /// The receiver answered with an ERROR frame or a failed RESULT.
+        case rejected
+        /// The receiver's answer made no sense.
+        case protocolError = "protocol"
+    }
+
+    /// Where a run stands (for live progress) or how it ended.
+    public struct Report: Sendable {
+        public var completed: UInt64 = 0
+        public var failed: UInt64 = 0
+        public var inFlight = 0
+        public var bytes: UInt64 = 0
+        public var seconds: Double = 0
+        public var failures: [String: UInt64] = [:]
+        /// A few failure messages, for the log.
+        public var sampleMessages: [String] = []
+        /// Completion latency (connect to the receiver's confirmation), microseconds.
+        public var latency = Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
+        /// The indices of the uploads the receiver confirmed.
+        public var succeeded: [UInt64] = []
+
+        public var megabytesPerSecond: Double { seconds > 0 ? Double(bytes) / seconds / 1e6 : 0 }
+        public var gigabitsPerSecond: Double { seconds > 0 ? Double(bytes) * 8 / seconds / 1e9 : 0 }
+        public var uploadsPerSecond: Double { seconds > 0 ? Double(completed) / seconds : 0 }
+    }
+
+    public let loop: Loop
+    public let options: Options
+    public let content: BenchContent
+    private var report = Report()
+    private var nextIndex: UInt64 = 0
+    private var active: [ObjectIdentifier: BenchUpload] = [:]
+    private var startedAt: UInt64 = 0
+    private var stopping = false
+    private var completion: ((Report) -> Void)?
+    private var progress: ((Report) -> Void)?
+    private var timer: Timer?
+    private var address: SocketAddress?
+    /// Every upload reads into this (one loop thread; each read is handled before the next).
+    /// Small: seed framing gets only end of stream, the native protocol a few short frames.
+    let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 16)
+
+    public init(loop: Loop, options: Options) {
+        self.loop = loop
+        self.options = options
+        content = BenchContent(seed: options.seed)
+    }
+
+    deinit { readBuffer.deallocate() }
+
+    /// Starts the run; `progress` gets a snapshot every second, `completion` the final report.
+    public func run(progress: ((Report) -> Void)? = nil, completion: @escaping (Report) -> Void) throws(UVOperationError) {
+        address = try SocketAddress(host: options.host, port: options.port)
+        self.completion = completion
+        self.progress = progress
+        startedAt = monotonicNanoseconds()
+        let t = try Timer(loop: loop)
+        timer = t
+        try t.start(timeout: 1000, repeat: 1000) { [unowned self] in tick() }
+        fill()
+        finishIfDone()
+    }
+
+    /// Stops starting uploads (those in flight finish).
+    public func stop() { stopping = true; finishIfDone() }
+
+    /// A snapshot of the run so far.
+    public var snapshot: Report {
+        var r = report
+        r.inFlight = active.count
+        r.seconds = Double(monotonicNanoseconds() - startedAt) / 1e9
+        return r
+    }
+
+    private var mayStartMore: Bool {
+        if stopping { return false }
+        if let n = options.uploads, nextIndex >= n { return false }
+        if let d = options.duration, Double(monotonicNanoseconds() - startedAt) / 1e9 >= d { return false }
+        return true
+    }
+
+    private func fill() {
+        while active.count < options.concurrency, mayStartMore, let address {
+            let index = nextIndex
+            nextIndex += 1
+            let upload = BenchUpload(generator: self, index: index, size: options.sizes.size(of: index, seed: options.seed))
+            active[ObjectIdentifier(upload)] = upload
+            upload.start(address)
+        }
+    }
+
+    private func tick() {
+        if !mayStartMore { stopping = true }
+        progress?(snapshot)
+        finishIfDone()
+    }
+
+    func uploadEnded(_ upload: BenchUpload, bytes: UInt64, failure: (FailureKind, String)?) {
+        active[ObjectIdentifier(upload)] = nil
+        report.bytes += bytes
+        if let (kind, message) = failure {
+            report.failed += 1
+            report.failures[kind.rawValue, default: 0] += 1
+            if report.sampleMessages.count < 5 { report.sampleMessages.append("upload \(upload.index): \(message)") }
+        } else {
+            report.completed += 1
+            report.succeeded.append(upload.index)
+            _ = report.latency.record((monotonicNanoseconds() - upload.startedAt) / 1000)
+        }
+        fill()
+        finishIfDone()
+    }
+
+    private func finishIfDone() {
+        guard active.isEmpty, !mayStartMore || stopping, let completion else { return }
+        self.completion = nil
+        var final = snapshot
+        final.succeeded.sort()
+        timer?.close()
+        timer = nil
+        completion(final)
+    }
+}
+
+/// One upload of a bench run on its own connection: writes the derived bytes (two writes in
+/// flight at most, straight from the shared pattern) and waits for the receiver's confirmation
+/// (end of stream for seed framing, RESULT for the native protocol). Owned by its generator.
+final class BenchUpload: TCPStreamReader {
+    unowned let generator: LoadGenerator
+    let index: UInt64
+    let size: UInt64
+    let startedAt = monotonicNanoseconds()
+    private var stream: TCPStream?
+    private var offset: UInt64 = 0
+    private var writesInFlight = 0
+    private var sent: UInt64 = 0
+    private var phase: Phase = .connecting
+    private var frames = FrameAccumulator()
+    private var digester: Digester?
+    private var ended = false
+
+    private enum Phase { case connecting, hello, auth, awaitingReady, streaming, awaitingResult, awaitingClose }
+
+    init(generator: LoadGenerator, index: UInt64, size: UInt64) {
+        self.generator = generator
+        self.index = index
+        self.size = size
+    }
+
+    private var options: LoadGenerator.Options { generator.options }
+
+    func start(_ address: SocketAddress) {
+        do {
+            try TCPStream.connect(loop: generator.loop, to: address) { [self] result in
+                switch result {
+                case .failure(let e):
+                    end(.connect, e.description)
+                case .success(let s):
+                    stream = s
+                    do { try s.startReading(self) } catch { end(.connection, "\(error)"); return }
+                    begin()
+                }
+            }
+        } catch {
+            end(.connect, "\(error)")
+        }
+    }
+
+    private func begin() {
+        switch options.wireProtocol {
+        case .seed:
+            phase = .streaming
+            write(Array(String(size).utf8))
+            pump()
+        case .native:
+            phase = .hello
+            write(Wire.hello())
+        }
+    }
+
+    private func write(_ bytes: [UInt8]) {
+        do { try stream?.write(bytes) } catch { end(.connection, error.description) }
+    }
+
+    /// Keeps two writes of file bytes in flight until all are written.
+    private func pump() {
+        guard phase == .streaming, let stream else { return }
+        while writesInFlight < 2, offset < size {
+            let slice: UnsafeRawBufferPointer
+            if offset < UInt64(BenchContent.headerLength) {
+                let header = generator.content.header(of: index)
+                let n = Int(min(UInt64(BenchContent.headerLength), size))
+                let bytes = Array(header[0..<n])
+                bytes.withUnsafeBytes { digester?.update($0) }
+                offset += UInt64(n)
+                writesInFlight += 1
+                do {
+                    try stream.write(bytes) { [self] e in wrote(n, e) }
+                } catch {
+                    writesInFlight -= 1
+                    end(.connection, error.description)
+                    return
+                }
+                continue
+            }
+            slice = generator.content.window(of: index, offset: offset, count: Int(min(size - offset, UInt64(options.writeSize))))
+            digester?.update(slice)
+            offset += UInt64(slice.count)
+            writesInFlight += 1
+            do {
+                try stream.write(unsafeBytes: slice) { [self] e in wrote(slice.count, e) }
+            } catch {
+                writesInFlight -= 1
+                end(.connection, error.description)
+                return
+            }
+        }
+        if offset == size, writesInFlight == 0 { streamed() }
+    }
+
+    private func wrote(_ n: Int, _ error: UVOperationError?) {
+        writesInFlight -= 1
+        if let error { end(.connection, error.description); return }
+        sent += UInt64(n)
+        pump()
+    }
+
+    private func streamed() {
+        switch options.wireProtocol {
+        case .seed:
+            phase = .awaitingClose
+            do { try stream?.shutdown() } catch { end(.connection, error.description) }
+        case .native:
+            phase = .awaitingResult
+            write(Wire.end(digest: digester!.finish()))
+        }
+    }
+
+    // MARK: - Reading
+
+    func readBuffer(for stream: TCPStream, suggestedSize: Int) -> UnsafeMutableRawBufferPointer? { generator.readBuffer }
+
+    func stream(_ stream: TCPStream, didRead event: ReadEvent, buffer: UnsafeMutableRawBufferPointer?) {
+        switch event {
+        case .data(let count):
+            var at = 0
+            while at < count, !ended {
+                let (taken, outcome) = frames.append(UnsafeRawBufferPointer(rebasing: generator.readBuffer[at..<count]))
+                at += taken
+                switch outcome {
+                case .needMore: continue
+                case .tooLarge(let n): end(.protocolError, "a frame of \(n) bytes"); return
+                case .frame(let type):
+                    handleFrame(type, frames.payload)
+                    frames.reset()
+                }
+            }
+        case .endOfStream:
+            if phase == .awaitingClose { end(nil, "") } else { end(.closedEarly, "the receiver closed the connection") }
+        case .failed(let e):
+            end(.connection, "read failed: \(e)")
+        case .noBuffer:
+            end(.connection, "no read buffer")
+        }
+    }
+
+    private func handleFrame(_ type: UInt8, _ payload: ArraySlice<UInt8>) {
+        guard options.wireProtocol == .native else {
+            end(.protocolError, "the receiver sent bytes to a seed-framing upload")
+            return
+        }
+        do throws(ProtocolError) {
+            switch (phase, Wire.FrameType(rawValue: type)) {
+            case (.hello, .welcome):
+                let (_, nonce) = try Wire.decodeWelcome(payload)
+                if let nonce {
+                    guard let token = options.token else { end(.rejected, "the receiver requires a token"); return }
+                    phase = .auth
+                    write(Wire.auth(mac: Authentication.response(token: token, nonce: nonce)))
+                } else {
+                    sendHeader()
+                }
+            case (.auth, .authOK):
+                sendHeader()
+            case (.awaitingReady, .ready):
+                let (_, resumeAt) = try Wire.decodeReady(payload)
+                guard resumeAt == 0 else {
+                    // Upload ids are fresh per run, so a receiver never holds part of one.
+                    end(.protocolError, "the receiver asked to resume at \(resumeAt)")
+                    return
+                }
+                phase = .streaming
+                pump()
+            case (.awaitingReady, .result), (.awaitingResult, .result):
+                let r = try Wire.decodeResult(payload)
+                guard r.status == .stored else { end(.rejected, "RESULT \(r.status): \(r.message)"); return }
+                // One file per connection: closing after RESULT ends the conversation cleanly.
+                phase = .awaitingClose
+                end(nil, "")
+            case (_, .error):
+                let (code, message) = Wire.decodeError(payload)
+                end(.rejected, "ERROR \(code): \(message)")
+            default:
+                end(.protocolError, "unexpected frame 0x\(String(type, radix: 16))")
+            }
+        } catch {
+            end(.protocolError, error.description)
+        }
+    }
+
+    private func sendHeader() {
+        digester = Digester(.xxh3_128)
+        phase = .awaitingReady
+        var id = generator.content.header(of: index)  // 16 bytes: "DSB1", seed, index
+        id = Array(id.prefix(Wire.uploadIDLength))
+        while id.count < Wire.uploadIDLength { id.append(0) }
+        // A run-unique id: mix in the time the run started so two runs with one seed do not resume.
+        let salt = generator.runSalt
+        for k in 0..<8 { id[k] ^= UInt8(truncatingIfNeeded: salt >> (8 * UInt64(k))) }
+        write(Wire.file(FileHeader(uploadID: UploadID(bytes: id), size: size, digest: .xxh3_128, name: "bench-\(options.seed)-\(index).bin")))
+    }
+
+    private func end(_ failure: LoadGenerator.FailureKind?, _ message: String) {
+        guard !ended else { return }
+        ended = true
+        if let stream {
+            stream.stopReading()
+            stream.close()
+            self.stream = nil
+        }
+        generator.uploadEnded(self, bytes: sent, failure: failure.map { ($0, message) })
+    }
+}
+
+extension LoadGenerator {
+    /// Distinguishes this run's upload ids from an earlier run's with the same seed.
+    var runSalt: UInt64 { startedAt }
+}

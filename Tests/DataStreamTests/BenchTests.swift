@@ -1,0 +1,135 @@
+import DataStream
+import DataStreamCore
+import Foundation
+import Glibc
+import Testing
+import UV
+
+/// Runs a load generator to the end on its own loop (bounded: the generator stops by count).
+func runBench(port: Int, _ configure: (inout LoadGenerator.Options) -> Void) throws -> (LoadGenerator.Report, BenchContent) {
+    let loop = try Loop()
+    var options = LoadGenerator.Options(host: "127.0.0.1", port: port)
+    configure(&options)
+    let generator = LoadGenerator(loop: loop, options: options)
+    var report: LoadGenerator.Report?
+    try generator.run { report = $0 }
+    loop.run()
+    try loop.close()
+    guard let report else { throw TestError("the run did not finish") }
+    return (report, generator.content)
+}
+
+struct LoadGeneratorTests {
+    @Test(arguments: [LoadGenerator.WireProtocol.seed, .native])
+    func everyUploadIsStoredAndVerifies(wire: LoadGenerator.WireProtocol) throws {
+        let server = try BackgroundServer()
+        let sizes = try SizeDistribution(parsing: "0,10,5000,200KiB")
+        let (report, content) = try runBench(port: server.port) {
+            $0.wireProtocol = wire
+            $0.uploads = 60
+            $0.concurrency = 8
+            $0.sizes = sizes
+            $0.seed = 21
+        }
+        server.stop()
+        #expect(report.completed == 60)
+        #expect(report.failed == 0, "\(report.sampleMessages)")
+        #expect(report.succeeded == Array(0..<60))
+        #expect(report.latency.totalCount == 60)
+        let expectedBytes = (0..<60).reduce(UInt64(0)) { $0 + sizes.size(of: UInt64($1), seed: 21) }
+        #expect(report.bytes == expectedBytes)
+        let v = BenchVerifier.verify(directory: server.directory, content: content, sizes: sizes, confirmed: report.succeeded)
+        #expect(v.ok, "\(v.mismatches) missing \(v.missing)")
+        #expect(v.verified == 60)
+        #expect(v.filesChecked == 60)
+    }
+
+    @Test func verificationReportsCorruptTruncatedAndMissingFiles() throws {
+        let server = try BackgroundServer()
+        let sizes = SizeDistribution.fixed(100_000)
+        let (report, content) = try runBench(port: server.port) {
+            $0.uploads = 10
+            $0.concurrency = 4
+            $0.sizes = sizes
+        }
+        server.stop()
+        #expect(report.completed == 10)
+        let files = server.storedFiles()
+        #expect(files.count == 10)
+        guard files.count == 10 else { return }
+        let dir = server.directory
+        // One byte flipped deep inside, one file cut short, one deleted, one foreign file added.
+        var bytes = try #require(server.contents(files[0]))
+        bytes[77_777] ^= 0x40
+        try Data(bytes).write(to: URL(fileURLWithPath: dir + "/" + files[0]))
+        truncate(dir + "/" + files[1], 50_000)
+        let deletedIndex = try #require(server.contents(files[2]).flatMap { content.index(fromHeader: $0) })
+        unlink(dir + "/" + files[2])
+        try Data("not a bench file".utf8).write(to: URL(fileURLWithPath: dir + "/notes.txt"))
+        let v = BenchVerifier.verify(directory: dir, content: content, sizes: sizes, confirmed: report.succeeded)
+        #expect(!v.ok)
+        #expect(v.verified == 7)
+        #expect(v.mismatches.count == 2)
+        #expect(v.mismatches.contains { $0.hasPrefix(files[0]) && $0.contains("differs within bytes") })
+        #expect(v.mismatches.contains { $0.hasPrefix(files[1]) && $0.contains("has 50000 bytes, expected 100000") })
+        #expect(v.missing.contains(deletedIndex))
+        #expect(v.foreign == 1)
+    }
+
+    @Test func failuresAreCountedByKind() throws {
+        // A token the generator does not have: every native upload is refused.
+        let server = try BackgroundServer { $0.token = "secret" }
+        let (refused, _) = try runBench(port: server.port) {
+            $0.wireProtocol = .native
+            $0.uploads = 5
+            $0.concurrency = 2
+            $0.sizes = .fixed(1000)
+        }
+        // With the token they go through.
+        let (accepted, _) = try runBench(port: server.port) {
+            $0.wireProtocol = .native
+            $0.uploads = 5
+            $0.sizes = .fixed(1000)
+            $0.token = "secret"
+        }
+        server.stop()
+        #expect(refused.failed == 5 && refused.completed == 0)
+        #expect(refused.failures == ["rejected": 5])
+        #expect(accepted.completed == 5 && accepted.failed == 0)
+
+        // Nobody listening: connection failures, and the run still ends.
+        let closedPort: Int = try {
+            // A port nobody listens on: bind a TCP socket to port 0, read the port, close it.
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+            _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+            return Int(UInt16(bigEndian: addr.sin_port))
+        }()
+        let (unreachable, _) = try runBench(port: closedPort) {
+            $0.uploads = 6
+            $0.concurrency = 3
+        }
+        #expect(unreachable.failures == ["connect": 6])
+        #expect(unreachable.completed == 0)
+    }
+
+    @Test func aDurationEndsTheRun() throws {
+        let server = try BackgroundServer()
+        let started = Date()
+        let (report, _) = try runBench(port: server.port) {
+            $0.uploads = nil
+            $0.duration = 0.5
+            $0.concurrency = 4
+            $0.sizes = .fixed(10_000)
+        }
+        server.stop()
+        #expect(report.completed > 0)
+        #expect(report.failed == 0)
+        #expect(Date().timeIntervalSince(started) < 10)
+    }
+}
