@@ -32,6 +32,9 @@ public final class LoadGenerator {
         public var token: String?
         /// Bytes per socket write (at most `BenchContent.windowLimit`).
         public var writeSize = 256 * 1024
+        /// An upload that makes no progress (connect, bytes taken, an answer) for this many
+        /// seconds fails as `timeout`, so a stalled receiver cannot hang the run.
+        public var stallTimeout: Double = 30
         public init(host: String, port: Int) {
             self.host = host
             self.port = port
@@ -50,6 +53,8 @@ public final class LoadGenerator {
         case rejected
         /// The receiver's answer made no sense.
         case protocolError = "protocol"
+        /// No progress for `stallTimeout` seconds.
+        case timeout
     }
 
     /// Where a run stands (for live progress) or how it ended.
@@ -139,6 +144,11 @@ public final class LoadGenerator {
 
     private func tick() {
         if !mayStartMore { stopping = true }
+        let limit = UInt64(options.stallTimeout * 1e9)
+        let now = monotonicNanoseconds()
+        for upload in Array(active.values) where now - upload.lastProgress > limit {
+            upload.fail(.timeout, "no progress for \(options.stallTimeout) s")
+        }
         progress?(snapshot)
         finishIfDone()
     }
@@ -178,6 +188,8 @@ final class BenchUpload: TCPStreamReader {
     let index: UInt64
     let size: UInt64
     let startedAt = monotonicNanoseconds()
+    /// When the upload last moved: connected, had bytes taken, or got an answer.
+    private(set) var lastProgress = monotonicNanoseconds()
     private var stream: TCPStream?
     private var offset: UInt64 = 0
     private var writesInFlight = 0
@@ -204,6 +216,7 @@ final class BenchUpload: TCPStreamReader {
                 case .failure(let e):
                     end(.connect, e.description)
                 case .success(let s):
+                    lastProgress = monotonicNanoseconds()
                     stream = s
                     do { try s.startReading(self) } catch { end(.connection, "\(error)"); return }
                     begin()
@@ -269,6 +282,7 @@ final class BenchUpload: TCPStreamReader {
     private func wrote(_ n: Int, _ error: UVOperationError?) {
         writesInFlight -= 1
         if let error { end(.connection, error.description); return }
+        lastProgress = monotonicNanoseconds()
         sent += UInt64(n)
         pump()
     }
@@ -291,6 +305,7 @@ final class BenchUpload: TCPStreamReader {
     func stream(_ stream: TCPStream, didRead event: ReadEvent, buffer: UnsafeMutableRawBufferPointer?) {
         switch event {
         case .data(let count):
+            lastProgress = monotonicNanoseconds()
             var at = 0
             while at < count, !ended {
                 let (taken, outcome) = frames.append(UnsafeRawBufferPointer(rebasing: generator.readBuffer[at..<count]))
@@ -367,6 +382,9 @@ final class BenchUpload: TCPStreamReader {
         for k in 0..<8 { id[k] ^= UInt8(truncatingIfNeeded: salt >> (8 * UInt64(k))) }
         write(Wire.file(FileHeader(uploadID: UploadID(bytes: id), size: size, digest: .xxh3_128, name: "bench-\(options.seed)-\(index).bin")))
     }
+
+    /// Gives up on the upload (the generator's stall timeout).
+    func fail(_ kind: LoadGenerator.FailureKind, _ message: String) { end(kind, message) }
 
     private func end(_ failure: LoadGenerator.FailureKind?, _ message: String) {
         guard !ended else { return }

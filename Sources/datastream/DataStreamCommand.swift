@@ -255,6 +255,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Seed of the content and of the sizes.") var seed: UInt64 = 1
     @Option(help: "Token, if the receiver requires one (native protocol).") var token: String?
     @Option(help: "After the run, check every file in this directory (the receiver's) against what was sent.") var verify: String?
+    @Option(help: "Fail an upload that makes no progress for this many seconds.") var timeout: Double = 30
     @Flag(help: "Print the report as one JSON object.") var json = false
 
     func run() throws {
@@ -267,6 +268,7 @@ struct Bench: ParsableCommand {
         guard concurrency >= 1 else { die("--concurrency must be at least 1") }
         if let duration, duration <= 0 { die("--duration must be positive") }
         if let uploads, uploads == 0 { die("--uploads must be at least 1") }
+        guard timeout > 0 else { die("--timeout must be positive") }
         let sizes: SizeDistribution
         do { sizes = try SizeDistribution(parsing: size) } catch { die("--size: \(error)") }
         var options = LoadGenerator.Options(host: String(to[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]")), port: port)
@@ -277,6 +279,7 @@ struct Bench: ParsableCommand {
         options.sizes = sizes
         options.seed = seed
         options.token = token
+        options.stallTimeout = timeout
 
         let loop: Loop
         do { loop = try Loop() } catch { die("\(error)") }

@@ -118,6 +118,30 @@ struct LoadGeneratorTests {
         #expect(unreachable.completed == 0)
     }
 
+    @Test func aStalledReceiverFailsTheUploadsByTimeout() throws {
+        // A listener that never accepts: connections complete in its backlog, then the socket
+        // buffers fill and nothing moves.
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        #expect(listen(fd, 16) == 0)
+        let started = Date()
+        let (report, _) = try runBench(port: Int(UInt16(bigEndian: addr.sin_port))) {
+            $0.uploads = 2
+            $0.concurrency = 2
+            $0.sizes = .fixed(256 << 20)
+            $0.stallTimeout = 1
+        }
+        #expect(report.failures == ["timeout": 2])
+        #expect(report.completed == 0)
+        #expect(Date().timeIntervalSince(started) < 20)
+    }
+
     @Test func aDurationEndsTheRun() throws {
         let server = try BackgroundServer()
         let started = Date()
