@@ -103,6 +103,7 @@ public final class LoadGenerator {
 
     /// Starts the run; `progress` gets a snapshot every second, `completion` the final report.
     public func run(progress: ((Report) -> Void)? = nil, completion: @escaping (Report) -> Void) throws(UVOperationError) {
+        ignoreBrokenPipes()
         address = try SocketAddress(host: options.host, port: options.port)
         self.completion = completion
         self.progress = progress

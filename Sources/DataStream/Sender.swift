@@ -81,6 +81,7 @@ public final class Sender: TCPStreamReader {
     /// Sends `paths` in order; `completion` gets one outcome per path. `progress` gets the total
     /// file bytes written to the socket so far.
     public func send(_ paths: [String], progress: ((UInt64) -> Void)? = nil, completion: @escaping ([Outcome]) -> Void) {
+        ignoreBrokenPipes()
         self.paths = paths
         self.outcomes = paths.map { Outcome(path: $0) }
         self.completion = completion

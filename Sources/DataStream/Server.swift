@@ -96,8 +96,11 @@ public final class Server {
     }
 
     /// Binds and listens; returns the bound address (with the real port when `port` is 0).
+    /// Sets SIGPIPE to be ignored process-wide (`ignoreBrokenPipes`): a client closing first
+    /// must end its connection, not the receiver.
     @discardableResult
     public func start() throws(ServerError) -> SocketAddress {
+        ignoreBrokenPipes()
         // With an ephemeral TCP port and UDP on the same number, that number may be taken for
         // UDP: try a few ephemeral ports before giving up.
         var attempt = 0

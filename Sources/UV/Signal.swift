@@ -1,4 +1,5 @@
 import CLibUV
+import Glibc
 
 /// Watches a Unix signal on a loop (SIGINT, SIGTERM): the callback runs on the loop's thread.
 /// Owned by whoever created it; it keeps itself alive until `close()` completes. The libuv type is `uv_signal_t`.
@@ -27,4 +28,12 @@ public final class Signal: Handle {
 
 private func signalArrived(_ s: UnsafeMutablePointer<uv_signal_t>?, _ signum: Int32) {
     Handle.owner(s, as: Signal.self).deliver(signum)
+}
+
+/// Sets SIGPIPE to be ignored, process-wide. libuv writes to sockets with write(2), so a peer
+/// that closes first raises SIGPIPE, whose default action kills the whole process; ignored,
+/// the write fails with EPIPE and only that connection ends. Servers, senders and the load
+/// generator call this when they start (as Node does for its process).
+public func ignoreBrokenPipes() {
+    signal(SIGPIPE, SIG_IGN)
 }

@@ -40,6 +40,7 @@ struct Serve: ParsableCommand {
     @Flag(help: "Do not let the kernel coalesce UDP datagrams into one receive (UDP_GRO).") var noUdpOffload = false
 
     func run() throws {
+        UV.ignoreBrokenPipes()  // a peer closing first must not kill the process
         var configuration = Server.Configuration()
         configuration.udpEnabled = !noUdp
         configuration.udpPort = udpPort
@@ -117,6 +118,7 @@ struct Send: ParsableCommand {
     @Option(help: "UDP seed protocol: pause after each datagram, in milliseconds (the seed client's is 1).") var seedPause: Double = 1
 
     func run() throws {
+        UV.ignoreBrokenPipes()  // a peer closing first must not kill the process
         guard let colon = to.lastIndex(of: ":"), let port = Int(to[to.index(after: colon)...]) else {
             die("--to must be HOST:PORT, got \(to)")
         }
@@ -259,6 +261,7 @@ struct Bench: ParsableCommand {
     @Flag(help: "Print the report as one JSON object.") var json = false
 
     func run() throws {
+        UV.ignoreBrokenPipes()  // a peer closing first must not kill the process
         guard let colon = to.lastIndex(of: ":"), let port = Int(to[to.index(after: colon)...]), (1...65535).contains(port) else {
             die("--to must be HOST:PORT, got \(to)")
         }

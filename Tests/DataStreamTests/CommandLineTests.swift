@@ -202,4 +202,34 @@ struct CommandLineTests {
             #expect(r.stderr.split(separator: "\n").count == 1, "\(arguments): \(r.stderr)")
         }
     }
+
+    /// A receiver that hangs up on every upload: the generator's writes hit closed sockets. The
+    /// process must count the failures and exit 1, not die of SIGPIPE.
+    @Test func benchSurvivesAReceiverThatHangsUp() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        #expect(listen(fd, 64) == 0)
+        let port = Int(UInt16(bigEndian: addr.sin_port))
+        let hangUp = Thread {
+            // Accept (bounded), read a little, close: the rest of each upload meets a closed socket.
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            for _ in 0..<8 {
+                let c = accept(fd, nil, nil)
+                if c < 0 { return }
+                _ = recv(c, &buffer, buffer.count, 0)
+                close(c)
+            }
+        }
+        hangUp.start()
+        let r = try run(["bench", "--to", "127.0.0.1:\(port)", "--uploads", "8", "--concurrency", "2", "--size", "8MiB", "--timeout", "5"])
+        shutdown(fd, Int32(SHUT_RDWR))
+        close(fd)
+        #expect(r.status == 1, "\(r.stderr)")
+        #expect(r.stdout.contains("uploads       0 done, 8 failed"), "\(r.stdout)")
+    }
 }
