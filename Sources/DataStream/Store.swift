@@ -251,66 +251,56 @@ public final class Store {
 
     // MARK: - Putting files into place
 
+    /// Carries a commit's result from the threadpool to the loop thread (written before `after` runs).
+    private final class CommitOutcome: @unchecked Sendable { var result: Result<String, UVOperationError>? }
+
     /// Stores a complete, verified partial under `name` (or `name-1`, `name-2`, ... if taken):
     /// fsync (if enabled), close, link into place (never replacing a file), unlink the partial
     /// and its metadata, fsync the directory (if enabled). Completes with the stored name.
+    /// All of it is one threadpool work item (blocking calls in sequence), not one round trip per
+    /// call: for small uploads the round trips cost more than the work.
     func commit(_ fd: FileDescriptor, partialPath: String, metaPath: String?, name: String, completion: @escaping (Result<String, UVOperationError>) -> Void) {
-        let afterSync: (UVOperationError?) -> Void = { [self] e in
-            if let e { closeQuietly(fd, partialPath); completion(.failure(e)); return }
-            submit(completion) { [fs] () throws(UVOperationError) in
-                try fs.close(fd, target: partialPath) { [self] e in
-                    if let e { completion(.failure(e)); return }
-                    link(partialPath, name: name, attempt: 0) { [self] r in
-                        guard case .success(let stored) = r else { completion(r); return }
-                        unlinkQuietly(partialPath)
-                        if let metaPath { unlinkQuietly(metaPath) }
-                        if fsyncEnabled {
-                            syncDirectory(directory) { e in completion(e.map { .failure($0) } ?? .success(stored)) }
-                        } else {
-                            completion(.success(stored))
-                        }
-                    }
-                }
-            }
-        }
-        if fsyncEnabled {
-            submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { afterSync(e) } }) { [fs] () throws(UVOperationError) in
-                try fs.fsync(fd, target: partialPath, completion: afterSync)
-            }
-        } else {
-            afterSync(nil)
+        let outcome = CommitOutcome()
+        let directory = directory, sync = fsyncEnabled
+        do throws(UVOperationError) {
+            try fs.loop.queueWork({
+                outcome.result = Store.commitNow(fd, partialPath: partialPath, metaPath: metaPath, name: name, directory: directory, sync: sync)
+            }, after: {
+                completion(outcome.result ?? .failure(UVOperationError("queue_work", code: UVError.canceled.code)))
+            })
+        } catch {
+            closeQuietly(fd, partialPath)
+            completion(.failure(error))
         }
     }
 
-    private func link(_ partial: String, name: String, attempt: Int, completion: @escaping (Result<String, UVOperationError>) -> Void) {
-        let candidate = NamePolicy.candidate(name, attempt: attempt)
-        submit(completion) { [fs] () throws(UVOperationError) in
-            try fs.link(partial, to: finalPath(candidate)) { [self] e in
-                if let e, e.error == .fileExists, attempt < 10_000 {
-                    link(partial, name: name, attempt: attempt + 1, completion: completion)
-                } else if let e {
-                    completion(.failure(e))
-                } else {
-                    completion(.success(candidate))
+    /// The blocking body of `commit` (threadpool only).
+    private static func commitNow(_ fd: FileDescriptor, partialPath: String, metaPath: String?, name: String, directory: String, sync: Bool) -> Result<String, UVOperationError> {
+        do throws(UVOperationError) {
+            if sync {
+                do throws(UVOperationError) { try BlockingFileSystem.fsync(fd, target: partialPath) } catch {
+                    try? BlockingFileSystem.close(fd, target: partialPath)
+                    throw error
                 }
             }
-        }
-    }
-
-    private func syncDirectory(_ path: String, completion: @escaping (UVOperationError?) -> Void) {
-        submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { completion(e) } }) { [fs] () throws(UVOperationError) in
-            try fs.open(path, flags: [.readOnly, .directory]) { [self] r in
-                switch r {
-                case .failure(let e): completion(e)
-                case .success(let fd):
-                    do throws(UVOperationError) {
-                        try fs.fsync(fd, target: path) { [self] e in closeQuietly(fd, path); completion(e) }
-                    } catch {
-                        closeQuietly(fd, path)
-                        completion(error)
-                    }
+            try BlockingFileSystem.close(fd, target: partialPath)
+            var attempt = 0
+            var stored = NamePolicy.candidate(name, attempt: 0)
+            while true {
+                do throws(UVOperationError) {
+                    try BlockingFileSystem.link(partialPath, to: directory + "/" + stored)
+                    break
+                } catch where error.error == .fileExists && attempt < 10_000 {
+                    attempt += 1
+                    stored = NamePolicy.candidate(name, attempt: attempt)
                 }
             }
+            try? BlockingFileSystem.unlink(partialPath)
+            if let metaPath { try? BlockingFileSystem.unlink(metaPath) }
+            if sync { try BlockingFileSystem.syncDirectory(directory) }
+            return .success(stored)
+        } catch {
+            return .failure(error)
         }
     }
 

@@ -121,6 +121,38 @@ struct LoopAndHandleTests {
 }
 
 struct FileSystemTests {
+    /// A work item runs off the loop thread, its `after` on it; the blocking calls inside give the
+    /// same typed errors as the asynchronous ones.
+    @Test func queuedWorkRunsBlockingFileCallsOffTheLoopThread() throws {
+        let dir = "/tmp/uv-work-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        mkdir(dir, 0o755)
+        let source = dir + "/a"
+        #expect(FileManager.default.createFile(atPath: source, contents: Data("abc".utf8)))
+        final class Box: @unchecked Sendable { var workThread: pthread_t?; var errors: [UVOperationError] = [] }
+        let box = Box()
+        let loop = try Loop()
+        let loopThread = pthread_self()
+        var afterRanOnLoop = false
+        try loop.queueWork({
+            box.workThread = pthread_self()
+            do throws(UVOperationError) { try BlockingFileSystem.link(source, to: dir + "/b") } catch { box.errors.append(error) }
+            // A second link to the same name fails with EEXIST, typed.
+            do throws(UVOperationError) { try BlockingFileSystem.link(source, to: dir + "/b") } catch { box.errors.append(error) }
+            do throws(UVOperationError) { try BlockingFileSystem.unlink(source) } catch { box.errors.append(error) }
+            do throws(UVOperationError) { try BlockingFileSystem.unlink(source) } catch { box.errors.append(error) }
+        }, after: {
+            afterRanOnLoop = pthread_equal(pthread_self(), loopThread) != 0
+        })
+        loop.run()
+        try loop.close()
+        #expect(afterRanOnLoop)
+        #expect(box.workThread.map { pthread_equal($0, loopThread) == 0 } == true)
+        #expect(box.errors.map(\.error) == [.fileExists, .noSuchFile])
+        #expect(box.errors.first?.description.contains("fs_link") == true)
+        #expect(FileManager.default.contents(atPath: dir + "/b") == Data("abc".utf8))
+        #expect(!FileManager.default.fileExists(atPath: source))
+    }
+
     @Test func writeVectoredReadSyncLinkRenameUnlink() throws {
         let loop = try Loop()
         let fs = FileSystem(loop: loop)

@@ -1,0 +1,84 @@
+import CLibUV
+
+extension Loop {
+    /// Runs `work` on libuv's threadpool, then `after` on the loop's thread. For a short sequence
+    /// of blocking file calls (`BlockingFileSystem`) that would otherwise cost one threadpool
+    /// round trip each. `work` must not touch the loop or any handle. The libuv function is
+    /// `uv_queue_work`; the request owns both closures until `after` has run.
+    public func queueWork(_ work: @escaping @Sendable () -> Void, after: @escaping () -> Void) throws(UVOperationError) {
+        let context = WorkContext(work: work, after: after)
+        let req = UnsafeMutablePointer<uv_work_t>.allocate(capacity: 1)
+        req.pointee.data = Unmanaged.passRetained(context).toOpaque()
+        let status = uv_queue_work(uv, req, workRun, workDone)
+        if status < 0 {
+            Unmanaged<WorkContext>.fromOpaque(req.pointee.data!).release()
+            req.deallocate()
+            throw UVOperationError("queue_work", code: status)
+        }
+    }
+}
+
+private final class WorkContext: @unchecked Sendable {
+    let work: @Sendable () -> Void
+    let after: () -> Void
+    init(work: @escaping @Sendable () -> Void, after: @escaping () -> Void) {
+        self.work = work
+        self.after = after
+    }
+}
+
+private func workRun(_ req: UnsafeMutablePointer<uv_work_t>?) {
+    guard let req else { return }
+    Unmanaged<WorkContext>.fromOpaque(req.pointee.data!).takeUnretainedValue().work()
+}
+
+private func workDone(_ req: UnsafeMutablePointer<uv_work_t>?, _ status: Int32) {
+    guard let req else { return }
+    let context = Unmanaged<WorkContext>.fromOpaque(req.pointee.data!).takeRetainedValue()
+    req.deallocate()
+    // Work is never cancelled here, so status is 0; `after` runs either way.
+    context.after()
+}
+
+/// File calls that block: libuv's `uv_fs_*` without a callback. Only for use inside
+/// `Loop.queueWork` (on the threadpool), never on the loop's thread. Errors are the same typed
+/// `UVOperationError`s as `FileSystem`'s.
+public enum BlockingFileSystem {
+    private static func run(_ operation: String, _ target: String?, _ call: (UnsafeMutablePointer<uv_fs_t>) -> Int32) throws(UVOperationError) -> Int {
+        let req = UnsafeMutablePointer<uv_fs_t>.allocate(capacity: 1)
+        defer {
+            uv_fs_req_cleanup(req)
+            req.deallocate()
+        }
+        let status = call(req)
+        if status < 0 { throw UVOperationError(operation, target: target, code: status) }
+        return req.pointee.result
+    }
+
+    /// The libuv function is `uv_fs_close`.
+    public static func close(_ fd: FileDescriptor, target: String? = nil) throws(UVOperationError) {
+        _ = try run("fs_close", target) { uv_fs_close(nil, $0, fd.rawValue, nil) }
+    }
+
+    /// Fails with `EEXIST` if `to` exists. The libuv function is `uv_fs_link`.
+    public static func link(_ from: String, to: String) throws(UVOperationError) {
+        _ = try run("fs_link", to) { uv_fs_link(nil, $0, from, to, nil) }
+    }
+
+    /// The libuv function is `uv_fs_unlink`.
+    public static func unlink(_ path: String) throws(UVOperationError) {
+        _ = try run("fs_unlink", path) { uv_fs_unlink(nil, $0, path, nil) }
+    }
+
+    /// The libuv function is `uv_fs_fsync`.
+    public static func fsync(_ fd: FileDescriptor, target: String? = nil) throws(UVOperationError) {
+        _ = try run("fs_fsync", target) { uv_fs_fsync(nil, $0, fd.rawValue, nil) }
+    }
+
+    /// Opens, fsyncs and closes a directory (so a new entry in it is durable).
+    public static func syncDirectory(_ path: String) throws(UVOperationError) {
+        let fd = try run("fs_open", path) { uv_fs_open(nil, $0, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0, nil) }
+        defer { try? close(FileDescriptor(rawValue: Int32(fd)), target: path) }
+        try fsync(FileDescriptor(rawValue: Int32(fd)), target: path)
+    }
+}
