@@ -90,34 +90,26 @@ public final class UDPSocket: Handle {
     /// the kernel granted (it reports twice the usable size, as `getsockopt` does).
     @discardableResult
     public func requestReceiveBuffer(_ bytes: Int32) throws(UVOperationError) -> Int32 {
-        let fd = try fileDescriptor()
-        var value = bytes
-        let size = socklen_t(MemoryLayout<Int32>.size)
-        if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &value, size) != 0 {
-            value = bytes
-            if setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &value, size) != 0 {
-                throw UVOperationError("setsockopt(SO_RCVBUF)", code: -errno)
-            }
-        }
-        var granted: Int32 = 0
-        var length = size
-        if getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &granted, &length) != 0 { throw UVOperationError("getsockopt(SO_RCVBUF)", code: -errno) }
-        return granted
+        try requestBuffer(bytes, force: SO_RCVBUFFORCE, option: SO_RCVBUF, name: "SO_RCVBUF")
     }
 
     /// Sets the kernel send buffer (`SO_SNDBUFFORCE`, else `SO_SNDBUF`); returns the size granted.
     @discardableResult
     public func requestSendBuffer(_ bytes: Int32) throws(UVOperationError) -> Int32 {
+        try requestBuffer(bytes, force: SO_SNDBUFFORCE, option: SO_SNDBUF, name: "SO_SNDBUF")
+    }
+
+    private func requestBuffer(_ bytes: Int32, force: Int32, option: Int32, name: String) throws(UVOperationError) -> Int32 {
         let fd = try fileDescriptor()
         var value = bytes
         let size = socklen_t(MemoryLayout<Int32>.size)
-        if setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &value, size) != 0 {
+        if setsockopt(fd, SOL_SOCKET, force, &value, size) != 0 {
             value = bytes
-            if setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &value, size) != 0 { throw UVOperationError("setsockopt(SO_SNDBUF)", code: -errno) }
+            if setsockopt(fd, SOL_SOCKET, option, &value, size) != 0 { throw UVOperationError("setsockopt(\(name))", code: -errno) }
         }
         var granted: Int32 = 0
         var length = size
-        if getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &granted, &length) != 0 { throw UVOperationError("getsockopt(SO_SNDBUF)", code: -errno) }
+        if getsockopt(fd, SOL_SOCKET, option, &granted, &length) != 0 { throw UVOperationError("getsockopt(\(name))", code: -errno) }
         return granted
     }
 

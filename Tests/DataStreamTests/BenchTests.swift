@@ -98,18 +98,9 @@ struct LoadGeneratorTests {
         #expect(accepted.completed == 5 && accepted.failed == 0)
 
         // Nobody listening: connection failures, and the run still ends.
-        let closedPort: Int = try {
-            // A port nobody listens on: bind a TCP socket to port 0, read the port, close it.
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            defer { close(fd) }
-            var addr = sockaddr_in()
-            addr.sin_family = sa_family_t(AF_INET)
-            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
-            _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
-            return Int(UInt16(bigEndian: addr.sin_port))
-        }()
+        // A port nobody listens on: a TCP socket bound to a free port, then closed.
+        let (probe, closedPort) = boundLoopbackSocket(SOCK_STREAM)
+        close(probe)
         let (unreachable, _) = try runBench(port: closedPort) {
             $0.uploads = 6
             $0.concurrency = 3
@@ -121,17 +112,11 @@ struct LoadGeneratorTests {
     @Test func aStalledReceiverFailsTheUploadsByTimeout() throws {
         // A listener that never accepts: connections complete in its backlog, then the socket
         // buffers fill and nothing moves.
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (fd, port) = boundLoopbackSocket(SOCK_STREAM)
         defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
-        _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
         #expect(listen(fd, 16) == 0)
         let started = Date()
-        let (report, _) = try runBench(port: Int(UInt16(bigEndian: addr.sin_port))) {
+        let (report, _) = try runBench(port: port) {
             $0.uploads = 2
             $0.concurrency = 2
             $0.sizes = .fixed(256 << 20)

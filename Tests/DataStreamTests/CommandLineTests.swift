@@ -142,16 +142,10 @@ struct CommandLineTests {
         #expect(both.last == "listening udp 127.0.0.1:\(tcpPort ?? "?")")
         #expect(try firstLines(["--no-udp"]).count == 1)
         // An explicit UDP port (taken here from a socket bound to port 0 and closed).
-        // The probe socket closes (once, in its deinit) when the closure returns. Closing its
-        // descriptor by hand as well closed it twice: the second close could hit a descriptor
-        // another test's loop had been given meanwhile, and libuv aborts on that.
-        let free: Int = try {
-            let probe = try BlockingUDP(port: 9)
-            var addr = sockaddr_in()
-            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe.fd, $0, &length) } }
-            return Int(UInt16(bigEndian: addr.sin_port))
-        }()
+        // Closed exactly once: a second close could hit a descriptor another test's loop had
+        // been given meanwhile, and libuv aborts on that.
+        let (probe, free) = boundLoopbackSocket(SOCK_DGRAM)
+        close(probe)
         let explicit = try firstLines(["--udp-port", "\(free)"])
         #expect(explicit.last == "listening udp 127.0.0.1:\(free)")
     }
@@ -206,15 +200,8 @@ struct CommandLineTests {
     /// A receiver that hangs up on every upload: the generator's writes hit closed sockets. The
     /// process must count the failures and exit 1, not die of SIGPIPE.
     @Test func benchSurvivesAReceiverThatHangsUp() throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
-        _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        let (fd, port) = boundLoopbackSocket(SOCK_STREAM)
         #expect(listen(fd, 64) == 0)
-        let port = Int(UInt16(bigEndian: addr.sin_port))
         let hangUp = Thread {
             // Accept (bounded), read a little, close: the rest of each upload meets a closed socket.
             var buffer = [UInt8](repeating: 0, count: 4096)

@@ -112,14 +112,7 @@ final class BlockingClient {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var timeout = timeval(tv_sec: 15, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = UInt16(port).bigEndian
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let r = withUnsafePointer(to: &addr) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard r == 0 else { throw TestError("connect: \(String(cString: strerror(errno)))") }
+        try connectLoopback(fd, port: port)
     }
 
     deinit { Glibc.close(fd) }
@@ -215,4 +208,34 @@ func writeTemporaryFile(_ bytes: [UInt8], name: String) -> String {
 
 func xxh3(_ bytes: [UInt8]) -> [UInt8] {
     Digests.compute(.xxh3_128, bytes)
+}
+
+// MARK: - Loopback sockets
+
+/// 127.0.0.1:`port` (0: any free port).
+func loopbackAddress(port: Int = 0) -> sockaddr_in {
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = UInt16(port).bigEndian
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    return addr
+}
+
+/// Connects `fd` to 127.0.0.1:`port`; throws with the reason if it cannot.
+func connectLoopback(_ fd: Int32, port: Int) throws {
+    var addr = loopbackAddress(port: port)
+    let r = withUnsafePointer(to: &addr) { p in
+        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard r == 0 else { throw TestError("connect: \(String(cString: strerror(errno)))") }
+}
+
+/// A socket of `type` bound to 127.0.0.1 on a free port, and that port. The caller closes `fd`.
+func boundLoopbackSocket(_ type: __socket_type) -> (fd: Int32, port: Int) {
+    let fd = socket(AF_INET, Int32(type.rawValue), 0)
+    var addr = loopbackAddress()
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+    _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+    return (fd, Int(UInt16(bigEndian: addr.sin_port)))
 }
