@@ -30,6 +30,17 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     private var native: Store.NativePartial?
     private var nativeHeader: FileHeader?
     private var seedPath: String?
+    /// A small seed upload's bytes, copied out of the receive slabs (so no slab stays pinned while
+    /// the client is slow) and stored in one work item at the end. Reserved in the server's
+    /// `smallUploadBytesInUse` until freed.
+    private var small: UnsafeMutableRawBufferPointer?
+    private var smallFilled = 0
+    /// The small buffer is being written by a work item: free it only when that completes.
+    private var smallStoring = false
+    /// The machine finished a small upload during this read: it is stored once the rest of the
+    /// read is processed (bytes past the declared size in the same read cancel it, as they
+    /// cancel a large upload's commit while its last write is in flight).
+    private var smallFinish: (prefix: [UInt8], size: UInt64)?
     private var finishCancelled = false
 
     init(id: UInt64, server: Server, stream: TCPStream, peer: String) {
@@ -72,6 +83,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
             process(slab, start: start, count: count)
         case .endOfStream:
             perform(machine.endOfStream())
+            startPendingSmallFinish()
         case .noBuffer:
             break // registered with the pool in readBuffer; reading resumes in buffersAvailable
         case .failed(let error):
@@ -115,6 +127,13 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
             }
             perform(step.action)
         }
+        startPendingSmallFinish()
+    }
+
+    private func startPendingSmallFinish() {
+        guard let f = smallFinish, let small, !closing else { return }
+        smallFinish = nil
+        finishSmallSeed(small, prefix: f.prefix, size: f.size)
     }
 
     /// Feeds the input held back by `.wait` again, once the pending operation has answered.
@@ -127,6 +146,15 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     }
 
     private func queueFileBytes(_ slab: Slab, start: Int, count: Int) {
+        if let small {
+            guard smallFilled + count <= small.count else {
+                perform(machine.uploadFailed(.storageFailed(reason: "more bytes than the declared size")))
+                return
+            }
+            UnsafeMutableRawBufferPointer(rebasing: small[smallFilled...]).copyMemory(from: UnsafeRawBufferPointer(rebasing: slab.memory[start..<(start + count)]))
+            smallFilled += count
+            return
+        }
         guard let sink else { preconditionFailure("file data without an upload") }
         if flow.added(count) == .pause {
             pausedByFlow = true
@@ -149,7 +177,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
 
     /// What to do with the partial if the connection ends now: native partials are resumable.
     private var currentPartialDisposition: ConnectionStateMachine.PartialDisposition {
-        seedPath != nil ? .discard : (nativeHeader != nil ? .keep : .none)
+        seedPath != nil || small != nil ? .discard : (nativeHeader != nil ? .keep : .none)
     }
 
     // MARK: - Actions
@@ -163,7 +191,15 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
             send(bytes)
         case .startSeedUpload(let declared):
             logger.debug("seed upload started", metadata: ["declared": "\(declared)"])
-            startSeedSink()
+            let bytes = Int(clamping: declared)
+            if declared <= Connection.smallUploadLimit, server.smallUploadBytesInUse + bytes <= server.configuration.smallUploadBudget {
+                server.smallUploadBytesInUse += bytes
+                small = .allocate(byteCount: max(bytes, 1), alignment: 16)
+                small = UnsafeMutableRawBufferPointer(rebasing: small![0..<bytes])
+                smallFilled = 0
+            } else {
+                startSeedSink()
+            }
         case .finishSeedUpload(let prefix, let size):
             finishSeed(prefix: prefix, size: size)
         case .openUpload(let header):
@@ -220,7 +256,40 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
         }
     }
 
+    /// Seed uploads up to this size may be held in memory and stored in one work item.
+    static let smallUploadLimit: UInt64 = 64 * 1024
+
+    /// Stores a small seed upload (the prefix digits, then its bytes) in one work item.
+    private func finishSmallSeed(_ buffer: UnsafeMutableRawBufferPointer, prefix: [UInt8], size: UInt64) {
+        smallStoring = true
+        let name = store.nextSeedName()
+        store.storeSmall(prefix: prefix, segments: [UnsafeRawBufferPointer(rebasing: buffer[0..<smallFilled])], name: name) { [self] result in
+            smallStoring = false
+            freeSmall()
+            switch result {
+            case .success(let stored):
+                server.statistics.uploadsStored += 1
+                logger.info("stored seed upload", metadata: ["name": "\(stored)", "bytes": "\(size)"])
+                perform(machine.seedStored())
+            case .failure(let error):
+                perform(machine.uploadFailed(.storageFailed(reason: error.description)))
+            }
+        }
+    }
+
+    /// Returns the small buffer and its reservation (not while a work item still writes it).
+    private func freeSmall() {
+        guard let buffer = small, !smallStoring else { return }
+        small = nil
+        server.smallUploadBytesInUse -= buffer.count
+        UnsafeMutableRawBufferPointer(start: buffer.baseAddress, count: max(buffer.count, 1)).deallocate()
+    }
+
     private func finishSeed(prefix: [UInt8], size: UInt64) {
+        if small != nil {
+            smallFinish = (prefix, size)
+            return
+        }
         if sink == nil { startSeedSink() }
         guard let sink else { return }
         sink.flush { [self] error in
@@ -332,6 +401,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
             pool.release(h.slab)
             held = nil
         }
+        freeSmall()
         if let sink {
             let native = self.native, header = nativeHeader, seedPath = self.seedPath
             sink.close { [store] in

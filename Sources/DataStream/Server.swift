@@ -23,6 +23,10 @@ public final class Server {
         public var connectionBufferHigh = 4 << 20
         /// Whole-process receive memory: reads wait for a buffer when it is all in use.
         public var processBufferBudget = 24 << 20
+        /// Seed uploads of at most 64 KiB are copied into memory of their own and stored in one
+        /// threadpool work item at the end; this caps that memory for all of them together
+        /// (beyond it, small uploads are written as they arrive, like large ones).
+        public var smallUploadBudget = 8 << 20
         /// Receive UDP (seed and native reliable UDP) on the same loop.
         public var udpEnabled = true
         /// The UDP port; nil means the TCP port's number (the bound one when `port` is 0).
@@ -75,6 +79,8 @@ public final class Server {
     public var udpReceiveBufferGranted: Int32 { udp?.grantedReceiveBuffer ?? 0 }
     /// Whether the kernel accepted UDP receive offload on the socket.
     public var udpReceiveOffloadEnabled: Bool { udp?.receiveOffload ?? false }
+    /// Bytes reserved by small seed uploads held in memory (see `smallUploadBudget`).
+    var smallUploadBytesInUse = 0
     private var connections: [ObjectIdentifier: Connection] = [:]
     private var nextConnectionID: UInt64 = 0
     private var stopCallback: (() -> Void)?

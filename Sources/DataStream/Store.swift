@@ -274,6 +274,55 @@ public final class Store {
         }
     }
 
+    /// Stores a small seed upload held in memory in one threadpool work item: open a partial,
+    /// write `prefix` then `segments`, then the same steps as `commit`. On any failure the partial
+    /// is deleted. `segments` must stay valid until `completion` runs.
+    func storeSmall(prefix: [UInt8], segments: [UnsafeRawBufferPointer], name: String, completion: @escaping (Result<String, UVOperationError>) -> Void) {
+        seedCounter += 1
+        let path = "\(partialDirectory)/seed-\(pid)-\(seedCounter).part"
+        let outcome = CommitOutcome()
+        let job = SmallUpload(prefix: prefix, segments: segments)
+        let directory = directory, sync = fsyncEnabled
+        do throws(UVOperationError) {
+            try fs.loop.queueWork({
+                let fd: FileDescriptor
+                do throws(UVOperationError) {
+                    fd = try BlockingFileSystem.open(path, flags: [.readWrite, .create, .truncate, .noFollow], mode: 0o600)
+                } catch {
+                    outcome.result = .failure(error)
+                    return
+                }
+                var writeError: UVOperationError?
+                job.prefix.withUnsafeBytes { p in
+                    do throws(UVOperationError) {
+                        try BlockingFileSystem.writeAll(fd, buffers: [p] + job.segments, offset: 0, target: path)
+                    } catch {
+                        writeError = error
+                    }
+                }
+                if let writeError {
+                    try? BlockingFileSystem.close(fd, target: path)
+                    try? BlockingFileSystem.unlink(path)
+                    outcome.result = .failure(writeError)
+                    return
+                }
+                let r = Store.commitNow(fd, partialPath: path, metaPath: nil, name: name, directory: directory, sync: sync)
+                if case .failure = r { try? BlockingFileSystem.unlink(path) }
+                outcome.result = r
+            }, after: {
+                completion(outcome.result ?? .failure(UVOperationError("queue_work", code: UVError.canceled.code)))
+            })
+        } catch {
+            completion(.failure(error))
+        }
+    }
+
+    /// The bytes of a small upload, handed to the threadpool (the caller keeps them alive).
+    private struct SmallUpload: @unchecked Sendable {
+        let prefix: [UInt8]
+        let segments: [UnsafeRawBufferPointer]
+    }
+
     /// The blocking body of `commit` (threadpool only).
     private static func commitNow(_ fd: FileDescriptor, partialPath: String, metaPath: String?, name: String, directory: String, sync: Bool) -> Result<String, UVOperationError> {
         do throws(UVOperationError) {

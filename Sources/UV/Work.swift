@@ -55,6 +55,26 @@ public enum BlockingFileSystem {
         return req.pointee.result
     }
 
+    /// The libuv function is `uv_fs_open` (`O_CLOEXEC` is always added).
+    public static func open(_ path: String, flags: FileOpenFlags, mode: Int32 = 0o644) throws(UVOperationError) -> FileDescriptor {
+        FileDescriptor(rawValue: Int32(try run("fs_open", path) { uv_fs_open(nil, $0, path, flags.rawValue | O_CLOEXEC, mode, nil) }))
+    }
+
+    /// Writes all of `buffers` from `offset` on (repeating after a short write). The libuv function is `uv_fs_write`.
+    public static func writeAll(_ fd: FileDescriptor, buffers: [UnsafeRawBufferPointer], offset: Int64, target: String? = nil) throws(UVOperationError) {
+        var at = offset
+        for buffer in buffers {
+            var done = 0
+            while done < buffer.count {
+                var buf = uv_buf_init(UnsafeMutablePointer(mutating: buffer.baseAddress!.advanced(by: done).assumingMemoryBound(to: CChar.self)), UInt32(buffer.count - done))
+                let n = try run("fs_write", target) { uv_fs_write(nil, $0, fd.rawValue, &buf, 1, at, nil) }
+                if n == 0 { throw UVOperationError("fs_write", target: target, code: UVError.noSpace.code) }
+                done += n
+                at += Int64(n)
+            }
+        }
+    }
+
     /// The libuv function is `uv_fs_close`.
     public static func close(_ fd: FileDescriptor, target: String? = nil) throws(UVOperationError) {
         _ = try run("fs_close", target) { uv_fs_close(nil, $0, fd.rawValue, nil) }

@@ -26,8 +26,11 @@ struct SeedProtocolTests {
         #expect(server.eventually { server.partials().isEmpty })
     }
 
-    @Test func sizeAndDataInOneWriteAndFilesBeginningWithDigits() throws {
-        let server = try BackgroundServer()
+    /// Small uploads (up to 64 KiB) are held in memory and stored in one work item unless the
+    /// small-upload budget is spent (0 here): both paths must store the same bytes.
+    @Test(arguments: [8 << 20, 0])
+    func sizeAndDataInOneWriteAndFilesBeginningWithDigits(smallUploadBudget: Int) throws {
+        let server = try BackgroundServer { $0.smallUploadBudget = smallUploadBudget }
         defer { server.stop() }
         let cases: [[UInt8]] = [
             Array("plain text".utf8),
@@ -36,6 +39,7 @@ struct SeedProtocolTests {
             Array("123".utf8),                              // only digits
             [],                                              // empty file
             Array("7".utf8) + content(9, count: 100_000),   // digits then binary, large
+            Array("8".utf8) + content(10, count: 65_535),   // digits then binary, exactly 64 KiB
         ]
         for data in cases {
             let client = try BlockingClient(port: server.port)
@@ -48,8 +52,9 @@ struct SeedProtocolTests {
         #expect(stored == Set(cases))
     }
 
-    @Test func brokenUploadsNeverAppearUnderAFinalName() throws {
-        let server = try BackgroundServer()
+    @Test(arguments: [8 << 20, 0])
+    func brokenUploadsNeverAppearUnderAFinalName(smallUploadBudget: Int) throws {
+        let server = try BackgroundServer { $0.smallUploadBudget = smallUploadBudget }
         defer { server.stop() }
         // Closed before the declared size.
         var client = try BlockingClient(port: server.port)
