@@ -26,7 +26,7 @@ public final class Server {
         /// Seed uploads of at most 64 KiB are copied into memory of their own and stored in one
         /// threadpool work item at the end; this caps that memory for all of them together
         /// (beyond it, small uploads are written as they arrive, like large ones).
-        public var smallUploadBudget = 8 << 20
+        public var smallUploadBudget = 2 << 20
         /// Receive UDP (seed and native reliable UDP) on the same loop.
         public var udpEnabled = true
         /// The UDP port; nil means the TCP port's number (the bound one when `port` is 0).

@@ -28,7 +28,7 @@ struct SeedProtocolTests {
 
     /// Small uploads (up to 64 KiB) are held in memory and stored in one work item unless the
     /// small-upload budget is spent (0 here): both paths must store the same bytes.
-    @Test(arguments: [8 << 20, 0])
+    @Test(arguments: [2 << 20, 0])
     func sizeAndDataInOneWriteAndFilesBeginningWithDigits(smallUploadBudget: Int) throws {
         let server = try BackgroundServer { $0.smallUploadBudget = smallUploadBudget }
         defer { server.stop() }
@@ -52,7 +52,7 @@ struct SeedProtocolTests {
         #expect(stored == Set(cases))
     }
 
-    @Test(arguments: [8 << 20, 0])
+    @Test(arguments: [2 << 20, 0])
     func brokenUploadsNeverAppearUnderAFinalName(smallUploadBudget: Int) throws {
         let server = try BackgroundServer { $0.smallUploadBudget = smallUploadBudget }
         defer { server.stop() }
