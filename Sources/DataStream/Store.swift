@@ -50,11 +50,16 @@ public final class Store {
 
     /// Creates a fresh partial file for a seed upload.
     func openSeedPartial(completion: @escaping (Result<(FileDescriptor, String), UVOperationError>) -> Void) {
-        seedCounter += 1
-        let path = "\(partialDirectory)/seed-\(pid)-\(seedCounter).part"
+        let path = nextSeedPartialPath()
         submit(completion) { [fs] () throws(UVOperationError) in
             try fs.open(path, flags: [.readWrite, .create, .truncate, .noFollow], mode: 0o600) { r in completion(r.map { ($0, path) }) }
         }
+    }
+
+    /// A fresh path for a seed upload's partial file.
+    private func nextSeedPartialPath() -> String {
+        seedCounter += 1
+        return "\(partialDirectory)/seed-\(pid)-\(seedCounter).part"
     }
 
     /// The generated name of the next seed upload.
@@ -251,8 +256,17 @@ public final class Store {
 
     // MARK: - Putting files into place
 
-    /// Carries a commit's result from the threadpool to the loop thread (written before `after` runs).
-    private final class CommitOutcome: @unchecked Sendable { var result: Result<String, UVOperationError>? }
+    /// Carries a work item's result from the threadpool to the loop thread (written before `after` runs).
+    private final class WorkOutcome: @unchecked Sendable { var result: Result<String, UVOperationError>? }
+
+    /// Runs `body` (blocking file calls) as one threadpool work item; `completion` gets its
+    /// result on the loop's thread.
+    private func runBlocking(_ body: @escaping @Sendable () -> Result<String, UVOperationError>, completion: @escaping (Result<String, UVOperationError>) -> Void) throws(UVOperationError) {
+        let outcome = WorkOutcome()
+        try fs.loop.queueWork({ outcome.result = body() }, after: {
+            completion(outcome.result ?? .failure(UVOperationError("queue_work", code: UVError.canceled.code)))
+        })
+    }
 
     /// Stores a complete, verified partial under `name` (or `name-1`, `name-2`, ... if taken):
     /// fsync (if enabled), close, link into place (never replacing a file), unlink the partial
@@ -260,14 +274,11 @@ public final class Store {
     /// All of it is one threadpool work item (blocking calls in sequence), not one round trip per
     /// call: for small uploads the round trips cost more than the work.
     func commit(_ fd: FileDescriptor, partialPath: String, metaPath: String?, name: String, completion: @escaping (Result<String, UVOperationError>) -> Void) {
-        let outcome = CommitOutcome()
         let directory = directory, sync = fsyncEnabled
         do throws(UVOperationError) {
-            try fs.loop.queueWork({
-                outcome.result = Store.commitNow(fd, partialPath: partialPath, metaPath: metaPath, name: name, directory: directory, sync: sync)
-            }, after: {
-                completion(outcome.result ?? .failure(UVOperationError("queue_work", code: UVError.canceled.code)))
-            })
+            try runBlocking({
+                Store.commitNow(fd, partialPath: partialPath, metaPath: metaPath, name: name, directory: directory, sync: sync)
+            }, completion: completion)
         } catch {
             closeQuietly(fd, partialPath)
             completion(.failure(error))
@@ -278,19 +289,16 @@ public final class Store {
     /// write `prefix` then `segments`, then the same steps as `commit`. On any failure the partial
     /// is deleted. `segments` must stay valid until `completion` runs.
     func storeSmall(prefix: [UInt8], segments: [UnsafeRawBufferPointer], name: String, completion: @escaping (Result<String, UVOperationError>) -> Void) {
-        seedCounter += 1
-        let path = "\(partialDirectory)/seed-\(pid)-\(seedCounter).part"
-        let outcome = CommitOutcome()
+        let path = nextSeedPartialPath()
         let job = SmallUpload(prefix: prefix, segments: segments)
         let directory = directory, sync = fsyncEnabled
         do throws(UVOperationError) {
-            try fs.loop.queueWork({
+            try runBlocking({
                 let fd: FileDescriptor
                 do throws(UVOperationError) {
                     fd = try BlockingFileSystem.open(path, flags: [.readWrite, .create, .truncate, .noFollow], mode: 0o600)
                 } catch {
-                    outcome.result = .failure(error)
-                    return
+                    return .failure(error)
                 }
                 var writeError: UVOperationError?
                 job.prefix.withUnsafeBytes { p in
@@ -303,15 +311,12 @@ public final class Store {
                 if let writeError {
                     try? BlockingFileSystem.close(fd, target: path)
                     try? BlockingFileSystem.unlink(path)
-                    outcome.result = .failure(writeError)
-                    return
+                    return .failure(writeError)
                 }
                 let r = Store.commitNow(fd, partialPath: path, metaPath: nil, name: name, directory: directory, sync: sync)
                 if case .failure = r { try? BlockingFileSystem.unlink(path) }
-                outcome.result = r
-            }, after: {
-                completion(outcome.result ?? .failure(UVOperationError("queue_work", code: UVError.canceled.code)))
-            })
+                return r
+            }, completion: completion)
         } catch {
             completion(.failure(error))
         }

@@ -174,7 +174,7 @@ final class UDPReceiver: UDPSocketReceiver {
         for s in Array(sessions.values) { s.tick(now: now) }
     }
 
-    static func microseconds() -> UInt64 { uv_hrtime_microseconds() }
+    static func microseconds() -> UInt64 { monotonicMicroseconds() }
 
     // MARK: - Seed
 
@@ -347,11 +347,9 @@ final class UDPReceiver: UDPSocketReceiver {
         return sent
     }
 
-    static func seconds() -> UInt32 { UInt32(truncatingIfNeeded: uv_hrtime_microseconds() / 1_000_000) }
+    static func seconds() -> UInt32 { UInt32(truncatingIfNeeded: monotonicMicroseconds() / 1_000_000) }
 }
 
-/// Microseconds of libuv's monotonic clock (`uv_hrtime` is nanoseconds).
-func uv_hrtime_microseconds() -> UInt64 { UV.monotonicNanoseconds() / 1_000 }
 
 // MARK: - Seed sessions
 

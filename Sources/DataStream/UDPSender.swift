@@ -117,7 +117,7 @@ public final class UDPSender: UDPSocketReceiver {
         nextFile()
     }
 
-    private func now() -> UInt64 { monotonicNanoseconds() / 1_000 }
+    private func now() -> UInt64 { monotonicMicroseconds() }
 
     /// Stops at once: the current and remaining files fail with `reason`. With `tellReceiver`
     /// an ABORT ends the receiver's session (its partial stays resumable); without it the

@@ -97,3 +97,6 @@ public final class Loop {
 
 /// Nanoseconds of a monotonic clock (arbitrary origin). The libuv function is `uv_hrtime`.
 public func monotonicNanoseconds() -> UInt64 { uv_hrtime() }
+
+/// Microseconds of the same clock.
+public func monotonicMicroseconds() -> UInt64 { uv_hrtime() / 1_000 }

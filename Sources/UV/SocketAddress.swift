@@ -80,11 +80,11 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     public static func == (a: SocketAddress, b: SocketAddress) -> Bool {
         guard a.storage.ss_family == b.storage.ss_family else { return false }
         var x = a.storage, y = b.storage
-        let length = a.isIPv6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
+        // Port and address (and scope id for IPv6); not the flow label.
         return withUnsafeBytes(of: &x) { p in
             withUnsafeBytes(of: &y) { q in
                 if a.isIPv6 { return memcmp(p.baseAddress! + 2, q.baseAddress! + 2, 2) == 0 && memcmp(p.baseAddress! + 8, q.baseAddress! + 8, 20) == 0 }
-                return memcmp(p.baseAddress! + 2, q.baseAddress! + 2, 6) == 0 && length > 0
+                return memcmp(p.baseAddress! + 2, q.baseAddress! + 2, 6) == 0
             }
         }
     }

@@ -18,6 +18,14 @@ struct DataStreamCommand: ParsableCommand {
 /// Reads a `--log-level` value.
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 
+/// `--to HOST:PORT` (IPv6 hosts in brackets), or a one-line error.
+func receiver(_ to: String) -> (host: String, port: Int) {
+    guard let colon = to.lastIndex(of: ":"), let port = Int(to[to.index(after: colon)...]), (1...65535).contains(port) else {
+        die("--to must be HOST:PORT, got \(to)")
+    }
+    return (String(to[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]")), port)
+}
+
 func die(_ message: String) -> Never {
     FileHandle.standardError.write(Data("datastream: \(message)\n".utf8))
     exit(1)
@@ -119,10 +127,7 @@ struct Send: ParsableCommand {
 
     func run() throws {
         UV.ignoreBrokenPipes()  // a peer closing first must not kill the process
-        guard let colon = to.lastIndex(of: ":"), let port = Int(to[to.index(after: colon)...]) else {
-            die("--to must be HOST:PORT, got \(to)")
-        }
-        let host = String(to[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        let (host, port) = receiver(to)
         guard let algorithm = DigestAlgorithm(name: digest) else { die("unknown digest \(digest) (xxh3-128 or sha256)") }
         var options = Sender.Options(host: host, port: port)
         options.token = token
@@ -262,9 +267,7 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         UV.ignoreBrokenPipes()  // a peer closing first must not kill the process
-        guard let colon = to.lastIndex(of: ":"), let port = Int(to[to.index(after: colon)...]), (1...65535).contains(port) else {
-            die("--to must be HOST:PORT, got \(to)")
-        }
+        let (host, port) = receiver(to)
         guard let wire = LoadGenerator.WireProtocol(rawValue: wireProtocol) else {
             die("--protocol must be one of \(LoadGenerator.WireProtocol.allCases.map(\.rawValue).joined(separator: ", ")), got \(wireProtocol)")
         }
@@ -274,7 +277,7 @@ struct Bench: ParsableCommand {
         guard timeout > 0 else { die("--timeout must be positive") }
         let sizes: SizeDistribution
         do { sizes = try SizeDistribution(parsing: size) } catch { die("--size: \(error)") }
-        var options = LoadGenerator.Options(host: String(to[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]")), port: port)
+        var options = LoadGenerator.Options(host: host, port: port)
         options.wireProtocol = wire
         options.concurrency = concurrency
         options.uploads = uploads ?? (duration == nil ? 100 : nil)
