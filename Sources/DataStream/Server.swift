@@ -18,9 +18,13 @@ public final class Server {
         public var fsync = false
         public var maxFileSize: UInt64 = 1 << 40
         public var backlog: Int32 = 4096
-        /// Per-connection buffered bytes: pause reading above `high`, resume at `low`.
-        public var connectionBufferLow = 1 << 20
-        public var connectionBufferHigh = 4 << 20
+        /// Per-connection buffered bytes: pause reading above `high`, resume at `low`. Kept small
+        /// on purpose: the threadpool copies each write out of the receive slabs into the page
+        /// cache, and that copy is several times cheaper while the slabs are still in cache
+        /// (perf, one 1 GiB upload: 4 MiB marks put 60% of the receiver's time in that copy,
+        /// 1 MiB marks a fraction; throughput went from ~450 to ~850 MB/s here).
+        public var connectionBufferLow = 512 << 10
+        public var connectionBufferHigh = 1 << 20
         /// Whole-process receive memory: reads wait for a buffer when it is all in use.
         public var processBufferBudget = 24 << 20
         /// Seed uploads of at most 64 KiB are copied into memory of their own and stored in one

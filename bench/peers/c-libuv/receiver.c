@@ -2,8 +2,10 @@
  * Seed framing (ASCII size digits, then the bytes), one file per upload, closing the connection
  * once the declared size is written. 64 KiB reads into a per-connection buffer; each read is
  * written with uv_fs_write on libuv's threadpool while reading is stopped (backpressure).
+ * With --sync every uv_fs call runs synchronously on the loop thread (no callback: open, write
+ * each read as it arrives, close), the other design the issue compares against.
  * With --discard nothing is written: it shows what the load generator itself can push.
- * Usage: receiver PORT DIR [--discard] */
+ * Usage: receiver PORT DIR [--sync | --discard] */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +19,7 @@
 static uv_loop_t *loop;
 static const char *dir;
 static int discard;
+static int sync_fs;
 static unsigned long long counter;
 
 typedef struct {
@@ -75,6 +78,15 @@ static void write_body(conn_t *c, const char *p, size_t n) {
         if (c->received >= c->size) finish(c, 1);
         return;
     }
+    if (sync_fs) {
+        uv_fs_t req;
+        uv_buf_t b = uv_buf_init((char *)p, n);
+        ssize_t r = uv_fs_write(NULL, &req, c->file, &b, 1, -1, NULL);
+        uv_fs_req_cleanup(&req);
+        if (r < 0 || (size_t)r != n) { finish(c, 0); return; }
+        if (c->received >= c->size) finish(c, 1);
+        return;
+    }
     if (p != c->buf) memmove(c->buf, p, n);
     c->pending = n;
     uv_buf_t b = uv_buf_init(c->buf, n);
@@ -121,6 +133,14 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
         c->received = 0;
         if (discard) { write_body(c, p, len); return; }
         snprintf(c->path, sizeof c->path, "%s/upload-%llu.bin", dir, ++counter);
+        if (sync_fs) {
+            uv_fs_t req;
+            c->file = uv_fs_open(NULL, &req, c->path, O_WRONLY | O_CREAT | O_TRUNC, 0644, NULL);
+            uv_fs_req_cleanup(&req);
+            if (c->file < 0) { finish(c, 0); return; }
+            if (len > 0) write_body(c, p, len); else if (c->size == 0) finish(c, 1);
+            return;
+        }
         memmove(c->buf, p, len);
         c->pending = len;
         uv_read_stop(s);
@@ -144,9 +164,10 @@ static void on_connection(uv_stream_t *server, int status) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 3) { fprintf(stderr, "usage: receiver PORT DIR [--discard]\n"); return 2; }
+    if (argc < 3) { fprintf(stderr, "usage: receiver PORT DIR [--sync | --discard]\n"); return 2; }
     dir = argv[2];
     discard = argc > 3 && strcmp(argv[3], "--discard") == 0;
+    sync_fs = argc > 3 && strcmp(argv[3], "--sync") == 0;
     loop = uv_default_loop();
     uv_tcp_t server;
     struct sockaddr_in addr;
