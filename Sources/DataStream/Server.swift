@@ -31,6 +31,9 @@ public final class Server {
         /// threadpool work item at the end; this caps that memory for all of them together
         /// (beyond it, small uploads are written as they arrive, like large ones).
         public var smallUploadBudget = 2 << 20
+        /// Store those small uploads through a file without a name (`O_TMPFILE`) linked into place
+        /// at the end; off, or where the file system cannot, a named partial is used.
+        public var unnamedSmallFiles = true
         /// Receive UDP (seed and native reliable UDP) on the same loop.
         public var udpEnabled = true
         /// The UDP port; nil means the TCP port's number (the bound one when `port` is 0).
@@ -98,6 +101,7 @@ public final class Server {
         self.logger = logger
         do {
             store = try Store(directory: configuration.directory, fsync: configuration.fsync, loop: loop)
+            store.unnamedSmallFiles = configuration.unnamedSmallFiles
         } catch {
             throw .directory(error)
         }

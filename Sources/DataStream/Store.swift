@@ -21,6 +21,9 @@ public final class Store {
     private var seedCounter: UInt64 = 0
     private var storedSeedCounter: UInt64 = 0
     private let pid = getpid()
+    /// `storeSmall` writes into a file without a name first (see there); tests turn it off to
+    /// exercise the named-partial path used where the file system has no `O_TMPFILE`.
+    var unnamedSmallFiles = true
 
     /// Creates the directories if needed (at start-up, before the loop serves anything) and
     /// checks that the directory is writable.
@@ -285,40 +288,80 @@ public final class Store {
         }
     }
 
-    /// Stores a small seed upload held in memory in one threadpool work item: open a partial,
-    /// write `prefix` then `segments`, then the same steps as `commit`. On any failure the partial
-    /// is deleted. `segments` must stay valid until `completion` runs.
+    /// Stores a small seed upload held in memory in one threadpool work item: write `prefix` then
+    /// `segments` into a file that has no name yet (`O_TMPFILE`), fsync it (if enabled), link it
+    /// under `name` (or `name-1`, ... if taken), close, fsync the directory (if enabled). A file
+    /// without a name costs the directory one entry instead of three (partial created, final
+    /// linked, partial unlinked) and leaves nothing behind if anything fails or the process dies.
+    /// Where the file system has no `O_TMPFILE`, a named partial and `commit`'s steps are used.
+    /// `segments` must stay valid until `completion` runs.
     func storeSmall(prefix: [UInt8], segments: [UnsafeRawBufferPointer], name: String, completion: @escaping (Result<String, UVOperationError>) -> Void) {
         let path = nextSeedPartialPath()
         let job = SmallUpload(prefix: prefix, segments: segments)
-        let directory = directory, sync = fsyncEnabled
+        let directory = directory, sync = fsyncEnabled, unnamed = unnamedSmallFiles
         do throws(UVOperationError) {
             try runBlocking({
-                let fd: FileDescriptor
+                var fd: FileDescriptor
+                var named = false
                 do throws(UVOperationError) {
-                    fd = try BlockingFileSystem.open(path, flags: [.readWrite, .create, .truncate, .noFollow], mode: 0o600)
+                    guard unnamed else { throw UVOperationError("fs_open(O_TMPFILE)", target: directory, code: UVError.operationNotSupported.code) }
+                    fd = try BlockingFileSystem.openTemporary(in: directory)
+                } catch where [UVError.operationNotSupported, .isDirectory, .invalidArgument].contains(error.error) {
+                    do throws(UVOperationError) {
+                        fd = try BlockingFileSystem.open(path, flags: [.readWrite, .create, .truncate, .noFollow], mode: 0o600)
+                        named = true
+                    } catch {
+                        return .failure(error)
+                    }
                 } catch {
                     return .failure(error)
                 }
                 var writeError: UVOperationError?
                 job.prefix.withUnsafeBytes { p in
                     do throws(UVOperationError) {
-                        try BlockingFileSystem.writeAll(fd, buffers: [p] + job.segments, offset: 0, target: path)
+                        try BlockingFileSystem.writeAll(fd, buffers: [p] + job.segments, offset: 0, target: named ? path : directory)
                     } catch {
                         writeError = error
                     }
                 }
                 if let writeError {
                     try? BlockingFileSystem.close(fd, target: path)
-                    try? BlockingFileSystem.unlink(path)
+                    if named { try? BlockingFileSystem.unlink(path) }
                     return .failure(writeError)
                 }
-                let r = Store.commitNow(fd, partialPath: path, metaPath: nil, name: name, directory: directory, sync: sync)
-                if case .failure = r { try? BlockingFileSystem.unlink(path) }
-                return r
+                if named {
+                    let r = Store.commitNow(fd, partialPath: path, metaPath: nil, name: name, directory: directory, sync: sync)
+                    if case .failure = r { try? BlockingFileSystem.unlink(path) }
+                    return r
+                }
+                return Store.linkTemporaryNow(fd, name: name, directory: directory, sync: sync)
             }, completion: completion)
         } catch {
             completion(.failure(error))
+        }
+    }
+
+    /// The blocking end of `storeSmall` for a file without a name (threadpool only): fsync (if
+    /// enabled), link under the first free candidate name, close, fsync the directory (if enabled).
+    private static func linkTemporaryNow(_ fd: FileDescriptor, name: String, directory: String, sync: Bool) -> Result<String, UVOperationError> {
+        defer { try? BlockingFileSystem.close(fd, target: directory + "/" + name) }
+        do throws(UVOperationError) {
+            if sync { try BlockingFileSystem.fsync(fd, target: directory + "/" + name) }
+            var attempt = 0
+            var stored = NamePolicy.candidate(name, attempt: 0)
+            while true {
+                do throws(UVOperationError) {
+                    try BlockingFileSystem.linkTemporary(fd, to: directory + "/" + stored)
+                    break
+                } catch where error.error == .fileExists && attempt < 10_000 {
+                    attempt += 1
+                    stored = NamePolicy.candidate(name, attempt: attempt)
+                }
+            }
+            if sync { try BlockingFileSystem.syncDirectory(directory) }
+            return .success(stored)
+        } catch {
+            return .failure(error)
         }
     }
 
@@ -409,7 +452,7 @@ public final class Store {
                 case .success(let fd):
                     writeAll(fd, path, UnsafeRawBufferPointer(rebasing: copy[0..<bytes.count]), at: 0) { [self] e in
                         if let e { closeQuietly(fd, path); done(e); return }
-                        let close: () -> Void = { [self] in
+                        let close: () -> Void = {
                             do throws(UVOperationError) { try fs.close(fd, target: path, completion: done) } catch { done(error) }
                         }
                         if fsyncEnabled {

@@ -36,6 +36,8 @@ public struct UVError: Error, Hashable, Sendable, CustomStringConvertible {
     public static let busy = UVError(code: UV_EBUSY.rawValue)
     public static let notADirectory = UVError(code: UV_ENOTDIR.rawValue)
     public static let loopDetected = UVError(code: UV_ELOOP.rawValue)
+    public static let isDirectory = UVError(code: UV_EISDIR.rawValue)
+    public static let operationNotSupported = UVError(code: UV_ENOTSUP.rawValue)
 }
 
 /// A failed libuv operation: which operation, on what (a path or a peer), and the libuv error.

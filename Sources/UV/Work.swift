@@ -1,4 +1,5 @@
 import CLibUV
+import Glibc
 
 extension Loop {
     /// Runs `work` on libuv's threadpool, then `after` on the loop's thread. For a short sequence
@@ -60,18 +61,51 @@ public enum BlockingFileSystem {
         FileDescriptor(rawValue: Int32(try run("fs_open", path) { uv_fs_open(nil, $0, path, flags.rawValue | O_CLOEXEC, mode, nil) }))
     }
 
-    /// Writes all of `buffers` from `offset` on (repeating after a short write). The libuv function is `uv_fs_write`.
+    /// Writes all of `buffers` from `offset` on, vectored (one call for all of them, repeated
+    /// from where a short write stopped). The libuv function is `uv_fs_write`.
     public static func writeAll(_ fd: FileDescriptor, buffers: [UnsafeRawBufferPointer], offset: Int64, target: String? = nil) throws(UVOperationError) {
+        var bufs = buffers.filter { $0.count > 0 }.map {
+            uv_buf_init(UnsafeMutablePointer(mutating: $0.baseAddress!.assumingMemoryBound(to: CChar.self)), UInt32($0.count))
+        }
+        var first = 0
         var at = offset
-        for buffer in buffers {
-            var done = 0
-            while done < buffer.count {
-                var buf = uv_buf_init(UnsafeMutablePointer(mutating: buffer.baseAddress!.advanced(by: done).assumingMemoryBound(to: CChar.self)), UInt32(buffer.count - done))
-                let n = try run("fs_write", target) { uv_fs_write(nil, $0, fd.rawValue, &buf, 1, at, nil) }
-                if n == 0 { throw UVOperationError("fs_write", target: target, code: UVError.noSpace.code) }
-                done += n
-                at += Int64(n)
+        while first < bufs.count {
+            let n = try bufs.withUnsafeMutableBufferPointer { (all) throws(UVOperationError) -> Int in
+                try run("fs_write", target) { uv_fs_write(nil, $0, fd.rawValue, all.baseAddress! + first, UInt32(all.count - first), at, nil) }
             }
+            if n == 0 { throw UVOperationError("fs_write", target: target, code: UVError.noSpace.code) }
+            at += Int64(n)
+            var left = n
+            while left > 0 {
+                let len = Int(bufs[first].len)
+                if left >= len {
+                    left -= len
+                    first += 1
+                } else {
+                    bufs[first].base += left
+                    bufs[first].len -= left
+                    left = 0
+                }
+            }
+        }
+    }
+
+    /// Opens a file without a name in `directory` (Linux `O_TMPFILE`): it gets one only through
+    /// `linkTemporary`, and disappears with its last descriptor if it never does, so a crash
+    /// leaves nothing behind. Fails (`EOPNOTSUPP`, `EISDIR`) where the file system cannot; the
+    /// caller then uses a named partial. The libuv function is `uv_fs_open`.
+    public static func openTemporary(in directory: String, mode: Int32 = 0o600) throws(UVOperationError) -> FileDescriptor {
+        // O_TMPFILE is __O_TMPFILE | O_DIRECTORY; glibc only exports it with _GNU_SOURCE.
+        let temporaryFile: Int32 = 0o20000000 | O_DIRECTORY
+        return FileDescriptor(rawValue: Int32(try run("fs_open(O_TMPFILE)", directory) { uv_fs_open(nil, $0, directory, temporaryFile | O_RDWR | O_CLOEXEC, mode, nil) }))
+    }
+
+    /// Gives a file from `openTemporary` the name `path`; fails with `EEXIST` if it is taken (never
+    /// replaces a file). libuv has no `linkat`; this is `linkat("/proc/self/fd/N", path,
+    /// AT_SYMLINK_FOLLOW)`, which needs no privilege (unlike `AT_EMPTY_PATH`).
+    public static func linkTemporary(_ fd: FileDescriptor, to path: String) throws(UVOperationError) {
+        if linkat(AT_FDCWD, "/proc/self/fd/\(fd.rawValue)", AT_FDCWD, path, AT_SYMLINK_FOLLOW) != 0 {
+            throw UVOperationError("linkat", target: path, code: -errno)
         }
     }
 

@@ -26,11 +26,12 @@ struct SeedProtocolTests {
         #expect(server.eventually { server.partials().isEmpty })
     }
 
-    /// Small uploads (up to 64 KiB) are held in memory and stored in one work item unless the
-    /// small-upload budget is spent (0 here): both paths must store the same bytes.
-    @Test(arguments: [2 << 20, 0])
-    func sizeAndDataInOneWriteAndFilesBeginningWithDigits(smallUploadBudget: Int) throws {
-        let server = try BackgroundServer { $0.smallUploadBudget = smallUploadBudget }
+    /// Small uploads (up to 64 KiB) are held in memory and stored in one work item, through a
+    /// file without a name or a named partial, unless the small-upload budget is spent (then
+    /// they stream like large ones): every path must store the same bytes.
+    @Test(arguments: SmallUploadPath.allCases)
+    func sizeAndDataInOneWriteAndFilesBeginningWithDigits(path: SmallUploadPath) throws {
+        let server = try BackgroundServer(configure: path.configure)
         defer { server.stop() }
         let cases: [[UInt8]] = [
             Array("plain text".utf8),
@@ -52,9 +53,9 @@ struct SeedProtocolTests {
         #expect(stored == Set(cases))
     }
 
-    @Test(arguments: [2 << 20, 0])
-    func brokenUploadsNeverAppearUnderAFinalName(smallUploadBudget: Int) throws {
-        let server = try BackgroundServer { $0.smallUploadBudget = smallUploadBudget }
+    @Test(arguments: SmallUploadPath.allCases)
+    func brokenUploadsNeverAppearUnderAFinalName(path: SmallUploadPath) throws {
+        let server = try BackgroundServer(configure: path.configure)
         defer { server.stop() }
         // Closed before the declared size.
         var client = try BlockingClient(port: server.port)
@@ -90,5 +91,18 @@ struct SeedProtocolTests {
         #expect(outcomes[0].succeeded)
         #expect(server.eventually { server.storedFiles().count == 1 })
         #expect(server.contents(server.storedFiles()[0]) == data)
+    }
+}
+
+/// The three ways a small seed upload can reach its final name.
+enum SmallUploadPath: CaseIterable, Sendable {
+    case unnamedFile, namedPartial, streaming
+
+    func configure(_ c: inout Server.Configuration) {
+        switch self {
+        case .unnamedFile: break
+        case .namedPartial: c.unnamedSmallFiles = false
+        case .streaming: c.smallUploadBudget = 0
+        }
     }
 }
