@@ -15,7 +15,16 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     private let server: Server
     private let stream: TCPStream
     private var machine: ConnectionStateMachine
-    private var logger: Logger
+    /// The peer, as accepted (formatted only when something is logged).
+    private let peer: SocketAddress?
+    /// Built on first use, since most connections of a busy receiver never log: the server's
+    /// logger with this connection's id and peer.
+    private lazy var logger: Logger = {
+        var logger = server.logger
+        logger[metadataKey: "connection"] = "\(id)"
+        logger[metadataKey: "peer"] = "\(peer?.description ?? "?")"
+        return logger
+    }()
     private let pool: BufferPool
     private let store: Store
 
@@ -43,7 +52,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     private var smallFinish: (prefix: [UInt8], size: UInt64)?
     private var finishCancelled = false
 
-    init(id: UInt64, server: Server, stream: TCPStream, peer: String) {
+    init(id: UInt64, server: Server, stream: TCPStream, peer: SocketAddress?) {
         self.id = id
         self.server = server
         self.stream = stream
@@ -51,10 +60,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
         self.store = server.store
         self.machine = ConnectionStateMachine(configuration: server.machineConfiguration)
         self.flow = WaterMarks(low: server.configuration.connectionBufferLow, high: server.configuration.connectionBufferHigh)
-        var logger = server.logger
-        logger[metadataKey: "connection"] = "\(id)"
-        logger[metadataKey: "peer"] = "\(peer)"
-        self.logger = logger
+        self.peer = peer
     }
 
     func start() {

@@ -35,6 +35,11 @@ public final class LoadGenerator {
         /// An upload that makes no progress (connect, bytes taken, an answer) for this many
         /// seconds fails as `timeout`, so a stalled receiver cannot hang the run.
         public var stallTimeout: Double = 30
+        /// For an IPv4 loopback target: connections leave from this many source addresses
+        /// (127.0.0.1, 127.0.0.2, ...) in turn. With one, the kernel searches one address's ports
+        /// among thousands in TIME_WAIT for every connection, which costs the generator a large
+        /// share of its CPU when uploads are small. Other targets: the kernel's choice.
+        public var sourceAddresses = 16
         public init(host: String, port: Int) {
             self.host = host
             self.port = port
@@ -89,6 +94,7 @@ public final class LoadGenerator {
     private var progress: ((Report) -> Void)?
     private var timer: Timer?
     private var address: SocketAddress?
+    private var sources: [SocketAddress] = []
     /// Every upload reads into this (one loop thread; each read is handled before the next).
     /// Small: seed framing gets only end of stream, the native protocol a few short frames.
     let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 16)
@@ -104,7 +110,11 @@ public final class LoadGenerator {
     /// Starts the run; `progress` gets a snapshot every second, `completion` the final report.
     public func run(progress: ((Report) -> Void)? = nil, completion: @escaping (Report) -> Void) throws(UVOperationError) {
         ignoreBrokenPipes()
-        address = try SocketAddress(host: options.host, port: options.port)
+        let target = try SocketAddress(host: options.host, port: options.port)
+        address = target
+        if !target.isIPv6, target.isLoopback, options.sourceAddresses > 1 {
+            sources = try (1...min(options.sourceAddresses, 254)).map { (i) throws(UVOperationError) in try SocketAddress(host: "127.0.0.\(i)", port: 0) }
+        }
         self.completion = completion
         self.progress = progress
         startedAt = monotonicNanoseconds()
@@ -139,7 +149,7 @@ public final class LoadGenerator {
             nextIndex += 1
             let upload = BenchUpload(generator: self, index: index, size: options.sizes.size(of: index, seed: options.seed))
             active[ObjectIdentifier(upload)] = upload
-            upload.start(address)
+            upload.start(address, from: sources.isEmpty ? nil : sources[Int(index % UInt64(sources.count))])
         }
     }
 
@@ -210,9 +220,9 @@ final class BenchUpload: TCPStreamReader {
 
     private var options: LoadGenerator.Options { generator.options }
 
-    func start(_ address: SocketAddress) {
+    func start(_ address: SocketAddress, from source: SocketAddress?) {
         do {
-            try TCPStream.connect(loop: generator.loop, to: address) { [self] result in
+            try TCPStream.connect(loop: generator.loop, to: address, from: source) { [self] result in
                 switch result {
                 case .failure(let e):
                     end(.connect, e.description)
@@ -232,8 +242,7 @@ final class BenchUpload: TCPStreamReader {
         switch options.wireProtocol {
         case .seed:
             phase = .streaming
-            write(Array(String(size).utf8))
-            pump()
+            pump(prefix: Array(String(size).utf8))
         case .native:
             phase = .hello
             write(Wire.hello())
@@ -244,38 +253,41 @@ final class BenchUpload: TCPStreamReader {
         do { try stream?.write(bytes) } catch { end(.connection, error.description) }
     }
 
-    /// Keeps two writes of file bytes in flight until all are written.
-    private func pump() {
+    /// Keeps two writes of file bytes in flight until all are written. `prefix` (the seed
+    /// framing's size digits) goes out in the same write as the upload's first bytes, and the
+    /// 16-byte content header with the first window: a small upload is one `writev`.
+    private func pump(prefix: [UInt8] = []) {
         guard phase == .streaming, let stream else { return }
-        while writesInFlight < 2, offset < size {
-            let slice: UnsafeRawBufferPointer
-            if offset < UInt64(BenchContent.headerLength) {
+        var prefix = prefix
+        var framing = prefix.count  // not file bytes: not counted as sent
+        while writesInFlight < 2, offset < size || !prefix.isEmpty {
+            if offset < UInt64(BenchContent.headerLength), offset < size {
                 let header = generator.content.header(of: index)
                 let n = Int(min(UInt64(BenchContent.headerLength), size))
-                let bytes = Array(header[0..<n])
-                bytes.withUnsafeBytes { digester?.update($0) }
+                header[0..<n].withUnsafeBytes { digester?.update($0) }
+                prefix += header[0..<n]
                 offset += UInt64(n)
-                writesInFlight += 1
-                do {
-                    try stream.write(bytes) { [self] e in wrote(n, e) }
-                } catch {
-                    writesInFlight -= 1
-                    end(.connection, error.description)
-                    return
-                }
-                continue
             }
-            slice = generator.content.window(of: index, offset: offset, count: Int(min(size - offset, UInt64(options.writeSize))))
+            let slice = offset < size
+                ? generator.content.window(of: index, offset: offset, count: Int(min(size - offset, UInt64(options.writeSize))))
+                : UnsafeRawBufferPointer(start: nil, count: 0)
             digester?.update(slice)
             offset += UInt64(slice.count)
+            let n = prefix.count + slice.count - framing
+            framing = 0
             writesInFlight += 1
             do {
-                try stream.write(unsafeBytes: slice) { [self] e in wrote(slice.count, e) }
+                if prefix.isEmpty {
+                    try stream.write(unsafeBytes: slice) { [self] e in wrote(n, e) }
+                } else {
+                    try stream.write(copying: prefix, then: slice) { [self] e in wrote(n, e) }
+                }
             } catch {
                 writesInFlight -= 1
                 end(.connection, error.description)
                 return
             }
+            prefix = []
         }
         if offset == size, writesInFlight == 0 { streamed() }
     }

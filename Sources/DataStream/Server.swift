@@ -214,7 +214,7 @@ public final class Server {
         case .success(let stream):
             nextConnectionID += 1
             statistics.connectionsAccepted += 1
-            let peer = (try? stream.peerAddress().description) ?? "?"
+            let peer = try? stream.peerAddress()
             let connection = Connection(id: nextConnectionID, server: self, stream: stream, peer: peer)
             connections[ObjectIdentifier(connection)] = connection
             connection.start()

@@ -39,8 +39,14 @@ public enum NamePolicy {
 
     /// The generated name of a seed-protocol upload: `upload-20261123T011500Z-42.bin`.
     public static func seedUploadName(utcSeconds: Int, counter: UInt64) -> String {
+        "\(seedUploadNamePrefix(utcSeconds: utcSeconds))\(counter).bin"
+    }
+
+    /// The part of `seedUploadName` before the counter (`upload-20261123T011500Z-`): the same for
+    /// every upload stored in that second, so a busy receiver formats it once per second.
+    public static func seedUploadNamePrefix(utcSeconds: Int) -> String {
         let (date, time) = civil(utcSeconds)
-        return "upload-\(date)T\(time)Z-\(counter).bin"
+        return "upload-\(date)T\(time)Z-"
     }
 
     /// Formats seconds since the epoch as (yyyyMMdd, HHmmss) in UTC.

@@ -1,4 +1,5 @@
 import CLibUV
+import Glibc
 
 /// What a stream's reader is told after each libuv read callback.
 public enum ReadEvent: Equatable, Sendable {
@@ -39,8 +40,21 @@ public final class TCPStream: Handle {
 
     /// Connects to `address`; `completion` gets the connected stream (now yours) or the error.
     /// The libuv function is `uv_tcp_connect`.
-    public static func connect(loop: Loop, to address: SocketAddress, completion: @escaping (Result<TCPStream, UVOperationError>) -> Void) throws(UVOperationError) {
+    ///
+    /// With `source`, the connection leaves from that local address (its port 0: the kernel picks
+    /// the port at connect time, per destination, with `IP_BIND_ADDRESS_NO_PORT`, so each source
+    /// address has the whole ephemeral range for each destination). A load generator spreads its
+    /// connections over several loopback sources so the kernel's port search stays short.
+    public static func connect(loop: Loop, to address: SocketAddress, from source: SocketAddress? = nil, completion: @escaping (Result<TCPStream, UVOperationError>) -> Void) throws(UVOperationError) {
         let stream = try TCPStream(loop: loop)
+        if let source {
+            do throws(UVOperationError) {
+                try stream.bindSource(source)
+            } catch {
+                stream.close()
+                throw error
+            }
+        }
         let context = ConnectContext(stream: stream, target: address.description, completion: completion)
         let req = UnsafeMutableRawPointer.allocate(byteCount: uv_req_size(UV_CONNECT), alignment: 16)
             .assumingMemoryBound(to: uv_connect_t.self)
@@ -52,6 +66,26 @@ public final class TCPStream: Handle {
             stream.close()
             throw UVOperationError("tcp_connect", target: address.description, code: status)
         }
+    }
+
+    private func bindSource(_ source: SocketAddress) throws(UVOperationError) {
+        // The option must be set between socket(2) and bind(2), and uv_tcp_bind does both at
+        // once: so the socket is made here, given to libuv (uv_tcp_open), then bound.
+        let family = source.isIPv6 ? AF_INET6 : AF_INET
+        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if fd < 0 { throw UVOperationError("socket", target: source.description, code: -errno) }
+        var on: Int32 = 1
+        if !source.isIPv6 {
+            // IP_BIND_ADDRESS_NO_PORT (24): choose the port at connect(2), not at bind(2).
+            _ = setsockopt(fd, Int32(IPPROTO_IP), 24, &on, socklen_t(MemoryLayout<Int32>.size))
+        }
+        let opened = uv_tcp_open(tcp, fd)
+        if opened < 0 {
+            Glibc.close(fd)
+            throw UVOperationError("tcp_open", target: source.description, code: opened)
+        }
+        let status = source.withSockAddr { uv_tcp_bind(tcp, $0, 0) }
+        if status < 0 { throw UVOperationError("tcp_bind", target: source.description, code: status) }
     }
 
     /// Starts delivering reads to `reader`. The libuv function is `uv_read_start`.
@@ -78,6 +112,20 @@ public final class TCPStream: Handle {
         try write(start: UnsafeRawPointer(copy.baseAddress!), count: count, owned: copy, completion: completion)
     }
 
+    /// Writes a copy of `prefix` followed by `bytes` (not copied: valid and unchanged until
+    /// `completion` runs) in one `uv_write` of two buffers, so both usually leave in one
+    /// `writev(2)`. If this throws, `completion` never runs.
+    public func write(copying prefix: some Collection<UInt8>, then bytes: UnsafeRawBufferPointer, completion: ((UVOperationError?) -> Void)? = nil) throws(UVOperationError) {
+        let count = prefix.count
+        let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 16)
+        _ = copy.initializeMemory(as: UInt8.self, from: prefix)
+        var bufs = [
+            uv_buf_init(copy.baseAddress!.assumingMemoryBound(to: CChar.self), UInt32(count)),
+            uv_buf_init(UnsafeMutablePointer(mutating: (bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!).assumingMemoryBound(to: CChar.self)), UInt32(bytes.count)),
+        ]
+        try submitWrite(&bufs, owned: copy, completion: completion)
+    }
+
     /// Writes `bytes` without copying them: the memory must stay valid and unchanged until `completion` runs.
     /// If this throws, `completion` never runs. The libuv function is `uv_write`.
     public func write(unsafeBytes bytes: UnsafeRawBufferPointer, completion: ((UVOperationError?) -> Void)? = nil) throws(UVOperationError) {
@@ -85,12 +133,17 @@ public final class TCPStream: Handle {
     }
 
     private func write(start: UnsafeRawPointer, count: Int, owned: UnsafeMutableRawBufferPointer?, completion: ((UVOperationError?) -> Void)?) throws(UVOperationError) {
+        var bufs = [uv_buf_init(UnsafeMutablePointer(mutating: start.assumingMemoryBound(to: CChar.self)), UInt32(count))]
+        try submitWrite(&bufs, owned: owned, completion: completion)
+    }
+
+    private func submitWrite(_ bufs: inout [uv_buf_t], owned: UnsafeMutableRawBufferPointer?, completion: ((UVOperationError?) -> Void)?) throws(UVOperationError) {
         let context = WriteContext(owned: owned, completion: completion)
         let req = UnsafeMutableRawPointer.allocate(byteCount: uv_req_size(UV_WRITE), alignment: 16)
             .assumingMemoryBound(to: uv_write_t.self)
         req.pointee.data = Unmanaged.passRetained(context).toOpaque()
-        var buf = uv_buf_init(UnsafeMutablePointer(mutating: start.assumingMemoryBound(to: CChar.self)), UInt32(count))
-        let status = uv_write(req, stream, &buf, 1, writeDone)
+        // libuv copies the uv_buf_t array (not the bytes) when it must queue the write.
+        let status = bufs.withUnsafeMutableBufferPointer { uv_write(req, stream, $0.baseAddress, UInt32($0.count), writeDone) }
         if status < 0 {
             Unmanaged<WriteContext>.fromOpaque(req.pointee.data!).release()
             req.deallocate()

@@ -104,6 +104,12 @@ public enum BlockingFileSystem {
     /// replaces a file). libuv has no `linkat`; this is `linkat("/proc/self/fd/N", path,
     /// AT_SYMLINK_FOLLOW)`, which needs no privilege (unlike `AT_EMPTY_PATH`).
     public static func linkTemporary(_ fd: FileDescriptor, to path: String) throws(UVOperationError) {
+        // AT_EMPTY_PATH (0x1000) names the descriptor itself: no /proc lookup; Linux allows it
+        // with CAP_DAC_READ_SEARCH (and, in newer kernels, for a file the caller opened).
+        if linkat(fd.rawValue, "", AT_FDCWD, path, 0x1000) == 0 { return }
+        if errno != ENOENT && errno != EPERM {
+            throw UVOperationError("linkat", target: path, code: -errno)
+        }
         if linkat(AT_FDCWD, "/proc/self/fd/\(fd.rawValue)", AT_FDCWD, path, AT_SYMLINK_FOLLOW) != 0 {
             throw UVOperationError("linkat", target: path, code: -errno)
         }

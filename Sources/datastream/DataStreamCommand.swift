@@ -263,11 +263,13 @@ struct Bench: ParsableCommand {
     @Option(help: "Token, if the receiver requires one (native protocol).") var token: String?
     @Option(help: "After the run, check every file in this directory (the receiver's) against what was sent.") var verify: String?
     @Option(help: "Fail an upload that makes no progress for this many seconds.") var timeout: Double = 30
+    @Option(help: "For a 127.x.x.x target: spread connections over this many source addresses 127.0.0.1... (1: the kernel's choice).") var sourceAddresses = 16
     @Flag(help: "Print the report as one JSON object.") var json = false
 
     func run() throws {
         UV.ignoreBrokenPipes()  // a peer closing first must not kill the process
         let (host, port) = receiver(to)
+        guard (1...254).contains(sourceAddresses) else { die("--source-addresses must be between 1 and 254") }
         guard let wire = LoadGenerator.WireProtocol(rawValue: wireProtocol) else {
             die("--protocol must be one of \(LoadGenerator.WireProtocol.allCases.map(\.rawValue).joined(separator: ", ")), got \(wireProtocol)")
         }
@@ -286,6 +288,7 @@ struct Bench: ParsableCommand {
         options.seed = seed
         options.token = token
         options.stallTimeout = timeout
+        options.sourceAddresses = sourceAddresses
 
         let loop: Loop
         do { loop = try Loop() } catch { die("\(error)") }

@@ -188,6 +188,7 @@ struct CommandLineTests {
             (["--to", "127.0.0.1:9", "--size", "12 parsecs"], "unknown unit"),
             (["--to", "127.0.0.1:9", "--protocol", "carrier-pigeon"], "--protocol must be one of seed, native"),
             (["--to", "127.0.0.1:9", "--concurrency", "0"], "--concurrency must be at least 1"),
+            (["--to", "127.0.0.1:9", "--source-addresses", "0"], "--source-addresses must be between 1 and 254"),
         ]
         for (arguments, message) in cases {
             let r = try run(["bench"] + arguments)

@@ -136,6 +136,23 @@ struct BackpressureTests {
         #expect(stored == Set(uploads.map(\.data)))
     }
 
+    /// Small seed uploads completing together are stored in shared work items (group commit;
+    /// with fsync, one directory fsync per batch): every one must still be stored intact,
+    /// under its own name, with nothing left behind.
+    @Test(arguments: [false, true])
+    func manySmallUploadsAtOnceAreStoredIntact(fsync: Bool) throws {
+        let server = try BackgroundServer { $0.fsync = fsync }
+        defer { server.stop() }
+        let payloads = (0..<300).map { i in content(5000 + i, count: 1 + (i * 997) % 8192, seed: 11) }
+        let uploads = try runSeedUploads(payloads, port: server.port)
+        #expect(uploads.allSatisfy { $0.finished && $0.failure == nil })
+        #expect(server.eventually { server.storedFiles().count == payloads.count })
+        let stored = server.storedFiles().compactMap { server.contents($0) }
+        #expect(stored.count == payloads.count)
+        #expect(Set(stored) == Set(payloads))
+        #expect(server.partials().isEmpty)
+    }
+
     @Test func fsyncModeStoresAndAnswers() throws {
         let server = try BackgroundServer { $0.fsync = true }
         defer { server.stop() }

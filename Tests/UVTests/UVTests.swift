@@ -153,6 +153,47 @@ struct FileSystemTests {
         #expect(!FileManager.default.fileExists(atPath: source))
     }
 
+    /// A file opened without a name is invisible until linked, then has exactly its bytes;
+    /// linking onto a taken name is EEXIST (never a replacement); an unlinked one leaves nothing.
+    @Test func unnamedFileIsInvisibleUntilLinked() throws {
+        let dir = "/tmp/uv-tmpfile-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        mkdir(dir, 0o755)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(FileManager.default.createFile(atPath: dir + "/taken", contents: Data("old".utf8)))
+        final class Box: @unchecked Sendable { var listedBeforeLink: [String] = []; var errors: [UVError] = [] }
+        let box = Box()
+        let loop = try Loop()
+        try loop.queueWork({
+            do throws(UVOperationError) {
+                let fd = try BlockingFileSystem.openTemporary(in: dir)
+                let parts: [[UInt8]] = [Array("head-".utf8), Array(repeating: 0x41, count: 70_000), Array("-tail".utf8)]
+                let memory = parts.map { p in
+                    let m = UnsafeMutableRawBufferPointer.allocate(byteCount: p.count, alignment: 16)
+                    m.copyBytes(from: p)
+                    return UnsafeRawBufferPointer(m)
+                }
+                defer { memory.forEach { $0.deallocate() } }
+                try BlockingFileSystem.writeAll(fd, buffers: [memory[0], UnsafeRawBufferPointer(start: nil, count: 0), memory[1], memory[2]], offset: 0)
+                box.listedBeforeLink = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+                do throws(UVOperationError) { try BlockingFileSystem.linkTemporary(fd, to: dir + "/taken") } catch { box.errors.append(error.error) }
+                try BlockingFileSystem.linkTemporary(fd, to: dir + "/stored")
+                try BlockingFileSystem.close(fd)
+                // Never linked: gone with its descriptor.
+                let dropped = try BlockingFileSystem.openTemporary(in: dir)
+                try BlockingFileSystem.close(dropped)
+            } catch {
+                box.errors.append(error.error)
+            }
+        }, after: {})
+        loop.run()
+        try loop.close()
+        #expect(box.listedBeforeLink == ["taken"])
+        #expect(box.errors == [.fileExists])
+        #expect(FileManager.default.contents(atPath: dir + "/taken") == Data("old".utf8))
+        #expect(FileManager.default.contents(atPath: dir + "/stored") == Data("head-".utf8 + [UInt8](repeating: 0x41, count: 70_000) + "-tail".utf8))
+        #expect(Set(try FileManager.default.contentsOfDirectory(atPath: dir)) == ["taken", "stored"])
+    }
+
     @Test func writeVectoredReadSyncLinkRenameUnlink() throws {
         let loop = try Loop()
         let fs = FileSystem(loop: loop)
@@ -270,6 +311,46 @@ struct TCPAndUDPTests {
         #expect(wrote)
         #expect(collector.ended)
         #expect(collector.received == payload)
+        try loop.close()
+    }
+
+    /// A connection made `from` a chosen loopback address leaves from it (the listener sees it),
+    /// and a prefix copied plus a body not copied arrive as one stream, in order.
+    @Test func connectFromASourceAddressAndWritePrefixThenBody() throws {
+        let loop = try Loop()
+        let listener = try TCPListener(loop: loop)
+        try listener.bind(SocketAddress(host: "127.0.0.1", port: 0))
+        let collector = Collector()
+        var accepted: TCPStream?
+        var peers: [String] = []
+        try listener.listen { r in
+            accepted = try? r.get()
+            if let peer = try? accepted?.peerAddress() { peers.append(peer.host) }
+            try? accepted?.startReading(collector)
+        }
+        collector.onEnd = {
+            accepted?.close()
+            listener.close()
+        }
+        let body = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 * 13) }
+        let bodyMemory = UnsafeMutableRawBufferPointer.allocate(byteCount: body.count, alignment: 16)
+        defer { bodyMemory.deallocate() }
+        bodyMemory.copyBytes(from: body)
+        try TCPStream.connect(loop: loop, to: listener.localAddress(), from: SocketAddress(host: "127.0.0.7", port: 0)) { r in
+            guard let s = try? r.get() else { Issue.record("connect"); return }
+            try! s.write(copying: Array("100000".utf8), then: UnsafeRawBufferPointer(bodyMemory)) { e in
+                #expect(e == nil)
+                try! s.shutdown { _ in s.close() }
+            }
+        }
+        loop.run()
+        #expect(peers == ["127.0.0.7"])
+        #expect(collector.received == Array("100000".utf8) + body)
+        // A source address this machine does not have is a typed bind error, not a crash.
+        #expect(throws: UVOperationError.self) {
+            try TCPStream.connect(loop: loop, to: SocketAddress(host: "127.0.0.1", port: 9), from: SocketAddress(host: "192.0.2.1", port: 0)) { _ in }
+        }
+        loop.run()
         try loop.close()
     }
 
