@@ -3,7 +3,8 @@ import Histogram
 import UV
 
 /// The load generator behind `datastream bench`: keeps `concurrency` uploads in flight against
-/// one receiver, each on its own TCP connection, until `uploads` are done or `duration` passed.
+/// one receiver, each on its own TCP connection (or UDP socket), until `uploads` are done or
+/// `duration` passed.
 /// Every upload's bytes come from `BenchContent` (derived from the seed and the upload's index)
 /// and are written straight from its shared pattern, so the generator copies no file bytes.
 ///
@@ -15,6 +16,12 @@ public final class LoadGenerator {
         case seed
         /// DataStream's native protocol: HELLO, FILE, data, END, RESULT, one file per connection.
         case native
+        /// DataStream's reliable UDP (docs/PROTOCOL.md §5), one `UDPSender` per upload: done
+        /// when the receiver's final STATUS says stored.
+        case udpNative = "udp-native"
+        /// The seed's UDP framing (size datagram, 1024-byte datagrams, `EOF`). It has no
+        /// acknowledgement: an upload is "done" once sent, and only `--verify` shows what arrived.
+        case udpSeed = "udp-seed"
     }
 
     /// Where to send, what, and how much.
@@ -87,7 +94,7 @@ public final class LoadGenerator {
     public let content: BenchContent
     private var report = Report()
     private var nextIndex: UInt64 = 0
-    private var active: [ObjectIdentifier: BenchUpload] = [:]
+    private var active: [ObjectIdentifier: any BenchTransfer] = [:]
     private var startedAt: UInt64 = 0
     private var stopping = false
     private var completion: ((Report) -> Void)?
@@ -147,9 +154,17 @@ public final class LoadGenerator {
         while active.count < options.concurrency, mayStartMore, let address {
             let index = nextIndex
             nextIndex += 1
-            let upload = BenchUpload(generator: self, index: index, size: options.sizes.size(of: index, seed: options.seed))
-            active[ObjectIdentifier(upload)] = upload
-            upload.start(address, from: sources.isEmpty ? nil : sources[Int(index % UInt64(sources.count))])
+            let size = options.sizes.size(of: index, seed: options.seed)
+            switch options.wireProtocol {
+            case .seed, .native:
+                let upload = BenchUpload(generator: self, index: index, size: size)
+                active[ObjectIdentifier(upload)] = upload
+                upload.start(address, from: sources.isEmpty ? nil : sources[Int(index % UInt64(sources.count))])
+            case .udpNative, .udpSeed:
+                let upload = BenchUDPUpload(generator: self, index: index, size: size)
+                active[ObjectIdentifier(upload)] = upload
+                upload.start()
+            }
         }
     }
 
@@ -164,7 +179,7 @@ public final class LoadGenerator {
         finishIfDone()
     }
 
-    func uploadEnded(_ upload: BenchUpload, bytes: UInt64, failure: (FailureKind, String)?) {
+    func uploadEnded(_ upload: any BenchTransfer, bytes: UInt64, failure: (FailureKind, String)?) {
         active[ObjectIdentifier(upload)] = nil
         report.bytes += bytes
         if let (kind, message) = failure {
@@ -191,10 +206,20 @@ public final class LoadGenerator {
     }
 }
 
+/// One upload of a bench run, as the generator tracks it.
+protocol BenchTransfer: AnyObject {
+    var index: UInt64 { get }
+    var startedAt: UInt64 { get }
+    /// When the upload last moved (monotonic nanoseconds).
+    var lastProgress: UInt64 { get }
+    /// Gives up on the upload (the generator's stall timeout).
+    func fail(_ kind: LoadGenerator.FailureKind, _ message: String)
+}
+
 /// One upload of a bench run on its own connection: writes the derived bytes (two writes in
 /// flight at most, straight from the shared pattern) and waits for the receiver's confirmation
 /// (end of stream for seed framing, RESULT for the native protocol). Owned by its generator.
-final class BenchUpload: TCPStreamReader {
+final class BenchUpload: TCPStreamReader, BenchTransfer {
     unowned let generator: LoadGenerator
     let index: UInt64
     let size: UInt64
@@ -246,6 +271,8 @@ final class BenchUpload: TCPStreamReader {
         case .native:
             phase = .hello
             write(Wire.hello())
+        case .udpNative, .udpSeed:
+            preconditionFailure("UDP uploads are BenchUDPUpload's")
         }
     }
 
@@ -308,6 +335,8 @@ final class BenchUpload: TCPStreamReader {
         case .native:
             phase = .awaitingResult
             write(Wire.end(digest: digester!.finish()))
+        case .udpNative, .udpSeed:
+            preconditionFailure("UDP uploads are BenchUDPUpload's")
         }
     }
 
@@ -387,13 +416,7 @@ final class BenchUpload: TCPStreamReader {
     private func sendHeader() {
         digester = Digester(.xxh3_128)
         phase = .awaitingReady
-        var id = generator.content.header(of: index)  // 16 bytes: "DSB1", seed, index
-        id = Array(id.prefix(Wire.uploadIDLength))
-        while id.count < Wire.uploadIDLength { id.append(0) }
-        // A run-unique id: mix in the time the run started so two runs with one seed do not resume.
-        let salt = generator.runSalt
-        for k in 0..<8 { id[k] ^= UInt8(truncatingIfNeeded: salt >> (8 * UInt64(k))) }
-        write(Wire.file(FileHeader(uploadID: UploadID(bytes: id), size: size, digest: .xxh3_128, name: "bench-\(options.seed)-\(index).bin")))
+        write(Wire.file(FileHeader(uploadID: generator.uploadID(of: index), size: size, digest: .xxh3_128, name: "bench-\(options.seed)-\(index).bin")))
     }
 
     /// Gives up on the upload (the generator's stall timeout).
@@ -412,6 +435,78 @@ final class BenchUpload: TCPStreamReader {
 }
 
 extension LoadGenerator {
-    /// Distinguishes this run's upload ids from an earlier run's with the same seed.
-    var runSalt: UInt64 { startedAt }
+    /// Upload `index`'s id for the native protocols: its content header ("DSB1", seed, index)
+    /// with the time the run started mixed in, so two runs with one seed never resume each other.
+    func uploadID(of index: UInt64) -> UploadID {
+        var id = content.header(of: index)
+        id = Array(id.prefix(Wire.uploadIDLength))
+        while id.count < Wire.uploadIDLength { id.append(0) }
+        for k in 0..<8 { id[k] ^= UInt8(truncatingIfNeeded: startedAt >> (8 * UInt64(k))) }
+        return UploadID(bytes: id)
+    }
+}
+
+/// One upload of a bench run over UDP: a `UDPSender` of its own (socket, pacing timer) sending
+/// the derived bytes natively or with the seed's UDP framing. Owned by its generator.
+final class BenchUDPUpload: BenchTransfer {
+    unowned let generator: LoadGenerator
+    let index: UInt64
+    let size: UInt64
+    let startedAt = monotonicNanoseconds()
+    private var sender: UDPSender?
+    private var ended = false
+    private var lastSent: UInt64 = 0
+    private var lastMoved = monotonicNanoseconds()
+
+    init(generator: LoadGenerator, index: UInt64, size: UInt64) {
+        self.generator = generator
+        self.index = index
+        self.size = size
+    }
+
+    /// Bytes the sender has sent so far moving counts as progress.
+    var lastProgress: UInt64 {
+        if let sender, sender.totalSent != lastSent {
+            lastSent = sender.totalSent
+            lastMoved = monotonicNanoseconds()
+        }
+        return lastMoved
+    }
+
+    func start() {
+        let o = generator.options
+        var options = UDPSender.Options(host: o.host, port: o.port)
+        options.token = o.token
+        options.seedProtocol = o.wireProtocol == .udpSeed
+        options.seedPause = 0  // as fast as the socket takes them (the seed client sleeps 1 ms)
+        options.silenceTimeout = o.stallTimeout
+        let sender = UDPSender(loop: generator.loop, options: options)
+        self.sender = sender
+        sender.send(sources: [.bench(generator.content, index: index, size: size, uploadID: generator.uploadID(of: index))]) { [self] outcomes in
+            let outcome = outcomes.first
+            let sent = sender.totalSent
+            self.sender = nil
+            if outcome?.succeeded == true {
+                end(nil, "", sent: sent)
+            } else {
+                let message = outcome?.message ?? "failed"
+                let kind: LoadGenerator.FailureKind = message.contains("refused") ? .rejected : (message.contains("no answer") || message.contains("stopped answering") ? .timeout : .connection)
+                end(kind, message, sent: sent)
+            }
+        }
+    }
+
+    func fail(_ kind: LoadGenerator.FailureKind, _ message: String) {
+        guard let sender else { return }
+        let sent = sender.totalSent
+        self.sender = nil
+        sender.cancel(reason: message)
+        end(kind, message, sent: sent)
+    }
+
+    private func end(_ failure: LoadGenerator.FailureKind?, _ message: String, sent: UInt64) {
+        guard !ended else { return }
+        ended = true
+        generator.uploadEnded(self, bytes: min(sent, size), failure: failure.map { ($0, message) })
+    }
 }

@@ -40,7 +40,12 @@ final class UDPReceiver: UDPSocketReceiver {
     private var seedSessions: [SocketAddress: SeedSessionDriver] = [:]
     private var sessions: [UInt64: NativeSessionDriver] = [:]
     private var byNonce: [NonceKey: UInt64] = [:]
+    /// Unfinished native sessions per source host, and in all: what the caps count. A finished
+    /// session lingers (to answer a repeated FINISH) without its ring and without a slot, so a
+    /// client sending many files one after another is not refused; lingering ones are capped
+    /// separately (8x `maxSessions`).
     private var perAddress: [[UInt8]: Int] = [:]
+    private var activeNative = 0
     private var dirty: [NativeSessionDriver] = []
     private var ringBytesInUse = 0
     private var packetNumber: UInt64 = 0
@@ -288,7 +293,8 @@ final class UDPReceiver: UDPSocketReceiver {
             refuse(.malformedFrame(type: UDPWire.Kind.start.rawValue, detail: "chunk size \(chunkSize) does not fit this file"))
             return
         }
-        guard sessions.count < limits.maxSessions, perAddress[hostKey(source), default: 0] < limits.maxSessionsPerAddress else {
+        guard activeNative < limits.maxSessions, sessions.count < 8 * limits.maxSessions,
+              perAddress[hostKey(source), default: 0] < limits.maxSessionsPerAddress else {
             refuse(.uploadBusy)
             return
         }
@@ -308,6 +314,7 @@ final class UDPReceiver: UDPSocketReceiver {
         liveSessions += 1
         byNonce[key] = id
         perAddress[hostKey(source), default: 0] += 1
+        activeNative += 1
         ringBytesInUse += ringBytes
         session.open()
     }
@@ -322,6 +329,14 @@ final class UDPReceiver: UDPSocketReceiver {
         guard sessions[s.id] === s else { return }
         sessions[s.id] = nil
         byNonce[NonceKey(source: s.source, nonce: s.clientNonce)] = nil
+        releaseSlot(s)
+    }
+
+    /// The session no longer counts against the caps (finished, or ended). Once per session.
+    func releaseSlot(_ s: NativeSessionDriver) {
+        guard s.holdsSlot else { return }
+        s.holdsSlot = false
+        activeNative -= 1
         let k = hostKey(s.source)
         perAddress[k, default: 1] -= 1
         if perAddress[k] == 0 { perAddress[k] = nil }
@@ -552,6 +567,8 @@ final class NativeSessionDriver {
     let chunkSize: Int
     let windowChunks: UInt32
     var isDirty = false
+    /// Counted against the receiver's session caps (until finished or ended).
+    var holdsSlot = true
     private var machine: ReliableUDPReceiver?
     private var partial: Store.NativePartial?
     private var ring: UnsafeMutableRawBufferPointer?
@@ -762,6 +779,7 @@ final class NativeSessionDriver {
     private func finished() {
         finishedAt = UDPReceiver.microseconds()
         releaseRing()
+        receiver.releaseSlot(self)
         guard machine!.phase == .failed else { return }
         server.statistics.uploadsFailed += 1
         server.logger.warning("udp upload failed: \(machine!.finalMessage ?? "?")", metadata: ["upload": "\(file.uploadID)", "source": "\(source)"])

@@ -7,6 +7,9 @@ import UV
 /// FINISH with the digest) or like the seed's UDP client (size datagram, 1024-byte datagrams
 /// with a pause, `EOF`; no feedback exists in that protocol).
 ///
+/// What it sends are `Source`s: files (memory-mapped) or, for the load generator, uploads whose
+/// bytes derive from a `BenchContent` (sent straight from its shared pattern).
+///
 /// Runs on a loop the caller owns and runs; owns its socket, its pacing timer and the read-only
 /// memory mapping of the file being sent (page faults on the mapping happen on this loop, which
 /// serves only this sender).
@@ -52,7 +55,26 @@ public final class UDPSender: UDPSocketReceiver {
     public private(set) var statistics = TransferStatistics()
     private var socket: UDPSocket?
     private var timer: UV.Timer?
-    private var paths: [String] = []
+    /// One upload's bytes.
+    public enum Source: Sendable {
+        /// A regular file, memory-mapped while it is sent; stored under its last path component.
+        case file(String)
+        /// Upload `index` of a bench run: its bytes derive from `content` (header, then the
+        /// shared pattern); stored as `bench-SEED-INDEX.bin` under the given upload id.
+        case bench(BenchContent, index: UInt64, size: UInt64, uploadID: UploadID)
+
+        var label: String {
+            switch self {
+            case .file(let path): path
+            case .bench(let c, let index, _, _): "bench-\(c.seed)-\(index).bin"
+            }
+        }
+    }
+
+    private var sources: [Source] = []
+    /// The first bytes of a bench upload (its header lies there), laid out once per upload.
+    private let benchPrefix = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+    private var bench: (content: BenchContent, index: UInt64)?
     private var index = 0
     private var outcomes: [Sender.Outcome] = []
     private var completion: (([Sender.Outcome]) -> Void)?
@@ -90,13 +112,21 @@ public final class UDPSender: UDPSocketReceiver {
         self.options = options
     }
 
-    deinit { receiveBuffer.deallocate() }
+    deinit {
+        receiveBuffer.deallocate()
+        benchPrefix.deallocate()
+    }
 
-    /// Sends `paths` in order and calls `completion` with one outcome per path.
+    /// Sends the files at `paths` in order and calls `completion` with one outcome per path.
     public func send(_ paths: [String], completion: @escaping ([Sender.Outcome]) -> Void) {
-        self.paths = paths
+        send(sources: paths.map { .file($0) }, completion: completion)
+    }
+
+    /// Sends `sources` in order and calls `completion` with one outcome per source.
+    public func send(sources: [Source], completion: @escaping ([Sender.Outcome]) -> Void) {
+        self.sources = sources
         self.completion = completion
-        outcomes = paths.map { Sender.Outcome(path: $0) }
+        outcomes = sources.map { Sender.Outcome(path: $0.label) }
         do throws(UVOperationError) {
             let address = try SocketAddress(host: options.host, port: options.port)
             let s = try UDPSocket(loop: loop)
@@ -135,23 +165,38 @@ public final class UDPSender: UDPSocketReceiver {
 
     private func nextFile() {
         unmap()
-        guard index < paths.count else { finishAll(); return }
-        let path = paths[index]
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { fail("cannot open: \(String(cString: strerror(errno)))"); return }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { fail("not a regular file"); return }
-        fileSize = UInt64(st.st_size)
-        outcomes[index].size = fileSize
-        if fileSize > 0 {
-            guard let p = mmap(nil, Int(fileSize), PROT_READ, MAP_SHARED, fd, 0), p != MAP_FAILED else {
-                fail("cannot map: \(String(cString: strerror(errno)))")
-                return
+        guard index < sources.count else { finishAll(); return }
+        switch sources[index] {
+        case .file(let path):
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { fail("cannot open: \(String(cString: strerror(errno)))"); return }
+            defer { close(fd) }
+            var st = stat()
+            guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { fail("not a regular file"); return }
+            fileSize = UInt64(st.st_size)
+            if fileSize > 0 {
+                guard let p = mmap(nil, Int(fileSize), PROT_READ, MAP_SHARED, fd, 0), p != MAP_FAILED else {
+                    fail("cannot map: \(String(cString: strerror(errno)))")
+                    return
+                }
+                _ = madvise(p, Int(fileSize), MADV_SEQUENTIAL)
+                mapping = UnsafeRawBufferPointer(start: p, count: Int(fileSize))
             }
-            _ = madvise(p, Int(fileSize), MADV_SEQUENTIAL)
-            mapping = UnsafeRawBufferPointer(start: p, count: Int(fileSize))
+            if !options.seedProtocol {
+                guard let (_, id) = Sender.identity(of: path) else { fail("cannot read the file's identity"); return }
+                uploadID = id
+            }
+        case .bench(let content, let i, let size, let id):
+            fileSize = size
+            bench = (content, i)
+            var at = 0
+            content.forEachSlice(of: i, from: 0, count: min(size, UInt64(benchPrefix.count))) { slice in
+                UnsafeMutableRawBufferPointer(rebasing: benchPrefix[at..<(at + slice.count)]).copyMemory(from: slice)
+                at += slice.count
+            }
+            uploadID = id
         }
+        outcomes[index].size = fileSize
         lastHeard = now()
         if options.seedProtocol {
             state = .seed
@@ -160,16 +205,24 @@ public final class UDPSender: UDPSocketReceiver {
             sendControl(Array(String(fileSize).utf8))
             return
         }
-        guard let (_, id) = Sender.identity(of: path) else { fail("cannot read the file's identity"); return }
-        uploadID = id
         clientNonce = UInt64.random(in: 1...UInt64.max)
         state = .awaitingCookie
         sendInitial()
     }
 
+    /// `count` bytes of the current upload from `offset` (`count` at most 64 KiB), valid until
+    /// the next upload starts.
+    private func bytes(at offset: Int, count: Int) -> UnsafeRawBufferPointer {
+        if let mapping { return UnsafeRawBufferPointer(rebasing: mapping[offset..<(offset + count)]) }
+        guard let bench else { return UnsafeRawBufferPointer(start: nil, count: 0) }
+        if offset + count <= benchPrefix.count { return UnsafeRawBufferPointer(rebasing: benchPrefix[offset..<(offset + count)]) }
+        return bench.content.window(of: bench.index, offset: UInt64(offset), count: count)
+    }
+
     private func unmap() {
         if let m = mapping, let b = m.baseAddress { munmap(UnsafeMutableRawPointer(mutating: b), m.count) }
         mapping = nil
+        bench = nil
     }
 
     private func fail(_ message: String) {
@@ -226,7 +279,8 @@ public final class UDPSender: UDPSocketReceiver {
             guard let c = UDPWire.decodeCookie(d), c.clientNonce == clientNonce else { return }
             if c.authenticationRequired && options.token == nil { fail("the receiver requires a token (--token)"); return }
             let mac = options.token.map { HandshakeCookie.authentication(token: $0, cookie: c.cookie, clientNonce: clientNonce) } ?? []
-            let name = paths[index].split(separator: "/").last.map(String.init) ?? paths[index]
+            let label = sources[index].label
+            let name = label.split(separator: "/").last.map(String.init) ?? label
             start = UDPWire.Start(clientNonce: clientNonce, cookie: c.cookie, chunkSize: c.chunkSize,
                                   file: FileHeader(uploadID: uploadID, size: fileSize, digest: options.digest, name: name), mac: mac)
             state = .awaitingAccept
@@ -260,7 +314,12 @@ public final class UDPSender: UDPSocketReceiver {
         budget = 0
         lastPace = now()
         let d = Digester(options.digest)
-        if base > 0, let m = mapping { d.update(UnsafeRawBufferPointer(rebasing: m[0..<Int(base)])) }
+        var at = 0
+        while at < Int(base) {
+            let n = min(Int(base) - at, 64 * 1024)
+            d.update(bytes(at: at, count: n))
+            at += n
+        }
         digester = d
         state = .sending
         pace()
@@ -338,7 +397,7 @@ public final class UDPSender: UDPSocketReceiver {
             guard let (chunk, retransmission) = scheduler.next() else { break }
             let offset = Int(base) + Int(chunk) * chunkSize
             let length = Int(min(UInt64(chunkSize), fileSize - UInt64(offset)))
-            let payload = UnsafeRawBufferPointer(rebasing: mapping![offset..<(offset + length)])
+            let payload = bytes(at: offset, count: length)
             if !retransmission {
                 digester?.update(payload)
                 totalSent += UInt64(length)
@@ -375,7 +434,7 @@ public final class UDPSender: UDPSocketReceiver {
         var sentNow = 0
         while seedOffset < fileSize, t >= seedNext, sentNow < 4096 {
             let n = Int(min(size, fileSize - seedOffset))
-            let payload = UnsafeRawBufferPointer(rebasing: mapping![Int(seedOffset)..<(Int(seedOffset) + n)])
+            let payload = bytes(at: Int(seedOffset), count: n)
             guard (try? socket.trySend(payload, UnsafeRawBufferPointer(start: nil, count: 0), to: nil)) != nil else { return }
             seedOffset += UInt64(n)
             totalSent += UInt64(n)

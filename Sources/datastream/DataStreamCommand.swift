@@ -254,7 +254,7 @@ struct Bench: ParsableCommand {
         """)
 
     @Option(help: "Receiver as HOST:PORT.") var to: String
-    @Option(name: .customLong("protocol"), help: "seed (size digits, bytes, close) or native (DataStream's protocol).") var wireProtocol = "seed"
+    @Option(name: .customLong("protocol"), help: "seed (size digits, bytes, close), native (DataStream's protocol), udp-native (its reliable UDP) or udp-seed (the seed's UDP framing: no acknowledgement, so only --verify tells what arrived).") var wireProtocol = "seed"
     @Option(help: "Uploads in flight at once (one connection each).") var concurrency = 16
     @Option(help: "Uploads in all (default 100, or unlimited with --duration).") var uploads: UInt64?
     @Option(help: "Stop starting uploads after this many seconds.") var duration: Double?

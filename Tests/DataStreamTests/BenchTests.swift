@@ -20,7 +20,7 @@ func runBench(port: Int, _ configure: (inout LoadGenerator.Options) -> Void) thr
 }
 
 struct LoadGeneratorTests {
-    @Test(arguments: [LoadGenerator.WireProtocol.seed, .native])
+    @Test(arguments: [LoadGenerator.WireProtocol.seed, .native, .udpNative])
     func everyUploadIsStoredAndVerifies(wire: LoadGenerator.WireProtocol) throws {
         let server = try BackgroundServer()
         let sizes = try SizeDistribution(parsing: "0,10,5000,200KiB")
@@ -42,6 +42,27 @@ struct LoadGeneratorTests {
         #expect(v.ok, "\(v.mismatches) missing \(v.missing)")
         #expect(v.verified == 60)
         #expect(v.filesChecked == 60)
+    }
+
+    /// The seed's UDP framing has no acknowledgement: the generator counts an upload done once
+    /// sent, and only verification of the receiver's directory shows what arrived.
+    @Test func udpSeedUploadsArriveAndVerify() throws {
+        let server = try BackgroundServer()
+        defer { server.stop() }
+        let sizes = try SizeDistribution(parsing: "1,1024,1025,5000,100KiB")
+        let (report, content) = try runBench(port: server.port) {
+            $0.wireProtocol = .udpSeed
+            $0.uploads = 20
+            $0.concurrency = 4
+            $0.sizes = sizes
+            $0.seed = 23
+        }
+        #expect(report.completed == 20)
+        #expect(report.failed == 0, "\(report.sampleMessages)")
+        #expect(server.eventually { server.storedFiles().count == 20 })
+        let v = BenchVerifier.verify(directory: server.directory, content: content, sizes: sizes, confirmed: report.succeeded)
+        #expect(v.ok, "\(v.mismatches) missing \(v.missing)")
+        #expect(v.verified == 20)
     }
 
     @Test func verificationReportsCorruptTruncatedAndMissingFiles() throws {
