@@ -52,6 +52,14 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     private var smallFinish: (prefix: [UInt8], size: UInt64)?
     private var finishCancelled = false
 
+    /// Uploads with at least this many bytes still to come are moved straight from the socket
+    /// into the file on the threadpool (`SocketDrain`) rather than through the receive slabs.
+    static let drainThreshold: UInt64 = 4 << 20
+    private var drain: SocketDrain?
+    private var drainStarting = false
+    /// A close asked for while a drain's work item was running: carried out once it stopped.
+    private var closeAfterDrain: (reply: [UInt8]?, reason: ProtocolError?, partial: ConnectionStateMachine.PartialDisposition)?
+
     init(id: UInt64, server: Server, stream: TCPStream, peer: SocketAddress?) {
         self.id = id
         self.server = server
@@ -134,6 +142,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
             perform(step.action)
         }
         startPendingSmallFinish()
+        considerDrain()
     }
 
     private func startPendingSmallFinish() {
@@ -171,13 +180,74 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
 
     private func updateReading() {
         guard !closing, stream.isOpen else { return }
-        let shouldRead = !pausedByFlow && !waitingForBuffer && held == nil
+        let shouldRead = !pausedByFlow && !waitingForBuffer && held == nil && drain == nil && !drainStarting
         if shouldRead && !stream.isReading {
             do { try stream.startReading(self) } catch {
                 closeConnection(reply: nil, reason: .connectionFailed(reason: error.description), partial: currentPartialDisposition)
             }
         } else if !shouldRead && stream.isReading {
             stream.stopReading()
+        }
+    }
+
+    /// Hands the rest of a large upload to a `SocketDrain` once its queued writes are done.
+    private func considerDrain() {
+        guard drain == nil, !drainStarting, !closing, held == nil, small == nil, let sink, sink.fd != nil,
+              machine.fileBytesExpected >= Connection.drainThreshold else { return }
+        drainStarting = true
+        updateReading()
+        sink.flush { [self] error in
+            drainStarting = false
+            guard !closing, closeAfterDrain == nil else { return }
+            if let error {
+                perform(machine.uploadFailed(.storageFailed(reason: error.description)))
+                return
+            }
+            let remaining = machine.fileBytesExpected
+            guard self.sink === sink, let fd = sink.fd, remaining > 0 else { updateReading(); return }
+            do {
+                let d = try SocketDrain(loop: server.loop, stream: stream, file: fd, path: seedPath ?? native?.path ?? "", offset: sink.writeOffset,
+                                        remaining: remaining, digester: sink.digester,
+                                        onProgress: { [self] n, next in
+                                            sink.advance(by: n)
+                                            server.statistics.bytesReceived += n
+                                            server.statistics.bytesDrained += n
+                                            let action = machine.fileBytesMovedDirectly(n)
+                                            if case .finishSeedUpload = action, var byte = next {
+                                                // A byte already follows the seed upload's last one: as on
+                                                // the slab path, bytes in hand past the size break it.
+                                                let step = withUnsafeBytes(of: &byte) { machine.bytesReceived($0) }
+                                                perform(step.action)
+                                            } else {
+                                                perform(action)
+                                            }
+                                        },
+                                        onEnd: { [self] end in drainEnded(end) })
+                drain = d
+                server.statistics.uploadsDrained += 1
+                d.start()
+            } catch {
+                perform(machine.connectionFailed("\(error)"))
+            }
+        }
+    }
+
+    private func drainEnded(_ end: SocketDrain.End) {
+        drain = nil
+        switch end {
+        case .complete:
+            updateReading()  // what follows the file (END frame, trailing bytes, end of stream)
+        case .endOfStream:
+            perform(machine.endOfStream())
+        case .failed(let error) where error.operation == "pwrite":
+            perform(machine.uploadFailed(.storageFailed(reason: error.description)))
+        case .failed(let error):
+            perform(machine.connectionFailed(error.description))
+        case .cancelled:
+            if let c = closeAfterDrain {
+                closeAfterDrain = nil
+                closeConnection(reply: c.reply, reason: c.reason, partial: c.partial)
+            }
         }
     }
 
@@ -390,6 +460,12 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     /// resumable) or discarded; the stream is closed and the server forgets the connection.
     func closeConnection(reply: [UInt8]?, reason: ProtocolError?, partial: ConnectionStateMachine.PartialDisposition) {
         guard !closing else { return }
+        if let drain {
+            // Its work item may be writing the file: close once it has stopped.
+            if closeAfterDrain == nil { closeAfterDrain = (reply, reason, partial) }
+            drain.cancel()
+            return
+        }
         if let reason {
             server.statistics.uploadsFailed += (partial == .none ? 0 : 1)
             switch reason {

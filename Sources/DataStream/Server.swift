@@ -65,6 +65,10 @@ public final class Server {
         public var udpDuplicates: UInt64 = 0
         public var udpSessionsRefused: UInt64 = 0
         public var udpDatagramsSent: UInt64 = 0
+        /// Large TCP uploads whose rest went straight from the socket to the file (`SocketDrain`),
+        /// and the bytes that went that way.
+        public var uploadsDrained: UInt64 = 0
+        public var bytesDrained: UInt64 = 0
         public var udpBytesSent: UInt64 = 0
         /// Receives that held several datagrams coalesced by the kernel (receive offload).
         public var udpCoalescedReceives: UInt64 = 0
@@ -105,7 +109,7 @@ public final class Server {
         } catch {
             throw .directory(error)
         }
-        pool = BufferPool(budget: configuration.processBufferBudget)
+        pool = BufferPool(slabSize: 512 * 1024, maxReadSize: 256 * 1024, budget: configuration.processBufferBudget)
         machineConfiguration = .init(token: configuration.token, maxFileSize: configuration.maxFileSize)
     }
 

@@ -49,6 +49,16 @@ final class UploadSink {
         inFlight.reserveCapacity(8)
     }
 
+    /// `n` bytes were written to the file at `writeOffset` by someone else (a `SocketDrain`)
+    /// while this sink had nothing queued or in flight; they were already hashed.
+    func advance(by n: UInt64) {
+        precondition(queue.isEmpty && inFlight.isEmpty, "advance with writes pending")
+        writeOffset += n
+    }
+
+    /// Nothing queued and no write in flight.
+    var isIdle: Bool { queue.isEmpty && inFlight.isEmpty }
+
     /// The descriptor is open: queued writes may start.
     func opened(_ fd: FileDescriptor) {
         self.fd = fd

@@ -219,6 +219,38 @@ public struct ConnectionStateMachine {
         }
     }
 
+    /// How many of the next input bytes are file bytes, for sure: the caller may move up to
+    /// this many straight from the socket into the file (`fileBytesMovedDirectly`) instead of
+    /// showing them to `bytesReceived`. 0 when the machine is not receiving file bytes.
+    public var fileBytesExpected: UInt64 {
+        switch state {
+        case .seedReceiving(let framing): framing.remainingCapacity
+        case .receiving(_, let remaining): remaining
+        default: 0
+        }
+    }
+
+    /// `n` file bytes (at most `fileBytesExpected`) went from the socket to the file without
+    /// passing through `bytesReceived`: the same transitions as if they had.
+    public mutating func fileBytesMovedDirectly(_ n: UInt64) -> Action {
+        guard n > 0, n <= fileBytesExpected else { return n == 0 ? .none : unexpectedEvent("fileBytesMovedDirectly") }
+        switch state {
+        case .seedReceiving(var framing):
+            framing.dataReceived(n)
+            if framing.isCompleteWithoutEOF {
+                state = .seedFinishing
+                return .finishSeedUpload(filePrefix: framing.fileDigitsPrefix!, size: framing.fileSize!)
+            }
+            state = .seedReceiving(framing)
+            return .none
+        case .receiving(let header, let remaining):
+            state = remaining == n ? .awaitingEnd(header) : .receiving(header, remaining: remaining - n)
+            return .none
+        default:
+            return unexpectedEvent("fileBytesMovedDirectly")
+        }
+    }
+
     /// The peer closed its side (EOF).
     public mutating func endOfStream() -> Action {
         switch state {

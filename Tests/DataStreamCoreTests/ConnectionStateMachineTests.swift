@@ -313,4 +313,36 @@ struct ConnectionStateMachineTests {
         let steps = feed(&m, Wire.file(header(name: "../../x")))
         #expect(steps.last?.action == .openUpload(header(name: "___.._x")))
     }
+
+    // MARK: - File bytes moved straight to the file (a drain)
+
+    @Test func seedBytesMovedDirectlyFinishLikeReceivedOnes() {
+        var m = M(configuration: .init(maxFileSize: 1 << 40))
+        _ = feed(&m, Array("100x".utf8))   // size 100, first file byte "x"
+        #expect(m.fileBytesExpected == 99)
+        #expect(m.fileBytesMovedDirectly(0) == .none)
+        #expect(m.fileBytesMovedDirectly(40) == .none)
+        #expect(m.fileBytesExpected == 59)
+        #expect(m.fileBytesMovedDirectly(59) == .finishSeedUpload(filePrefix: [], size: 100))
+        #expect(m.fileBytesExpected == 0)
+        // One more byte after the last: broken, the partial is discarded.
+        let steps = feed(&m, Array("y".utf8))
+        guard case .close(_, let reason, let partial) = steps.last?.action else { Issue.record("no close"); return }
+        #expect(partial == .discard)
+        #expect(reason == .trailingBytes(declared: 0, received: 1))
+    }
+
+    @Test func nativeBytesMovedDirectlyLeadToAwaitingEnd() {
+        var m = native()
+        _ = feed(&m, Wire.file(header(size: 1000)))
+        _ = m.uploadOpened(heldBytes: 0)
+        #expect(m.fileBytesExpected == 1000)
+        #expect(m.fileBytesMovedDirectly(600) == .none)
+        #expect(m.stateName == "receiving")
+        #expect(m.fileBytesMovedDirectly(400) == .none)
+        #expect(m.stateName == "awaitingEnd")
+        #expect(m.fileBytesExpected == 0)
+        // What follows is the END frame, read normally (more file bytes would break the
+        // driver's contract, which the machine traps).
+    }
 }

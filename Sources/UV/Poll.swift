@@ -1,0 +1,107 @@
+import CLibUV
+import Glibc
+
+/// Readiness of a socket descriptor, reported on the loop (libuv reads or writes nothing). Used
+/// on a *duplicate* of a stream's descriptor (`TCPStream.duplicateDescriptor`) while that stream
+/// does not read, so the two never share a watcher. Owned by whoever created it; it keeps itself
+/// alive until `close()` completes (see `Handle`); it does not close the descriptor. The libuv
+/// type is `uv_poll_t`.
+public final class Poll: Handle {
+    private var callback: ((UVError?) -> Void)?
+
+    /// The libuv function is `uv_poll_init_socket`.
+    public init(loop: Loop, socket: Int32) throws(UVOperationError) {
+        let raw = try Handle.initialise(UV_POLL, "poll_init") { uv_poll_init_socket(loop.uv, $0.assumingMemoryBound(to: uv_poll_t.self), socket) }
+        super.init(loop: loop, initialisedHandle: raw)
+    }
+
+    private var poll: UnsafeMutablePointer<uv_poll_t> { raw.assumingMemoryBound(to: uv_poll_t.self) }
+
+    /// Calls `callback` each time the descriptor is readable (or with the error libuv reports),
+    /// until `stop`. The libuv function is `uv_poll_start` with `UV_READABLE`.
+    public func startReadable(_ callback: @escaping (UVError?) -> Void) throws(UVOperationError) {
+        self.callback = callback
+        try check(uv_poll_start(poll, Int32(UV_READABLE.rawValue), pollFired), "poll_start")
+    }
+
+    /// The libuv function is `uv_poll_stop`.
+    public func stop() { uv_poll_stop(poll) }
+
+    override func releaseCallbacks() { callback = nil }
+
+    fileprivate func fire(_ status: Int32) { callback?(status < 0 ? UVError(code: status) : nil) }
+}
+
+private func pollFired(_ p: UnsafeMutablePointer<uv_poll_t>?, _ status: Int32, _ events: Int32) {
+    Handle.owner(p, as: Poll.self).fire(status)
+}
+
+extension TCPStream {
+    /// A new descriptor for the same socket (`F_DUPFD_CLOEXEC`), which the caller owns and must
+    /// close. For handing the socket's reading to other code while this stream does not read.
+    public func duplicateDescriptor() throws(UVOperationError) -> Int32 {
+        var fd: uv_os_fd_t = -1
+        try check(uv_fileno(handle, &fd), "fileno")
+        let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+        if copy < 0 { throw UVOperationError("fcntl(F_DUPFD_CLOEXEC)", code: -errno) }
+        return copy
+    }
+}
+
+/// Socket-to-file moves that block on the file (never on the socket): for the threadpool only
+/// (inside `Loop.queueWork`).
+public enum BlockingSocketMove {
+    /// Why a `move` stopped.
+    public enum End: Sendable, Equatable {
+        /// The socket had nothing more for now (`EAGAIN`).
+        case wouldBlock
+        /// `limit` bytes were moved.
+        case limitReached
+        /// The peer closed its side.
+        case endOfStream
+        case failed(UVOperationError)
+    }
+
+    /// Receives what `socket` has ready without waiting (`MSG_DONTWAIT`) into `buffer` and writes
+    /// it to `file` at `offset` on, repeating until the socket has nothing more, `limit` bytes
+    /// were moved, or the peer closed; never receives past `limit`, so bytes after it stay in
+    /// the socket. `observe` sees every moved byte in order (for a digest). The received bytes
+    /// stay in this thread's cache from `recv` to `pwrite`. When it stops at `limit`, `next` is
+    /// the first byte already waiting after it (peeked, left in the socket), if any.
+    public static func move(from socket: Int32, to file: FileDescriptor, at offset: Int64, limit: Int, buffer: UnsafeMutableRawBufferPointer,
+                            target: String, observe: (UnsafeRawBufferPointer) -> Void) -> (moved: Int, end: End, next: UInt8?) {
+        let (moved, end) = moveBody(from: socket, to: file, at: offset, limit: limit, buffer: buffer, target: target, observe: observe)
+        guard end == .limitReached else { return (moved, end, nil) }
+        var byte: UInt8 = 0
+        let n = recv(socket, &byte, 1, Int32(MSG_PEEK) | Int32(MSG_DONTWAIT))
+        return (moved, end, n == 1 ? byte : nil)
+    }
+
+    private static func moveBody(from socket: Int32, to file: FileDescriptor, at offset: Int64, limit: Int, buffer: UnsafeMutableRawBufferPointer,
+                                 target: String, observe: (UnsafeRawBufferPointer) -> Void) -> (moved: Int, end: End) {
+        var moved = 0
+        while moved < limit {
+            let n = recv(socket, buffer.baseAddress, min(buffer.count, limit - moved), Int32(MSG_DONTWAIT))
+            if n == 0 { return (moved, .endOfStream) }
+            if n < 0 {
+                let e = errno
+                if e == EINTR { continue }
+                if e == EAGAIN || e == EWOULDBLOCK { return (moved, .wouldBlock) }
+                return (moved, .failed(UVOperationError("recv", code: -e)))
+            }
+            var written = 0
+            while written < n {
+                let w = pwrite(file.rawValue, buffer.baseAddress! + written, n - written, off_t(offset) + off_t(moved + written))
+                if w < 0 {
+                    if errno == EINTR { continue }
+                    return (moved + written, .failed(UVOperationError("pwrite", target: target, code: -errno)))
+                }
+                if w == 0 { return (moved + written, .failed(UVOperationError("pwrite", target: target, code: UVError.noSpace.code))) }
+                written += w
+            }
+            observe(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            moved += n
+        }
+        return (moved, .limitReached)
+    }
+}
