@@ -52,9 +52,14 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     private var smallFinish: (prefix: [UInt8], size: UInt64)?
     private var finishCancelled = false
 
-    /// Uploads with at least this many bytes still to come are moved straight from the socket
-    /// into the file on the threadpool (`SocketDrain`) rather than through the receive slabs.
+    /// Uploads with at least `drainThreshold` bytes still to come are moved straight from the
+    /// socket into the file on the threadpool (`SocketDrain`) rather than through the receive
+    /// slabs; smaller ones too (from `drainThresholdWhenFew`) while fewer than
+    /// `fewDrains` drains run. With many uploads at once the slabs batch better (S2 here:
+    /// 1,000 drained 1 MiB uploads at once ran at 60% of the slab path).
     static let drainThreshold: UInt64 = 4 << 20
+    static let drainThresholdWhenFew: UInt64 = 256 << 10
+    static let fewDrains = 4
     private var drain: SocketDrain?
     private var drainStarting = false
     /// A close asked for while a drain's work item was running: carried out once it stopped.
@@ -192,8 +197,10 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
 
     /// Hands the rest of a large upload to a `SocketDrain` once its queued writes are done.
     private func considerDrain() {
+        let expected = machine.fileBytesExpected
         guard drain == nil, !drainStarting, !closing, held == nil, small == nil, let sink, sink.fd != nil,
-              machine.fileBytesExpected >= Connection.drainThreshold else { return }
+              expected >= Connection.drainThreshold || (expected >= Connection.drainThresholdWhenFew && server.drainsRunning < Connection.fewDrains)
+        else { return }
         drainStarting = true
         updateReading()
         sink.flush { [self] error in
@@ -224,6 +231,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
                                         },
                                         onEnd: { [self] end in drainEnded(end) })
                 drain = d
+                server.drainsRunning += 1
                 server.statistics.uploadsDrained += 1
                 d.start()
             } catch {
@@ -234,6 +242,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
 
     private func drainEnded(_ end: SocketDrain.End) {
         drain = nil
+        server.drainsRunning -= 1
         switch end {
         case .complete:
             updateReading()  // what follows the file (END frame, trailing bytes, end of stream)

@@ -90,6 +90,8 @@ public final class Server {
     public var udpReceiveBufferGranted: Int32 { udp?.grantedReceiveBuffer ?? 0 }
     /// Whether the kernel accepted UDP receive offload on the socket.
     public var udpReceiveOffloadEnabled: Bool { udp?.receiveOffload ?? false }
+    /// Connections whose upload is being drained straight from the socket (`SocketDrain`).
+    var drainsRunning = 0
     /// Bytes reserved by small seed uploads held in memory (see `smallUploadBudget`).
     var smallUploadBytesInUse = 0
     private var connections: [ObjectIdentifier: Connection] = [:]

@@ -14,8 +14,9 @@ import UV
 /// 1 GiB upload's time), and a third busy thread competed with the sender for the cores.
 ///
 /// Owned by its `Connection` from the moment the upload's queued writes are flushed and the
-/// stream stops reading until `onEnd` runs; it owns the duplicate descriptor, its poll handle
-/// and a 256 KiB buffer. It never receives past the upload's last byte, so whatever follows
+/// stream stops reading until `onEnd` runs; it owns the duplicate descriptor and its poll
+/// handle. The 256 KiB receive buffer belongs to the threadpool thread running the work item
+/// (one per thread, kept for the thread's life), so memory does not grow with the drains. It never receives past the upload's last byte, so whatever follows
 /// (an END frame, trailing bytes, end of stream) is left to the stream's normal reading.
 final class SocketDrain {
     /// How a drain ended.
@@ -52,12 +53,24 @@ final class SocketDrain {
 
     /// What a work item touches, handed to the threadpool; only one work item runs at a time.
     private final class Work: @unchecked Sendable {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: SocketDrain.bufferSize, alignment: 64)
         let digester: Digester?
         var result: (moved: Int, end: BlockingSocketMove.End, next: UInt8?) = (0, .wouldBlock, nil)
         init(digester: Digester?) { self.digester = digester }
-        deinit { buffer.deallocate() }
     }
+
+    /// The calling threadpool thread's receive buffer (made on its first drain).
+    private static func threadBuffer() -> UnsafeMutableRawBufferPointer {
+        if let p = pthread_getspecific(bufferKey) { return UnsafeMutableRawBufferPointer(start: p, count: bufferSize) }
+        let b = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 64)
+        pthread_setspecific(bufferKey, b.baseAddress)
+        return b
+    }
+
+    private static let bufferKey: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key) { free($0) }  // allocate(byteCount:alignment:) is malloc-backed here
+        return key
+    }()
 
     /// Starts draining `remaining` bytes from `stream` (which must not be reading) into `file`
     /// from `offset`, hashing them with `digester` (touched only by the work item until `onEnd`).
@@ -113,7 +126,7 @@ final class SocketDrain {
         let at = Int64(offset), limit = Int(min(remaining, UInt64(SocketDrain.bytesPerWorkItem)))
         do {
             try loop.queueWork({
-                work.result = BlockingSocketMove.move(from: socket, to: file, at: at, limit: limit, buffer: work.buffer, target: path) { bytes in
+                work.result = BlockingSocketMove.move(from: socket, to: file, at: at, limit: limit, buffer: SocketDrain.threadBuffer(), target: path) { bytes in
                     work.digester?.update(bytes)
                 }
             }, after: { [self] in
