@@ -172,7 +172,9 @@ public final class LoadGenerator {
         if !mayStartMore { stopping = true }
         let limit = UInt64(options.stallTimeout * 1e9)
         let now = monotonicNanoseconds()
-        for upload in Array(active.values) where now - upload.lastProgress > limit {
+        for upload in Array(active.values) {
+            let last = upload.lastProgress  // may be later than `now` (a UDP upload samples it here)
+            guard now > last, now - last > limit else { continue }
             upload.fail(.timeout, "no progress for \(options.stallTimeout) s")
         }
         progress?(snapshot)

@@ -65,6 +65,23 @@ struct LoadGeneratorTests {
         #expect(v.verified == 20)
     }
 
+    /// UDP uploads in flight when the generator's once-a-second stall check runs (it crashed
+    /// on that once: progress sampled after the check's clock reading).
+    @Test func udpUploadsSpanningStallChecksFinish() throws {
+        let server = try BackgroundServer()
+        defer { server.stop() }
+        let (report, _) = try runBench(port: server.port) {
+            $0.wireProtocol = .udpNative
+            $0.uploads = nil
+            $0.duration = 2.2
+            $0.concurrency = 2
+            $0.sizes = .fixed(8 << 20)
+            $0.seed = 24
+        }
+        #expect(report.completed >= 2)
+        #expect(report.failed == 0, "\(report.sampleMessages)")
+    }
+
     @Test func verificationReportsCorruptTruncatedAndMissingFiles() throws {
         let server = try BackgroundServer()
         let sizes = SizeDistribution.fixed(100_000)
