@@ -52,7 +52,7 @@ final class BufferPool {
     /// Slabs alive (in use or free), for metrics and tests.
     private(set) var liveSlabs = 0
 
-    init(slabSize: Int = 256 * 1024, maxReadSize: Int = 64 * 1024, budget: Int = 24 << 20, maxFreeSlabs: Int? = nil) {
+    init(slabSize: Int = 512 * 1024, maxReadSize: Int = 256 * 1024, budget: Int = 16 << 20, maxFreeSlabs: Int? = nil) {
         self.slabSize = slabSize
         self.maxReadSize = min(maxReadSize, slabSize)
         self.maxSlabs = max(2, budget / slabSize)

@@ -25,12 +25,15 @@ public final class Server {
         /// 1 MiB marks a fraction; throughput went from ~450 to ~850 MB/s here).
         public var connectionBufferLow = 512 << 10
         public var connectionBufferHigh = 1 << 20
-        /// Whole-process receive memory: reads wait for a buffer when it is all in use.
-        public var processBufferBudget = 24 << 20
+        /// Whole-process receive memory: reads wait for a buffer when it is all in use. 16 MiB
+        /// kept 10,000 concurrent 64 KiB uploads (S4) under 64 MiB of RSS with the small-upload
+        /// budget below, at the same throughput as 24 MiB.
+        public var processBufferBudget = 16 << 20
         /// Seed uploads of at most 64 KiB are copied into memory of their own and stored in one
         /// threadpool work item at the end; this caps that memory for all of them together
-        /// (beyond it, small uploads are written as they arrive, like large ones).
-        public var smallUploadBudget = 2 << 20
+        /// (beyond it, small uploads are written as they arrive, like large ones). 8 MiB: S4 ran
+        /// ~8% faster than with 2 MiB here.
+        public var smallUploadBudget = 8 << 20
         /// Store those small uploads through a file without a name (`O_TMPFILE`) linked into place
         /// at the end; off, or where the file system cannot, a named partial is used.
         public var unnamedSmallFiles = true
@@ -111,7 +114,7 @@ public final class Server {
         } catch {
             throw .directory(error)
         }
-        pool = BufferPool(slabSize: 512 * 1024, maxReadSize: 256 * 1024, budget: configuration.processBufferBudget)
+        pool = BufferPool(budget: configuration.processBufferBudget)  // 512 KiB slabs, reads of up to 256 KiB (fewer read calls for a fast sender)
         machineConfiguration = .init(token: configuration.token, maxFileSize: configuration.maxFileSize)
     }
 

@@ -120,7 +120,7 @@ struct ConcurrencyTests {
 }
 
 struct BackpressureTests {
-    /// With only two receive slabs (512 KiB) for the whole process and a 64 KiB per-connection
+    /// With only two receive slabs (1 MiB) for the whole process and a 64 KiB per-connection
     /// mark, 60 concurrent uploads of up to 1.5 MiB must all wait for buffers, resume, and finish intact.
     @Test func tinyBudgetsStillDeliverEveryUploadIntact() throws {
         let server = try BackgroundServer {
