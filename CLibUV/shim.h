@@ -1,6 +1,7 @@
-// The only C header the UV target sees: libuv itself (Debian: libuv1-dev), plus the one
-// Linux call libuv 1.44 does not wrap: batched UDP send (sendmmsg), which glibc declares only
-// under _GNU_SOURCE. It is reached through syscall(2) with a layout-identical struct.
+// The only C header the UV target sees: libuv itself (Debian: libuv1-dev), plus two Linux
+// calls glibc declares only under _GNU_SOURCE, reached through syscall(2): batched UDP send
+// (sendmmsg, with a layout-identical struct) and accept4 (the listener accepts itself, to
+// handle running out of descriptors; see TCPListener).
 #ifndef DATASTREAM_CLIBUV_SHIM_H
 #define DATASTREAM_CLIBUV_SHIM_H
 #include <uv.h>
@@ -18,5 +19,9 @@ struct datastream_mmsghdr {
 /// sendmmsg(2): returns the number of messages sent, or -1 with errno set.
 static inline int datastream_sendmmsg(int fd, struct datastream_mmsghdr *messages, unsigned int count, int flags) {
     return (int)syscall(SYS_sendmmsg, fd, messages, count, flags);
+}
+/// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC, no peer address: the new descriptor, or -1 with errno set.
+static inline int datastream_accept_nonblocking(int fd) {
+    return (int)syscall(SYS_accept4, fd, (void *)0, (void *)0, SOCK_NONBLOCK | SOCK_CLOEXEC);
 }
 #endif

@@ -16,7 +16,13 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     private let stream: TCPStream
     private var machine: ConnectionStateMachine
     /// The peer, as accepted (formatted only when something is logged).
-    private let peer: SocketAddress?
+    let peer: SocketAddress?
+    /// For the header timeout: since when the server has been ready to read (accept, or the
+    /// end of the last pause the server itself imposed), and whether an upload has begun.
+    private var headerClockStart = monotonicNanoseconds()
+    private var uploadBegan = false
+    /// For the idle timeout: when the client last sent a byte (or reading last resumed).
+    private var lastActivity = monotonicNanoseconds()
     /// Built on first use, since most connections of a busy receiver never log: the server's
     /// logger with this connection's id and peer.
     private lazy var logger: Logger = {
@@ -97,10 +103,12 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
         switch event {
         case .data(let count):
             guard count > 0 else { return }
+            lastActivity = monotonicNanoseconds()
             let (slab, start) = pool.received(count)
             server.statistics.bytesReceived += UInt64(count)
             process(slab, start: start, count: count)
         case .endOfStream:
+            lastActivity = monotonicNanoseconds()
             perform(machine.endOfStream())
             startPendingSmallFinish()
         case .noBuffer:
@@ -187,6 +195,9 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
         guard !closing, stream.isOpen else { return }
         let shouldRead = !pausedByFlow && !waitingForBuffer && held == nil && drain == nil && !drainStarting
         if shouldRead && !stream.isReading {
+            // The pause was the server's (no buffer, disk behind), not the client's silence.
+            lastActivity = monotonicNanoseconds()
+            if !uploadBegan { headerClockStart = lastActivity }
             do { try stream.startReading(self) } catch {
                 closeConnection(reply: nil, reason: .connectionFailed(reason: error.description), partial: currentPartialDisposition)
             }
@@ -217,6 +228,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
                                         remaining: remaining, digester: sink.digester,
                                         onProgress: { [self] n, next in
                                             sink.advance(by: n)
+                                            lastActivity = monotonicNanoseconds()
                                             server.statistics.bytesReceived += n
                                             server.statistics.bytesDrained += n
                                             let action = machine.fileBytesMovedDirectly(n)
@@ -275,6 +287,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
         case .send(let bytes):
             send(bytes)
         case .startSeedUpload(let declared):
+            uploadBegan = true
             logger.debug("seed upload started", metadata: ["declared": "\(declared)"])
             let bytes = Int(clamping: declared)
             if declared <= Connection.smallUploadLimit, server.smallUploadBytesInUse + bytes <= server.configuration.smallUploadBudget {
@@ -288,6 +301,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
         case .finishSeedUpload(let prefix, let size):
             finishSeed(prefix: prefix, size: size)
         case .openUpload(let header):
+            uploadBegan = true
             openNative(header)
         case .verifyUpload:
             guard let sink else { preconditionFailure("verify without an upload") }
@@ -478,6 +492,8 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
         if let reason {
             server.statistics.uploadsFailed += (partial == .none ? 0 : 1)
             switch reason {
+            case .headerTimeout, .idleTimeout:
+                logger.warning("connection closed: \(reason)", metadata: ["partial": "\(partial)"])
             case .unexpectedEndOfStream, .trailingBytes, .storageFailed, .connectionFailed:
                 logger.warning("broken upload: \(reason)", metadata: ["partial": "\(partial)"])
             default:
@@ -515,6 +531,30 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
             } catch {}
         }
         stream.close { [self] in server.connectionClosed(self) }
+    }
+
+    /// The server's sweep: closes the connection if no upload began within the header timeout,
+    /// or if the client has sent nothing for the idle timeout while the next move was its own
+    /// (time the server spends paused, opening or storing never counts).
+    func checkTimeouts(now: UInt64) {
+        guard !closing, closeAfterDrain == nil else { return }
+        // While the server withholds reading (no buffer free, the disk behind), the client
+        // cannot be blamed for silence: neither clock runs out then.
+        let listening = drain != nil || (stream.isReading && !waitingForBuffer && held == nil)
+        guard listening else { return }
+        let c = server.configuration
+        if !uploadBegan, c.headerTimeout > 0, now > headerClockStart, now - headerClockStart > UInt64(c.headerTimeout * 1e9) {
+            timedOut(.headerTimeout(seconds: c.headerTimeout))
+            return
+        }
+        if machine.isWaitingForClient, c.idleTimeout > 0, now > lastActivity, now - lastActivity > UInt64(c.idleTimeout * 1e9) {
+            timedOut(.idleTimeout(seconds: c.idleTimeout))
+        }
+    }
+
+    private func timedOut(_ error: ProtocolError) {
+        server.statistics.connectionsTimedOut += 1
+        perform(machine.timedOut(error))
     }
 
     /// Server shutdown: end the connection now, keeping native partials for resume.

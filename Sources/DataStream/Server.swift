@@ -1,4 +1,5 @@
 import DataStreamCore
+import Glibc
 import Logging
 import UV
 
@@ -17,6 +18,30 @@ public final class Server {
         /// fsync each file before it is linked into place, and the directory after.
         public var fsync = false
         public var maxFileSize: UInt64 = 1 << 40
+        /// The longest client file name (native protocol), in UTF-8 bytes.
+        public var maxNameLength = NamePolicy.defaultMaxLength
+        /// Connections at once; at the cap the server stops accepting (new ones wait in the
+        /// kernel's backlog) and resumes below it. nil: half the descriptor limit
+        /// (`RLIMIT_NOFILE`) less 128, since a connection with an upload holds its socket and
+        /// its file, so accept does not run out of descriptors.
+        public var maxConnections: Int?
+        /// Connections at once from one IP address (0: no limit). Over it a connection gets an
+        /// ERROR frame (code 20) and is closed before anything is read.
+        public var maxConnectionsPerAddress = 0
+        /// Seconds from accept until an upload begins (native: HELLO to FILE; seed: the size
+        /// field); then the connection is closed. Time the server spends not reading (no buffer
+        /// free) does not count. Slow-but-alive uploads are not limited by it. 30 s: generous to
+        /// a client on an overloaded machine, still short for a slowloris.
+        public var headerTimeout: Double = 30
+        /// Seconds without a byte from the client while the server waits for one; the connection
+        /// is then closed (a native partial stays resumable, a seed partial is deleted). Never a
+        /// limit on an upload's total time.
+        public var idleTimeout: Double = 60
+        /// Listen on a non-loopback address without a token (otherwise `start` refuses).
+        public var allowAnonymous = false
+        /// Accept the seed protocols (TCP and UDP), which cannot authenticate, on a non-loopback
+        /// address (on loopback they are always on).
+        public var allowSeedProtocol = false
         public var backlog: Int32 = 4096
         /// Per-connection buffered bytes: pause reading above `high`, resume at `low`. Kept small
         /// on purpose: the threadpool copies each write out of the receive slabs into the page
@@ -68,6 +93,14 @@ public final class Server {
         public var udpDuplicates: UInt64 = 0
         public var udpSessionsRefused: UInt64 = 0
         public var udpDatagramsSent: UInt64 = 0
+        /// Connections closed at once for `maxConnectionsPerAddress`, and times accepting paused
+        /// at `maxConnections`.
+        public var connectionsRefused: UInt64 = 0
+        public var acceptPauses: UInt64 = 0
+        /// Accepts that failed (out of descriptors: accepting pauses, see `acceptPauses`).
+        public var acceptErrors: UInt64 = 0
+        /// Connections closed by the header or the idle timeout.
+        public var connectionsTimedOut: UInt64 = 0
         /// Large TCP uploads whose rest went straight from the socket to the file (`SocketDrain`),
         /// and the bytes that went that way.
         public var uploadsDrained: UInt64 = 0
@@ -115,8 +148,31 @@ public final class Server {
             throw .directory(error)
         }
         pool = BufferPool(budget: configuration.processBufferBudget)  // 512 KiB slabs, reads of up to 256 KiB (fewer read calls for a fast sender)
-        machineConfiguration = .init(token: configuration.token, maxFileSize: configuration.maxFileSize)
+        seedProtocolAllowed = configuration.allowSeedProtocol || Server.isLoopback(configuration.host)
+        machineConfiguration = .init(token: configuration.token, maxFileSize: configuration.maxFileSize,
+                                     maxNameLength: configuration.maxNameLength, seedProtocolAllowed: seedProtocolAllowed)
+        if let cap = configuration.maxConnections {
+            maxConnections = max(1, cap)
+        } else {
+            var limit = rlimit()
+            getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+            // A connection with an upload in progress holds its socket and its file.
+            maxConnections = max(16, (Int(clamping: min(limit.rlim_cur, 1 << 24)) - 128) / 2)
+        }
     }
+
+    /// Whether `host` is a loopback address (127.0.0.0/8, ::1, localhost).
+    static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host.hasPrefix("127.") || host == "::1" || host == "[::1]"
+    }
+
+    /// Whether seed-framed uploads are accepted here (see `Configuration.allowSeedProtocol`).
+    let seedProtocolAllowed: Bool
+    /// The connection cap in effect (see `Configuration.maxConnections`).
+    public let maxConnections: Int
+    private var connectionsPerHost: [[UInt8]: Int] = [:]
+    private var sweepTimer: Timer?
+    private var descriptorRetryTimer: Timer?
 
     /// Binds and listens; returns the bound address (with the real port when `port` is 0).
     /// Sets SIGPIPE to be ignored process-wide (`ignoreBrokenPipes`): a client closing first
@@ -124,6 +180,18 @@ public final class Server {
     @discardableResult
     public func start() throws(ServerError) -> SocketAddress {
         ignoreBrokenPipes()
+        if !Server.isLoopback(configuration.host), configuration.token == nil, !configuration.allowAnonymous {
+            throw .anonymousNonLoopback(host: configuration.host)
+        }
+        do throws(UVOperationError) {
+            let t = try Timer(loop: loop)
+            let every = UInt64(max(50, min(1000, min(configuration.headerTimeout, configuration.idleTimeout) * 250)))
+            try t.start(timeout: every, repeat: every) { [unowned self] in sweep() }
+            t.unref()  // the sweep alone does not keep the loop running
+            sweepTimer = t
+        } catch {
+            throw .listen(host: configuration.host, port: configuration.port, error)
+        }
         // With an ephemeral TCP port and UDP on the same number, that number may be taken for
         // UDP: try a few ephemeral ports before giving up.
         var attempt = 0
@@ -198,6 +266,10 @@ public final class Server {
     /// `completion` once every handle of the server is closed.
     public func stop(_ completion: @escaping () -> Void = {}) {
         stopCallback = completion
+        sweepTimer?.close()
+        sweepTimer = nil
+        descriptorRetryTimer?.close()
+        descriptorRetryTimer = nil
         if let listener {
             self.listener = nil
             listener.close { [self] in
@@ -219,20 +291,78 @@ public final class Server {
     private func accept(_ result: Result<TCPStream, UVOperationError>) {
         switch result {
         case .failure(let error):
-            logger.error("accept failed: \(error)")
+            statistics.acceptErrors += 1
+            if error.error == .tooManyOpenFiles || error.error == .tooManyOpenFilesInSystem {
+                pauseForDescriptors(error)
+            } else {
+                logger.error("accept failed: \(error)")
+            }
         case .success(let stream):
             nextConnectionID += 1
             statistics.connectionsAccepted += 1
             let peer = try? stream.peerAddress()
+            if configuration.maxConnectionsPerAddress > 0, let peer {
+                let key = peer.hostIdentityBytes
+                if connectionsPerHost[key, default: 0] >= configuration.maxConnectionsPerAddress {
+                    statistics.connectionsRefused += 1
+                    let error = ProtocolError.tooManyConnections(limit: configuration.maxConnectionsPerAddress)
+                    logger.warning("connection refused: \(error)", metadata: ["peer": "\(peer)"])
+                    try? stream.write(Wire.error(error))
+                    if (try? stream.shutdown { _ in stream.close() }) == nil { stream.close() }
+                    return
+                }
+                connectionsPerHost[key, default: 0] += 1
+            }
             let connection = Connection(id: nextConnectionID, server: self, stream: stream, peer: peer)
             connections[ObjectIdentifier(connection)] = connection
+            if connections.count >= maxConnections, let listener, !listener.isAcceptingPaused {
+                listener.pauseAccepting()
+                statistics.acceptPauses += 1
+                logger.warning("at the connection cap (\(maxConnections)): accepting paused until one closes")
+            }
             connection.start()
         }
     }
 
     func connectionClosed(_ connection: Connection) {
         connections[ObjectIdentifier(connection)] = nil
+        if configuration.maxConnectionsPerAddress > 0, let peer = connection.peer {
+            let key = peer.hostIdentityBytes
+            connectionsPerHost[key, default: 1] -= 1
+            if connectionsPerHost[key] == 0 { connectionsPerHost[key] = nil }
+        }
+        resumeAcceptingIfBelowCap()
         finishStopIfDone()
+    }
+
+    /// Out of descriptors on accept: stop accepting (new connections wait in the kernel's
+    /// backlog instead of being accepted and dropped) until a connection closes or a second has
+    /// passed, whichever comes first. No busy loop, no crash; logged once per pause.
+    private func pauseForDescriptors(_ error: UVOperationError) {
+        guard let listener else { return }
+        listener.pauseAccepting()  // the listener has already paused itself; this says so here too
+        statistics.acceptPauses += 1
+        logger.error("accept failed: \(error): out of descriptors with \(connections.count) connections open; accepting paused until one closes (at most 1 s)")
+        do throws(UVOperationError) {
+            if descriptorRetryTimer == nil { descriptorRetryTimer = try Timer(loop: loop) }
+            guard let retry = descriptorRetryTimer else { return }
+            try retry.start(timeout: 1000) { [unowned self] in resumeAcceptingIfBelowCap() }
+        } catch {
+            logger.error("cannot arm the accept retry timer: \(error); accepting resumes when a connection closes")
+        }
+    }
+
+    private func resumeAcceptingIfBelowCap() {
+        guard let listener, listener.isAcceptingPaused, connections.count < maxConnections else { return }
+        descriptorRetryTimer?.stop()
+        logger.notice("accepting resumed with \(connections.count) connections open")
+        listener.resumeAccepting()
+    }
+
+    /// Header and idle timeouts, for every connection at once (one timer, not one per connection).
+    private func sweep() {
+        let now = monotonicNanoseconds()
+        for connection in Array(connections.values) { connection.checkTimeouts(now: now) }
     }
 
     private func finishStopIfDone() {
@@ -247,6 +377,8 @@ public enum ServerError: Error, CustomStringConvertible {
     case directory(StoreError)
     case listen(host: String, port: Int, UVOperationError)
     case listenUDP(host: String, port: Int, UVOperationError)
+    /// A non-loopback address without a token and without `allowAnonymous`.
+    case anonymousNonLoopback(host: String)
 
     public var description: String {
         switch self {
@@ -257,6 +389,8 @@ public enum ServerError: Error, CustomStringConvertible {
         case .listenUDP(let host, let port, let e):
             if e.error == .addressInUse { return "cannot receive UDP on \(host):\(port): the port is in use (--udp-port to choose another, --no-udp to turn UDP off)" }
             return "cannot receive UDP on \(host):\(port): \(e)"
+        case .anonymousNonLoopback(let host):
+            return "refusing to listen on \(host) without a token: anyone who can reach it could store files (--token TOKEN, or --allow-anonymous if that is intended)"
         }
     }
 }

@@ -185,6 +185,11 @@ final class UDPReceiver: UDPSocketReceiver {
 
     private func startSeed(size: UInt64, from source: SocketAddress) {
         guard !closing else { return }
+        guard server.seedProtocolAllowed else {
+            server.statistics.udpSessionsRefused += 1
+            logger.warning("udp seed upload refused: \(ProtocolError.seedProtocolDisabled)", metadata: ["source": "\(source)"])
+            return
+        }
         guard seedSessions.count < limits.maxSeedSessions else {
             server.statistics.udpSessionsRefused += 1
             logger.warning("udp seed upload refused: \(seedSessions.count) seed sessions at once", metadata: ["source": "\(source)"])
@@ -319,11 +324,7 @@ final class UDPReceiver: UDPSocketReceiver {
         session.open()
     }
 
-    private func hostKey(_ a: SocketAddress) -> [UInt8] {
-        // Family and IP address, without the port.
-        let b = a.identityBytes
-        return [b[0]] + Array(b[3...])
-    }
+    private func hostKey(_ a: SocketAddress) -> [UInt8] { a.hostIdentityBytes }
 
     func nativeSessionEnded(_ s: NativeSessionDriver) {
         guard sessions[s.id] === s else { return }

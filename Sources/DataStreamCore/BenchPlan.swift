@@ -8,7 +8,8 @@ public struct BenchArgumentError: Error, CustomStringConvertible, Equatable, Sen
     public init(_ description: String) { self.description = description }
 }
 
-/// Byte counts as people write them: `4096`, `64KiB`, `1MiB`, `1GiB`, `1MB` (decimal), `1k` (= KiB).
+/// Byte counts as people write them: `4096`, `64KiB`, `1MiB`, `1GiB`, `1TiB`, `1MB` (decimal), `1k` (= KiB).
+/// Used by `datastream bench` for sizes and by `datastream serve` for its limits.
 public enum ByteCount {
     public static func parse(_ text: String) throws(BenchArgumentError) -> UInt64 {
         let t = text.trimmingSpaces()
@@ -23,10 +24,12 @@ public enum ByteCount {
         case "k", "kib": multiplier = 1 << 10
         case "m", "mib": multiplier = 1 << 20
         case "g", "gib": multiplier = 1 << 30
+        case "t", "tib": multiplier = 1 << 40
         case "kb": multiplier = 1_000
         case "mb": multiplier = 1_000_000
         case "gb": multiplier = 1_000_000_000
-        default: throw BenchArgumentError("'\(text)': unknown unit '\(unit)' (use B, KiB, MiB, GiB, KB, MB or GB)")
+        case "tb": multiplier = 1_000_000_000_000
+        default: throw BenchArgumentError("'\(text)': unknown unit '\(unit)' (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)")
         }
         let (product, overflow) = value.multipliedReportingOverflow(by: multiplier)
         guard !overflow else { throw BenchArgumentError("'\(text)' is too large") }

@@ -19,10 +19,14 @@ public struct ConnectionStateMachine {
         public var maxFileSize: UInt64
         /// The longest client file name, in UTF-8 bytes.
         public var maxNameLength: Int
-        public init(token: String? = nil, maxFileSize: UInt64 = 1 << 40, maxNameLength: Int = NamePolicy.defaultMaxLength) {
+        /// Whether seed-framed uploads are accepted (off on non-loopback listeners unless allowed:
+        /// the seed protocol cannot authenticate).
+        public var seedProtocolAllowed: Bool
+        public init(token: String? = nil, maxFileSize: UInt64 = 1 << 40, maxNameLength: Int = NamePolicy.defaultMaxLength, seedProtocolAllowed: Bool = true) {
             self.token = token
             self.maxFileSize = maxFileSize
             self.maxNameLength = maxNameLength
+            self.seedProtocolAllowed = seedProtocolAllowed
         }
     }
 
@@ -130,6 +134,15 @@ public struct ConnectionStateMachine {
         }
     }
 
+    /// Whether the next move is the client's (so its silence counts against the idle timeout);
+    /// false while the server opens, verifies or stores a file.
+    public var isWaitingForClient: Bool {
+        switch state {
+        case .awaitingFirstByte, .seedSize, .seedReceiving, .awaitingHello, .authenticating, .awaitingHeader, .receiving, .awaitingEnd: return true
+        case .seedFinishing, .opening, .verifying, .finalising, .failed, .closed: return false
+        }
+    }
+
     /// Whether file bytes may still be arriving for the current upload (a write failure must
     /// then end the upload at once rather than wait for the next file operation to report it).
     public var isReceivingFileBytes: Bool {
@@ -155,6 +168,9 @@ public struct ConnectionStateMachine {
         guard !input.isEmpty else { return Step(consumed: 0) }
         switch state {
         case .awaitingFirstByte:
+            if isDigit(input[0]) && !configuration.seedProtocolAllowed {
+                return fail(.seedProtocolDisabled, partial: .none, reply: false, consumed: input.count)
+            }
             state = isDigit(input[0]) ? .seedSize(digits: []) : .awaitingHello
             return bytesReceived(input)
 
@@ -248,6 +264,22 @@ public struct ConnectionStateMachine {
             return .none
         default:
             return unexpectedEvent("fileBytesMovedDirectly")
+        }
+    }
+
+    /// The driver's clock ran out: no upload began in time (`.headerTimeout`) or the client
+    /// sent nothing for too long (`.idleTimeout`). Native clients get an ERROR frame and keep
+    /// their partial for resume; a seed partial is deleted.
+    public mutating func timedOut(_ error: ProtocolError) -> Action {
+        switch state {
+        case .failed, .closed:
+            return .none
+        case .seedSize, .seedReceiving, .seedFinishing:
+            return fail(error, partial: .discard, reply: false)
+        case .awaitingFirstByte:
+            return fail(error, partial: .none, reply: false)
+        default:
+            return fail(error, partial: currentUpload == nil ? .none : .keep, reply: true)
         }
     }
 

@@ -37,6 +37,15 @@ public enum ProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
     case storageFailed(reason: String)
     /// The connection failed underneath (for example a reset).
     case connectionFailed(reason: String)
+    /// No upload began (seed size field, or native FILE header) within the header timeout.
+    case headerTimeout(seconds: Double)
+    /// No byte arrived for the idle timeout while the server waited for the client.
+    case idleTimeout(seconds: Double)
+    /// The client's address already has the most connections allowed at once.
+    case tooManyConnections(limit: Int)
+    /// A seed-protocol upload on a listener where the seed protocols are off (a non-loopback
+    /// address without `--allow-seed-protocol`: the seed protocols cannot authenticate).
+    case seedProtocolDisabled
 
     /// The number sent in an ERROR frame (see docs/PROTOCOL.md, "Error codes").
     public var code: UInt16 {
@@ -58,6 +67,10 @@ public enum ProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
         case .trailingBytes: return 15
         case .storageFailed: return 16
         case .connectionFailed: return 17
+        case .headerTimeout: return 18
+        case .idleTimeout: return 19
+        case .tooManyConnections: return 20
+        case .seedProtocolDisabled: return 21
         }
     }
 
@@ -80,6 +93,10 @@ public enum ProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
         case .trailingBytes(let declared, let received): return "received \(received) bytes, more than the declared \(declared)"
         case .storageFailed(let reason): return "storage failed: \(reason)"
         case .connectionFailed(let reason): return "connection failed: \(reason)"
+        case .headerTimeout(let s): return "no upload began within the header timeout (\(s) s)"
+        case .idleTimeout(let s): return "no bytes for the idle timeout (\(s) s)"
+        case .tooManyConnections(let limit): return "too many connections from this address (limit \(limit))"
+        case .seedProtocolDisabled: return "the seed protocol is off on this address (it cannot authenticate; --allow-seed-protocol turns it on)"
         }
     }
 }

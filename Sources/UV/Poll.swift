@@ -48,6 +48,15 @@ extension TCPStream {
     }
 }
 
+/// Sets the socket's receive low-water mark (`SO_RCVLOWAT`): readiness is reported only once
+/// `bytes` are waiting (or at end of stream). Applies to every descriptor of the socket.
+public func setReceiveLowWaterMark(_ socket: Int32, bytes: Int) throws(UVOperationError) {
+    var value = Int32(clamping: bytes)
+    if setsockopt(socket, SOL_SOCKET, SO_RCVLOWAT, &value, socklen_t(MemoryLayout<Int32>.size)) != 0 {
+        throw UVOperationError("setsockopt(SO_RCVLOWAT)", code: -errno)
+    }
+}
+
 /// Socket-to-file moves that block on the file (never on the socket): for the threadpool only
 /// (inside `Loop.queueWork`).
 public enum BlockingSocketMove {

@@ -59,6 +59,12 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
 
     public var description: String { isIPv6 ? "[\(host)]:\(port)" : "\(host):\(port)" }
 
+    /// Family and IP address without the port: what identifies the host (per-address limits).
+    public var hostIdentityBytes: [UInt8] {
+        let b = identityBytes
+        return [b[0]] + Array(b[3...])
+    }
+
     func withSockAddr<R>(_ body: (UnsafePointer<sockaddr>) -> R) -> R {
         var s = storage
         return withUnsafePointer(to: &s) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1, body) }

@@ -228,9 +228,25 @@ func tcpLocalAddress(_ tcp: UnsafeMutablePointer<uv_tcp_t>) throws(UVOperationEr
 }
 
 /// A listening TCP socket. Its owner closes it; each accepted `TCPStream` goes to the
-/// `onConnection` callback, which then owns it. The libuv type is `uv_tcp_t`.
+/// `onConnection` callback, which then owns it. The libuv type is `uv_tcp_t` (bound with
+/// `uv_tcp_bind`); accepting is done here rather than by `uv_listen`, so that running out of
+/// descriptors is seen and handled instead of hidden.
+///
+/// Accepting: a `Poll` watches the listening socket; when it is readable, `accept4` runs until
+/// the kernel has no more (at most 256 per wake-up, so other handles get their turn), and each
+/// descriptor becomes a stream (`uv_tcp_open`). `pauseAccepting` stops watching: connections
+/// then wait in the kernel's backlog; `resumeAccepting` watches again.
+///
+/// Out of descriptors (`EMFILE`, `ENFILE`, also `ENOBUFS`, `ENOMEM`): the listener pauses
+/// itself and reports the error once through `onConnection`; nothing is dropped, and it stays
+/// paused until its owner calls `resumeAccepting` (for example when a connection closes). This
+/// differs from libuv's own `uv_listen`, which accepts and closes the waiting connections.
 public final class TCPListener: Handle {
     private var onConnection: ((Result<TCPStream, UVOperationError>) -> Void)?
+    private var poll: Poll?
+    private var descriptor: Int32 = -1
+    /// Whether accepting is paused (by `pauseAccepting`, or by the listener itself when out of descriptors).
+    public private(set) var isAcceptingPaused = false
 
     /// The libuv function is `uv_tcp_init`.
     public init(loop: Loop) throws(UVOperationError) {
@@ -245,37 +261,94 @@ public final class TCPListener: Handle {
         try check(address.withSockAddr { uv_tcp_bind(tcp, $0, 0) }, "tcp_bind", target: address.description)
     }
 
-    /// Starts listening. The libuv function is `uv_listen`.
+    /// Starts listening on the bound socket (`listen(2)`) and accepting (see the type's documentation).
     public func listen(backlog: Int32 = 4096, onConnection: @escaping (Result<TCPStream, UVOperationError>) -> Void) throws(UVOperationError) {
+        // uv_tcp_bind keeps a bind failure such as EADDRINUSE for uv_listen to report.
+        let delayed = tcp.pointee.delayed_error
+        if delayed != 0 { throw UVOperationError("listen", code: delayed) }
+        var fd: uv_os_fd_t = -1
+        try check(uv_fileno(handle, &fd), "fileno")
+        if Glibc.listen(fd, backlog) != 0 { throw UVOperationError("listen", code: -errno) }
+        let poll = try Poll(loop: loop, socket: fd)
+        self.poll = poll
+        descriptor = fd
         self.onConnection = onConnection
-        try check(uv_listen(raw.assumingMemoryBound(to: uv_stream_t.self), backlog, connectionArrived), "listen")
+        try watch()
+    }
+
+    /// Stops accepting until `resumeAccepting`; connections wait in the kernel's backlog.
+    public func pauseAccepting() {
+        guard !isAcceptingPaused else { return }
+        isAcceptingPaused = true
+        poll?.stop()
+    }
+
+    /// Accepts again (what waited in the backlog first). A failure to restart watching is
+    /// reported through `onConnection`.
+    public func resumeAccepting() {
+        guard isAcceptingPaused, isOpen else { return }
+        isAcceptingPaused = false
+        do { try watch() } catch { onConnection?(.failure(error)) }
     }
 
     /// The bound address (with the real port after binding port 0). The libuv function is `uv_tcp_getsockname`.
     public func localAddress() throws(UVOperationError) -> SocketAddress { try tcpLocalAddress(tcp) }
 
+    /// Closes the watcher, then the socket.
+    public override func close(_ completion: (() -> Void)? = nil) {
+        poll?.close()
+        poll = nil
+        super.close(completion)
+    }
+
     override func releaseCallbacks() { onConnection = nil }
 
-    fileprivate func accept(status: Int32) {
-        guard let onConnection else { return }
-        if status < 0 {
-            onConnection(.failure(UVOperationError("listen", code: status)))
-            return
+    private func watch() throws(UVOperationError) {
+        try poll?.startReadable { [unowned self] error in
+            if let error {
+                onConnection?(.failure(UVOperationError("poll(listening socket)", code: error.code)))
+            } else {
+                acceptWaiting()
+            }
         }
-        let client: TCPStream
-        do {
-            client = try TCPStream(loop: loop)
-        } catch {
-            onConnection(.failure(error))
-            return
+    }
+
+    private func acceptWaiting() {
+        var accepted = 0
+        while accepted < 256, !isAcceptingPaused, isOpen, let onConnection {
+            let fd = datastream_accept_nonblocking(descriptor)
+            if fd < 0 {
+                let code = errno
+                switch code {
+                case EAGAIN, EWOULDBLOCK: return
+                case EINTR, ECONNABORTED, EPROTO: continue
+                case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                    pauseAccepting()
+                    onConnection(.failure(UVOperationError("accept", code: -code)))
+                    return
+                default:
+                    onConnection(.failure(UVOperationError("accept", code: -code)))
+                    return
+                }
+            }
+            accepted += 1
+            let client: TCPStream
+            do {
+                client = try TCPStream(loop: loop)
+            } catch {
+                Glibc.close(fd)
+                onConnection(.failure(error))
+                continue
+            }
+            let status = uv_tcp_open(client.tcp, uv_os_sock_t(fd))
+            if status < 0 {
+                Glibc.close(fd)
+                client.close()
+                onConnection(.failure(UVOperationError("tcp_open", code: status)))
+                continue
+            }
+            onConnection(.success(client))
         }
-        let result = uv_accept(raw.assumingMemoryBound(to: uv_stream_t.self), client.stream)
-        if result < 0 {
-            client.close()
-            onConnection(.failure(UVOperationError("accept", code: result)))
-            return
-        }
-        onConnection(.success(client))
     }
 }
 
@@ -339,6 +412,3 @@ private func streamRead(_ s: UnsafeMutablePointer<uv_stream_t>?, _ nread: Int, _
     stream.deliver(nread, buf?.pointee.base, buf?.pointee.len ?? 0)
 }
 
-private func connectionArrived(_ server: UnsafeMutablePointer<uv_stream_t>?, _ status: Int32) {
-    Handle.owner(server, as: TCPListener.self).accept(status: status)
-}

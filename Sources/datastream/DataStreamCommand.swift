@@ -39,7 +39,14 @@ struct Serve: ParsableCommand {
     @Option(help: "Directory to store uploads in (created if missing).") var dir = "./received"
     @Option(help: "Require native clients to authenticate with this token.") var token: String?
     @Flag(help: "fsync each file before it is put into place, and the directory after (an acknowledged upload survives a power cut).") var fsync = false
-    @Option(help: "Largest file accepted, in bytes.") var maxFileSize: UInt64 = 1 << 40
+    @Option(help: "Largest file accepted (bytes, or with a unit: 64MiB, 1GiB); checked before a byte is written.") var maxFileSize = "1TiB"
+    @Option(help: "Longest file name accepted from native clients, in UTF-8 bytes.") var maxNameLength = NamePolicy.defaultMaxLength
+    @Option(help: "Connections at once; at the cap, accepting pauses until one closes (default: half of the descriptor limit less 128).") var maxConnections: Int?
+    @Option(help: "Connections at once from one IP address; more are refused with an error (0: no limit).") var maxConnectionsPerAddress = 0
+    @Option(help: "Seconds from connect until an upload begins (native HELLO to FILE, or the seed size field).") var headerTimeout: Double = 30
+    @Option(help: "Seconds without a byte from a client while the server waits for one (not a limit on an upload's total time).") var idleTimeout: Double = 60
+    @Flag(help: "Allow listening on a non-loopback address without --token.") var allowAnonymous = false
+    @Flag(help: "Accept the seed protocols (which cannot authenticate) on a non-loopback address.") var allowSeedProtocol = false
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: Logger.Level = .info
     @Option(help: "UDP port (default: the TCP port's number).") var udpPort: Int?
     @Flag(help: "Do not receive UDP.") var noUdp = false
@@ -60,7 +67,18 @@ struct Serve: ParsableCommand {
         configuration.directory = dir
         configuration.token = token
         configuration.fsync = fsync
-        configuration.maxFileSize = maxFileSize
+        do { configuration.maxFileSize = try ByteCount.parse(maxFileSize) } catch { die("--max-file-size: \(error)") }
+        guard (1...NamePolicy.defaultMaxLength).contains(maxNameLength) else { die("--max-name-length must be between 1 and \(NamePolicy.defaultMaxLength)") }
+        configuration.maxNameLength = maxNameLength
+        if let maxConnections, maxConnections < 1 { die("--max-connections must be at least 1") }
+        configuration.maxConnections = maxConnections
+        guard maxConnectionsPerAddress >= 0 else { die("--max-connections-per-address must be 0 (no limit) or more") }
+        configuration.maxConnectionsPerAddress = maxConnectionsPerAddress
+        guard headerTimeout > 0, idleTimeout > 0 else { die("--header-timeout and --idle-timeout must be positive") }
+        configuration.headerTimeout = headerTimeout
+        configuration.idleTimeout = idleTimeout
+        configuration.allowAnonymous = allowAnonymous
+        configuration.allowSeedProtocol = allowSeedProtocol
         let level = logLevel
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -106,7 +124,7 @@ struct Serve: ParsableCommand {
         }
         loop.run()
         let s = server.statistics
-        FileHandle.standardError.write(Data("datastream: stopped; \(s.uploadsStored) uploads stored, \(s.uploadsFailed) failed, \(s.connectionsAccepted) connections\n".utf8))
+        FileHandle.standardError.write(Data("datastream: stopped; \(s.uploadsStored) uploads stored, \(s.uploadsFailed) failed, \(s.connectionsAccepted) connections (\(s.connectionsTimedOut) timed out, \(s.connectionsRefused) refused), \(s.uploadsDrained) drained\n".utf8))
         try? loop.close()
     }
 }

@@ -7,6 +7,8 @@ struct ByteCountTests {
         #expect(try ByteCount.parse("64KiB") == 65_536)
         #expect(try ByteCount.parse("1MiB") == 1 << 20)
         #expect(try ByteCount.parse("2GiB") == 2 << 30)
+        #expect(try ByteCount.parse("1TiB") == 1 << 40)
+        #expect(try ByteCount.parse("3TB") == 3_000_000_000_000)
         #expect(try ByteCount.parse("1k") == 1024)
         #expect(try ByteCount.parse("1MB") == 1_000_000)
         #expect(try ByteCount.parse(" 7B ") == 7)

@@ -1,0 +1,182 @@
+import DataStream
+import DataStreamCore
+import Foundation
+import Glibc
+import Testing
+import UV
+
+/// Limits, timeouts and security defaults of the TCP receiver, on real sockets.
+struct TimeoutTests {
+    /// No upload begins: the connection is closed at the header timeout (native clients are told why).
+    @Test func headerTimeoutClosesSilentAndSlowHeaders() throws {
+        let server = try BackgroundServer { $0.headerTimeout = 0.4; $0.idleTimeout = 30 }
+        // Seed: digits only, never the first data byte.
+        let seed = try BlockingClient(port: server.port)
+        seed.send(Array("12".utf8))
+        // Native: HELLO, then nothing.
+        let native = try BlockingClient(port: server.port)
+        native.send(Wire.hello())
+        #expect(native.readFrame()?.type == .welcome)
+        let started = monotonicNanoseconds()
+        let frame = native.readFrame()
+        #expect(frame?.type == .error)
+        #expect(frame.map { Wire.decodeError($0.payload).code } == ProtocolError.headerTimeout(seconds: 0.4).code)
+        #expect(native.readUntilEOF() != nil)
+        #expect(seed.readUntilEOF() != nil)
+        #expect(Double(monotonicNanoseconds() - started) / 1e9 < 5)
+        server.stop()
+        #expect(server.statistics.connectionsTimedOut == 2)
+        #expect(server.storedFiles().isEmpty && server.partials().isEmpty)
+    }
+
+    /// A client that goes quiet mid-file is closed at the idle timeout: its seed partial is
+    /// deleted, a native partial stays resumable.
+    @Test func idleTimeoutEvictsStalledUploads() throws {
+        let server = try BackgroundServer { $0.idleTimeout = 0.5 }
+        let seed = try BlockingClient(port: server.port)
+        seed.send(Array("1000".utf8) + content(70, count: 300))
+        let data = content(71, count: 200_000)
+        let header = FileHeader(uploadID: .random(), size: UInt64(data.count), digest: .xxh3_128, name: "stalled.bin")
+        let native = try BlockingClient(port: server.port)
+        try native.handshake()
+        #expect(try native.announce(header) == 0)
+        native.send(Array(data[0..<50_000]))
+        let frame = native.readFrame()
+        #expect(frame?.type == .error)
+        #expect(frame.map { Wire.decodeError($0.payload).code } == ProtocolError.idleTimeout(seconds: 0.5).code)
+        #expect(seed.readUntilEOF() != nil)
+        // The native partial resumes where it stopped.
+        #expect(server.eventually {
+            guard let again = try? BlockingClient(port: server.port), (try? again.handshake()) != nil,
+                  let offset = try? again.announce(header), offset == 50_000 else { return false }
+            again.send(Array(data[50_000...]))
+            again.send(Wire.end(digest: Digests.compute(.xxh3_128, data)))
+            return (try? again.result())?.status == .stored
+        })
+        server.stop()
+        #expect(server.statistics.connectionsTimedOut == 2)
+        #expect(server.contents("stalled.bin") == data)
+        #expect(server.storedFiles() == ["stalled.bin"])
+    }
+
+    /// Slow but alive: a byte every 0.15 s for longer than the idle timeout finishes.
+    @Test func slowButAliveUploadsFinish() throws {
+        let server = try BackgroundServer { $0.idleTimeout = 0.5; $0.headerTimeout = 0.5 }
+        let client = try BlockingClient(port: server.port)
+        let data = Array("slow and steady".utf8)
+        client.send(Array(String(data.count).utf8))
+        for b in data {
+            usleep(150_000)
+            client.send([b])
+        }
+        client.shutdownWrite()
+        #expect(client.readUntilEOF() != nil)
+        #expect(server.eventually { server.storedFiles().count == 1 })
+        server.stop()
+        #expect(server.statistics.connectionsTimedOut == 0)
+        #expect(server.contents(server.storedFiles()[0]) == data)
+    }
+}
+
+struct ConnectionLimitTests {
+    /// At the cap the server stops accepting; the next connection waits in the backlog and is
+    /// served as soon as one closes.
+    @Test func maxConnectionsPausesAcceptingAndResumes() throws {
+        let server = try BackgroundServer { $0.maxConnections = 2 }
+        var idle: [BlockingClient] = [try BlockingClient(port: server.port), try BlockingClient(port: server.port)]
+        idle[0].send(Wire.hello())
+        #expect(idle[0].readFrame()?.type == .welcome)  // both accepted
+        idle[1].send(Wire.hello())
+        #expect(idle[1].readFrame()?.type == .welcome)
+        let waiting = try BlockingClient(port: server.port)  // the kernel completes it; the server does not accept
+        let data = content(72, count: 5000)
+        waiting.send(Array(String(data.count).utf8) + data)
+        waiting.shutdownWrite()
+        usleep(400_000)
+        #expect(server.storedFiles().isEmpty, "accepted past the cap")
+        idle.removeFirst()  // closes one
+        #expect(waiting.readUntilEOF() != nil)
+        #expect(server.eventually { server.storedFiles().count == 1 })
+        server.stop()
+        #expect(server.statistics.acceptPauses >= 1)
+        #expect(server.contents(server.storedFiles()[0]) == data)
+        _ = idle
+    }
+
+    @Test func perAddressCapRefusesWithAnError() throws {
+        let server = try BackgroundServer { $0.maxConnectionsPerAddress = 1 }
+        let first = try BlockingClient(port: server.port)
+        first.send(Wire.hello())
+        #expect(first.readFrame()?.type == .welcome)
+        let second = try BlockingClient(port: server.port)
+        let frame = second.readFrame()
+        #expect(frame?.type == .error)
+        #expect(frame.map { Wire.decodeError($0.payload).code } == ProtocolError.tooManyConnections(limit: 1).code)
+        #expect(second.readUntilEOF() != nil)
+        server.stop()
+        #expect(server.statistics.connectionsRefused == 1)
+    }
+}
+
+struct SecurityDefaultTests {
+    @Test func nonLoopbackWithoutTokenRefusesToStart() throws {
+        let loop = try Loop()
+        var c = Server.Configuration()
+        c.host = "0.0.0.0"
+        c.port = 0
+        c.udpEnabled = false
+        c.directory = BackgroundServer.temporaryDirectory()
+        let server = try Server(loop: loop, configuration: c)
+        #expect(throws: ServerError.self) { try server.start() }
+        do { try server.start() } catch { #expect(error.description.contains("--allow-anonymous")) }
+        try loop.close()
+    }
+
+    /// On a non-loopback listener the seed protocol is off unless allowed; native works.
+    @Test(arguments: [false, true])
+    func seedProtocolIsOffOnNonLoopbackUnlessAllowed(allowSeed: Bool) throws {
+        let server = try BackgroundServer {
+            $0.host = "0.0.0.0"
+            $0.allowAnonymous = true
+            $0.allowSeedProtocol = allowSeed
+        }
+        let seed = try BlockingClient(port: server.port)
+        let data = content(73, count: 1000)
+        seed.send(Array(String(data.count).utf8) + data)
+        seed.shutdownWrite()
+        #expect(seed.readUntilEOF() != nil)
+        let outcomes = try sendFiles([writeTemporaryFile(content(74, count: 3000), name: "native.bin")], port: server.port)
+        #expect(outcomes.first?.succeeded == true)
+        #expect(server.eventually { server.storedFiles().count == (allowSeed ? 2 : 1) })
+        server.stop()
+        #expect(server.storedFiles().contains("native.bin"))
+    }
+}
+
+struct DescriptorExhaustionTests {
+    /// `ulimit -n 40` with a connection cap far above it: accept runs out of descriptors. The
+    /// server pauses accepting (no busy loop, no crash), logs why, and serves again once
+    /// descriptors are free.
+    @Test func outOfDescriptorsPausesAcceptingAndRecovers() throws {
+        let server = try ServeProcess(arguments: ["--max-connections", "1000", "--log-level", "notice"], shellPrefix: "ulimit -n 40")
+        var idle: [BlockingClient] = []
+        for _ in 0..<100 { idle.append(try BlockingClient(port: server.port)) }
+        usleep(500_000)
+        let cpuBefore = server.cpuSeconds
+        usleep(1_500_000)
+        let cpuWhileExhausted = server.cpuSeconds - cpuBefore
+        #expect(server.isRunning)
+        #expect(cpuWhileExhausted < 0.5, "\(cpuWhileExhausted) s of CPU in 1.5 s while out of descriptors: a busy loop")
+        idle.removeAll()
+        let data = content(80, count: 50_000)
+        let client = try BlockingClient(port: server.port)
+        client.send(Array(String(data.count).utf8) + data)
+        client.shutdownWrite()
+        #expect(client.readUntilEOF() != nil)
+        #expect(server.eventually { server.storedFiles().count == 1 })
+        let end = server.stop()
+        #expect(end?.status == 0)
+        #expect(end?.log.contains("out of descriptors") == true, "\(end?.log ?? "no exit")")
+        #expect(server.storedFiles().first.flatMap(server.contents) == data)
+    }
+}
