@@ -21,6 +21,8 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     /// end of the last pause the server itself imposed), and whether an upload has begun.
     private var headerClockStart = monotonicNanoseconds()
     private var uploadBegan = false
+    /// `shutDownWhenIdle` has ended (or begun ending) the connection.
+    private var shutdownSent = false
     /// For the idle timeout: when the client last sent a byte (or reading last resumed).
     private var lastActivity = monotonicNanoseconds()
     /// Built on first use, since most connections of a busy receiver never log: the server's
@@ -273,7 +275,12 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     }
 
     /// What to do with the partial if the connection ends now: native partials are resumable.
-    private var currentPartialDisposition: ConnectionStateMachine.PartialDisposition {
+    /// Whether an upload has begun on this connection and not ended (see the machine).
+    var hasUploadInProgress: Bool { machine.hasUploadInProgress }
+
+    /// What stopping now would do to the current upload's partial: kept for resume (native),
+    /// deleted (seed), or nothing (no upload).
+    var currentPartialDisposition: ConnectionStateMachine.PartialDisposition {
         seedPath != nil || small != nil ? .discard : (nativeHeader != nil ? .keep : .none)
     }
 
@@ -281,6 +288,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
 
     private func perform(_ action: ConnectionStateMachine.Action) {
         guard !closing else { return }
+        defer { if server.isDraining { shutDownWhenIdle() } }
         switch action {
         case .none, .wait:
             break
@@ -555,6 +563,14 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     private func timedOut(_ error: ProtocolError) {
         server.statistics.connectionsTimedOut += 1
         perform(machine.timedOut(error))
+    }
+
+    /// Graceful shutdown: ends the connection now if no upload is in progress (native clients
+    /// get ERROR 22), else once the upload has ended (checked after every action).
+    func shutDownWhenIdle() {
+        guard !closing, !shutdownSent, !machine.hasUploadInProgress else { return }
+        shutdownSent = true
+        perform(machine.shuttingDown())
     }
 
     /// Server shutdown: end the connection now, keeping native partials for resume.

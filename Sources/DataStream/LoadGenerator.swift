@@ -233,6 +233,8 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
     private var writesInFlight = 0
     private var sent: UInt64 = 0
     private var phase: Phase = .connecting
+    /// Seed: the receiver closed after every byte was written, before the last write's callback.
+    private var receiverClosedAfterAll = false
     private var frames = FrameAccumulator()
     private var digester: Digester?
     private var ended = false
@@ -332,6 +334,7 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
     private func streamed() {
         switch options.wireProtocol {
         case .seed:
+            if receiverClosedAfterAll { end(nil, ""); return }
             phase = .awaitingClose
             do { try stream?.shutdown() } catch { end(.connection, error.description) }
         case .native:
@@ -363,7 +366,15 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
                 }
             }
         case .endOfStream:
-            if phase == .awaitingClose { end(nil, "") } else { end(.closedEarly, "the receiver closed the connection") }
+            if phase == .awaitingClose {
+                end(nil, "")
+            } else if phase == .streaming, options.wireProtocol == .seed, offset == size {
+                // Every byte was handed to the kernel and the receiver, having them all, closed
+                // before the last write's callback ran: done once that callback reports success.
+                receiverClosedAfterAll = true
+            } else {
+                end(.closedEarly, "the receiver closed the connection")
+            }
         case .failed(let e):
             end(.connection, "read failed: \(e)")
         case .noBuffer:

@@ -332,7 +332,82 @@ public final class Server {
             if connectionsPerHost[key] == 0 { connectionsPerHost[key] = nil }
         }
         resumeAcceptingIfBelowCap()
+        if isDraining, connections.isEmpty { endDrain() }
         finishStopIfDone()
+    }
+
+    /// What a graceful shutdown (`drain`) came to.
+    public struct DrainOutcome: Sendable, Equatable {
+        /// Connections with an upload in progress when the drain began.
+        public var inProgressAtStart = 0
+        /// Uploads stored while draining.
+        public var storedWhileDraining: UInt64 = 0
+        /// Uploads still in progress at the deadline, cut then: native ones keep their partial
+        /// (the client resumes), seed ones are deleted (the seed protocol cannot resume).
+        public var cutResumable = 0
+        public var cutLost = 0
+        /// Whether every upload ended before the deadline.
+        public var completedInTime: Bool { cutResumable == 0 && cutLost == 0 }
+    }
+
+    /// Whether `drain` has begun.
+    public private(set) var isDraining = false
+    private var drainTimer: Timer?
+    private var drainOutcome = DrainOutcome()
+    private var drainStoredAtStart: UInt64 = 0
+    private var drainCompletion: ((DrainOutcome) -> Void)?
+
+    /// Graceful shutdown (SIGTERM/SIGINT): stops accepting at once, closes connections that
+    /// have no upload in progress (native clients get ERROR 22), lets uploads in progress finish
+    /// for up to `deadline` seconds (timeouts still apply), then cuts what is left as `stop`
+    /// does (native partials stay resumable) and closes everything, UDP included. `completion`
+    /// runs once every handle is closed, with what happened.
+    public func drain(deadline: Double, _ completion: @escaping (DrainOutcome) -> Void) {
+        guard !isDraining else { return }
+        isDraining = true
+        drainCompletion = completion
+        drainStoredAtStart = statistics.uploadsStored
+        drainOutcome.inProgressAtStart = connections.values.filter(\.hasUploadInProgress).count
+        descriptorRetryTimer?.close()
+        descriptorRetryTimer = nil
+        if let listener {
+            self.listener = nil
+            listenerClosed = false
+            listener.close { [self] in
+                listenerClosed = true
+                finishStopIfDone()
+            }
+        }
+        logger.notice("draining: \(drainOutcome.inProgressAtStart) uploads in progress may finish within \(deadline) s")
+        for connection in Array(connections.values) { connection.shutDownWhenIdle() }
+        do throws(UVOperationError) {
+            let t = try Timer(loop: loop)
+            drainTimer = t
+            try t.start(timeout: UInt64(max(0, deadline) * 1000)) { [unowned self] in endDrain() }
+        } catch {
+            logger.error("cannot arm the drain deadline: \(error); stopping now")
+            endDrain()
+        }
+        if connections.isEmpty { endDrain() }
+    }
+
+    /// The drain's deadline, or its last connection gone: cut what is left and stop.
+    private func endDrain() {
+        guard let completion = drainCompletion else { return }
+        drainCompletion = nil
+        drainTimer?.close()
+        drainTimer = nil
+        for connection in connections.values {
+            switch connection.currentPartialDisposition {
+            case .keep: drainOutcome.cutResumable += 1
+            case .discard: drainOutcome.cutLost += 1
+            case .none: break
+            }
+        }
+        stop { [self] in
+            drainOutcome.storedWhileDraining = statistics.uploadsStored - drainStoredAtStart
+            completion(drainOutcome)
+        }
     }
 
     /// Out of descriptors on accept: stop accepting (new connections wait in the kernel's

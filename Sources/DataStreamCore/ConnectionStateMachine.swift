@@ -143,6 +143,16 @@ public struct ConnectionStateMachine {
         }
     }
 
+    /// Whether an upload has begun and not ended: seed size digits or a FILE header received,
+    /// the file not yet stored or refused. A server that shuts down gracefully lets these finish.
+    public var hasUploadInProgress: Bool {
+        switch state {
+        case .seedSize(let digits): return !digits.isEmpty
+        case .seedReceiving, .seedFinishing, .opening, .receiving, .awaitingEnd, .verifying, .finalising: return true
+        case .awaitingFirstByte, .awaitingHello, .authenticating, .awaitingHeader, .failed, .closed: return false
+        }
+    }
+
     /// Whether file bytes may still be arriving for the current upload (a write failure must
     /// then end the upload at once rather than wait for the next file operation to report it).
     public var isReceivingFileBytes: Bool {
@@ -280,6 +290,21 @@ public struct ConnectionStateMachine {
             return fail(error, partial: .none, reply: false)
         default:
             return fail(error, partial: currentUpload == nil ? .none : .keep, reply: true)
+        }
+    }
+
+    /// The server is shutting down: a connection with no upload in progress ends now (native
+    /// clients are told why); one with an upload in progress goes on (`.none`), and the driver
+    /// asks again once `hasUploadInProgress` is false.
+    public mutating func shuttingDown() -> Action {
+        guard !hasUploadInProgress else { return .none }
+        switch state {
+        case .failed, .closed:
+            return .none
+        case .awaitingFirstByte, .seedSize:
+            return fail(.shuttingDown, partial: .none, reply: false)
+        default:
+            return fail(.shuttingDown, partial: .none, reply: true)
         }
     }
 

@@ -46,6 +46,8 @@ public enum ProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
     /// A seed-protocol upload on a listener where the seed protocols are off (a non-loopback
     /// address without `--allow-seed-protocol`: the seed protocols cannot authenticate).
     case seedProtocolDisabled
+    /// The server is shutting down and takes no new upload (one in progress may finish).
+    case shuttingDown
 
     /// The number sent in an ERROR frame (see docs/PROTOCOL.md, "Error codes").
     public var code: UInt16 {
@@ -71,6 +73,7 @@ public enum ProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
         case .idleTimeout: return 19
         case .tooManyConnections: return 20
         case .seedProtocolDisabled: return 21
+        case .shuttingDown: return 22
         }
     }
 
@@ -97,6 +100,7 @@ public enum ProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
         case .idleTimeout(let s): return "no bytes for the idle timeout (\(s) s)"
         case .tooManyConnections(let limit): return "too many connections from this address (limit \(limit))"
         case .seedProtocolDisabled: return "the seed protocol is off on this address (it cannot authenticate; --allow-seed-protocol turns it on)"
+        case .shuttingDown: return "the server is shutting down; try again later (a native upload can resume)"
         }
     }
 }

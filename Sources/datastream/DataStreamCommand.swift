@@ -45,6 +45,7 @@ struct Serve: ParsableCommand {
     @Option(help: "Connections at once from one IP address; more are refused with an error (0: no limit).") var maxConnectionsPerAddress = 0
     @Option(help: "Seconds from connect until an upload begins (native HELLO to FILE, or the seed size field).") var headerTimeout: Double = 30
     @Option(help: "Seconds without a byte from a client while the server waits for one (not a limit on an upload's total time).") var idleTimeout: Double = 60
+    @Option(help: "On SIGTERM or SIGINT, seconds that uploads in progress may take to finish before they are cut (native partials stay resumable); a second signal exits at once.") var drainTimeout: Double = 30
     @Flag(help: "Allow listening on a non-loopback address without --token.") var allowAnonymous = false
     @Flag(help: "Accept the seed protocols (which cannot authenticate) on a non-loopback address.") var allowSeedProtocol = false
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: Logger.Level = .info
@@ -74,6 +75,7 @@ struct Serve: ParsableCommand {
         configuration.maxConnections = maxConnections
         guard maxConnectionsPerAddress >= 0 else { die("--max-connections-per-address must be 0 (no limit) or more") }
         configuration.maxConnectionsPerAddress = maxConnectionsPerAddress
+        guard drainTimeout >= 0 else { die("--drain-timeout must be 0 or more") }
         guard headerTimeout > 0, idleTimeout > 0 else { die("--header-timeout and --idle-timeout must be positive") }
         configuration.headerTimeout = headerTimeout
         configuration.idleTimeout = idleTimeout
@@ -113,9 +115,14 @@ struct Serve: ParsableCommand {
             do {
                 let s = try UV.Signal(loop: loop)
                 try s.start(signum) { _ in
-                    if stopping { Glibc.exit(130) } // a second signal: leave at once
+                    if stopping {  // a second signal: leave at once (partials on disk stay resumable)
+                        FileHandle.standardError.write(Data("datastream: second signal: exiting now\n".utf8))
+                        Glibc.exit(130)
+                    }
                     stopping = true
-                    server.stop {
+                    server.drain(deadline: drainTimeout) { outcome in
+                        let d = outcome
+                        FileHandle.standardError.write(Data("datastream: drained; \(d.inProgressAtStart) uploads were in progress, \(d.storedWhileDraining) stored while draining, \(d.cutResumable) cut at the deadline and resumable, \(d.cutLost) seed uploads cut and lost\n".utf8))
                         for s in signals { s.close() }
                     }
                 }

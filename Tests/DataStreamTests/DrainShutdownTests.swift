@@ -1,0 +1,98 @@
+import DataStream
+import DataStreamCore
+import Foundation
+import Glibc
+import Testing
+
+/// Graceful shutdown of `datastream serve` on SIGTERM: stop accepting, let uploads in progress
+/// finish within `--drain-timeout`, cut the rest (native partials resumable), exit 0.
+struct DrainShutdownTests {
+    @Test func uploadsInProgressFinishAndIdleConnectionsAreClosed() throws {
+        let server = try ServeProcess(arguments: ["--drain-timeout", "20", "--log-level", "notice"])
+        let idle = try BlockingClient(port: server.port)
+        try idle.handshake()
+        let seedData = content(90, count: 300_000)
+        let seed = try BlockingClient(port: server.port)
+        seed.send(Array(String(seedData.count).utf8) + seedData[0..<100_000])
+        let nativeData = content(91, count: 400_000)
+        let header = FileHeader(uploadID: .random(), size: UInt64(nativeData.count), digest: .xxh3_128, name: "native.bin")
+        let native = try BlockingClient(port: server.port)
+        try native.handshake()
+        #expect(try native.announce(header) == 0)
+        native.send(Array(nativeData[0..<150_000]))
+        usleep(200_000)  // both uploads under way on the server
+
+        kill(server.process.processIdentifier, SIGTERM)
+        // The idle connection is told why and closed.
+        let frame = idle.readFrame()
+        #expect(frame?.type == .error)
+        #expect(frame.map { Wire.decodeError($0.payload).code } == ProtocolError.shuttingDown.code)
+        // No new connections.
+        #expect(server.eventually { (try? BlockingClient(port: server.port)) == nil })
+        // The uploads in progress finish.
+        seed.send(Array(seedData[100_000...]))
+        seed.shutdownWrite()
+        #expect(seed.readUntilEOF() != nil)
+        native.send(Array(nativeData[150_000...]))
+        native.send(Wire.end(digest: Digests.compute(.xxh3_128, nativeData)))
+        #expect(try native.result().status == .stored)
+
+        let end = try #require(server.stop(signal: 0))  // already signalled: wait for the exit
+        #expect(end.status == 0)
+        #expect(end.log.contains("drained; 2 uploads were in progress, 2 stored while draining, 0 cut at the deadline and resumable, 0 seed uploads cut and lost"), "\(end.log)")
+        #expect(server.storedFiles().count == 2)
+        #expect(server.contents("native.bin") == nativeData)
+        #expect(server.storedFiles().contains { server.contents($0) == seedData })
+    }
+
+    /// At the deadline what is left is cut: the native partial resumes on the next start, the
+    /// seed upload is gone, and nothing incomplete has a final name.
+    @Test func theDeadlineCutsWhatIsLeftAndNativeUploadsResume() throws {
+        let directory = BackgroundServer.temporaryDirectory() + "/in"
+        let server = try ServeProcess(directory: directory, arguments: ["--drain-timeout", "0.5", "--log-level", "notice"])
+        let seed = try BlockingClient(port: server.port)
+        seed.send(Array("300000".utf8) + content(92, count: 1000))
+        let data = content(93, count: 500_000)
+        let header = FileHeader(uploadID: .random(), size: UInt64(data.count), digest: .xxh3_128, name: "cut.bin")
+        let native = try BlockingClient(port: server.port)
+        try native.handshake()
+        #expect(try native.announce(header) == 0)
+        native.send(Array(data[0..<200_000]))
+        usleep(200_000)
+        let started = Date()
+        let end = try #require(server.stop(signal: SIGTERM))
+        #expect(Date().timeIntervalSince(started) < 10)
+        #expect(end.status == 0)
+        #expect(end.log.contains("drained; 2 uploads were in progress, 0 stored while draining, 1 cut at the deadline and resumable, 1 seed uploads cut and lost"), "\(end.log)")
+        #expect(server.storedFiles().isEmpty)
+
+        let again = try ServeProcess(directory: directory)
+        let client = try BlockingClient(port: again.port)
+        try client.handshake()
+        #expect(try client.announce(header) == 200_000)
+        client.send(Array(data[200_000...]))
+        client.send(Wire.end(digest: Digests.compute(.xxh3_128, data)))
+        #expect(try client.result().status == .stored)
+        #expect(again.contents("cut.bin") == data)
+        #expect(again.storedFiles() == ["cut.bin"])
+        #expect(again.stop()?.status == 0)
+    }
+
+    @Test func aSecondSignalExitsAtOnce() throws {
+        let server = try ServeProcess(arguments: ["--drain-timeout", "60"])
+        let native = try BlockingClient(port: server.port)
+        try native.handshake()
+        let header = FileHeader(uploadID: .random(), size: 1_000_000, digest: .xxh3_128, name: "slow.bin")
+        #expect(try native.announce(header) == 0)
+        native.send(content(94, count: 1000))
+        usleep(100_000)
+        kill(server.process.processIdentifier, SIGTERM)
+        usleep(300_000)
+        #expect(server.isRunning, "exited before the drain deadline")
+        let started = Date()
+        let end = try #require(server.stop(signal: SIGINT))
+        #expect(Date().timeIntervalSince(started) < 5)
+        #expect(end.status == 130)
+        #expect(server.storedFiles().isEmpty)
+    }
+}
