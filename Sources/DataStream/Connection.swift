@@ -21,6 +21,11 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     /// end of the last pause the server itself imposed), and whether an upload has begun.
     private var headerClockStart = monotonicNanoseconds()
     private var uploadBegan = false
+    /// Bytes of the disk budget held for the current upload (given back when it ends).
+    private var diskReservation: UInt64 = 0
+    /// Seed: file bytes received so far, and the longest reading of the size field.
+    private var seedBytesQueued: UInt64 = 0
+    private var seedDeclared: UInt64 = 0
     /// `shutDownWhenIdle` has ended (or begun ending) the connection.
     private var shutdownSent = false
     /// For the idle timeout: when the client last sent a byte (or reading last resumed).
@@ -135,7 +140,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     func sinkFailed(_ error: UVOperationError) {
         // Otherwise a flush is waiting on the sink and reports the failure itself.
         if machine.isReceivingFileBytes {
-            perform(machine.uploadFailed(.storageFailed(reason: error.description)))
+            perform(machine.uploadFailed(.storage(error)))
         }
     }
 
@@ -175,7 +180,23 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
         updateReading()
     }
 
+    /// Seed uploads whose reservation is less than their longest reading: hold space for
+    /// `n` more bytes, or fail the upload with "disk full". False if it failed.
+    private func coverSeedBytes(_ n: UInt64) -> Bool {
+        guard nativeHeader == nil else { return true }
+        seedBytesQueued += n
+        guard seedBytesQueued > diskReservation else { return true }
+        let target = min(seedDeclared, max(seedBytesQueued, diskReservation + (16 << 20)))
+        if server.disk.reserve(target - diskReservation) != nil {
+            perform(machine.uploadFailed(.diskFull(reason: "\(seedBytesQueued) bytes received of a seed upload of up to \(seedDeclared), and no room for more (less \(server.disk.minimumFree) kept free and what other uploads hold)")))
+            return false
+        }
+        diskReservation = target
+        return true
+    }
+
     private func queueFileBytes(_ slab: Slab, start: Int, count: Int) {
+        guard coverSeedBytes(UInt64(count)) else { return }
         if let small {
             guard smallFilled + count <= small.count else {
                 perform(machine.uploadFailed(.storageFailed(reason: "more bytes than the declared size")))
@@ -220,7 +241,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
             drainStarting = false
             guard !closing, closeAfterDrain == nil else { return }
             if let error {
-                perform(machine.uploadFailed(.storageFailed(reason: error.description)))
+                perform(machine.uploadFailed(.storage(error)))
                 return
             }
             let remaining = machine.fileBytesExpected
@@ -230,6 +251,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
                                         remaining: remaining, digester: sink.digester,
                                         onProgress: { [self] n, next in
                                             sink.advance(by: n)
+                                            guard coverSeedBytes(n) else { return }
                                             lastActivity = monotonicNanoseconds()
                                             server.statistics.bytesReceived += n
                                             server.statistics.bytesDrained += n
@@ -263,7 +285,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
         case .endOfStream:
             perform(machine.endOfStream())
         case .failed(let error) where error.operation == "pwrite":
-            perform(machine.uploadFailed(.storageFailed(reason: error.description)))
+            perform(machine.uploadFailed(.storage(error)))
         case .failed(let error):
             perform(machine.connectionFailed(error.description))
         case .cancelled:
@@ -296,6 +318,22 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
             send(bytes)
         case .startSeedUpload(let declared):
             uploadBegan = true
+            // A size field that may include the file's leading digits has shorter readings:
+            // refused only if even the shortest does not fit (then the space is held for it).
+            // refused only if even the shortest does not fit; then the space held grows with
+            // the bytes that arrive (`coverSeedBytes`), failing as soon as they would not fit.
+            let shortest = machine.seedSizeRange?.lowerBound ?? declared
+            seedBytesQueued = 0
+            seedDeclared = declared
+            if server.disk.reserve(declared) == nil {
+                diskReservation = declared
+            } else if let full = server.disk.reserve(shortest) {
+                logger.warning("seed upload refused: \(full)")
+                perform(machine.uploadFailed(full))
+                return
+            } else {
+                diskReservation = shortest
+            }
             logger.debug("seed upload started", metadata: ["declared": "\(declared)"])
             let bytes = Int(clamping: declared)
             if declared <= Connection.smallUploadLimit, server.smallUploadBytesInUse + bytes <= server.configuration.smallUploadBudget {
@@ -310,12 +348,18 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
             finishSeed(prefix: prefix, size: size)
         case .openUpload(let header):
             uploadBegan = true
+            if let full = server.disk.reserve(header.size) {
+                logger.warning("upload refused: \(full)", metadata: ["upload": "\(header.uploadID)", "name": "\(header.name)"])
+                perform(machine.uploadOpenFailed(full))
+                return
+            }
+            diskReservation = header.size
             openNative(header)
         case .verifyUpload:
             guard let sink else { preconditionFailure("verify without an upload") }
             sink.flush { [self] error in
                 if let error {
-                    perform(machine.uploadFailed(.storageFailed(reason: error.description)))
+                    perform(machine.uploadFailed(.storage(error)))
                 } else {
                     perform(machine.digestComputed(sink.digester!.finish()))
                 }
@@ -379,7 +423,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
                 logger.info("stored seed upload", metadata: ["name": "\(stored)", "bytes": "\(size)"])
                 perform(machine.seedStored())
             case .failure(let error):
-                perform(machine.uploadFailed(.storageFailed(reason: error.description)))
+                perform(machine.uploadFailed(.storage(error)))
             }
         }
     }
@@ -401,7 +445,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
         guard let sink else { return }
         sink.flush { [self] error in
             if let error {
-                perform(machine.uploadFailed(.storageFailed(reason: error.description)))
+                perform(machine.uploadFailed(.storage(error)))
                 return
             }
             guard !finishCancelled, let path = seedPath, let fd = sink.takeDescriptor() else { return }
@@ -416,7 +460,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
                         logger.info("stored seed upload", metadata: ["name": "\(stored)", "bytes": "\(size)"])
                         perform(machine.seedStored())
                     case .failure(let error):
-                        perform(machine.uploadFailed(.storageFailed(reason: error.description)))
+                        perform(machine.uploadFailed(.storage(error)))
                     }
                 }
             }
@@ -429,7 +473,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
                     case .success(let (newFD, newPath)): commit(newFD, newPath)
                     case .failure(let error):
                         seedPath = nil
-                        perform(machine.uploadFailed(.storageFailed(reason: error.description)))
+                        perform(machine.uploadFailed(.storage(error)))
                     }
                 }
             }
@@ -475,13 +519,14 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
             case .failure(let error):
                 // The partial and its metadata stay: a retry resumes with every byte held.
                 logger.error("cannot store upload: \(error)", metadata: ["upload": "\(header.uploadID)"])
-                perform(machine.uploadFailed(.storageFailed(reason: error.description)))
+                perform(machine.uploadFailed(.storage(error)))
             }
             resumeHeld()
         }
     }
 
     private func clearUpload() {
+        releaseDisk()
         sink = nil
         native = nil
         nativeHeader = nil
@@ -497,11 +542,14 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
             drain.cancel()
             return
         }
+        releaseDisk()
         if let reason {
             server.statistics.uploadsFailed += (partial == .none ? 0 : 1)
             switch reason {
-            case .headerTimeout, .idleTimeout:
+            case .headerTimeout, .idleTimeout, .shuttingDown:
                 logger.warning("connection closed: \(reason)", metadata: ["partial": "\(partial)"])
+            case .diskFull:
+                logger.error("upload failed: \(reason)", metadata: ["partial": "\(partial)"])
             case .unexpectedEndOfStream, .trailingBytes, .storageFailed, .connectionFailed:
                 logger.warning("broken upload: \(reason)", metadata: ["partial": "\(partial)"])
             default:
@@ -563,6 +611,11 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     private func timedOut(_ error: ProtocolError) {
         server.statistics.connectionsTimedOut += 1
         perform(machine.timedOut(error))
+    }
+
+    private func releaseDisk() {
+        server.disk.release(diskReservation)
+        diskReservation = 0
     }
 
     /// Graceful shutdown: ends the connection now if no upload is in progress (native clients

@@ -20,6 +20,13 @@ public final class Server {
         public var maxFileSize: UInt64 = 1 << 40
         /// The longest client file name (native protocol), in UTF-8 bytes.
         public var maxNameLength = NamePolicy.defaultMaxLength
+        /// Bytes to keep free on the target file system: an upload whose announced size does
+        /// not fit in the free space less this and less what uploads in progress hold is
+        /// refused at its start (ERROR/RESULT "disk full", code 23). See `DiskBudget`.
+        public var minFreeSpace: UInt64 = 64 << 20
+        /// At start, native partials not written to for this many seconds are removed (and
+        /// seed partials of ended processes always). Default 7 days.
+        public var partialMaxAge: Double = 7 * 86_400
         /// Connections at once; at the cap the server stops accepting (new ones wait in the
         /// kernel's backlog) and resumes below it. nil: half the descriptor limit
         /// (`RLIMIT_NOFILE`) less 128, since a connection with an upload holds its socket and
@@ -147,6 +154,11 @@ public final class Server {
         } catch {
             throw .directory(error)
         }
+        partialSweep = store.sweepPartials(maxAge: configuration.partialMaxAge)
+        if partialSweep.seedRemoved + partialSweep.staleRemoved > 0 || partialSweep.kept > 0 {
+            logger.notice("partials at start: \(partialSweep.kept) kept for resume, \(partialSweep.staleRemoved) stale removed (older than \(configuration.partialMaxAge) s or incomplete), \(partialSweep.seedRemoved) seed partials of ended processes removed")
+        }
+        disk = DiskBudget(directory: configuration.directory, minimumFree: configuration.minFreeSpace)
         pool = BufferPool(budget: configuration.processBufferBudget)  // 512 KiB slabs, reads of up to 256 KiB (fewer read calls for a fast sender)
         seedProtocolAllowed = configuration.allowSeedProtocol || Server.isLoopback(configuration.host)
         machineConfiguration = .init(token: configuration.token, maxFileSize: configuration.maxFileSize,
@@ -166,6 +178,10 @@ public final class Server {
         host == "localhost" || host.hasPrefix("127.") || host == "::1" || host == "[::1]"
     }
 
+    /// What the start-up sweep of partial files did.
+    public let partialSweep: Store.PartialSweep
+    /// Free space accounting for uploads starting (see `Configuration.minFreeSpace`).
+    let disk: DiskBudget
     /// Whether seed-framed uploads are accepted here (see `Configuration.allowSeedProtocol`).
     let seedProtocolAllowed: Bool
     /// The connection cap in effect (see `Configuration.maxConnections`).
@@ -438,6 +454,7 @@ public final class Server {
     private func sweep() {
         let now = monotonicNanoseconds()
         for connection in Array(connections.values) { connection.checkTimeouts(now: now) }
+        disk.refresh(store.fs)
     }
 
     private func finishStopIfDone() {

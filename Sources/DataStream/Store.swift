@@ -20,7 +20,7 @@ public final class Store {
     private var activeUploads: Set<UploadID> = []
     private var seedCounter: UInt64 = 0
     private var storedSeedCounter: UInt64 = 0
-    private let pid = getpid()
+    let pid = getpid()
     /// `storeSmall` writes into a file without a name first (see there); tests turn it off to
     /// exercise the named-partial path used where the file system has no `O_TMPFILE`.
     var unnamedSmallFiles = true
@@ -46,6 +46,58 @@ public final class Store {
         guard access(partialDirectory, W_OK | X_OK) == 0, access(directory, W_OK | X_OK) == 0 else {
             throw StoreError(path: directory, reason: "not writable")
         }
+    }
+
+    /// What the start-up sweep of the partial folder did.
+    public struct PartialSweep: Sendable, Equatable {
+        /// Seed partials of processes that are gone (a seed upload cannot resume).
+        public var seedRemoved = 0
+        /// Native partials older than the age limit, or missing their data or metadata file.
+        public var staleRemoved = 0
+        /// Native partials kept for their clients to resume.
+        public var kept = 0
+    }
+
+    /// At start-up, before the loop serves anything (so blocking calls are fine here): removes
+    /// seed partials whose process is gone, native partials whose data or metadata file is
+    /// missing, and native partials not written to for `maxAge` seconds; keeps the rest for resume.
+    public func sweepPartials(maxAge: Double) -> PartialSweep {
+        var sweep = PartialSweep()
+        guard let dir = opendir(partialDirectory) else { return sweep }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        closedir(dir)
+        let now = time(nil)
+        let present = Set(names)
+        for name in names {
+            let path = partialDirectory + "/" + name
+            if name.hasPrefix("seed-"), name.hasSuffix(".part") {
+                let pidText = name.dropFirst(5).prefix { $0 != "-" }
+                if let owner = Int32(pidText), owner != pid, kill(owner, 0) != 0, errno == ESRCH {
+                    unlink(path)
+                    sweep.seedRemoved += 1
+                }
+                continue
+            }
+            guard name.hasSuffix(".part") || name.hasSuffix(".meta") else { continue }
+            let base = String(name.dropLast(5))
+            let data = base + ".part", meta = base + ".meta"
+            guard name == data || !present.contains(data) else { continue }  // judged with its .part
+            var st = stat()
+            let complete = present.contains(data) && present.contains(meta)
+            let stale = lstat(partialDirectory + "/" + (present.contains(data) ? data : meta), &st) == 0 && Double(now - st.st_mtim.tv_sec) > maxAge
+            if !complete || stale {
+                unlink(partialDirectory + "/" + data)
+                unlink(partialDirectory + "/" + meta)
+                sweep.staleRemoved += 1
+            } else {
+                sweep.kept += 1
+            }
+        }
+        return sweep
     }
 
     /// The full path of a stored file name.
@@ -176,7 +228,7 @@ public final class Store {
             case .failure(let e) where e.error == .noSuchFile:
                 createNative(header, done)
             case .failure(let e):
-                done(.failure(.storageFailed(reason: e.description)))
+                done(.failure(.storage(e)))
             case .success(let bytes):
                 guard let recorded = PartialMetadata(decoding: bytes) else {
                     done(.failure(.storageFailed(reason: "unreadable metadata \(meta)")))
@@ -199,11 +251,11 @@ public final class Store {
         let meta = metaPath(header.uploadID), part = partialPath(header.uploadID)
         let record = PartialMetadata(header).encoded
         writeSmallFile(meta, record) { [self] e in
-            if let e { completion(.failure(.storageFailed(reason: e.description))); return }
-            submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { completion(.failure(.storageFailed(reason: e.description))) } }) { [fs] () throws(UVOperationError) in
+            if let e { completion(.failure(.storage(e))); return }
+            submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { completion(.failure(.storage(e))) } }) { [fs] () throws(UVOperationError) in
                 try fs.open(part, flags: [.writeOnly, .create, .truncate, .noFollow], mode: 0o600) { r in
                     switch r {
-                    case .failure(let e): completion(.failure(.storageFailed(reason: e.description)))
+                    case .failure(let e): completion(.failure(.storage(e)))
                     case .success(let fd): completion(.success(NativePartial(fd: fd, path: part, metaPath: meta, held: 0, digester: Digester(header.digest))))
                     }
                 }
@@ -213,7 +265,7 @@ public final class Store {
 
     private func resumeNative(_ header: FileHeader, _ completion: @escaping (Result<NativePartial, ProtocolError>) -> Void) {
         let meta = metaPath(header.uploadID), part = partialPath(header.uploadID)
-        let storage: (UVOperationError) -> Void = { e in completion(.failure(.storageFailed(reason: e.description))) }
+        let storage: (UVOperationError) -> Void = { e in completion(.failure(.storage(e))) }
         submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { storage(e) } }) { [fs] () throws(UVOperationError) in
             try fs.open(part, flags: [.readWrite, .create, .noFollow], mode: 0o600) { [self] r in
                 guard case .success(let fd) = r else { if case .failure(let e) = r { storage(e) }; return }

@@ -200,6 +200,11 @@ final class UDPReceiver: UDPSocketReceiver {
             logger.warning("udp seed upload refused: \(ProtocolError.fileTooLarge(size: size, limit: server.configuration.maxFileSize))", metadata: ["source": "\(source)"])
             return
         }
+        if let full = server.disk.reserve(size) {
+            server.statistics.udpSessionsRefused += 1
+            logger.warning("udp seed upload refused: \(full)", metadata: ["source": "\(source)"])
+            return
+        }
         let session = SeedSessionDriver(receiver: self, source: source, declaredSize: size, now: Self.microseconds())
         seedSessions[source] = session
         liveSessions += 1
@@ -208,6 +213,10 @@ final class UDPReceiver: UDPSocketReceiver {
 
     func seedSessionEnded(_ s: SeedSessionDriver) {
         if seedSessions[s.source] === s { seedSessions[s.source] = nil }
+        if !s.diskReleased {
+            s.diskReleased = true
+            server.disk.release(s.declaredSize)
+        }
     }
 
     // MARK: - Native
@@ -309,6 +318,10 @@ final class UDPReceiver: UDPSocketReceiver {
             refuse(.uploadBusy)
             return
         }
+        if let full = server.disk.reserve(start.file.size) {
+            refuse(full)
+            return
+        }
         var file = start.file
         file.name = name
         var id: UInt64 = 0
@@ -337,6 +350,7 @@ final class UDPReceiver: UDPSocketReceiver {
     func releaseSlot(_ s: NativeSessionDriver) {
         guard s.holdsSlot else { return }
         s.holdsSlot = false
+        server.disk.release(s.file.size)
         activeNative -= 1
         let k = hostKey(s.source)
         perAddress[k, default: 1] -= 1
@@ -390,6 +404,10 @@ final class SeedSessionDriver {
     private var outcome: SeedUDPSession.Outcome?
     private var failure: String?
     private var ended = false
+
+    var declaredSize: UInt64 { machine.declaredSize }
+    /// Its disk reservation was given back (once, when it ended).
+    var diskReleased = false
 
     init(receiver: UDPReceiver, source: SocketAddress, declaredSize: UInt64, now: UInt64) {
         self.receiver = receiver
@@ -764,7 +782,7 @@ final class NativeSessionDriver {
             case .failure(let e):
                 server.logger.error("cannot store udp upload: \(e)", metadata: ["upload": "\(file.uploadID)"])
                 store.discard(nil, path: partial.path, metaPath: partial.metaPath)
-                perform(machine!.committed(.failure(.storageFailed(reason: e.description))))
+                perform(machine!.committed(.failure(.storage(e))))
             }
         }
     }

@@ -1,4 +1,5 @@
 import DataStreamCore
+import Glibc
 import UV
 
 /// Told about the progress of an `UploadSink` (the connection that feeds it).
@@ -183,5 +184,13 @@ final class UploadSink {
         let waiters = flushWaiters
         flushWaiters.removeAll()
         for w in waiters { w(failure) }
+    }
+}
+
+extension ProtocolError {
+    /// A failed file operation as the client hears it: disk full (ENOSPC, EDQUOT) says so.
+    static func storage(_ error: UVOperationError) -> ProtocolError {
+        if error.error == .noSpace || error.error.code == -EDQUOT { return .diskFull(reason: error.description) }
+        return .storageFailed(reason: error.description)
     }
 }

@@ -143,6 +143,13 @@ public struct ConnectionStateMachine {
         }
     }
 
+    /// Seed, once the size field is read: the smallest and the largest size it can mean (they
+    /// differ only when the file may begin with digits; see `SeedFraming`).
+    public var seedSizeRange: ClosedRange<UInt64>? {
+        guard case .seedReceiving(let framing) = state else { return nil }
+        return min(framing.smallestSize, framing.declaredSize)...framing.declaredSize
+    }
+
     /// Whether an upload has begun and not ended: seed size digits or a FILE header received,
     /// the file not yet stored or refused. A server that shuts down gracefully lets these finish.
     public var hasUploadInProgress: Bool {
@@ -363,7 +370,10 @@ public struct ConnectionStateMachine {
         guard case .opening(let header) = state else { return unexpectedEvent("uploadOpenFailed") }
         state = .awaitingHeader
         let status: Wire.ResultStatus
-        if case .storageFailed = error { status = .storageFailed } else { status = .rejected }
+        switch error {
+        case .storageFailed, .diskFull: status = .storageFailed
+        default: status = .rejected
+        }
         return .send(Wire.result(UploadResult(uploadID: header.uploadID, status: status, digestAlgorithm: header.digest, digest: [], storedName: "", message: error.description)))
     }
 

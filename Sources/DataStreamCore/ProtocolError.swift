@@ -48,6 +48,9 @@ public enum ProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
     case seedProtocolDisabled
     /// The server is shutting down and takes no new upload (one in progress may finish).
     case shuttingDown
+    /// The file does not fit: the disk is full (ENOSPC, EDQUOT), or an announced size is more
+    /// than the free space left after the minimum kept free and the uploads in progress.
+    case diskFull(reason: String)
 
     /// The number sent in an ERROR frame (see docs/PROTOCOL.md, "Error codes").
     public var code: UInt16 {
@@ -74,6 +77,7 @@ public enum ProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
         case .tooManyConnections: return 20
         case .seedProtocolDisabled: return 21
         case .shuttingDown: return 22
+        case .diskFull: return 23
         }
     }
 
@@ -101,6 +105,7 @@ public enum ProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
         case .tooManyConnections(let limit): return "too many connections from this address (limit \(limit))"
         case .seedProtocolDisabled: return "the seed protocol is off on this address (it cannot authenticate; --allow-seed-protocol turns it on)"
         case .shuttingDown: return "the server is shutting down; try again later (a native upload can resume)"
+        case .diskFull(let reason): return "disk full: \(reason)"
         }
     }
 }

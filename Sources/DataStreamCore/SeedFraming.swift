@@ -52,6 +52,16 @@ public struct SeedFraming: Hashable, Sendable {
         return needs[k]! + UInt64(digits.count - k - 1)
     }
 
+    /// The smallest file size any split declares (equal to `declaredSize` unless the file
+    /// begins with digits, which only the end of the stream can tell).
+    public var smallestSize: UInt64 {
+        var smallest = UInt64.max
+        for (i, need) in needs.enumerated() {
+            if let need { smallest = min(smallest, need + UInt64(digits.count - i - 1)) }
+        }
+        return smallest
+    }
+
     /// The most data bytes any split can take.
     public var maxData: UInt64 { needs.compactMap { $0 }.max() ?? 0 }
 

@@ -118,6 +118,20 @@ public struct FileSystem {
         }
     }
 
+    /// Bytes an unprivileged process may still write on the file system holding `path`
+    /// (`f_bavail` × `f_bsize`). The libuv function is `uv_fs_statfs`.
+    public func availableBytes(at path: String, completion: @escaping (Result<UInt64, UVOperationError>) -> Void) throws(UVOperationError) {
+        try submit("fs_statfs", path, { uv_fs_statfs(loop.uv, $0, path, fsDone) }) { req in
+            let r = req.pointee.result
+            guard r >= 0, let raw = req.pointee.ptr else {
+                completion(.failure(UVOperationError("fs_statfs", target: path, code: Int32(r < 0 ? r : -22))))
+                return
+            }
+            let stats = raw.assumingMemoryBound(to: uv_statfs_t.self).pointee
+            completion(.success(stats.f_bavail.multipliedReportingOverflow(by: stats.f_bsize).partialValue))
+        }
+    }
+
     /// Truncates an open file to `length`. The libuv function is `uv_fs_ftruncate`.
     public func truncate(_ fd: FileDescriptor, to length: Int64, target: String? = nil, completion: @escaping (UVOperationError?) -> Void) throws(UVOperationError) {
         try submit("fs_ftruncate", target, { uv_fs_ftruncate(loop.uv, $0, fd.rawValue, length, fsDone) }) { req in

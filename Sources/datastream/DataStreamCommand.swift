@@ -40,6 +40,8 @@ struct Serve: ParsableCommand {
     @Option(help: "Require native clients to authenticate with this token.") var token: String?
     @Flag(help: "fsync each file before it is put into place, and the directory after (an acknowledged upload survives a power cut).") var fsync = false
     @Option(help: "Largest file accepted (bytes, or with a unit: 64MiB, 1GiB); checked before a byte is written.") var maxFileSize = "1TiB"
+    @Option(help: "Free space to keep on the target file system (bytes, or 64MiB, 1GiB); an upload that would not fit, counting those in progress, is refused at its start.") var minFreeSpace = "64MiB"
+    @Option(help: "At start, remove native partial uploads not written to for this many seconds (default 7 days); the rest stay resumable.") var partialMaxAge: Double = 7 * 86_400
     @Option(help: "Longest file name accepted from native clients, in UTF-8 bytes.") var maxNameLength = NamePolicy.defaultMaxLength
     @Option(help: "Connections at once; at the cap, accepting pauses until one closes (default: half of the descriptor limit less 128).") var maxConnections: Int?
     @Option(help: "Connections at once from one IP address; more are refused with an error (0: no limit).") var maxConnectionsPerAddress = 0
@@ -69,12 +71,15 @@ struct Serve: ParsableCommand {
         configuration.token = token
         configuration.fsync = fsync
         do { configuration.maxFileSize = try ByteCount.parse(maxFileSize) } catch { die("--max-file-size: \(error)") }
+        do { configuration.minFreeSpace = try ByteCount.parse(minFreeSpace) } catch { die("--min-free-space: \(error)") }
         guard (1...NamePolicy.defaultMaxLength).contains(maxNameLength) else { die("--max-name-length must be between 1 and \(NamePolicy.defaultMaxLength)") }
         configuration.maxNameLength = maxNameLength
         if let maxConnections, maxConnections < 1 { die("--max-connections must be at least 1") }
         configuration.maxConnections = maxConnections
         guard maxConnectionsPerAddress >= 0 else { die("--max-connections-per-address must be 0 (no limit) or more") }
         configuration.maxConnectionsPerAddress = maxConnectionsPerAddress
+        guard partialMaxAge >= 0 else { die("--partial-max-age must be 0 or more") }
+        configuration.partialMaxAge = partialMaxAge
         guard drainTimeout >= 0 else { die("--drain-timeout must be 0 or more") }
         guard headerTimeout > 0, idleTimeout > 0 else { die("--header-timeout and --idle-timeout must be positive") }
         configuration.headerTimeout = headerTimeout

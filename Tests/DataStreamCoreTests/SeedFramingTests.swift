@@ -60,3 +60,14 @@ struct SeedFramingTests {
         #expect(f.maxData > 0)
     }
 }
+
+struct SeedSizeRangeTests {
+    @Test func aFileBeginningWithDigitsHasShorterReadings() throws {
+        // "1234": 1234 bytes; or 123 bytes beginning "4"; 12 beginning "34"; 1 beginning "234" (too short: invalid).
+        let f = try SeedFraming(digits: Array("1234".utf8), maxFileSize: 1 << 40)
+        #expect(f.declaredSize == 1234)
+        #expect(f.smallestSize == 12)
+        let plain = try SeedFraming(digits: Array("7".utf8), maxFileSize: 1 << 40)
+        #expect(plain.smallestSize == 7 && plain.declaredSize == 7)
+    }
+}

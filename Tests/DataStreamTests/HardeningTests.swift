@@ -180,3 +180,33 @@ struct DescriptorExhaustionTests {
         #expect(server.storedFiles().first.flatMap(server.contents) == data)
     }
 }
+
+struct PartialSweepTests {
+    /// At start: seed partials of ended processes go, native partials older than the age limit
+    /// or missing their metadata go, recent complete ones stay resumable.
+    @Test func startUpRemovesStaleAndOrphanedPartialsAndKeepsResumableOnes() throws {
+        let directory = BackgroundServer.temporaryDirectory()
+        let partial = directory + "/.datastream/partial"
+        try FileManager.default.createDirectory(atPath: partial, withIntermediateDirectories: true)
+        let ended = Process()
+        ended.executableURL = URL(fileURLWithPath: "/bin/true")
+        try ended.run()
+        ended.waitUntilExit()
+        func touch(_ name: String, ageSeconds: Int = 0) {
+            FileManager.default.createFile(atPath: partial + "/" + name, contents: Data("x".utf8))
+            if ageSeconds > 0 {
+                var times = [timeval(tv_sec: time(nil) - ageSeconds, tv_usec: 0), timeval(tv_sec: time(nil) - ageSeconds, tv_usec: 0)]
+                utimes(partial + "/" + name, &times)
+            }
+        }
+        touch("seed-\(ended.processIdentifier)-1.part")
+        touch("seed-\(getpid())-999.part")  // a live process's (this one's): left alone
+        touch("aaaa.part", ageSeconds: 7200); touch("aaaa.meta", ageSeconds: 7200)  // stale
+        touch("bbbb.part"); touch("bbbb.meta")  // resumable
+        touch("cccc.part")  // no metadata
+        touch("dddd.meta")  // no data
+        let server = try BackgroundServer(directory: directory) { $0.partialMaxAge = 3600 }
+        server.stop()
+        #expect(server.partials() == ["bbbb.meta", "bbbb.part", "seed-\(getpid())-999.part"])
+    }
+}
