@@ -14,6 +14,8 @@ let package = Package(
         .executable(name: "datastream", targets: ["datastream"]),
         .library(name: "DataStream", targets: ["DataStream"]),
         .library(name: "UV", targets: ["UV"]),
+        // The fuzz targets, for the libFuzzer package in fuzz/ (and the corpus replay test).
+        .library(name: "DataStreamFuzzing", targets: ["DataStreamFuzzing"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -48,8 +50,10 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // Fuzz targets over the pure parsers (libFuzzer executables live in fuzz/, a separate package).
+        .target(name: "DataStreamFuzzing", dependencies: ["DataStreamCore"]),
         .testTarget(name: "UVTests", dependencies: ["UV", "CLibUV"]),
-        .testTarget(name: "DataStreamCoreTests", dependencies: ["DataStreamCore", .product(name: "Crypto", package: "swift-crypto")]),
+        .testTarget(name: "DataStreamCoreTests", dependencies: ["DataStreamCore", "DataStreamFuzzing", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "DataStreamTests", dependencies: ["DataStream", "DataStreamCore", "UV"]),
     ]
 )

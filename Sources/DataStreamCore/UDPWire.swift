@@ -320,8 +320,11 @@ public enum UDPWire {
 
     // MARK: decoding control messages (rare: arrays are fine)
 
+    /// The bytes after the header; empty (so every decoder says nil) when the datagram is
+    /// shorter than a header. (Found by fuzzing: a short datagram used to trap here.)
     private static func body(_ d: UnsafeRawBufferPointer) -> ByteReader {
-        ByteReader(Array(d)[headerLength...])
+        guard d.count >= headerLength else { return ByteReader([][...]) }
+        return ByteReader(Array(d)[headerLength...])
     }
 
     public static func decodeInitial(_ d: UnsafeRawBufferPointer) -> Initial? {

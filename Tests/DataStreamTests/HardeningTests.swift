@@ -210,3 +210,51 @@ struct PartialSweepTests {
         #expect(server.partials() == ["bbbb.meta", "bbbb.part", "seed-\(getpid())-999.part"])
     }
 }
+
+/// Clients that vanish mid-body: a reset (SO_LINGER 0) or a half-close. Nothing appears under a
+/// final name, a native partial stays resumable, a seed partial is deleted, other uploads go on.
+struct AbruptClientTests {
+    @Test(arguments: [true, false])
+    func aClientThatVanishesMidBodyLeavesNothingUnderAFinalName(reset: Bool) throws {
+        let server = try BackgroundServer()
+        let data = content(110, count: 1_000_000)
+        let header = FileHeader(uploadID: .random(), size: UInt64(data.count), digest: .xxh3_128, name: "vanish.bin")
+        var native: BlockingClient? = try BlockingClient(port: server.port)
+        try native?.handshake()
+        #expect(try native?.announce(header) == 0)
+        native?.send(Array(data[0..<300_000]))
+        var seed: BlockingClient? = try BlockingClient(port: server.port)
+        seed?.send(Array(String(1_000_000).utf8) + Array("x".utf8) + content(111, count: 300_000))
+        // Meanwhile another upload is served.
+        let other = content(112, count: 50_000)
+        let bystander = try BlockingClient(port: server.port)
+        bystander.send(Array(String(other.count).utf8) + other)
+        bystander.shutdownWrite()
+        #expect(bystander.readUntilEOF() != nil)
+        usleep(200_000)
+        if reset {
+            native?.resetOnClose()
+            seed?.resetOnClose()
+        } else {
+            native?.shutdownWrite()
+            seed?.shutdownWrite()
+        }
+        native = nil
+        seed = nil
+        // The seed partial goes; the native one stays.
+        #expect(server.eventually { server.partials().filter { $0.hasPrefix("seed-") }.isEmpty && server.partials().count == 2 })
+        #expect(server.storedFiles().count == 1)
+        let again = try BlockingClient(port: server.port)
+        try again.handshake()
+        let offset = try again.announce(header)
+        #expect(offset > 0 && offset <= 300_000)
+        again.send(Array(data[Int(offset)...]))
+        again.send(Wire.end(digest: Digests.compute(.xxh3_128, data)))
+        #expect(try again.result().status == .stored)
+        server.stop()
+        #expect(server.contents("vanish.bin") == data)
+        #expect(server.storedFiles().count == 2)
+        #expect(server.storedFiles().contains { server.contents($0) == other })
+        #expect(server.partials().isEmpty)
+    }
+}

@@ -117,6 +117,13 @@ final class BlockingClient {
 
     deinit { Glibc.close(fd) }
 
+    /// Makes the close (when this client goes away) abortive: SO_LINGER 0, so the peer gets a
+    /// reset instead of an end of stream.
+    func resetOnClose() {
+        var l = linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+    }
+
     func send(_ bytes: [UInt8], chunk: Int = 1 << 20) {
         var offset = 0
         while offset < bytes.count {

@@ -1,0 +1,18 @@
+// swift-tools-version:6.0
+// libFuzzer executables for DataStream's parsers (a separate package, so the main build never
+// needs -sanitize=fuzzer). Build and run with fuzz/run; the targets themselves live in the main
+// package's DataStreamFuzzing module, so the test suite can replay the corpora.
+import PackageDescription
+
+let names = ["native-frames", "seed-protocol", "names", "udp-datagrams"]
+
+let package = Package(
+    name: "DataStreamFuzz",
+    dependencies: [.package(name: "DataStream", path: "..")],
+    targets: names.map { name in
+        .executableTarget(
+            name: "fuzz-\(name)",
+            dependencies: [.product(name: "DataStreamFuzzing", package: "DataStream")],
+            path: "Targets/\(name)")
+    }
+)
