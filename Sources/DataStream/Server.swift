@@ -201,7 +201,7 @@ public final class Server {
         }
         do throws(UVOperationError) {
             let t = try Timer(loop: loop)
-            let every = UInt64(max(50, min(1000, min(configuration.headerTimeout, configuration.idleTimeout) * 250)))
+            let every = UInt64(max(50, min(1000, min(configuration.headerTimeout, configuration.idleTimeout) * 100)))  // a tenth of the shorter timeout
             try t.start(timeout: every, repeat: every) { [unowned self] in sweep() }
             t.unref()  // the sweep alone does not keep the loop running
             sweepTimer = t
