@@ -56,6 +56,11 @@ struct Serve: ParsableCommand {
     @Option(help: "UDP socket receive buffer to ask for, in bytes (past rmem_max when run as root).") var udpReceiveBuffer: Int32 = 32 << 20
     @Option(help: "Seconds without a datagram before a UDP session is closed (native partials stay resumable).") var udpIdleTimeout: Double = 30
     @Flag(help: "Do not let the kernel coalesce UDP datagrams into one receive (UDP_GRO).") var noUdpOffload = false
+    @Option(help: "Native UDP uploads at once (more get ABORT 'busy').") var udpMaxSessions = 256
+    @Option(help: "Native UDP uploads at once from one IP address.") var udpMaxSessionsPerAddress = 32
+    @Option(help: "Seed UDP uploads (sources) at once.") var udpMaxSeedSessions = 64
+    @Option(help: "Receive window memory per native UDP upload (bytes, or 16MiB).") var udpWindow = "16MiB"
+    @Option(help: "Receive window memory of all native UDP uploads together (bytes, or 512MiB); an upload that would exceed it gets ABORT 'busy'.") var udpMemory = "512MiB"
 
     func run() throws {
         UV.ignoreBrokenPipes()  // a peer closing first must not kill the process
@@ -65,6 +70,15 @@ struct Serve: ParsableCommand {
         configuration.udpReceiveBuffer = udpReceiveBuffer
         configuration.udpIdleTimeout = udpIdleTimeout
         configuration.udpReceiveOffload = !noUdpOffload
+        guard udpMaxSessions >= 1, udpMaxSessionsPerAddress >= 1, udpMaxSeedSessions >= 0 else { die("--udp-max-sessions and --udp-max-sessions-per-address must be at least 1") }
+        configuration.udpMaxSessions = udpMaxSessions
+        configuration.udpMaxSessionsPerAddress = udpMaxSessionsPerAddress
+        configuration.udpMaxSeedSessions = udpMaxSeedSessions
+        do {
+            configuration.udpWindowBytes = Int(clamping: try ByteCount.parse(udpWindow))
+            configuration.udpMemoryBudget = Int(clamping: try ByteCount.parse(udpMemory))
+        } catch { die("--udp-window / --udp-memory: \(error)") }
+        guard configuration.udpWindowBytes >= 64 << 10, configuration.udpMemoryBudget >= configuration.udpWindowBytes else { die("--udp-window must be at least 64KiB and --udp-memory at least --udp-window") }
         configuration.host = host
         configuration.port = port
         configuration.directory = dir

@@ -158,13 +158,22 @@ struct NativeProtocolTests {
         #expect(server.storedFiles() == ["t.txt"])
     }
 
+    /// Names that try to escape or hide (counted in docs/RELIABILITY.md).
+    static let hostileNames = [
+        "../../escape.txt", "/etc/passwd", "..", ".", "a/b/c", ".datastream", "x\u{0}y",
+        "..\\..\\windows.ini", "./.././../x", "....//....//x", "%2e%2e%2fx", "~/.ssh/authorized_keys",
+        "dir/../../x", "\u{2215}etc\u{2215}passwd", "..\u{2028}x", "\u{202E}txt.exe", "con", "a\nb",
+        ".hidden", "/", "//", "\\\\server\\share", String(repeating: "../", count: 60) + "x",
+        ".datastream/partial/evil.part", "x/../../../../../../../../tmp/owned",
+    ]
+
     @Test func hostileNamesStayInsideTheTargetDirectory() throws {
         let server = try BackgroundServer()
         defer { server.stop() }
         let client = try BlockingClient(port: server.port)
         try client.handshake()
         var stored: [String] = []
-        for name in ["../../escape.txt", "/etc/passwd", "..", "a/b/c", ".datastream", "x\u{0}y"] {
+        for name in NativeProtocolTests.hostileNames {
             let header = FileHeader(uploadID: .random(), size: 1, digest: .xxh3_128, name: name)
             #expect(try client.announce(header) == 0)
             client.send([0x41])
@@ -176,7 +185,40 @@ struct NativeProtocolTests {
         }
         #expect(Set(server.storedFiles()) == Set(stored))
         #expect(!FileManager.default.fileExists(atPath: server.directory + "/../escape.txt"))
+        #expect(!FileManager.default.fileExists(atPath: "/tmp/owned"))
         for name in stored { #expect(server.contents(name) == [0x41]) }
+        // Nothing but these files, and the state folder, in the target directory; nothing nested.
+        #expect(stored.count == NativeProtocolTests.hostileNames.count)
+        let everything = try FileManager.default.subpathsOfDirectory(atPath: server.directory).filter { !$0.hasPrefix(".datastream") }
+        #expect(Set(everything) == Set(stored))
+    }
+
+    /// A symlink planted under the name a client asks for, or in place of a partial, is never
+    /// followed: the file outside stays untouched.
+    @Test func symlinksInTheDirectoryAreNeverFollowed() throws {
+        let server = try BackgroundServer()
+        defer { server.stop() }
+        let outside = BackgroundServer.temporaryDirectory() + "/outside.txt"
+        try Data("untouched".utf8).write(to: URL(fileURLWithPath: outside))
+        symlink(outside, server.directory + "/trap.txt")
+        let id = UploadID.random()
+        symlink(outside, server.directory + "/.datastream/partial/\(id.hex).part")
+        let client = try BlockingClient(port: server.port)
+        try client.handshake()
+        // Final name taken by a symlink: stored beside it, under a new name.
+        let header = FileHeader(uploadID: .random(), size: 3, digest: .xxh3_128, name: "trap.txt")
+        #expect(try client.announce(header) == 0)
+        client.send(Array("new".utf8))
+        client.send(Wire.end(digest: Digests.compute(.xxh3_128, Array("new".utf8))))
+        let r = try client.result()
+        #expect(r.status == .stored)
+        #expect(r.storedName != "trap.txt")
+        // A partial that is a symlink: refused, not opened through.
+        client.send(Wire.file(FileHeader(uploadID: id, size: 3, digest: .xxh3_128, name: "p.txt")))
+        let answer = try #require(client.readFrame())
+        #expect(answer.type == .result)
+        #expect(try Wire.decodeResult(answer.payload).status != .stored)
+        #expect(FileManager.default.contents(atPath: outside) == Data("untouched".utf8))
     }
 
     @Test func malformedInputGetsAClearErrorAndOthersContinue() throws {
