@@ -107,8 +107,7 @@ public final class TCPStream: Handle {
     /// If this throws, `completion` never runs. The libuv function is `uv_write`.
     public func write(_ bytes: some Collection<UInt8>, completion: ((UVOperationError?) -> Void)? = nil) throws(UVOperationError) {
         let count = bytes.count
-        let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 16)
-        _ = copy.initializeMemory(as: UInt8.self, from: bytes)
+        let copy = copyOf(bytes)
         try write(start: UnsafeRawPointer(copy.baseAddress!), count: count, owned: copy, completion: completion)
     }
 
@@ -117,13 +116,21 @@ public final class TCPStream: Handle {
     /// `writev(2)`. If this throws, `completion` never runs.
     public func write(copying prefix: some Collection<UInt8>, then bytes: UnsafeRawBufferPointer, completion: ((UVOperationError?) -> Void)? = nil) throws(UVOperationError) {
         let count = prefix.count
-        let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 16)
-        _ = copy.initializeMemory(as: UInt8.self, from: prefix)
+        let copy = copyOf(prefix)
         var bufs = [
             uv_buf_init(copy.baseAddress!.assumingMemoryBound(to: CChar.self), UInt32(count)),
             uv_buf_init(UnsafeMutablePointer(mutating: (bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!).assumingMemoryBound(to: CChar.self)), UInt32(bytes.count)),
         ]
         try submitWrite(&bufs, owned: copy, completion: completion)
+    }
+
+    /// A new buffer (at least one byte) holding `bytes`: one memcpy for contiguous collections
+    /// (arrays, slices), element by element only for others.
+    private func copyOf(_ bytes: some Collection<UInt8>) -> UnsafeMutableRawBufferPointer {
+        let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 16)
+        let copied: Void? = bytes.withContiguousStorageIfAvailable { copy.copyMemory(from: UnsafeRawBufferPointer($0)) }
+        if copied == nil { _ = copy.initializeMemory(as: UInt8.self, from: bytes) }
+        return copy
     }
 
     /// Writes `bytes` without copying them: the memory must stay valid and unchanged until `completion` runs.

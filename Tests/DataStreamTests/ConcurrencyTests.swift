@@ -18,9 +18,19 @@ final class LoopSeedUpload: TCPStreamReader {
     let scratch: UnsafeMutableRawBufferPointer
     let onDone: () -> Void
 
+    /// The size digits and the bytes, framed before any connection starts (so a slow debug
+    /// build spends that time before the server's clocks run, not between connect and write).
+    let framed: [UInt8]
+
     init(index: Int, data: [UInt8], scratch: UnsafeMutableRawBufferPointer, onDone: @escaping () -> Void) {
         self.index = index
         self.data = data
+        let digits = Array(String(data.count).utf8)
+        framed = [UInt8](unsafeUninitializedCapacity: digits.count + data.count) { buffer, count in
+            _ = UnsafeMutableRawBufferPointer(buffer).initializeMemory(as: UInt8.self, from: digits)
+            data.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(buffer)[digits.count...]).copyMemory(from: $0) }
+            count = digits.count + data.count
+        }
         self.scratch = scratch
         self.onDone = onDone
     }
@@ -34,7 +44,7 @@ final class LoopSeedUpload: TCPStreamReader {
                 stage = "writing"
                 do {
                     try s.startReading(self)
-                    try s.write(Array(String(data.count).utf8) + data) { [self] e in
+                    try s.write(framed) { [self] e in
                         stage = "awaiting close"
                         if let e { done(e.description); return }
                         do { try s.shutdown() } catch { done("\(error)") }
