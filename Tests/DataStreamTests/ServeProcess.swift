@@ -40,6 +40,7 @@ final class ServeProcess {
 
     deinit {
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()  // lets Foundation release what it holds for a running process
     }
 
     var isRunning: Bool { process.isRunning }
@@ -55,6 +56,7 @@ final class ServeProcess {
             process.waitUntilExit()
             return nil
         }
+        process.waitUntilExit()
         return (process.terminationStatus, String(decoding: errorOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
     }
 
