@@ -348,7 +348,7 @@ public final class Server {
             if connectionsPerHost[key] == 0 { connectionsPerHost[key] = nil }
         }
         resumeAcceptingIfBelowCap()
-        if isDraining, connections.isEmpty { endDrain() }
+        if isDraining, drainIsOver { endDrain() }
         finishStopIfDone()
     }
 
@@ -375,15 +375,16 @@ public final class Server {
 
     /// Graceful shutdown (SIGTERM/SIGINT): stops accepting at once, closes connections that
     /// have no upload in progress (native clients get ERROR 22), lets uploads in progress finish
-    /// for up to `deadline` seconds (timeouts still apply), then cuts what is left as `stop`
-    /// does (native partials stay resumable) and closes everything, UDP included. `completion`
+    /// for up to `deadline` seconds (timeouts still apply; UDP uploads in progress too, new UDP
+    /// sessions are refused), then cuts what is left as `stop` does (native partials stay
+    /// resumable) and closes everything, UDP included. `completion`
     /// runs once every handle is closed, with what happened.
     public func drain(deadline: Double, _ completion: @escaping (DrainOutcome) -> Void) {
         guard !isDraining else { return }
         isDraining = true
         drainCompletion = completion
         drainStoredAtStart = statistics.uploadsStored
-        drainOutcome.inProgressAtStart = connections.values.filter(\.hasUploadInProgress).count
+        drainOutcome.inProgressAtStart = connections.values.filter(\.hasUploadInProgress).count + (udp?.uploadsInProgress ?? 0)
         descriptorRetryTimer?.close()
         descriptorRetryTimer = nil
         if let listener {
@@ -404,7 +405,15 @@ public final class Server {
             logger.error("cannot arm the drain deadline: \(error); stopping now")
             endDrain()
         }
-        if connections.isEmpty { endDrain() }
+        if drainIsOver { endDrain() }
+    }
+
+    /// Every TCP connection closed and every UDP upload ended.
+    private var drainIsOver: Bool { connections.isEmpty && (udp?.uploadsInProgress ?? 0) == 0 }
+
+    /// A UDP upload ended (stored, failed or timed out): the drain may be over.
+    func udpUploadEnded() {
+        if isDraining, drainIsOver { endDrain() }
     }
 
     /// The drain's deadline, or its last connection gone: cut what is left and stop.
@@ -413,6 +422,8 @@ public final class Server {
         drainCompletion = nil
         drainTimer?.close()
         drainTimer = nil
+        drainOutcome.cutResumable += udp?.nativeUploadsInProgress ?? 0
+        drainOutcome.cutLost += udp?.seedUploadsInProgress ?? 0
         for connection in connections.values {
             switch connection.currentPartialDisposition {
             case .keep: drainOutcome.cutResumable += 1

@@ -94,6 +94,11 @@ final class UDPReceiver: UDPSocketReceiver {
     func localAddress() throws(UVOperationError) -> SocketAddress { try socket.localAddress() }
 
     var sessionCount: Int { sessions.count + seedSessions.count }
+    /// Uploads not yet ended (native sessions holding a slot, seed sources); finished native
+    /// sessions that linger to answer duplicates do not count.
+    var uploadsInProgress: Int { activeNative + seedSessions.count }
+    var nativeUploadsInProgress: Int { activeNative }
+    var seedUploadsInProgress: Int { seedSessions.count }
 
     /// Closes the socket and timer; seed sessions end incomplete, native ones keep their partials.
     /// `completion` runs once the socket and timer are closed and every session has retired
@@ -184,7 +189,7 @@ final class UDPReceiver: UDPSocketReceiver {
     // MARK: - Seed
 
     private func startSeed(size: UInt64, from source: SocketAddress) {
-        guard !closing else { return }
+        guard !closing, !server.isDraining else { return }
         guard server.seedProtocolAllowed else {
             server.statistics.udpSessionsRefused += 1
             logger.warning("udp seed upload refused: \(ProtocolError.seedProtocolDisabled)", metadata: ["source": "\(source)"])
@@ -217,6 +222,7 @@ final class UDPReceiver: UDPSocketReceiver {
             s.diskReleased = true
             server.disk.release(s.declaredSize)
         }
+        server.udpUploadEnded()
     }
 
     // MARK: - Native
@@ -300,6 +306,10 @@ final class UDPReceiver: UDPSocketReceiver {
             refuse(.fileTooLarge(size: start.file.size, limit: server.configuration.maxFileSize))
             return
         }
+        guard !server.isDraining else {
+            refuse(.shuttingDown)
+            return
+        }
         let chunkSize = Int(start.chunkSize)
         guard chunkSize >= UDPWire.minimumChunkSize, chunkSize <= limits.maxChunkSize,
               start.file.size / UInt64(chunkSize) < UInt64(UInt32.max)
@@ -355,6 +365,7 @@ final class UDPReceiver: UDPSocketReceiver {
         let k = hostKey(s.source)
         perAddress[k, default: 1] -= 1
         if perAddress[k] == 0 { perAddress[k] = nil }
+        server.udpUploadEnded()
     }
 
     func ringReleased(_ bytes: Int) { ringBytesInUse -= bytes }

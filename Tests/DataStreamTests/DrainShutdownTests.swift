@@ -78,6 +78,27 @@ struct DrainShutdownTests {
         #expect(again.stop()?.status == 0)
     }
 
+    /// A native UDP upload in progress finishes while the server drains.
+    @Test func aUDPUploadInProgressFinishesWhileDraining() throws {
+        let server = try ServeProcess(arguments: ["--drain-timeout", "20", "--log-level", "notice"], udp: true)
+        let data = content(95, count: 8 << 20)
+        let path = writeTemporaryFile(data, name: "udp-drain.bin")
+        let sender = Process()
+        sender.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
+        sender.arguments = ["send", path, "--to", "127.0.0.1:\(server.port)", "--udp", "--max-rate", "8"]  // about a second
+        sender.standardOutput = FileHandle.nullDevice
+        sender.standardError = FileHandle.nullDevice
+        try sender.run()
+        usleep(400_000)
+        kill(server.process.processIdentifier, SIGTERM)
+        sender.waitUntilExit()
+        #expect(sender.terminationStatus == 0)
+        let end = try #require(server.stop(signal: 0))
+        #expect(end.status == 0)
+        #expect(end.log.contains("drained; 1 uploads were in progress, 1 stored while draining, 0 cut"), "\(end.log)")
+        #expect(server.contents("udp-drain.bin") == data)
+    }
+
     @Test func aSecondSignalExitsAtOnce() throws {
         let server = try ServeProcess(arguments: ["--drain-timeout", "60"])
         let native = try BlockingClient(port: server.port)

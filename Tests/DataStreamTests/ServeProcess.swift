@@ -13,9 +13,9 @@ final class ServeProcess {
     private let output = Pipe()
 
     /// `shellPrefix` runs before `exec` in `sh -c` (for example `ulimit -n 64`).
-    init(directory: String = BackgroundServer.temporaryDirectory() + "/in", arguments: [String] = [], shellPrefix: String = "") throws {
+    init(directory: String = BackgroundServer.temporaryDirectory() + "/in", arguments: [String] = [], shellPrefix: String = "", udp: Bool = false) throws {
         self.directory = directory
-        let command = (["exec", CommandLineTests.binary, "serve", "--port", "0", "--no-udp", "--dir", directory] + arguments)
+        let command = (["exec", CommandLineTests.binary, "serve", "--port", "0", "--dir", directory] + (udp ? [] : ["--no-udp"]) + arguments)
             .map { "'\($0)'" }.joined(separator: " ")
         process.executableURL = URL(fileURLWithPath: "/bin/sh")
         process.arguments = ["-c", shellPrefix.isEmpty ? command : "\(shellPrefix) && \(command)"]
