@@ -9,10 +9,10 @@ let names = ["native-frames", "seed-protocol", "names", "udp-datagrams"]
 let package = Package(
     name: "DataStreamFuzz",
     dependencies: [.package(name: "DataStream", path: "..")],
-    targets: names.map { name in
-        .executableTarget(
-            name: "fuzz-\(name)",
-            dependencies: [.product(name: "DataStreamFuzzing", package: "DataStream")],
-            path: "Targets/\(name)")
+    targets: [
+        // libFuzzer's entry (LLVMFuzzerTestOneInput) and driver, shared by the executables.
+        .target(name: "FuzzDriver", dependencies: [.product(name: "DataStreamFuzzing", package: "DataStream")], path: "Driver"),
+    ] + names.map { name in
+        .executableTarget(name: "fuzz-\(name)", dependencies: ["FuzzDriver"], path: "Targets/\(name)")
     }
 )

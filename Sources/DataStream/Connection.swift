@@ -310,7 +310,10 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
 
     private func perform(_ action: ConnectionStateMachine.Action) {
         guard !closing else { return }
-        defer { if server.isDraining { shutDownWhenIdle() } }
+        defer {
+            if server.isDraining { shutDownWhenIdle() }
+            if server.drainDeadlinePassed { cutIfWaitingForClient() }
+        }
         switch action {
         case .none, .wait:
             break
@@ -624,6 +627,15 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
         guard !closing, !shutdownSent, !machine.hasUploadInProgress else { return }
         shutdownSent = true
         perform(machine.shuttingDown())
+    }
+
+    /// The drain's deadline has passed: end the connection if its next move is the client's
+    /// (a native partial stays resumable); one the server is still storing goes on, and comes
+    /// back here after each action.
+    func cutIfWaitingForClient() {
+        guard !closing, closeAfterDrain == nil, machine.isWaitingForClient || !machine.hasUploadInProgress else { return }
+        server.drainCut(currentPartialDisposition)
+        abort()
     }
 
     /// Server shutdown: end the connection now, keeping native partials for resume.

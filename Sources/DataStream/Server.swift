@@ -419,23 +419,36 @@ public final class Server {
     /// The drain's deadline, or its last connection gone: cut what is left and stop.
     private func endDrain() {
         guard let completion = drainCompletion else { return }
-        drainCompletion = nil
-        drainTimer?.close()
-        drainTimer = nil
-        drainOutcome.cutResumable += udp?.nativeUploadsInProgress ?? 0
-        drainOutcome.cutLost += udp?.seedUploadsInProgress ?? 0
-        for connection in connections.values {
-            switch connection.currentPartialDisposition {
-            case .keep: drainOutcome.cutResumable += 1
-            case .discard: drainOutcome.cutLost += 1
-            case .none: break
-            }
+        if !drainDeadlinePassed {
+            drainDeadlinePassed = true
+            drainTimer?.close()
+            drainTimer = nil
+            drainOutcome.cutResumable += udp?.nativeUploadsInProgress ?? 0
+            drainOutcome.cutLost += udp?.seedUploadsInProgress ?? 0
+            // Cut what waits on its client; what the server is still storing (the client has
+            // sent everything) finishes, answers and closes by itself.
+            for connection in Array(connections.values) { connection.cutIfWaitingForClient() }
         }
+        guard connections.isEmpty else { return }  // connectionClosed calls again
+        drainCompletion = nil
         stop { [self] in
             drainOutcome.storedWhileDraining = statistics.uploadsStored - drainStoredAtStart
             completion(drainOutcome)
         }
     }
+
+    /// Whether the drain's deadline has passed (connections still storing may finish).
+    private(set) var drainDeadlinePassed = false
+
+    /// A connection cut at the drain's deadline, with what became of its upload.
+    func drainCut(_ partial: ConnectionStateMachine.PartialDisposition) {
+        switch partial {
+        case .keep: drainOutcome.cutResumable += 1
+        case .discard: drainOutcome.cutLost += 1
+        case .none: break
+        }
+    }
+
 
     /// Out of descriptors on accept: stop accepting (new connections wait in the kernel's
     /// backlog instead of being accepted and dropped) until a connection closes or a second has

@@ -1,21 +1,7 @@
-import DataStreamFuzzing
+import FuzzDriver
 
-/// One input for FuzzTarget.udpDatagrams (libFuzzer calls it).
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
-    FuzzTarget.udpDatagrams.run(UnsafeRawBufferPointer(start: data, count: count))
-    return 0
-}
-
-@_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-                         _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt) -> CInt
-
-/// The program's entry point: SwiftPM links an executable's `main` to `fuzz_udp_datagrams_main`, so libFuzzer's
-/// own main is not used; this hands the command line to libFuzzer's driver.
+/// The executable's entry point (see runFuzzer): fuzzes FuzzTarget.udpDatagrams.
 @_cdecl("fuzz_udp_datagrams_main")
-public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
-    var argc = argc
-    var argv = argv
-    return LLVMFuzzerRunDriver(&argc, &argv) { data, count in fuzzOneInput(data, count) }
+public func entry(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+    runFuzzer(.udpDatagrams, argc, argv)
 }
