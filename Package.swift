@@ -5,6 +5,7 @@
 //   CLibUV (C)  <-  UV (the only importer of CLibUV)
 //   DataStreamCore (pure Swift: wire formats, state machines, name policy)
 //   DataStream (drivers, store, sender: imports UV and DataStreamCore)
+//   DataStreamFuzzing (fuzz targets over DataStreamCore's parsers; libFuzzer executables in fuzz/)
 //   datastream (the command line)
 import PackageDescription
 
