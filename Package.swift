@@ -55,6 +55,8 @@ let package = Package(
         .target(name: "DataStreamFuzzing", dependencies: ["DataStreamCore"]),
         .testTarget(name: "UVTests", dependencies: ["UV", "CLibUV"]),
         .testTarget(name: "DataStreamCoreTests", dependencies: ["DataStreamCore", "DataStreamFuzzing", .product(name: "Crypto", package: "swift-crypto")]),
-        .testTarget(name: "DataStreamTests", dependencies: ["DataStream", "DataStreamCore", "UV"]),
+        .testTarget(
+            name: "DataStreamTests",
+            dependencies: ["DataStream", "DataStreamCore", "UV", .product(name: "Logging", package: "swift-log")]),
     ]
 )

@@ -403,7 +403,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
                     return
                 }
                 seedPath = path
-                sink.opened(fd)
+                sink.opened(fd, path: path)
             case .failure(let error):
                 sink.openFailed(error)
             }

@@ -45,6 +45,8 @@ final class SocketDrain {
     private var working = false
     private var cancelled = false
     private var ended = false
+    /// The poll reported an error; the work item now running is to learn the socket's own.
+    private var pollError: UVOperationError?
     /// `n` more bytes are in the file (called on the loop thread after each work item); with
     /// the last of them, the first byte already waiting after the upload, if any (left in the
     /// socket: an END frame, or bytes a seed client should not have sent).
@@ -114,11 +116,10 @@ final class SocketDrain {
             try setReceiveLowWaterMark(socket, bytes: Int(min(remaining, UInt64(SocketDrain.wakeBytes))))
             try poll.startReadable { [self] error in
                 poll.stop()
-                if let error {
-                    end(.failed(UVOperationError("poll", code: error.code)))
-                } else {
-                    runWork()
-                }
+                // libuv reports a socket error (EPOLLERR, e.g. after a reset) as EBADF: one more
+                // receive tells what really happened (ECONNRESET, end of stream, or bytes left).
+                pollError = error.map { UVOperationError("poll", code: $0.code) }
+                runWork()
             }
         } catch {
             end(.failed(error))
@@ -156,7 +157,10 @@ final class SocketDrain {
         switch how {
         case .failed(let e): end(.failed(e))
         case .endOfStream: end(remaining == 0 ? .complete : .endOfStream)
+        case .wouldBlock where pollError != nil:
+            end(.failed(pollError!))
         case .limitReached, .wouldBlock:
+            pollError = nil
             if remaining == 0 { end(.complete) } else if how == .limitReached { runWork() } else { arm() }
         }
     }

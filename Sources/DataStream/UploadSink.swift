@@ -24,7 +24,8 @@ final class UploadSink {
         var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: slab.memory[start..<(start + count)]) }
     }
 
-    let path: String
+    /// The file's path, for error messages (a seed partial's is known only once it is open).
+    private(set) var path: String
     private let fs: FileSystem
     private let pool: BufferPool
     private(set) var fd: FileDescriptor?
@@ -60,9 +61,11 @@ final class UploadSink {
     /// Nothing queued and no write in flight.
     var isIdle: Bool { queue.isEmpty && inFlight.isEmpty }
 
-    /// The descriptor is open: queued writes may start.
-    func opened(_ fd: FileDescriptor) {
+    /// The descriptor is open: queued writes may start. `path` names the file if the sink was
+    /// made before its path was known.
+    func opened(_ fd: FileDescriptor, path: String? = nil) {
         self.fd = fd
+        if let path { self.path = path }
         pump()
     }
 

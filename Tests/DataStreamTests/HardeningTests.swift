@@ -244,6 +244,11 @@ struct AbruptClientTests {
         // The seed partial goes; the native one stays.
         #expect(server.eventually { server.partials().filter { $0.hasPrefix("seed-") }.isEmpty && server.partials().count == 2 })
         #expect(server.storedFiles().count == 1)
+        // Each broken upload is logged with what the client did, not with a side effect of it
+        // (libuv reports a reset seen by a readiness poll as EBADF).
+        let broken = server.log.lines.filter { $0.contains("broken upload") }
+        #expect(broken.count == 2, "\(broken)")
+        #expect(broken.allSatisfy { $0.contains(reset ? "ECONNRESET" : "closed after") }, "\(broken)")
         let again = try BlockingClient(port: server.port)
         try again.handshake()
         let offset = try again.announce(header)

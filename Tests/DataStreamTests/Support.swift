@@ -3,6 +3,7 @@ import DataStreamCore
 import Dispatch
 import Foundation
 import Glibc
+import Logging
 import UV
 
 /// A DataStream server on its own loop in a background thread, on 127.0.0.1 and an ephemeral
@@ -16,6 +17,8 @@ final class BackgroundServer: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
     private(set) var statistics = Server.Statistics()
     private(set) var loopClosedCleanly = false
+    /// Every line the server logged at warning level or above.
+    let log = LogRecorder()
 
     init(directory: String? = nil, configure: (inout Server.Configuration) -> Void = { _ in }) throws {
         self.directory = directory ?? BackgroundServer.temporaryDirectory()
@@ -37,7 +40,9 @@ final class BackgroundServer: @unchecked Sendable {
     }
 
     private func run(_ configuration: Server.Configuration) {
-        guard let loop = try? Loop(), let server = try? Server(loop: loop, configuration: configuration),
+        let recorder = log
+        let logger = Logger(label: "datastream") { _ in recorder.handler }
+        guard let loop = try? Loop(), let server = try? Server(loop: loop, configuration: configuration, logger: logger),
               let address = try? server.start() else { ready.signal(); done.signal(); return }
         port = address.port
         wakeup = try? AsyncWakeup(loop: loop) { [self] in
@@ -245,4 +250,32 @@ func boundLoopbackSocket(_ type: __socket_type) -> (fd: Int32, port: Int) {
     _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
     _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
     return (fd, Int(UInt16(bigEndian: addr.sin_port)))
+}
+
+/// Keeps the messages the server logs at warning level and above, for a test to read; the
+/// server logs on its own thread while the test reads, so access is locked.
+final class LogRecorder: @unchecked Sendable {
+    private let lock = NSLock()
+    private var recorded: [String] = []
+
+    func append(_ line: String) { lock.withLock { recorded.append(line) } }
+    var lines: [String] { lock.withLock { recorded } }
+
+    /// A swift-log handler writing into this recorder (a value, like every log handler).
+    var handler: Handler { Handler(recorder: self) }
+
+    struct Handler: LogHandler {
+        let recorder: LogRecorder
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .warning
+
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+
+        func log(event: LogEvent) {
+            recorder.append("\(event.level) \(event.message)")
+        }
+    }
 }
