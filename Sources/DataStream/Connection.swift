@@ -51,7 +51,8 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     private var sink: UploadSink?
     private var native: Store.NativePartial?
     private var nativeHeader: FileHeader?
-    private var seedPath: String?
+    /// A seed upload's file once open (its descriptor belongs to `sink` until the commit takes it).
+    private var seedPartial: Store.SeedPartial?
     /// A small seed upload's bytes, copied out of the receive slabs (so no slab stays pinned while
     /// the client is slow) and stored in one work item at the end. Reserved in the server's
     /// `smallUploadBytesInUse` until freed.
@@ -247,7 +248,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
             let remaining = machine.fileBytesExpected
             guard self.sink === sink, let fd = sink.fd, remaining > 0 else { updateReading(); return }
             do {
-                let d = try SocketDrain(loop: server.loop, stream: stream, file: fd, path: seedPath ?? native?.path ?? "", offset: sink.writeOffset,
+                let d = try SocketDrain(loop: server.loop, stream: stream, file: fd, path: seedPartial?.label ?? native?.path ?? "", offset: sink.writeOffset,
                                         remaining: remaining, digester: sink.digester,
                                         onProgress: { [self] n, next in
                                             sink.advance(by: n)
@@ -303,7 +304,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     /// What stopping now would do to the current upload's partial: kept for resume (native),
     /// deleted (seed), or nothing (no upload).
     var currentPartialDisposition: ConnectionStateMachine.PartialDisposition {
-        seedPath != nil || small != nil ? .discard : (nativeHeader != nil ? .keep : .none)
+        seedPartial != nil || small != nil ? .discard : (nativeHeader != nil ? .keep : .none)
     }
 
     // MARK: - Actions
@@ -395,15 +396,15 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
         self.sink = sink
         store.openSeedPartial { [self] result in
             switch result {
-            case .success(let (fd, path)):
+            case .success(let partial):
                 guard self.sink === sink, !closing else {
                     // The connection ended while the file was opening: drop both.
-                    store.discard(fd, path: path, metaPath: nil)
-                    sink.openFailed(UVOperationError("fs_open", target: path, code: UVError.canceled.code))
+                    store.discardSeed(partial)
+                    sink.openFailed(UVOperationError("fs_open", target: partial.label, code: UVError.canceled.code))
                     return
                 }
-                seedPath = path
-                sink.opened(fd, path: path)
+                seedPartial = partial
+                sink.opened(partial.fd, path: partial.label)
             case .failure(let error):
                 sink.openFailed(error)
             }
@@ -451,14 +452,14 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
                 perform(machine.uploadFailed(.storage(error)))
                 return
             }
-            guard !finishCancelled, let path = seedPath, let fd = sink.takeDescriptor() else { return }
-            let commit: (FileDescriptor, String) -> Void = { [self] fd, path in
-                seedPath = path
+            guard !finishCancelled, let written = seedPartial, sink.takeDescriptor() != nil else { return }
+            let commit: (Store.SeedPartial) -> Void = { [self] partial in
+                seedPartial = partial
                 let name = store.nextSeedName()
-                store.commit(fd, partialPath: path, metaPath: nil, name: name) { [self] result in
+                store.commitSeed(partial, name: name) { [self] result in
                     switch result {
                     case .success(let stored):
-                        seedPath = nil
+                        seedPartial = nil
                         server.statistics.uploadsStored += 1
                         logger.info("stored seed upload", metadata: ["name": "\(stored)", "bytes": "\(size)"])
                         perform(machine.seedStored())
@@ -468,14 +469,14 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
                 }
             }
             if prefix.isEmpty {
-                commit(fd, path)
+                commit(written)
             } else {
                 // The file began with digits: its first bytes were read as part of the size field.
-                store.rewrite(fd, oldPath: path, prefix: prefix, dataLength: size - UInt64(prefix.count)) { [self] result in
+                store.rewrite(written, prefix: prefix, dataLength: size - UInt64(prefix.count)) { [self] result in
                     switch result {
-                    case .success(let (newFD, newPath)): commit(newFD, newPath)
+                    case .success(let rewritten): commit(rewritten)
                     case .failure(let error):
-                        seedPath = nil
+                        seedPartial = nil
                         perform(machine.uploadFailed(.storage(error)))
                     }
                 }
@@ -569,7 +570,8 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
         }
         freeSmall()
         if let sink {
-            let native = self.native, header = nativeHeader, seedPath = self.seedPath
+            // The sink closes the descriptor (unless a commit took it); a named partial must go too.
+            let native = self.native, header = nativeHeader, seedPath = self.seedPartial?.path
             sink.close { [store] in
                 switch partial {
                 case .discard:

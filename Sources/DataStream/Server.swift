@@ -66,9 +66,10 @@ public final class Server {
         /// (beyond it, small uploads are written as they arrive, like large ones). 8 MiB: S4 ran
         /// ~8% faster than with 2 MiB here.
         public var smallUploadBudget = 8 << 20
-        /// Store those small uploads through a file without a name (`O_TMPFILE`) linked into place
-        /// at the end; off, or where the file system cannot, a named partial is used.
-        public var unnamedSmallFiles = true
+        /// Write seed uploads (small ones held in memory and streamed ones alike) into a file
+        /// without a name (`O_TMPFILE`) linked into place when complete; off, or where the file
+        /// system cannot, a named partial under `.datastream/partial` is used.
+        public var unnamedSeedFiles = true
         /// Receive UDP (seed and native reliable UDP) on the same loop.
         public var udpEnabled = true
         /// The UDP port; nil means the TCP port's number (the bound one when `port` is 0).
@@ -150,7 +151,7 @@ public final class Server {
         self.logger = logger
         do {
             store = try Store(directory: configuration.directory, fsync: configuration.fsync, loop: loop)
-            store.unnamedSmallFiles = configuration.unnamedSmallFiles
+            store.unnamedSeedFiles = configuration.unnamedSeedFiles
         } catch {
             throw .directory(error)
         }

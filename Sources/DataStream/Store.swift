@@ -8,7 +8,10 @@ import UV
 /// Layout under the target directory:
 /// - `NAME` — stored files, only ever complete and verified (created by link, never overwritten);
 /// - `.datastream/partial/ID.part` and `ID.meta` — a native upload in progress (resumable);
-/// - `.datastream/partial/seed-PID-N.part` — a seed upload in progress (deleted if broken).
+/// - a seed upload in progress has no name at all (`O_TMPFILE` in the target directory, linked
+///   under its final name when complete: one directory entry per upload, and nothing left behind
+///   by a broken upload or a crash); where the file system cannot, it is
+///   `.datastream/partial/seed-PID-N.part` (deleted if broken, swept at start-up).
 public final class Store {
     /// The target directory.
     public let directory: String
@@ -21,9 +24,9 @@ public final class Store {
     private var seedCounter: UInt64 = 0
     private var storedSeedCounter: UInt64 = 0
     let pid = getpid()
-    /// `storeSmall` writes into a file without a name first (see there); tests turn it off to
-    /// exercise the named-partial path used where the file system has no `O_TMPFILE`.
-    var unnamedSmallFiles = true
+    /// Seed uploads are written into files without a name first (see `SeedPartial`); turned off
+    /// when the file system refuses `O_TMPFILE`, and by tests to exercise the named partials.
+    var unnamedSeedFiles = true
     private var smallQueue: [SmallJob] = []
     private var smallBatchesInFlight = 0
 
@@ -105,12 +108,73 @@ public final class Store {
 
     // MARK: - Seed uploads
 
-    /// Creates a fresh partial file for a seed upload.
-    func openSeedPartial(completion: @escaping (Result<(FileDescriptor, String), UVOperationError>) -> Void) {
+    /// A seed upload's file while it is written. Owned by the connection receiving the upload
+    /// (its descriptor by the connection's sink) until `commitSeed` or `discardSeed`.
+    struct SeedPartial {
+        let fd: FileDescriptor
+        /// The partial's path, or nil for a file without a name (`O_TMPFILE`).
+        let path: String?
+        /// What error messages call it: the path, or the directory the unnamed file is in.
+        let label: String
+    }
+
+    /// Creates a fresh file for a seed upload: without a name where the file system allows
+    /// (the first refusal switches this store to named partials for good), else a named partial.
+    func openSeedPartial(completion: @escaping (Result<SeedPartial, UVOperationError>) -> Void) {
+        guard unnamedSeedFiles else { openNamedSeedPartial(completion: completion); return }
+        let directory = directory
+        submit(completion) { [fs] () throws(UVOperationError) in
+            try fs.open(directory, flags: [.temporaryFile, .readWrite], mode: 0o600) { [self] r in
+                switch r {
+                case .success(let fd):
+                    completion(.success(SeedPartial(fd: fd, path: nil, label: directory + " (file without a name)")))
+                case .failure(let e) where [UVError.operationNotSupported, .isDirectory, .invalidArgument].contains(e.error):
+                    unnamedSeedFiles = false
+                    openNamedSeedPartial(completion: completion)
+                case .failure(let e):
+                    completion(.failure(e))
+                }
+            }
+        }
+    }
+
+    private func openNamedSeedPartial(completion: @escaping (Result<SeedPartial, UVOperationError>) -> Void) {
         let path = nextSeedPartialPath()
         submit(completion) { [fs] () throws(UVOperationError) in
-            try fs.open(path, flags: [.readWrite, .create, .truncate, .noFollow], mode: 0o600) { r in completion(r.map { ($0, path) }) }
+            try fs.open(path, flags: [.readWrite, .create, .truncate, .noFollow], mode: 0o600) { r in
+                completion(r.map { SeedPartial(fd: $0, path: path, label: path) })
+            }
         }
+    }
+
+    /// Stores a complete seed upload under `name` (or `name-1`, ... if taken), as `commit` does
+    /// for a named partial; a file without a name is fsynced (if enabled), linked and closed,
+    /// then the directory fsynced (if enabled). One threadpool work item.
+    func commitSeed(_ partial: SeedPartial, name: String, completion: @escaping (Result<String, UVOperationError>) -> Void) {
+        if let path = partial.path {
+            commit(partial.fd, partialPath: path, metaPath: nil, name: name, completion: completion)
+            return
+        }
+        let directory = directory, sync = fsyncEnabled, fd = partial.fd
+        do throws(UVOperationError) {
+            try runBlocking({
+                let r = Store.linkTemporaryNow(fd, name: name, directory: directory, sync: sync)
+                if sync, case .success = r {
+                    do throws(UVOperationError) { try BlockingFileSystem.syncDirectory(directory) } catch { return .failure(error) }
+                }
+                return r
+            }, completion: completion)
+        } catch {
+            closeQuietly(fd, partial.label)
+            completion(.failure(error))
+        }
+    }
+
+    /// Forgets a seed upload's file: closes it (a file without a name goes with it) and deletes
+    /// a named partial.
+    func discardSeed(_ partial: SeedPartial) {
+        closeQuietly(partial.fd, partial.label)
+        if let path = partial.path { unlinkQuietly(path) }
     }
 
     /// A fresh path for a seed upload's partial file.
@@ -134,26 +198,27 @@ public final class Store {
 
 
     /// Seed uploads whose file began with digits: writes `prefix` and then the `dataLength` bytes
-    /// of `old` into a new partial file, deletes the old one, and completes with the new one.
-    func rewrite(_ oldFD: FileDescriptor, oldPath: String, prefix: [UInt8], dataLength: UInt64, completion: @escaping (Result<(FileDescriptor, String), UVOperationError>) -> Void) {
+    /// of `old` into a new seed file, discards the old one, and completes with the new one.
+    func rewrite(_ old: SeedPartial, prefix: [UInt8], dataLength: UInt64, completion: @escaping (Result<SeedPartial, UVOperationError>) -> Void) {
+        let oldFD = old.fd, oldPath = old.label
         openSeedPartial { [self] r in
             switch r {
             case .failure(let e):
+                discardSeed(old)
                 completion(.failure(e))
-            case .success(let (newFD, newPath)):
+            case .success(let new):
+                let newFD = new.fd, newPath = new.label
                 let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 * 1024, alignment: 16)
                 _ = buffer.initializeMemory(as: UInt8.self, repeating: 0)
                 prefix.withUnsafeBytes { p in buffer.copyMemory(from: p) }
                 let finish: (UVOperationError?) -> Void = { [self] error in
                     buffer.deallocate()
-                    closeQuietly(oldFD, oldPath)
-                    unlinkQuietly(oldPath)
+                    discardSeed(old)
                     if let error {
-                        closeQuietly(newFD, newPath)
-                        unlinkQuietly(newPath)
+                        discardSeed(new)
                         completion(.failure(error))
                     } else {
-                        completion(.success((newFD, newPath)))
+                        completion(.success(new))
                     }
                 }
                 // The prefix first, then the old file in chunks, each read then written.
@@ -386,7 +451,7 @@ public final class Store {
         smallQueue.removeAll(keepingCapacity: true)
         smallBatchesInFlight += 1
         let uploads = batch.map(\.upload)
-        let directory = directory, sync = fsyncEnabled, unnamed = unnamedSmallFiles
+        let directory = directory, sync = fsyncEnabled, unnamed = unnamedSeedFiles
         do throws(UVOperationError) {
             try runBlocking({
                 // Group commit: each file is fsynced before its link (if enabled), the directory

@@ -403,7 +403,9 @@ final class SeedSessionDriver {
     let source: SocketAddress
     private var machine: SeedUDPSession
     private var fd: FileDescriptor?
-    private var path = ""
+    /// The upload's file once open (`fd` is its descriptor while this session holds it).
+    private var partial: Store.SeedPartial?
+    private var path: String { partial?.label ?? "" }
     private var opening = true
     private static let bufferSize = 256 * 1024
     private var filling: UnsafeMutableRawBufferPointer
@@ -438,11 +440,11 @@ final class SeedSessionDriver {
         receiver.server.store.openSeedPartial { [self] result in
             opening = false
             switch result {
-            case .success(let (fd, path)):
-                self.fd = fd
-                self.path = path
+            case .success(let opened):
+                self.fd = opened.fd
+                partial = opened
                 if ended {
-                    receiver.server.store.discard(fd, path: path, metaPath: nil)
+                    receiver.server.store.discardSeed(opened)
                     self.fd = nil
                     return
                 }
@@ -540,14 +542,15 @@ final class SeedSessionDriver {
         guard let outcome, !ended, filled == 0 else { return }
         switch outcome {
         case .complete where dropped == 0:
+            guard let partial else { return }
             ended = true
             self.fd = nil
             let name = store.nextSeedName()
-            store.commit(fd, partialPath: path, metaPath: nil, name: name) { [self] r in
+            store.commitSeed(partial, name: name) { [self] r in
                 switch r {
                 case .success(let stored): finishSession(stored: stored, reason: nil)
                 case .failure(let e):
-                    store.unlinkQuietly(path)
+                    if let path = partial.path { store.unlinkQuietly(path) }
                     finishSession(stored: nil, reason: e.description)
                 }
             }
@@ -563,9 +566,9 @@ final class SeedSessionDriver {
     private func finishSession(stored: String?, reason: String?) {
         ended = true
         let server = receiver.server
-        if let fd {
+        if fd != nil, let partial {
             self.fd = nil
-            server.store.discard(fd, path: path, metaPath: nil)
+            server.store.discardSeed(partial)
         }
         if let stored {
             server.statistics.uploadsStored += 1

@@ -95,9 +95,8 @@ public enum BlockingFileSystem {
     /// leaves nothing behind. Fails (`EOPNOTSUPP`, `EISDIR`) where the file system cannot; the
     /// caller then uses a named partial. The libuv function is `uv_fs_open`.
     public static func openTemporary(in directory: String, mode: Int32 = 0o600) throws(UVOperationError) -> FileDescriptor {
-        // O_TMPFILE is __O_TMPFILE | O_DIRECTORY; glibc only exports it with _GNU_SOURCE.
-        let temporaryFile: Int32 = 0o20000000 | O_DIRECTORY
-        return FileDescriptor(rawValue: Int32(try run("fs_open(O_TMPFILE)", directory) { uv_fs_open(nil, $0, directory, temporaryFile | O_RDWR | O_CLOEXEC, mode, nil) }))
+        let flags = FileOpenFlags.temporaryFile.rawValue | O_RDWR | O_CLOEXEC
+        return FileDescriptor(rawValue: Int32(try run("fs_open(O_TMPFILE)", directory) { uv_fs_open(nil, $0, directory, flags, mode, nil) }))
     }
 
     /// Gives a file from `openTemporary` the name `path`; fails with `EEXIST` if it is taken (never

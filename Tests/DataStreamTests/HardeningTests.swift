@@ -241,12 +241,15 @@ struct AbruptClientTests {
         }
         native = nil
         seed = nil
-        // The seed partial goes; the native one stays.
-        #expect(server.eventually { server.partials().filter { $0.hasPrefix("seed-") }.isEmpty && server.partials().count == 2 })
+        // Both are seen as broken; the seed file goes (it never had a name), the native partial
+        // (data and metadata) stays.
+        let brokenLogged = { server.log.lines.filter { $0.contains("broken upload") } }
+        #expect(server.eventually { brokenLogged().count == 2 && server.partials().count == 2 })
+        #expect(server.partials().allSatisfy { !$0.hasPrefix("seed-") })
         #expect(server.storedFiles().count == 1)
         // Each broken upload is logged with what the client did, not with a side effect of it
         // (libuv reports a reset seen by a readiness poll as EBADF).
-        let broken = server.log.lines.filter { $0.contains("broken upload") }
+        let broken = brokenLogged()
         #expect(broken.count == 2, "\(broken)")
         #expect(broken.allSatisfy { $0.contains(reset ? "ECONNRESET" : "closed after") }, "\(broken)")
         let again = try BlockingClient(port: server.port)

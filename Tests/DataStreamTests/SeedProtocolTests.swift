@@ -96,13 +96,14 @@ struct SeedProtocolTests {
 
 /// The three ways a small seed upload can reach its final name.
 enum SmallUploadPath: CaseIterable, Sendable {
-    case unnamedFile, namedPartial, streaming
+    case unnamedFile, namedPartial, streaming, streamingNamed
 
     func configure(_ c: inout Server.Configuration) {
         switch self {
         case .unnamedFile: break
-        case .namedPartial: c.unnamedSmallFiles = false
+        case .namedPartial: c.unnamedSeedFiles = false
         case .streaming: c.smallUploadBudget = 0
+        case .streamingNamed: c.smallUploadBudget = 0; c.unnamedSeedFiles = false
         }
     }
 }
