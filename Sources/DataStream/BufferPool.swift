@@ -38,6 +38,12 @@ protocol BufferWaiter: AnyObject {
 /// none is free, reads get no buffer (libuv reports `ENOBUFS`, the connection stops reading and
 /// waits here) and resume in order as slabs come back. This bounds memory whatever the number of
 /// connections and however slow the disk is.
+///
+/// Waiters are woken first come, first served, and only as many as the room can serve: a slab
+/// coming back wakes `wakesPerSlab` of them, and each read served while others wait wakes one
+/// more (so the waking goes on as long as reads find room). Waking all of them at once (10,000
+/// connections in S4) made each restart reading, be polled, find no buffer and stop again: two
+/// `epoll_ctl` calls and a poll per waiter per returned slab. Leaving the queue is O(1).
 final class BufferPool {
     let slabSize: Int
     /// The largest single read handed to libuv.
@@ -48,7 +54,13 @@ final class BufferPool {
     private var current: Slab?
     /// Where the last buffer handed out starts in `current`.
     private var lentStart = 0
+    /// Waiting connections, oldest first from `waitersHead`; an entry whose id is no longer in
+    /// `waiting` left the queue (`cancelWait`) and is skipped.
     private var waiters: [BufferWaiter] = []
+    private var waitersHead = 0
+    private var waiting = Set<ObjectIdentifier>()
+    /// Waiters woken per slab that comes back: about the reads one slab serves.
+    let wakesPerSlab: Int
     /// Slabs alive (in use or free), for metrics and tests.
     private(set) var liveSlabs = 0
 
@@ -58,6 +70,15 @@ final class BufferPool {
         self.maxSlabs = max(2, budget / slabSize)
         self.maxFreeSlabs = maxFreeSlabs ?? max(2, budget / slabSize) // keep them mapped: no page-fault churn
         freeSlabs.reserveCapacity(self.maxFreeSlabs)
+        wakesPerSlab = max(2, slabSize / (64 * 1024))
+    }
+
+    /// Connections waiting for a buffer (for metrics and tests).
+    var waiterCount: Int { waiting.count }
+
+    /// A read could get a buffer now without waiting for a slab to come back.
+    private var hasRoom: Bool {
+        (current.map { $0.tail >= maxReadSize } ?? false) || !freeSlabs.isEmpty || liveSlabs < maxSlabs
     }
 
     /// Memory for the next read (at most `maxReadSize`), or nil when every slab is in use; then
@@ -69,13 +90,14 @@ final class BufferPool {
         }
         if current == nil {
             guard let slab = takeSlab() else {
-                waiters.append(waiter)
+                if waiting.insert(ObjectIdentifier(waiter)).inserted { waiters.append(waiter) }
                 return nil
             }
             current = slab
         }
         let slab = current!
         lentStart = slab.filled
+        if !waiting.isEmpty && hasRoom { wakeWaiters(1) }
         return UnsafeMutableRawBufferPointer(rebasing: slab.memory[slab.filled..<(slab.filled + maxReadSize)])
     }
 
@@ -108,19 +130,47 @@ final class BufferPool {
         slab.references -= 1
         precondition(slab.references >= 0, "slab released twice")
         guard slab.references == 0 else { return }
-        if freeSlabs.count < maxFreeSlabs || !waiters.isEmpty {
+        if freeSlabs.count < maxFreeSlabs || !waiting.isEmpty {
             freeSlabs.append(slab)
         } else {
             liveSlabs -= 1 // deinit unmaps it
         }
-        if !waiters.isEmpty { wakeWaiters() }
+        if !waiting.isEmpty { wakeWaiters(wakesPerSlab) }
     }
 
-    func cancelWait(_ waiter: BufferWaiter) { waiters.removeAll { $0 === waiter } }
+    /// `waiter` no longer waits (its connection is closing). If it had been woken and will not
+    /// read, the next waiter takes its turn.
+    func cancelWait(_ waiter: BufferWaiter) {
+        waiting.remove(ObjectIdentifier(waiter))
+        if waiting.isEmpty {
+            waiters.removeAll(keepingCapacity: true)  // only stale entries are left
+            waitersHead = 0
+        } else if hasRoom {
+            wakeWaiters(1)
+        }
+    }
 
-    private func wakeWaiters() {
-        let ready = waiters
-        waiters.removeAll(keepingCapacity: true)
-        for w in ready { w.buffersAvailable() }
+    /// Wakes a batch if there is room and nobody is reading into it: the server's periodic
+    /// sweep calls this so that a wake lost to a connection that closed cannot stall the rest.
+    func wakeIfRoom() {
+        if !waiting.isEmpty && hasRoom { wakeWaiters(wakesPerSlab) }
+    }
+
+    private func wakeWaiters(_ count: Int) {
+        var woken = 0
+        while woken < count, waitersHead < waiters.count {
+            let w = waiters[waitersHead]
+            waitersHead += 1
+            guard waiting.remove(ObjectIdentifier(w)) != nil else { continue }
+            woken += 1
+            w.buffersAvailable()  // may call back into the pool (readBuffer, cancelWait)
+        }
+        if waitersHead == waiters.count {
+            waiters.removeAll(keepingCapacity: true)
+            waitersHead = 0
+        } else if waitersHead > 1024 && waitersHead * 2 > waiters.count {
+            waiters.removeFirst(waitersHead)
+            waitersHead = 0
+        }
     }
 }

@@ -480,6 +480,7 @@ public final class Server {
         let now = monotonicNanoseconds()
         for connection in Array(connections.values) { connection.checkTimeouts(now: now) }
         disk.refresh(store.fs)
+        pool.wakeIfRoom()
     }
 
     private func finishStopIfDone() {
