@@ -72,6 +72,37 @@ struct CommandLineTests {
         #expect(files.first.flatMap { FileManager.default.contents(atPath: dir + "/" + $0) }.map { [UInt8]($0) } == data)
     }
 
+    /// Threads of a `serve` process once it has stored an upload (libuv starts its threadpool,
+    /// all threads at once, at the first file request).
+    private func threadsAfterAnUpload(_ arguments: [String], shellPrefix: String = "") throws -> Int {
+        let server = try ServeProcess(arguments: arguments + ["--log-level", "warning"], shellPrefix: shellPrefix)
+        let data = content(9, count: 10_000)
+        let client = try BlockingClient(port: server.port)
+        client.send(Array(String(data.count).utf8) + data)
+        client.shutdownWrite()
+        _ = client.readUntilEOF()
+        let deadline = Date().addingTimeInterval(10)
+        while server.storedFiles().isEmpty && Date() < deadline { usleep(10_000) }
+        #expect(server.contents(server.storedFiles().first ?? "") == data)
+        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(server.process.processIdentifier)/task").count
+        _ = server.stop()
+        return tasks
+    }
+
+    @Test func threadpoolSizeFlagDefaultAndEnvironment() throws {
+        let one = try threadsAfterAnUpload(["--threadpool-size", "1"])
+        #expect(try threadsAfterAnUpload(["--threadpool-size", "3"]) == one + 2)
+        // Without the flag: one thread per core, at least 2; with --fsync twice that, at least 4.
+        let cores = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        #expect(try threadsAfterAnUpload([]) == one + max(2, cores) - 1)
+        #expect(try threadsAfterAnUpload(["--fsync"]) == one + max(4, 2 * cores) - 1)
+        // UV_THREADPOOL_SIZE from the environment is kept when the flag is not given.
+        #expect(try threadsAfterAnUpload([], shellPrefix: "export UV_THREADPOOL_SIZE=5") == one + 4)
+        let bad = try run(["serve", "--port", "0", "--threadpool-size", "0"])
+        #expect(bad.status != 0)
+        #expect(bad.stderr.contains("--threadpool-size must be between 1 and 1024"))
+    }
+
     @Test func sendWithJSONAndExitStatus() throws {
         let server = try BackgroundServer()
         defer { server.stop() }
