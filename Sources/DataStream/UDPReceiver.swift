@@ -733,6 +733,8 @@ final class NativeSessionDriver {
     private func write(_ w: ReliableUDPReceiver.Write) {
         guard let ring, let partial else { return }
         let start = Int(w.firstChunk % windowChunks) * chunkSize
+        precondition(w.byteCount <= ring.count && w.endChunk > w.firstChunk && w.endChunk - w.firstChunk <= windowChunks,
+                     "udp write run \(w) does not fit the ring of \(windowChunks) x \(chunkSize) bytes")
         let first = min(w.byteCount, ring.count - start)
         let a = UnsafeRawBufferPointer(rebasing: ring[start..<(start + first)])
         let b = UnsafeRawBufferPointer(rebasing: ring[0..<(w.byteCount - first)])

@@ -179,8 +179,12 @@ public struct ReliableUDPReceiver: Sendable {
         return .store(slot: s)
     }
 
+    /// Moves the cumulative point over the chunks held from it on, never past the window: the
+    /// slot of chunk `windowLimit` is the slot of `released`, whose bit may belong to that older,
+    /// unwritten chunk (the bits say which slots are full, not which chunk fills them).
     private mutating func advanceCumulative() {
-        while cumulative < chunkCount, isHeld(cumulative) { cumulative += 1 }
+        let limit = windowLimit
+        while cumulative < limit, isHeld(cumulative) { cumulative += 1 }
     }
 
     /// FINISH from the sender. A chunk count that does not match the announced size fails the session.

@@ -188,6 +188,85 @@ struct ReliableUDPReceiverTests {
         #expect(m.roundTrip < 10_000)
     }
 
+    /// A hole filled last, with the window full behind it and the chunks before it not yet
+    /// written: the cumulative point stops at the window limit. It used to run on through the
+    /// ring (the slot of chunk `released + window` is the slot of `released`, still full), to the
+    /// end of the file, and the driver was handed a write run longer than its ring (the receiver
+    /// crashed under 1% loss, bench U2).
+    @Test func fillingTheLastHoleOfAFullWindowStopsAtTheWindowLimit() {
+        var m = machine(chunks: 100, window: 8, flush: 1 << 20)  // no write before the end
+        for c: UInt32 in [0, 1, 3, 4, 5, 6, 7] { #expect(m.data(chunk: c, length: 1000, packet: UInt64(c + 1), now: 100) == .store(slot: Int(c))) }
+        #expect(m.cumulative == 2)
+        #expect(m.data(chunk: 8, length: 1000, packet: 9, now: 110) == .outOfRange)
+        #expect(m.data(chunk: 2, length: 1000, packet: 10, now: 120) == .store(slot: 2))
+        #expect(m.cumulative == 8)
+        let a = m.poll(now: 130)
+        #expect(a.write == R.Write(firstChunk: 0, endChunk: 8, fileOffset: 0, byteCount: 8000))
+        // The window moves on only once that run is on disk.
+        #expect(m.data(chunk: 8, length: 1000, packet: 11, now: 140) == .outOfRange)
+        _ = m.writeCompleted(now: 150)
+        #expect(m.windowLimit == 16)
+        #expect(m.data(chunk: 8, length: 1000, packet: 12, now: 160) == .store(slot: 0))
+        #expect(m.cumulative == 9)
+    }
+
+    /// The machine driven as the UDP driver drives it, with a simulated ring that records which
+    /// chunk each slot holds, under seeded random loss, reordering, duplication and slow writes:
+    /// no payload may land in a slot whose chunk is not yet on disk, every write run must be
+    /// exactly the chunks its slots hold, in file order and at most a window long, and every
+    /// chunk must be written exactly once. 200 seeds, a bounded number of steps each.
+    @Test(arguments: 0..<200)
+    func randomDeliveryNeverOverwritesUnwrittenSlotsAndWritesEachChunkOnce(seed: UInt64) {
+        var rng = SplitMix64(seed: seed)
+        let chunks = UInt32(20 + rng.next() % 200), window = UInt32(2 + rng.next() % 24)
+        var m = machine(chunks: chunks, window: window, flush: Int(1 + rng.next() % 8) * 1000)
+        var ring = [UInt32?](repeating: nil, count: Int(window))
+        var written = UInt32(0)
+        var inFlight: R.Write?
+        var packet: UInt64 = 0
+        var now: UInt64 = 1000
+        func apply(_ a: R.Actions) {
+            guard let w = a.write else { return }
+            #expect(inFlight == nil, "a second write while one is in flight")
+            #expect(w.firstChunk == written && w.endChunk > w.firstChunk && w.endChunk - w.firstChunk <= window, "run \(w), window \(window), written \(written)")
+            for c in w.firstChunk..<min(w.endChunk, written + window) {
+                #expect(ring[Int(c % window)] == c, "slot of chunk \(c) holds \(String(describing: ring[Int(c % window)]))")
+            }
+            inFlight = w
+        }
+        var steps = 0
+        while written < chunks && steps < 20_000 {
+            steps += 1
+            now += 50
+            let r = rng.next() % 10
+            if r < 2, let w = inFlight {
+                // The write completes: its slots are free again.
+                for c in w.firstChunk..<w.endChunk { ring[Int(c % window)] = nil }
+                written = w.endChunk
+                inFlight = nil
+                apply(m.writeCompleted(now: now))
+                continue
+            }
+            // The sender sends a chunk in the window (often the lowest missing, as after a NACK).
+            let low = m.cumulative, limit = m.windowLimit
+            guard limit > low else { apply(m.poll(now: now)); continue }
+            let chunk = r < 5 ? low : low + UInt32(rng.next() % UInt64(limit - low))
+            if rng.next() % 5 == 0 { continue }  // lost
+            packet += 1
+            switch m.data(chunk: chunk, length: 1000, packet: packet, now: now) {
+            case .store(let slot):
+                #expect(slot == Int(chunk % window))
+                #expect(ring[slot] == nil, "chunk \(chunk) into slot \(slot) that still holds unwritten chunk \(ring[slot]!)")
+                ring[slot] = chunk
+            case .duplicate, .outOfRange: break
+            case .badLength, .closed: Issue.record("unexpected verdict for chunk \(chunk)")
+            }
+            #expect(m.cumulative <= m.windowLimit)
+            if rng.next() % 3 == 0 { apply(m.poll(now: now)) }
+        }
+        #expect(written == chunks, "seed \(seed): \(written) of \(chunks) written in \(steps) steps")
+    }
+
     @Test func reorderingWithinTheThresholdIsNotReported() {
         var m = machine()
         for c: UInt32 in [0, 2, 1, 3] { _ = m.data(chunk: c, length: 1000, packet: UInt64(c + 1), now: 100) }
@@ -318,5 +397,19 @@ struct UDPSendControlTests {
             r.delivered(receivedBytes: b, receiverTime: t, now: t)
         }
         #expect(r.pacingRate <= 10e6)
+    }
+}
+
+
+/// A small seeded generator for repeatable random tests (SplitMix64).
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }
