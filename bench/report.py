@@ -52,6 +52,8 @@ lines = [
     "own ceiling for that load. Ratios are to the better C receiver of the scenario (c-libuv: threadpool",
     "writes; c-sync: writes on the loop thread).",
     f"Target: {target} (page cache).",
+    f"Every libuv-based peer (DataStream, c-libuv, c-sync, node, uvloop) ran with UV_THREADPOOL_SIZE={os.environ.get('UV_THREADPOOL_SIZE', '4 (libuv default)')},",
+    "the size DataStream picks by default (one thread per core, at least 2).",
     "",
 ]
 for scenario in ["S1", "S2", "S3", "S4", "U1", "U2"]:
