@@ -97,7 +97,7 @@ final class BufferPool {
         }
         let slab = current!
         lentStart = slab.filled
-        if !waiting.isEmpty && hasRoom { wakeWaiters(1) }
+        if !waiting.isEmpty { wakeWaiters(1) }  // a read served: the next in line may find room too
         return UnsafeMutableRawBufferPointer(rebasing: slab.memory[slab.filled..<(slab.filled + maxReadSize)])
     }
 
