@@ -1,7 +1,8 @@
-// The only C header the UV target sees: libuv itself (Debian: libuv1-dev), plus two Linux
+// The only C header the UV target sees: libuv itself (Debian: libuv1-dev), plus three Linux
 // calls glibc declares only under _GNU_SOURCE, reached through syscall(2): batched UDP send
-// (sendmmsg, with a layout-identical struct) and accept4 (the listener accepts itself, to
-// handle running out of descriptors; see TCPListener).
+// (sendmmsg, with a layout-identical struct), accept4 (the listener accepts itself, to
+// handle running out of descriptors; see TCPListener) and splice (socket to pipe to file
+// without a copy in user space; see BlockingSocketMove).
 #ifndef DATASTREAM_CLIBUV_SHIM_H
 #define DATASTREAM_CLIBUV_SHIM_H
 #include <uv.h>
@@ -23,5 +24,14 @@ static inline int datastream_sendmmsg(int fd, struct datastream_mmsghdr *message
 /// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC, no peer address: the new descriptor, or -1 with errno set.
 static inline int datastream_accept_nonblocking(int fd) {
     return (int)syscall(SYS_accept4, fd, (void *)0, (void *)0, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}
+/// splice(2) flags and the pipe-size fcntl, from <fcntl.h> under _GNU_SOURCE.
+#define DATASTREAM_SPLICE_F_MOVE 1
+#define DATASTREAM_SPLICE_F_NONBLOCK 2
+#define DATASTREAM_F_SETPIPE_SZ 1031
+#define DATASTREAM_F_GETPIPE_SZ 1032
+/// splice(2): bytes moved (0 at end of input), or -1 with errno set.
+static inline long datastream_splice(int fdIn, long long *offsetIn, int fdOut, long long *offsetOut, unsigned long length, unsigned int flags) {
+    return (long)syscall(SYS_splice, fdIn, offsetIn, fdOut, offsetOut, length, flags);
 }
 #endif

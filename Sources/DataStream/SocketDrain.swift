@@ -133,9 +133,9 @@ final class SocketDrain {
         let at = Int64(offset), limit = Int(min(remaining, UInt64(SocketDrain.bytesPerWorkItem)))
         do {
             try loop.queueWork({
-                work.result = BlockingSocketMove.move(from: socket, to: file, at: at, limit: limit, buffer: SocketDrain.threadBuffer(), target: path) { bytes in
-                    work.digester?.update(bytes)
-                }
+                // Without a digest the bytes need not enter user space (splice); with one they must.
+                work.result = BlockingSocketMove.move(from: socket, to: file, at: at, limit: limit, buffer: SocketDrain.threadBuffer(), target: path,
+                                                      observe: work.digester.map { d in { d.update($0) } })
             }, after: { [self] in
                 working = false
                 finishedWork()

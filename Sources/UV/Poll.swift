@@ -71,23 +71,34 @@ public enum BlockingSocketMove {
         case failed(UVOperationError)
     }
 
-    /// Receives what `socket` has ready without waiting (`MSG_DONTWAIT`) into `buffer` and writes
-    /// it to `file` at `offset` on, repeating until the socket has nothing more, `limit` bytes
-    /// were moved, or the peer closed; never receives past `limit`, so bytes after it stay in
-    /// the socket. `observe` sees every moved byte in order (for a digest). The received bytes
-    /// stay in this thread's cache from `recv` to `pwrite`. When it stops at `limit`, `next` is
-    /// the first byte already waiting after it (peeked, left in the socket), if any.
+    /// Receives what `socket` has ready without waiting (`MSG_DONTWAIT`) and writes it to `file`
+    /// at `offset` on, repeating until the socket has nothing more, `limit` bytes were moved, or
+    /// the peer closed; never receives past `limit`, so bytes after it stay in the socket. When
+    /// it stops at `limit`, `next` is the first byte already waiting after it (peeked, left in
+    /// the socket), if any.
+    ///
+    /// With `observe` (a digest must see every byte, in order), bytes go through `buffer`: `recv`
+    /// then `pwrite`, on one thread, so they are still in its cache for the second copy. Without
+    /// it they never enter user space: `splice` moves them from the socket into this thread's
+    /// pipe (the kernel hands over its buffers, no copy) and from the pipe into the file (the one
+    /// copy, into the page cache), halving the copying of a large upload. `buffer` is then used
+    /// only if the thread could not get a pipe.
     public static func move(from socket: Int32, to file: FileDescriptor, at offset: Int64, limit: Int, buffer: UnsafeMutableRawBufferPointer,
-                            target: String, observe: (UnsafeRawBufferPointer) -> Void) -> (moved: Int, end: End, next: UInt8?) {
-        let (moved, end) = moveBody(from: socket, to: file, at: offset, limit: limit, buffer: buffer, target: target, observe: observe)
+                            target: String, observe: ((UnsafeRawBufferPointer) -> Void)?) -> (moved: Int, end: End, next: UInt8?) {
+        let (moved, end): (Int, End)
+        if observe == nil, let pipe = ThreadPipe.current() {
+            (moved, end) = spliceBody(from: socket, to: file, at: offset, limit: limit, pipe: pipe, target: target)
+        } else {
+            (moved, end) = copyBody(from: socket, to: file, at: offset, limit: limit, buffer: buffer, target: target, observe: observe)
+        }
         guard end == .limitReached else { return (moved, end, nil) }
         var byte: UInt8 = 0
         let n = recv(socket, &byte, 1, Int32(MSG_PEEK) | Int32(MSG_DONTWAIT))
         return (moved, end, n == 1 ? byte : nil)
     }
 
-    private static func moveBody(from socket: Int32, to file: FileDescriptor, at offset: Int64, limit: Int, buffer: UnsafeMutableRawBufferPointer,
-                                 target: String, observe: (UnsafeRawBufferPointer) -> Void) -> (moved: Int, end: End) {
+    private static func copyBody(from socket: Int32, to file: FileDescriptor, at offset: Int64, limit: Int, buffer: UnsafeMutableRawBufferPointer,
+                                 target: String, observe: ((UnsafeRawBufferPointer) -> Void)?) -> (moved: Int, end: End) {
         var moved = 0
         while moved < limit {
             let n = recv(socket, buffer.baseAddress, min(buffer.count, limit - moved), Int32(MSG_DONTWAIT))
@@ -108,9 +119,83 @@ public enum BlockingSocketMove {
                 if w == 0 { return (moved + written, .failed(UVOperationError("pwrite", target: target, code: UVError.noSpace.code))) }
                 written += w
             }
-            observe(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            observe?(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
             moved += n
         }
         return (moved, .limitReached)
     }
+
+    private static func spliceBody(from socket: Int32, to file: FileDescriptor, at offset: Int64, limit: Int, pipe: ThreadPipe,
+                                   target: String) -> (moved: Int, end: End) {
+        var moved = 0
+        while moved < limit {
+            // The pipe is empty here: the socket's splice stops only when the socket has nothing
+            // more (EAGAIN; the descriptor is non-blocking), at `limit`, or when the pipe is full.
+            let n = datastream_splice(socket, nil, pipe.write, nil, UInt(min(pipe.capacity, limit - moved)), UInt32(DATASTREAM_SPLICE_F_MOVE | DATASTREAM_SPLICE_F_NONBLOCK))
+            if n == 0 { return (moved, .endOfStream) }
+            if n < 0 {
+                let e = errno
+                if e == EINTR { continue }
+                if e == EAGAIN || e == EWOULDBLOCK { return (moved, .wouldBlock) }
+                return (moved, .failed(UVOperationError("splice", code: -e)))
+            }
+            var position = offset + Int64(moved)
+            var left = n
+            while left > 0 {
+                let w = datastream_splice(pipe.read, nil, file.rawValue, &position, UInt(left), UInt32(DATASTREAM_SPLICE_F_MOVE))
+                if w < 0 && errno == EINTR { continue }
+                if w <= 0 {
+                    let code = w == 0 ? UVError.noSpace.code : -errno
+                    ThreadPipe.discard()  // it still holds bytes the file did not take
+                    return (moved + (n - left), .failed(UVOperationError("splice", target: target, code: code)))
+                }
+                left -= w
+            }
+            moved += n
+        }
+        return (moved, .limitReached)
+    }
+}
+
+/// The calling thread's pipe for `splice` (made on first use, 1 MiB when the system allows,
+/// closed when the thread ends). Empty between moves; one that may hold stray bytes is discarded.
+private final class ThreadPipe {
+    let read: Int32
+    let write: Int32
+    let capacity: Int
+
+    private init(read: Int32, write: Int32, capacity: Int) {
+        self.read = read
+        self.write = write
+        self.capacity = capacity
+    }
+
+    deinit {
+        close(read)
+        close(write)
+    }
+
+    static func current() -> ThreadPipe? {
+        if let p = pthread_getspecific(key) { return Unmanaged<ThreadPipe>.fromOpaque(p).takeUnretainedValue() }
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { return nil }
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }  // (glibc declares pipe2 only under _GNU_SOURCE)
+        _ = fcntl(fds[1], DATASTREAM_F_SETPIPE_SZ, Int32(1 << 20))  // may fail: the default (64 KiB) stays
+        let size = fcntl(fds[1], DATASTREAM_F_GETPIPE_SZ)
+        let made = ThreadPipe(read: fds[0], write: fds[1], capacity: size > 0 ? Int(size) : 64 * 1024)
+        pthread_setspecific(key, Unmanaged.passRetained(made).toOpaque())
+        return made
+    }
+
+    static func discard() {
+        guard let p = pthread_getspecific(key) else { return }
+        pthread_setspecific(key, nil)
+        Unmanaged<ThreadPipe>.fromOpaque(p).release()
+    }
+
+    private static let key: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key) { if let p = $0 { Unmanaged<ThreadPipe>.fromOpaque(p).release() } }
+        return key
+    }()
 }

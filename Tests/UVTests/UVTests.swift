@@ -412,3 +412,126 @@ struct TCPAndUDPTests {
         try loop.close()
     }
 }
+
+/// `BlockingSocketMove` on a real loopback connection and real files: without an observer the
+/// bytes go socket → pipe → file (`splice`), with one through a buffer (`recv`, `pwrite`); both
+/// stop at the limit and leave what follows in the socket, report the end of stream, and a
+/// failed file write is an error naming the file, after which the next move works again.
+struct BlockingSocketMoveTests {
+    /// A connected pair of blocking TCP sockets on 127.0.0.1; the receiving end is non-blocking.
+    private func loopbackPair() throws -> (sender: Int32, receiver: Int32) {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        try withUnsafeMutablePointer(to: &address) { p in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { a in
+                guard bind(listener, a, length) == 0, listen(listener, 1) == 0, getsockname(listener, a, &length) == 0 else { throw POSIXError(.EADDRNOTAVAIL) }
+            }
+        }
+        let sender = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        try withUnsafePointer(to: &address) { p in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { a in
+                guard connect(sender, a, length) == 0 else { throw POSIXError(.ECONNREFUSED) }
+            }
+        }
+        let receiver = accept(listener, nil, nil)
+        #expect(receiver >= 0)
+        _ = fcntl(receiver, F_SETFL, fcntl(receiver, F_GETFL) | O_NONBLOCK)
+        return (sender, receiver)
+    }
+
+    private func makeDirectory() throws -> String {
+        let dir = "/tmp/uv-move-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
+    }
+
+    private func send(_ socket: Int32, _ bytes: [UInt8]) {
+        var at = 0
+        while at < bytes.count {
+            let n = bytes[at...].withUnsafeBytes { Glibc.send(socket, $0.baseAddress, $0.count, 0) }
+            precondition(n > 0, "send: \(errno)")
+            at += n
+        }
+    }
+
+    /// Moves until `limit` bytes are in the file or the stream ends, waiting (bounded) for data.
+    private func moveAll(_ socket: Int32, _ file: FileDescriptor, limit: Int, buffer: UnsafeMutableRawBufferPointer, target: String = "moved.bin",
+                         observe: ((UnsafeRawBufferPointer) -> Void)?) -> (moved: Int, end: BlockingSocketMove.End, next: UInt8?) {
+        var moved = 0
+        for _ in 0..<10_000 {
+            let r = BlockingSocketMove.move(from: socket, to: file, at: Int64(moved), limit: limit - moved, buffer: buffer, target: target, observe: observe)
+            moved += r.moved
+            if r.end != .wouldBlock { return (moved, r.end, r.next) }
+            var p = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
+            _ = poll(&p, 1, 1000)
+        }
+        return (moved, .wouldBlock, nil)
+    }
+
+    @Test(arguments: [false, true])
+    func movesExactlyTheLimitThenTheRestToEndOfStream(observed: Bool) throws {
+        let dir = try makeDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (sender, receiver) = try loopbackPair()
+        defer { close(receiver) }
+        let body = (0..<(3 << 20) + 12_345).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 13) }
+        let writer = Thread { self.send(sender, body + Array("Xtail".utf8)); shutdown(sender, Int32(SHUT_WR)) }
+        writer.start()
+        defer { close(sender) }
+        let path = dir + "/moved.bin"
+        let fd = open(path, O_CREAT | O_WRONLY, 0o644)
+        defer { close(fd) }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 64)
+        defer { buffer.deallocate() }
+        var seen: [UInt8] = []
+        let observe: ((UnsafeRawBufferPointer) -> Void)? = observed ? { seen.append(contentsOf: $0) } : nil
+
+        let first = moveAll(receiver, FileDescriptor(rawValue: fd), limit: body.count, buffer: buffer, observe: observe)
+        #expect(first.moved == body.count)
+        #expect(first.end == .limitReached)
+        #expect(first.next == UInt8(ascii: "X"), "the byte after the limit is peeked, not taken")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == Data(body))
+        #expect(observed ? seen == body : seen.isEmpty)
+
+        let rest = BlockingSocketMove.move(from: receiver, to: FileDescriptor(rawValue: fd), at: Int64(body.count), limit: 100, buffer: buffer, target: "t", observe: observe)
+        #expect(rest.moved == 5)
+        #expect(rest.end == .endOfStream)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == Data(body + Array("Xtail".utf8)))
+    }
+
+    @Test(arguments: [false, true])
+    func aFileThatRefusesWritesIsAnErrorNamingItAndTheNextMoveWorks(observed: Bool) throws {
+        let dir = try makeDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (sender, receiver) = try loopbackPair()
+        defer { close(sender); close(receiver) }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 64)
+        defer { buffer.deallocate() }
+        let observe: ((UnsafeRawBufferPointer) -> Void)? = observed ? { _ in } : nil
+        _ = FileManager.default.createFile(atPath: dir + "/read-only.bin", contents: nil)
+        let readOnly = open(dir + "/read-only.bin", O_RDONLY)
+        defer { close(readOnly) }
+        let sent = (0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31 >> 3) }
+        let writer = Thread { self.send(sender, sent); shutdown(sender, Int32(SHUT_WR)) }
+        writer.start()
+        let failed = moveAll(receiver, FileDescriptor(rawValue: readOnly), limit: sent.count, buffer: buffer, target: "read-only.bin", observe: observe)
+        guard case .failed(let error) = failed.end else { Issue.record("expected a failure, got \(failed.end)"); return }
+        #expect(error.description.contains("read-only.bin"), "\(error)")
+        #expect(error.error.code == -EBADF, "\(error)")
+        #expect(failed.moved == 0)
+
+        // What the failed move took is gone with its upload; nothing of it (no byte left in the
+        // thread's pipe) reaches the next file, and the rest of the stream arrives intact.
+        let goodPath = dir + "/good.bin"
+        let good = open(goodPath, O_CREAT | O_WRONLY, 0o644)
+        defer { close(good) }
+        let rest = moveAll(receiver, FileDescriptor(rawValue: good), limit: sent.count, buffer: buffer, observe: observe)
+        #expect(rest.end == .endOfStream)
+        #expect(rest.moved > 0 && rest.moved < sent.count, "moved \(rest.moved)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: goodPath)) == Data(sent.suffix(rest.moved)))
+    }
+}
