@@ -113,6 +113,8 @@ public final class Server {
         /// and the bytes that went that way.
         public var uploadsDrained: UInt64 = 0
         public var bytesDrained: UInt64 = 0
+        /// The most drains that ran at once.
+        public var peakDrainsRunning = 0
         public var udpBytesSent: UInt64 = 0
         /// Receives that held several datagrams coalesced by the kernel (receive offload).
         public var udpCoalescedReceives: UInt64 = 0

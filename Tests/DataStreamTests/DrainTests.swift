@@ -24,6 +24,32 @@ struct DrainTests {
         #expect(server.statistics.bytesDrained >= UInt64(data.count) - (2 << 20), "drained \(server.statistics.bytesDrained)")
     }
 
+    /// A seed upload's drain splices (no digest to compute), so every mid-sized upload in flight
+    /// gets one, not just the first few: eight 1 MiB uploads held half-sent are all drained at
+    /// once, then finish byte-identical.
+    @Test func everyMidSizedSeedUploadInFlightIsDrained() throws {
+        let server = try BackgroundServer()
+        let uploads = (0..<8).map { content(70 + $0, count: 1 << 20) }
+        let clients = try uploads.map { data in
+            let client = try BlockingClient(port: server.port)
+            client.send(Array(String(data.count).utf8) + Array(data[0..<(512 << 10)]))
+            return client
+        }
+        usleep(1_000_000)  // the partial files open and the drains start, each waiting for bytes
+        for (client, data) in zip(clients, uploads) {
+            client.send(Array(data[(512 << 10)...]))
+            client.shutdownWrite()
+        }
+        for client in clients { #expect(client.readUntilEOF() != nil) }
+        #expect(server.eventually { server.storedFiles().count == 8 })
+        server.stop()
+        let stored = Set(server.storedFiles().compactMap { server.contents($0) })
+        #expect(stored == Set(uploads))
+        #expect(server.partials().isEmpty)
+        #expect(server.statistics.uploadsDrained == 8)
+        #expect(server.statistics.peakDrainsRunning == 8, "at most \(server.statistics.peakDrainsRunning) drains at once")
+    }
+
     /// The size field swallowed the file's leading digits: the drain takes the longest reading
     /// and the end of stream decides, as on the slab path.
     @Test func largeSeedFileBeginningWithDigits() throws {
