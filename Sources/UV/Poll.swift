@@ -82,12 +82,21 @@ public enum BlockingSocketMove {
     /// it they never enter user space: `splice` moves them from the socket into this thread's
     /// pipe (the kernel hands over its buffers, no copy) and from the pipe into the file (the one
     /// copy, into the page cache), halving the copying of a large upload. `buffer` is then used
-    /// only if the thread could not get a pipe.
+    /// only if the thread could not get a pipe or the file refuses `splice` (`EINVAL`: a file
+    /// system without splice support, or a file open for appending), which makes the rest of
+    /// the move a copy.
     public static func move(from socket: Int32, to file: FileDescriptor, at offset: Int64, limit: Int, buffer: UnsafeMutableRawBufferPointer,
                             target: String, observe: ((UnsafeRawBufferPointer) -> Void)?) -> (moved: Int, end: End, next: UInt8?) {
         let (moved, end): (Int, End)
         if observe == nil, let pipe = ThreadPipe.current() {
-            (moved, end) = spliceBody(from: socket, to: file, at: offset, limit: limit, pipe: pipe, target: target)
+            let spliced = spliceBody(from: socket, to: file, at: offset, limit: limit, pipe: pipe, buffer: buffer, target: target)
+            if let spliceEnd = spliced.end {
+                (moved, end) = (spliced.moved, spliceEnd)
+            } else {
+                // The file takes no splice: the rest of this move goes by copy.
+                let rest = copyBody(from: socket, to: file, at: offset + Int64(spliced.moved), limit: limit - spliced.moved, buffer: buffer, target: target, observe: nil)
+                (moved, end) = (spliced.moved + rest.moved, rest.end)
+            }
         } else {
             (moved, end) = copyBody(from: socket, to: file, at: offset, limit: limit, buffer: buffer, target: target, observe: observe)
         }
@@ -125,8 +134,11 @@ public enum BlockingSocketMove {
         return (moved, .limitReached)
     }
 
+    /// Returns `end` nil when the file refuses `splice` (`EINVAL`: its file system has no
+    /// splice support, or it is open for appending); the bytes already in the pipe are then
+    /// written through `buffer`, and `moved` counts them.
     private static func spliceBody(from socket: Int32, to file: FileDescriptor, at offset: Int64, limit: Int, pipe: ThreadPipe,
-                                   target: String) -> (moved: Int, end: End) {
+                                   buffer: UnsafeMutableRawBufferPointer, target: String) -> (moved: Int, end: End?) {
         var moved = 0
         while moved < limit {
             // The pipe is empty here: the socket's splice stops only when the socket has nothing
@@ -144,6 +156,13 @@ public enum BlockingSocketMove {
             while left > 0 {
                 let w = datastream_splice(pipe.read, nil, file.rawValue, &position, UInt(left), UInt32(DATASTREAM_SPLICE_F_MOVE))
                 if w < 0 && errno == EINTR { continue }
+                if w < 0 && errno == EINVAL {
+                    if let error = copyOutOfPipe(pipe, count: left, to: file, at: position, buffer: buffer, target: target) {
+                        ThreadPipe.discard()
+                        return (moved + (n - left), .failed(error))
+                    }
+                    return (moved + n, nil)
+                }
                 if w <= 0 {
                     let code = w == 0 ? UVError.noSpace.code : -errno
                     ThreadPipe.discard()  // it still holds bytes the file did not take
@@ -154,6 +173,26 @@ public enum BlockingSocketMove {
             moved += n
         }
         return (moved, .limitReached)
+    }
+
+    /// Reads `count` bytes out of the pipe and writes them to `file` at `offset` on.
+    private static func copyOutOfPipe(_ pipe: ThreadPipe, count: Int, to file: FileDescriptor, at offset: Int64, buffer: UnsafeMutableRawBufferPointer,
+                                      target: String) -> UVOperationError? {
+        var done = 0
+        while done < count {
+            let r = read(pipe.read, buffer.baseAddress, min(buffer.count, count - done))
+            if r < 0 && errno == EINTR { continue }
+            if r <= 0 { return UVOperationError("read(pipe)", code: r == 0 ? UVError.endOfFile.code : -errno) }
+            var written = 0
+            while written < r {
+                let w = pwrite(file.rawValue, buffer.baseAddress! + written, r - written, off_t(offset) + off_t(done + written))
+                if w < 0 && errno == EINTR { continue }
+                if w <= 0 { return UVOperationError("pwrite", target: target, code: w == 0 ? UVError.noSpace.code : -errno) }
+                written += w
+            }
+            done += r
+        }
+        return nil
     }
 }
 
