@@ -6,8 +6,9 @@ import UV
 /// libuv's threadpool: one work item moves what the socket has ready into the file. Without a
 /// digest to compute (seed uploads) the bytes never enter user space: `splice` through the
 /// thread's pipe, one copy in all (S1, 1 GiB, median of 4 interleaved runs: 1,900 MB/s at
-/// 0.53 s CPU, where receiving then writing reached 1,240 MB/s at 0.8 s). With one, the work item receives, hashes and writes on one
-/// thread, so the bytes are still in that core's cache when the page-cache copy reads them.
+/// 0.53 s CPU, where receiving then writing reached 1,240 MB/s at 0.8 s). With one, the work
+/// item receives, hashes and writes on one thread, so the bytes are still in that core's cache
+/// when the page-cache copy reads them.
 /// The loop thread only learns when the socket is readable (a `Poll` on a duplicate of the
 /// socket's descriptor) and queues the next work item; nothing blocks it.
 ///

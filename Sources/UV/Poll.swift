@@ -118,17 +118,11 @@ public enum BlockingSocketMove {
                 if e == EAGAIN || e == EWOULDBLOCK { return (moved, .wouldBlock) }
                 return (moved, .failed(UVOperationError("recv", code: -e)))
             }
-            var written = 0
-            while written < n {
-                let w = pwrite(file.rawValue, buffer.baseAddress! + written, n - written, off_t(offset) + off_t(moved + written))
-                if w < 0 {
-                    if errno == EINTR { continue }
-                    return (moved + written, .failed(UVOperationError("pwrite", target: target, code: -errno)))
-                }
-                if w == 0 { return (moved + written, .failed(UVOperationError("pwrite", target: target, code: UVError.noSpace.code))) }
-                written += w
+            let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+            if case let (written, error?) = writeAll(bytes, to: file, at: offset + Int64(moved), target: target) {
+                return (moved + written, .failed(error))
             }
-            observe?(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            observe?(bytes)
             moved += n
         }
         return (moved, .limitReached)
@@ -183,16 +177,25 @@ public enum BlockingSocketMove {
             let r = read(pipe.read, buffer.baseAddress, min(buffer.count, count - done))
             if r < 0 && errno == EINTR { continue }
             if r <= 0 { return UVOperationError("read(pipe)", code: r == 0 ? UVError.endOfFile.code : -errno) }
-            var written = 0
-            while written < r {
-                let w = pwrite(file.rawValue, buffer.baseAddress! + written, r - written, off_t(offset) + off_t(done + written))
-                if w < 0 && errno == EINTR { continue }
-                if w <= 0 { return UVOperationError("pwrite", target: target, code: w == 0 ? UVError.noSpace.code : -errno) }
-                written += w
+            if let error = writeAll(UnsafeRawBufferPointer(rebasing: buffer[0..<r]), to: file, at: offset + Int64(done), target: target).error {
+                return error
             }
             done += r
         }
         return nil
+    }
+
+    /// `pwrite`s all of `bytes` at `offset` on (repeating after short writes); on failure, how
+    /// many were written first. A write of nothing is a full disk.
+    private static func writeAll(_ bytes: UnsafeRawBufferPointer, to file: FileDescriptor, at offset: Int64, target: String) -> (written: Int, error: UVOperationError?) {
+        var written = 0
+        while written < bytes.count {
+            let w = pwrite(file.rawValue, bytes.baseAddress! + written, bytes.count - written, off_t(offset) + off_t(written))
+            if w < 0 && errno == EINTR { continue }
+            if w <= 0 { return (written, UVOperationError("pwrite", target: target, code: w == 0 ? UVError.noSpace.code : -errno)) }
+            written += w
+        }
+        return (written, nil)
     }
 }
 
