@@ -110,13 +110,11 @@ public enum BlockingSocketMove {
                                  target: String, observe: ((UnsafeRawBufferPointer) -> Void)?) -> (moved: Int, end: End) {
         var moved = 0
         while moved < limit {
-            let n = recv(socket, buffer.baseAddress, min(buffer.count, limit - moved), Int32(MSG_DONTWAIT))
-            if n == 0 { return (moved, .endOfStream) }
-            if n < 0 {
-                let e = errno
-                if e == EINTR { continue }
-                if e == EAGAIN || e == EWOULDBLOCK { return (moved, .wouldBlock) }
-                return (moved, .failed(UVOperationError("recv", code: -e)))
+            let n: Int
+            switch received(recv(socket, buffer.baseAddress, min(buffer.count, limit - moved), Int32(MSG_DONTWAIT)), "recv") {
+            case .again: continue
+            case .stop(let end): return (moved, end)
+            case .bytes(let count): n = count
             }
             let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
             if case let (written, error?) = writeAll(bytes, to: file, at: offset + Int64(moved), target: target) {
@@ -137,13 +135,11 @@ public enum BlockingSocketMove {
         while moved < limit {
             // The pipe is empty here: the socket's splice stops only when the socket has nothing
             // more (EAGAIN; the descriptor is non-blocking), at `limit`, or when the pipe is full.
-            let n = datastream_splice(socket, nil, pipe.write, nil, UInt(min(pipe.capacity, limit - moved)), UInt32(DATASTREAM_SPLICE_F_MOVE | DATASTREAM_SPLICE_F_NONBLOCK))
-            if n == 0 { return (moved, .endOfStream) }
-            if n < 0 {
-                let e = errno
-                if e == EINTR { continue }
-                if e == EAGAIN || e == EWOULDBLOCK { return (moved, .wouldBlock) }
-                return (moved, .failed(UVOperationError("splice", code: -e)))
+            let n: Int
+            switch received(datastream_splice(socket, nil, pipe.write, nil, UInt(min(pipe.capacity, limit - moved)), UInt32(DATASTREAM_SPLICE_F_MOVE | DATASTREAM_SPLICE_F_NONBLOCK)), "splice") {
+            case .again: continue
+            case .stop(let end): return (moved, end)
+            case .bytes(let count): n = count
             }
             var position = offset + Int64(moved)
             var left = n
@@ -183,6 +179,23 @@ public enum BlockingSocketMove {
             done += r
         }
         return nil
+    }
+
+    /// What a non-blocking receive from the socket returned (`recv`, or `splice` out of it).
+    private enum Received {
+        case bytes(Int)
+        /// Interrupted: receive again.
+        case again
+        case stop(End)
+    }
+
+    private static func received(_ n: Int, _ operation: String) -> Received {
+        if n > 0 { return .bytes(n) }
+        if n == 0 { return .stop(.endOfStream) }
+        let e = errno
+        if e == EINTR { return .again }
+        if e == EAGAIN || e == EWOULDBLOCK { return .stop(.wouldBlock) }
+        return .stop(.failed(UVOperationError(operation, code: -e)))
     }
 
     /// `pwrite`s all of `bytes` at `offset` on (repeating after short writes); on failure, how
