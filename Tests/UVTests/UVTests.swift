@@ -536,50 +536,27 @@ struct BlockingSocketMoveTests {
         #expect(rest.moved > 0 && rest.moved < sent.count, "moved \(rest.moved)")
         #expect(try Data(contentsOf: URL(fileURLWithPath: goodPath)) == Data(sent.suffix(rest.moved)))
     }
-}
 
-/// A file that refuses `splice` (open for appending: `EINVAL`, as on a file system without splice
-/// support) still receives every byte, in order: the bytes already in the pipe and the rest of
-/// the move go by copy.
-struct BlockingSocketMoveFallbackTests {
+    /// A file that refuses `splice` (open for appending: `EINVAL`, as on a file system without
+    /// splice support) still receives every byte, in order: the bytes already in the pipe and
+    /// the rest of each move go by copy.
     @Test func aFileThatRefusesSpliceGetsTheBytesByCopy() throws {
-        let dir = "/tmp/uv-move-append-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let dir = try makeDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        var fds: [Int32] = [-1, -1]
-        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
-        defer { close(fds[0]); close(fds[1]) }
-        _ = fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK)
-        let sender = fds[0]
+        let (sender, receiver) = try loopbackPair()
+        defer { close(receiver) }
         let sent = (0..<(2 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 131 >> 5) }
-        let writer = Thread {
-            var at = 0
-            while at < sent.count {
-                let n = sent[at...].withUnsafeBytes { Glibc.send(sender, $0.baseAddress, $0.count, 0) }
-                if n <= 0 { break }
-                at += n
-            }
-            shutdown(sender, Int32(SHUT_WR))
-        }
+        let writer = Thread { self.send(sender, sent); shutdown(sender, Int32(SHUT_WR)) }
         writer.start()
+        defer { close(sender) }
         let path = dir + "/appended.bin"
         let fd = open(path, O_CREAT | O_WRONLY | O_APPEND, 0o644)
         defer { close(fd) }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 64)
         defer { buffer.deallocate() }
-        var moved = 0
-        var end = BlockingSocketMove.End.wouldBlock
-        for _ in 0..<10_000 where end == .wouldBlock || end == .limitReached {
-            let r = BlockingSocketMove.move(from: fds[1], to: FileDescriptor(rawValue: fd), at: Int64(moved), limit: 1 << 20, buffer: buffer, target: path, observe: nil)
-            moved += r.moved
-            end = r.end
-            if end == .wouldBlock {
-                var p = pollfd(fd: fds[1], events: Int16(POLLIN), revents: 0)
-                _ = poll(&p, 1, 1000)
-            }
-        }
-        #expect(end == .endOfStream)
-        #expect(moved == sent.count)
+        let all = moveAll(receiver, FileDescriptor(rawValue: fd), limit: sent.count + 1, buffer: buffer, target: path, observe: nil)
+        #expect(all.end == .endOfStream)
+        #expect(all.moved == sent.count)
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == Data(sent))
     }
 }
