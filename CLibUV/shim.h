@@ -1,8 +1,10 @@
-// The only C header the UV target sees: libuv itself (Debian: libuv1-dev), plus three Linux
-// calls glibc declares only under _GNU_SOURCE, reached through syscall(2): batched UDP send
-// (sendmmsg, with a layout-identical struct), accept4 (the listener accepts itself, to
-// handle running out of descriptors; see TCPListener) and splice (socket to pipe to file
-// without a copy in user space; see BlockingSocketMove).
+// The only C header the UV target sees: libuv itself (Debian: libuv1-dev), plus Linux calls
+// that glibc declares only under _GNU_SOURCE or that Swift cannot call (variadic), reached
+// through syscall(2): batched UDP send (sendmmsg, with a layout-identical struct), accept4
+// (the listener accepts itself, to handle running out of descriptors; see TCPListener),
+// splice (socket to pipe to file without a copy in user space; see BlockingSocketMove) and
+// openat with O_PATH (files created relative to a directory descriptor; see
+// BlockingFileSystem).
 #ifndef DATASTREAM_CLIBUV_SHIM_H
 #define DATASTREAM_CLIBUV_SHIM_H
 #include <uv.h>
@@ -33,5 +35,11 @@ static inline int datastream_accept_nonblocking(int fd) {
 /// splice(2): bytes moved (0 at end of input), or -1 with errno set.
 static inline long datastream_splice(int fdIn, long long *offsetIn, int fdOut, long long *offsetOut, unsigned long length, unsigned int flags) {
     return (long)syscall(SYS_splice, fdIn, offsetIn, fdOut, offsetOut, length, flags);
+}
+/// O_PATH, from <fcntl.h> under _GNU_SOURCE.
+#define DATASTREAM_O_PATH 010000000
+/// openat(2) (glibc's is variadic): the new descriptor, or -1 with errno set.
+static inline int datastream_openat(int dirfd, const char *path, int flags, unsigned int mode) {
+    return (int)syscall(SYS_openat, dirfd, path, flags, mode);
 }
 #endif

@@ -1,4 +1,5 @@
 import DataStreamCore
+import Glibc
 import Logging
 import UV
 
@@ -15,8 +16,11 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     private let server: Server
     private let stream: TCPStream
     private var machine: ConnectionStateMachine
-    /// The peer, as accepted (formatted only when something is logged).
-    let peer: SocketAddress?
+    /// The peer as looked up at accept, when the server needed it (the per-address cap).
+    let acceptedPeer: SocketAddress?
+    /// The peer for log lines: looked up only when a line is logged (one `getpeername` less
+    /// per connection otherwise).
+    private var peer: SocketAddress? { acceptedPeer ?? (try? stream.peerAddress()) }
     /// For the header timeout: since when the server has been ready to read (accept, or the
     /// end of the last pause the server itself imposed), and whether an upload has begun.
     private var headerClockStart = monotonicNanoseconds()
@@ -42,7 +46,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
 
     /// Logs through `logger` only if `level` is enabled (nothing is built or formatted otherwise).
     private func log(_ level: Logger.Level, _ message: @autoclosure () -> Logger.Message, metadata: @autoclosure () -> Logger.Metadata? = nil) {
-        guard server.logger.logLevel <= level else { return }
+        guard server.logLevel <= level else { return }
         logger.log(level: level, message(), metadata: metadata())
     }
     private let pool: BufferPool
@@ -91,7 +95,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     /// A close asked for while a drain's work item was running: carried out once it stopped.
     private var closeAfterDrain: (reply: [UInt8]?, reason: ProtocolError?, partial: ConnectionStateMachine.PartialDisposition)?
 
-    init(id: UInt64, server: Server, stream: TCPStream, peer: SocketAddress?) {
+    init(id: UInt64, server: Server, stream: TCPStream, acceptedPeer: SocketAddress?) {
         self.id = id
         self.server = server
         self.stream = stream
@@ -99,7 +103,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
         self.store = server.store
         self.machine = ConnectionStateMachine(configuration: server.machineConfiguration)
         self.flow = WaterMarks(low: server.configuration.connectionBufferLow, high: server.configuration.connectionBufferHigh)
-        self.peer = peer
+        self.acceptedPeer = acceptedPeer
     }
 
     func start() {
@@ -359,8 +363,9 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
             let bytes = Int(clamping: declared)
             if declared <= Connection.smallUploadLimit, server.smallUploadBytesInUse + bytes <= server.configuration.smallUploadBudget {
                 server.smallUploadBytesInUse += bytes
-                small = .allocate(byteCount: max(bytes, 1), alignment: 16)
-                small = UnsafeMutableRawBufferPointer(rebasing: small![0..<bytes])
+                // malloc: Swift's allocate(byteCount:alignment:) asks for an aligned block
+                // (posix_memalign here), several times slower for one buffer per upload.
+                small = UnsafeMutableRawBufferPointer(start: malloc(max(bytes, 1))!, count: bytes)
                 smallFilled = 0
             } else {
                 startSeedSink()
@@ -455,7 +460,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
         guard let buffer = small, !smallStoring else { return }
         small = nil
         server.smallUploadBytesInUse -= buffer.count
-        UnsafeMutableRawBufferPointer(start: buffer.baseAddress, count: max(buffer.count, 1)).deallocate()
+        free(buffer.baseAddress)
     }
 
     private func finishSeed(prefix: [UInt8], size: UInt64) {

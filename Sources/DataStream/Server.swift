@@ -126,6 +126,9 @@ public final class Server {
     public let store: Store
     public internal(set) var statistics = Statistics()
     let logger: Logger
+    /// `logger.logLevel`, read once: connections check it before every debug line, and the
+    /// logger's handler answers through an existential each time.
+    let logLevel: Logger.Level
     let pool: BufferPool
     let machineConfiguration: ConnectionStateMachine.Configuration
     private var listener: TCPListener?
@@ -151,6 +154,7 @@ public final class Server {
         self.loop = loop
         self.configuration = configuration
         self.logger = logger
+        self.logLevel = logger.logLevel
         do {
             store = try Store(directory: configuration.directory, fsync: configuration.fsync, loop: loop)
             store.unnamedSeedFiles = configuration.unnamedSeedFiles
@@ -319,8 +323,9 @@ public final class Server {
         case .success(let stream):
             nextConnectionID += 1
             statistics.connectionsAccepted += 1
-            let peer = try? stream.peerAddress()
-            if configuration.maxConnectionsPerAddress > 0, let peer {
+            // The peer is looked up only for the per-address cap (log lines look it up themselves).
+            let peer = configuration.maxConnectionsPerAddress > 0 ? try? stream.peerAddress() : nil
+            if let peer {
                 let key = peer.hostIdentityBytes
                 if connectionsPerHost[key, default: 0] >= configuration.maxConnectionsPerAddress {
                     statistics.connectionsRefused += 1
@@ -332,7 +337,7 @@ public final class Server {
                 }
                 connectionsPerHost[key, default: 0] += 1
             }
-            let connection = Connection(id: nextConnectionID, server: self, stream: stream, peer: peer)
+            let connection = Connection(id: nextConnectionID, server: self, stream: stream, acceptedPeer: peer)
             connections[ObjectIdentifier(connection)] = connection
             if connections.count >= maxConnections, let listener, !listener.isAcceptingPaused {
                 listener.pauseAccepting()
@@ -345,7 +350,7 @@ public final class Server {
 
     func connectionClosed(_ connection: Connection) {
         connections[ObjectIdentifier(connection)] = nil
-        if configuration.maxConnectionsPerAddress > 0, let peer = connection.peer {
+        if configuration.maxConnectionsPerAddress > 0, let peer = connection.acceptedPeer {
             let key = peer.hostIdentityBytes
             connectionsPerHost[key, default: 1] -= 1
             if connectionsPerHost[key] == 0 { connectionsPerHost[key] = nil }

@@ -20,6 +20,9 @@ public final class Store {
     /// fsync the file before it is linked into place and the directory after.
     public let fsyncEnabled: Bool
     let fs: FileSystem
+    /// The target directory, opened once (`O_PATH`): small uploads are created and linked
+    /// relative to it, so no call builds or walks its path again. Closed with the store.
+    private let directoryDescriptor: FileDescriptor
     private var activeUploads: Set<UploadID> = []
     private var seedCounter: UInt64 = 0
     private var storedSeedCounter: UInt64 = 0
@@ -49,7 +52,14 @@ public final class Store {
         guard access(partialDirectory, W_OK | X_OK) == 0, access(directory, W_OK | X_OK) == 0 else {
             throw StoreError(path: directory, reason: "not writable")
         }
+        do throws(UVOperationError) {
+            directoryDescriptor = try BlockingFileSystem.openDirectory(directory)
+        } catch {
+            throw StoreError(path: directory, reason: error.description)
+        }
     }
+
+    deinit { try? BlockingFileSystem.close(directoryDescriptor) }
 
     /// What the start-up sweep of the partial folder did.
     public struct PartialSweep: Sendable, Equatable {
@@ -180,7 +190,12 @@ public final class Store {
     /// A fresh path for a seed upload's partial file.
     private func nextSeedPartialPath() -> String {
         seedCounter += 1
-        return "\(partialDirectory)/seed-\(pid)-\(seedCounter).part"
+        return Store.seedPartialPath(partialDirectory, pid: pid, number: seedCounter)
+    }
+
+    /// The path of this process's `number`-th seed partial.
+    private static func seedPartialPath(_ partialDirectory: String, pid: pid_t, number: UInt64) -> String {
+        "\(partialDirectory)/seed-\(pid)-\(number).part"
     }
 
     /// The generated name of the next seed upload.
@@ -191,7 +206,7 @@ public final class Store {
             seedNameSecond = now
             seedNamePrefix = NamePolicy.seedUploadNamePrefix(utcSeconds: now)
         }
-        return "\(seedNamePrefix)\(storedSeedCounter).bin"
+        return NamePolicy.seedUploadName(prefix: seedNamePrefix, counter: storedSeedCounter)
     }
     private var seedNameSecond = -1
     private var seedNamePrefix = ""
@@ -431,7 +446,8 @@ public final class Store {
     /// receiver stores each at once; a busy one pays one threadpool round trip (two thread
     /// wake-ups) per batch instead of per file. `segments` must stay valid until `completion` runs.
     func storeSmall(prefix: [UInt8], segments: [UnsafeRawBufferPointer], name: String, completion: @escaping (Result<String, UVOperationError>) -> Void) {
-        smallQueue.append(SmallJob(upload: SmallUpload(prefix: prefix, segments: segments, name: name, partialPath: nextSeedPartialPath()), completion: completion))
+        seedCounter += 1  // the number of its named partial, if the file system has no O_TMPFILE
+        smallQueue.append(SmallJob(upload: SmallUpload(prefix: prefix, segments: segments, name: name, partialNumber: seedCounter), completion: completion))
         submitSmallBatch()
     }
 
@@ -451,12 +467,13 @@ public final class Store {
         smallQueue.removeAll(keepingCapacity: true)
         smallBatchesInFlight += 1
         let uploads = batch.map(\.upload)
-        let directory = directory, sync = fsyncEnabled, unnamed = unnamedSeedFiles
+        let place = SmallUploadPlace(directory: directory, descriptor: directoryDescriptor, partialDirectory: partialDirectory, pid: pid)
+        let sync = fsyncEnabled, unnamed = unnamedSeedFiles, directory = directory
         do throws(UVOperationError) {
             try runBlocking({
                 // Group commit: each file is fsynced before its link (if enabled), the directory
                 // once for the whole batch, and no upload of the batch is reported stored before.
-                var results = uploads.map { Store.storeSmallNow($0, directory: directory, sync: sync, unnamed: unnamed) }
+                var results = uploads.map { Store.storeSmallNow($0, place, sync: sync, unnamed: unnamed) }
                 if sync, results.contains(where: { if case .success = $0 { true } else { false } }) {
                     do throws(UVOperationError) { try BlockingFileSystem.syncDirectory(directory) } catch {
                         results = results.map { _ in .failure(error) }
@@ -476,43 +493,54 @@ public final class Store {
         }
     }
 
+    /// Where small uploads go: the target directory (by path for messages, by descriptor for
+    /// the calls) and, where the file system has no `O_TMPFILE`, the named partials.
+    private struct SmallUploadPlace: @unchecked Sendable {
+        let directory: String
+        let descriptor: FileDescriptor
+        let partialDirectory: String
+        let pid: pid_t
+    }
+
     /// The blocking body of `storeSmall` for one upload (threadpool only).
-    private static func storeSmallNow(_ job: SmallUpload, directory: String, sync: Bool, unnamed: Bool) -> Result<String, UVOperationError> {
-        let path = job.partialPath, name = job.name
+    private static func storeSmallNow(_ job: SmallUpload, _ place: SmallUploadPlace, sync: Bool, unnamed: Bool) -> Result<String, UVOperationError> {
+        let name = job.name
         var fd: FileDescriptor
-        var named = false
+        var path: String?  // the named partial, if one is used
         do throws(UVOperationError) {
-            guard unnamed else { throw UVOperationError("fs_open(O_TMPFILE)", target: directory, code: UVError.operationNotSupported.code) }
-            fd = try BlockingFileSystem.openTemporary(in: directory)
+            guard unnamed else { throw UVOperationError("fs_open(O_TMPFILE)", target: place.directory, code: UVError.operationNotSupported.code) }
+            fd = try BlockingFileSystem.openTemporary(in: ".", relativeTo: place.descriptor)
         } catch where [UVError.operationNotSupported, .isDirectory, .invalidArgument].contains(error.error) {
+            let named = seedPartialPath(place.partialDirectory, pid: place.pid, number: job.partialNumber)
             do throws(UVOperationError) {
-                fd = try BlockingFileSystem.open(path, flags: [.readWrite, .create, .truncate, .noFollow], mode: 0o600)
-                named = true
+                fd = try BlockingFileSystem.open(named, flags: [.readWrite, .create, .truncate, .noFollow], mode: 0o600)
+                path = named
             } catch {
                 return .failure(error)
             }
         } catch {
-            return .failure(error)
+            return .failure(UVOperationError(error.operation, target: place.directory, code: error.error.code))
         }
-        var writeError: UVOperationError?
-        job.prefix.withUnsafeBytes { p in
+        let writeError = job.prefix.withUnsafeBytes { p -> UVOperationError? in
             do throws(UVOperationError) {
-                try BlockingFileSystem.writeAll(fd, buffers: [p] + job.segments, offset: 0, target: named ? path : directory)
+                // (no new array for the common case: the file does not begin with digits)
+                try BlockingFileSystem.writeAll(fd, buffers: p.isEmpty ? job.segments : [p] + job.segments, offset: 0, target: path ?? place.directory)
+                return nil
             } catch {
-                writeError = error
+                return error
             }
         }
         if let writeError {
-            try? BlockingFileSystem.close(fd, target: path)
-            if named { try? BlockingFileSystem.unlink(path) }
+            try? BlockingFileSystem.close(fd)
+            if let path { try? BlockingFileSystem.unlink(path) }
             return .failure(writeError)
         }
-        if named {
-            let r = Store.commitNow(fd, partialPath: path, metaPath: nil, name: name, directory: directory, sync: sync, syncDirectory: false)
+        if let path {
+            let r = Store.commitNow(fd, partialPath: path, metaPath: nil, name: name, directory: place.directory, sync: sync, syncDirectory: false)
             if case .failure = r { try? BlockingFileSystem.unlink(path) }
             return r
         }
-        return Store.linkTemporaryNow(fd, name: name, directory: directory, sync: sync)  // the batch fsyncs the directory
+        return Store.linkTemporaryNow(fd, name: name, directory: place.directory, relativeTo: place.descriptor, sync: sync)  // the batch fsyncs the directory
     }
 
     /// A small upload's bytes and names, handed to the threadpool (the caller keeps the bytes alive).
@@ -520,20 +548,26 @@ public final class Store {
         let prefix: [UInt8]
         let segments: [UnsafeRawBufferPointer]
         let name: String
-        let partialPath: String
+        /// Its named partial's number, used only where the file system has no `O_TMPFILE`.
+        let partialNumber: UInt64
     }
 
     /// The blocking end of `storeSmall` for a file without a name (threadpool only): fsync (if
-    /// enabled), link under the first free candidate name, close.
-    private static func linkTemporaryNow(_ fd: FileDescriptor, name: String, directory: String, sync: Bool) -> Result<String, UVOperationError> {
-        defer { try? BlockingFileSystem.close(fd, target: directory + "/" + name) }
+    /// enabled), link under the first free candidate name, close. Names are looked up from
+    /// `base` (the directory's descriptor) if given, else under `directory`.
+    private static func linkTemporaryNow(_ fd: FileDescriptor, name: String, directory: String, relativeTo base: FileDescriptor? = nil, sync: Bool) -> Result<String, UVOperationError> {
+        defer { try? BlockingFileSystem.close(fd) }
         do throws(UVOperationError) {
             if sync { try BlockingFileSystem.fsync(fd, target: directory + "/" + name) }
             var attempt = 0
             var stored = NamePolicy.candidate(name, attempt: 0)
             while true {
                 do throws(UVOperationError) {
-                    try BlockingFileSystem.linkTemporary(fd, to: directory + "/" + stored)
+                    if let base {
+                        try BlockingFileSystem.linkTemporary(fd, to: stored, relativeTo: base)
+                    } else {
+                        try BlockingFileSystem.linkTemporary(fd, to: directory + "/" + stored)
+                    }
                     break
                 } catch where error.error == .fileExists && attempt < 10_000 {
                     attempt += 1
@@ -543,7 +577,9 @@ public final class Store {
             // (the directory is fsynced once per batch, by the caller)
             return .success(stored)
         } catch {
-            return .failure(error)
+            // A name looked up from `base` is relative: messages get the directory it is in.
+            guard base != nil, let target = error.target, !target.hasPrefix("/") else { return .failure(error) }
+            return .failure(UVOperationError(error.operation, target: directory + "/" + target, code: error.error.code))
         }
     }
 

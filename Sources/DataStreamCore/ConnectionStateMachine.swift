@@ -192,6 +192,8 @@ public struct ConnectionStateMachine {
             return bytesReceived(input)
 
         case .seedSize(var digits):
+            state = .failed  // holds no second reference to `digits` while they grow; every path below sets the state
+            if digits.isEmpty { digits.reserveCapacity(SeedFraming.maxDigits) }
             var i = 0
             while i < input.count, digits.count < SeedFraming.maxDigits, isDigit(input[i]) {
                 digits.append(input[i])

@@ -39,7 +39,29 @@ public enum NamePolicy {
 
     /// The generated name of a seed-protocol upload: `upload-20261123T011500Z-42.bin`.
     public static func seedUploadName(utcSeconds: Int, counter: UInt64) -> String {
-        "\(seedUploadNamePrefix(utcSeconds: utcSeconds))\(counter).bin"
+        seedUploadName(prefix: seedUploadNamePrefix(utcSeconds: utcSeconds), counter: counter)
+    }
+
+    /// `seedUploadName` from its prefix (`seedUploadNamePrefix`): written straight into the
+    /// string's storage, as a busy receiver names thousands of uploads a second.
+    public static func seedUploadName(prefix: String, counter: UInt64) -> String {
+        var prefix = prefix
+        return prefix.withUTF8 { head in
+            String(unsafeUninitializedCapacity: head.count + 20 + 4) { out in
+                var i = head.count
+                _ = out.initialize(fromContentsOf: head)
+                var count = 1, rest = counter / 10
+                while rest > 0 { count += 1; rest /= 10 }
+                var v = counter
+                for k in (i..<(i + count)).reversed() {
+                    out[k] = 0x30 + UInt8(v % 10)
+                    v /= 10
+                }
+                i += count
+                for b in ".bin".utf8 { out[i] = b; i += 1 }
+                return i
+            }
+        }
     }
 
     /// The part of `seedUploadName` before the counter (`upload-20261123T011500Z-`): the same for

@@ -17,6 +17,9 @@ public struct SeedFraming: Hashable, Sendable {
     public let digits: [UInt8]
     /// For each split k (index k-1): the data bytes it needs after the digit run, nil if its size is invalid.
     private let needs: [UInt64?]
+    /// The most data bytes any split can take (the largest of `needs`), computed once: it is
+    /// asked on every read of the upload.
+    public let maxData: UInt64
     /// Data bytes received after the digit run.
     public private(set) var received: UInt64 = 0
 
@@ -25,6 +28,7 @@ public struct SeedFraming: Hashable, Sendable {
         precondition(!digits.isEmpty && digits.count <= SeedFraming.maxDigits)
         self.digits = digits
         var needs: [UInt64?] = []
+        needs.reserveCapacity(digits.count)
         var value: UInt64? = 0
         let d = UInt64(digits.count)
         for (i, c) in digits.enumerated() {
@@ -44,6 +48,7 @@ public struct SeedFraming: Hashable, Sendable {
             throw .invalidSeedSize(digits: String(decoding: digits, as: UTF8.self))
         }
         self.needs = needs
+        self.maxData = needs.reduce(0) { max($0, $1 ?? 0) }
     }
 
     /// The size the longest split declares (what the seed's own client means when its file does not begin with a digit).
@@ -61,9 +66,6 @@ public struct SeedFraming: Hashable, Sendable {
         }
         return smallest
     }
-
-    /// The most data bytes any split can take.
-    public var maxData: UInt64 { needs.compactMap { $0 }.max() ?? 0 }
 
     /// How many more data bytes may arrive before the upload is over-long.
     public var remainingCapacity: UInt64 { maxData - received }

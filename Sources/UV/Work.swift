@@ -46,14 +46,16 @@ private func workDone(_ req: UnsafeMutablePointer<uv_work_t>?, _ status: Int32) 
 /// `UVOperationError`s as `FileSystem`'s.
 public enum BlockingFileSystem {
     private static func run(_ operation: String, _ target: String?, _ call: (UnsafeMutablePointer<uv_fs_t>) -> Int32) throws(UVOperationError) -> Int {
-        let req = UnsafeMutablePointer<uv_fs_t>.allocate(capacity: 1)
-        defer {
+        // The request lives on the stack: a blocking call is over when `call` returns.
+        let (status, result) = withUnsafeTemporaryAllocation(of: uv_fs_t.self, capacity: 1) { request in
+            let req = request.baseAddress!
+            let status = call(req)
+            let result = req.pointee.result
             uv_fs_req_cleanup(req)
-            req.deallocate()
+            return (status, result)
         }
-        let status = call(req)
         if status < 0 { throw UVOperationError(operation, target: target, code: status) }
-        return req.pointee.result
+        return result
     }
 
     /// The libuv function is `uv_fs_open` (`O_CLOEXEC` is always added).
@@ -64,52 +66,76 @@ public enum BlockingFileSystem {
     /// Writes all of `buffers` from `offset` on, vectored (one call for all of them, repeated
     /// from where a short write stopped). The libuv function is `uv_fs_write`.
     public static func writeAll(_ fd: FileDescriptor, buffers: [UnsafeRawBufferPointer], offset: Int64, target: String? = nil) throws(UVOperationError) {
-        var bufs = buffers.filter { $0.count > 0 }.map {
-            uv_buf_init(UnsafeMutablePointer(mutating: $0.baseAddress!.assumingMemoryBound(to: CChar.self)), UInt32($0.count))
-        }
-        var first = 0
-        var at = offset
-        while first < bufs.count {
-            let n = try bufs.withUnsafeMutableBufferPointer { (all) throws(UVOperationError) -> Int in
-                try run("fs_write", target) { uv_fs_write(nil, $0, fd.rawValue, all.baseAddress! + first, UInt32(all.count - first), at, nil) }
+        // The iovecs live on the stack (no array per call: small uploads are stored by the thousand).
+        let failure = withUnsafeTemporaryAllocation(of: uv_buf_t.self, capacity: buffers.count) { bufs -> UVOperationError? in
+            var count = 0
+            for b in buffers where b.count > 0 {
+                bufs[count] = uv_buf_init(UnsafeMutablePointer(mutating: b.baseAddress!.assumingMemoryBound(to: CChar.self)), UInt32(b.count))
+                count += 1
             }
-            if n == 0 { throw UVOperationError("fs_write", target: target, code: UVError.noSpace.code) }
-            at += Int64(n)
-            var left = n
-            while left > 0 {
-                let len = Int(bufs[first].len)
-                if left >= len {
-                    left -= len
-                    first += 1
-                } else {
-                    bufs[first].base += left
-                    bufs[first].len -= left
-                    left = 0
+            var first = 0
+            var at = offset
+            while first < count {
+                let n: Int
+                do throws(UVOperationError) {
+                    n = try run("fs_write", target) { uv_fs_write(nil, $0, fd.rawValue, bufs.baseAddress! + first, UInt32(count - first), at, nil) }
+                } catch {
+                    return error
+                }
+                if n == 0 { return UVOperationError("fs_write", target: target, code: UVError.noSpace.code) }
+                at += Int64(n)
+                var left = n
+                while left > 0 {
+                    let len = Int(bufs[first].len)
+                    if left >= len {
+                        left -= len
+                        first += 1
+                    } else {
+                        bufs[first].base += left
+                        bufs[first].len -= left
+                        left = 0
+                    }
                 }
             }
+            return nil
         }
+        if let failure { throw failure }
+    }
+
+    /// Opens a directory to name files in it by descriptor (`relativeTo:` below): the path is
+    /// resolved once, not on every call. `O_PATH`: the descriptor names the directory and
+    /// grants nothing else. The caller owns it and closes it (`close`).
+    public static func openDirectory(_ path: String) throws(UVOperationError) -> FileDescriptor {
+        let fd = datastream_openat(AT_FDCWD, path, DATASTREAM_O_PATH | O_DIRECTORY | O_CLOEXEC, 0)
+        if fd < 0 { throw UVOperationError("open(O_PATH)", target: path, code: -errno) }
+        return FileDescriptor(rawValue: fd)
     }
 
     /// Opens a file without a name in `directory` (Linux `O_TMPFILE`): it gets one only through
     /// `linkTemporary`, and disappears with its last descriptor if it never does, so a crash
     /// leaves nothing behind. Fails (`EOPNOTSUPP`, `EISDIR`) where the file system cannot; the
-    /// caller then uses a named partial. The libuv function is `uv_fs_open`.
-    public static func openTemporary(in directory: String, mode: Int32 = 0o600) throws(UVOperationError) -> FileDescriptor {
+    /// caller then uses a named partial. A relative `directory` is looked up from `base` (a
+    /// descriptor from `openDirectory`) if given. libuv has no `openat`; this is `openat(2)`.
+    public static func openTemporary(in directory: String, relativeTo base: FileDescriptor? = nil, mode: Int32 = 0o600) throws(UVOperationError) -> FileDescriptor {
         let flags = FileOpenFlags.temporaryFile.rawValue | O_RDWR | O_CLOEXEC
-        return FileDescriptor(rawValue: Int32(try run("fs_open(O_TMPFILE)", directory) { uv_fs_open(nil, $0, directory, flags, mode, nil) }))
+        let fd = datastream_openat(base?.rawValue ?? AT_FDCWD, directory, flags, UInt32(mode))
+        if fd < 0 { throw UVOperationError("openat(O_TMPFILE)", target: directory, code: -errno) }
+        return FileDescriptor(rawValue: fd)
     }
 
-    /// Gives a file from `openTemporary` the name `path`; fails with `EEXIST` if it is taken (never
-    /// replaces a file). libuv has no `linkat`; this is `linkat("/proc/self/fd/N", path,
-    /// AT_SYMLINK_FOLLOW)`, which needs no privilege (unlike `AT_EMPTY_PATH`).
-    public static func linkTemporary(_ fd: FileDescriptor, to path: String) throws(UVOperationError) {
+    /// Gives a file from `openTemporary` the name `path` (looked up from `base`, a descriptor
+    /// from `openDirectory`, if given and `path` is relative); fails with `EEXIST` if it is
+    /// taken (never replaces a file). libuv has no `linkat`; this is `linkat(2)`: with
+    /// `AT_EMPTY_PATH` where allowed, else through `/proc/self/fd/N`.
+    public static func linkTemporary(_ fd: FileDescriptor, to path: String, relativeTo base: FileDescriptor? = nil) throws(UVOperationError) {
+        let at = base?.rawValue ?? AT_FDCWD
         // AT_EMPTY_PATH (0x1000) names the descriptor itself: no /proc lookup; Linux allows it
         // with CAP_DAC_READ_SEARCH (and, in newer kernels, for a file the caller opened).
-        if linkat(fd.rawValue, "", AT_FDCWD, path, 0x1000) == 0 { return }
+        if linkat(fd.rawValue, "", at, path, 0x1000) == 0 { return }
         if errno != ENOENT && errno != EPERM {
             throw UVOperationError("linkat", target: path, code: -errno)
         }
-        if linkat(AT_FDCWD, "/proc/self/fd/\(fd.rawValue)", AT_FDCWD, path, AT_SYMLINK_FOLLOW) != 0 {
+        if linkat(AT_FDCWD, "/proc/self/fd/\(fd.rawValue)", at, path, AT_SYMLINK_FOLLOW) != 0 {
             throw UVOperationError("linkat", target: path, code: -errno)
         }
     }

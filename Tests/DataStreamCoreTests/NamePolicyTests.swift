@@ -39,6 +39,21 @@ struct NamePolicyTests {
         #expect(NamePolicy.seedUploadName(utcSeconds: 0, counter: 1) == "upload-19700101T000000Z-1.bin")
         #expect(NamePolicy.seedUploadName(utcSeconds: 1_795_396_500, counter: 42) == "upload-20261123T011500Z-42.bin")
     }
+
+    /// The counter is written digit by digit into the name's storage: every digit count, and
+    /// the largest counter, come out as decimal text would.
+    @Test func seedNameCountersOfEveryLength() {
+        let prefix = NamePolicy.seedUploadNamePrefix(utcSeconds: 0)
+        var counters: [UInt64] = [0, UInt64.max, UInt64.max - 1]
+        var p: UInt64 = 1
+        for _ in 0..<19 { counters += [p - 1, p, p + 1, p * 7]; p *= 10 }
+        for counter in counters {
+            let name = NamePolicy.seedUploadName(prefix: prefix, counter: counter)
+            #expect(name == prefix + String(counter) + ".bin")
+            #expect(name.utf8.count == prefix.utf8.count + String(counter).count + 4)
+        }
+        #expect(NamePolicy.seedUploadName(prefix: "", counter: 7) == "7.bin")
+    }
 }
 
 struct PartialMetadataTests {

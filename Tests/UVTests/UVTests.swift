@@ -194,6 +194,43 @@ struct FileSystemTests {
         #expect(Set(try FileManager.default.contentsOfDirectory(atPath: dir)) == ["taken", "stored"])
     }
 
+    /// Through a directory descriptor (`openDirectory`): a file without a name made relative to
+    /// it and linked by a relative name lands in that directory, even after the directory is
+    /// renamed (the descriptor follows it, no path is walked again); a taken name is EEXIST; a
+    /// file is not a directory.
+    @Test func unnamedFileRelativeToDirectoryDescriptor() throws {
+        let parent = "/tmp/uv-dirfd-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let dir = parent + "/a", moved = parent + "/b"
+        mkdir(parent, 0o755)
+        mkdir(dir, 0o755)
+        defer { try? FileManager.default.removeItem(atPath: parent) }
+        #expect(FileManager.default.createFile(atPath: dir + "/taken", contents: Data("old".utf8)))
+        let directory = try BlockingFileSystem.openDirectory(dir)
+        defer { try? BlockingFileSystem.close(directory) }
+        #expect(rename(dir, moved) == 0)
+        let bytes = Array("relative".utf8)
+        let fd = try BlockingFileSystem.openTemporary(in: ".", relativeTo: directory)
+        let memory = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 1)
+        defer { memory.deallocate() }
+        memory.copyBytes(from: bytes)
+        try BlockingFileSystem.writeAll(fd, buffers: [UnsafeRawBufferPointer(memory)], offset: 0)
+        var errors: [UVError] = []
+        do throws(UVOperationError) { try BlockingFileSystem.linkTemporary(fd, to: "taken", relativeTo: directory) } catch { errors.append(error.error) }
+        try BlockingFileSystem.linkTemporary(fd, to: "stored", relativeTo: directory)
+        try BlockingFileSystem.close(fd)
+        #expect(errors == [.fileExists])
+        #expect(FileManager.default.contents(atPath: moved + "/stored") == Data(bytes))
+        #expect(FileManager.default.contents(atPath: moved + "/taken") == Data("old".utf8))
+        #expect(Set(try FileManager.default.contentsOfDirectory(atPath: moved)) == ["taken", "stored"])
+        do throws(UVOperationError) {
+            _ = try BlockingFileSystem.openDirectory(moved + "/taken")
+            Issue.record("a file opened as a directory")
+        } catch {
+            #expect(error.error == .notADirectory)
+            #expect(error.description.contains("taken"))
+        }
+    }
+
     @Test func writeVectoredReadSyncLinkRenameUnlink() throws {
         let loop = try Loop()
         let fs = FileSystem(loop: loop)
