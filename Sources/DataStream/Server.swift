@@ -107,6 +107,10 @@ public final class Server {
         public var acceptPauses: UInt64 = 0
         /// Accepts that failed (out of descriptors: accepting pauses, see `acceptPauses`).
         public var acceptErrors: UInt64 = 0
+        /// Reads made right after accept, before the socket is polled (`Connection.start`), and
+        /// connections whose client had closed its side by then (served without being polled).
+        public var readsAtAccept: UInt64 = 0
+        public var endedAtAccept: UInt64 = 0
         /// Connections closed by the header or the idle timeout.
         public var connectionsTimedOut: UInt64 = 0
         /// Large TCP uploads whose rest went straight from the socket to the file (`SocketDrain`),

@@ -96,6 +96,42 @@ public final class TCPStream: Handle {
         isReading = true
     }
 
+    /// Reads once, now, what the kernel already holds for this socket, without waiting for the
+    /// loop to report it readable: `reader` gets `readBuffer`, then `stream(_:didRead:buffer:)`
+    /// exactly as from a read callback. Returns false, after handing the buffer back with
+    /// `.data(count: 0)`, if there was nothing to read yet (or no buffer): then wait with
+    /// `startReading`. A client that sent everything before its connection was accepted (a small
+    /// upload and its end) is served without the socket ever being registered with epoll.
+    /// libuv has no such call (`uv_try_write` has no reading twin); this is `recv(2)` with
+    /// `MSG_DONTWAIT` on the stream's descriptor, which libuv leaves alone while not reading.
+    public func readNow(_ reader: TCPStreamReader) -> Bool {
+        precondition(!isReading, "readNow while libuv reads the stream")
+        var fd: uv_os_fd_t = -1
+        guard isOpen, uv_fileno(handle, &fd) == 0 else { return false }
+        guard let buffer = reader.readBuffer(for: self, suggestedSize: 65536) else { return false }
+        while true {
+            let n = recv(fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT))
+            if n > 0 {
+                reader.stream(self, didRead: .data(count: n), buffer: buffer)
+                return true
+            }
+            if n == 0 {
+                reader.stream(self, didRead: .endOfStream, buffer: buffer)
+                return true
+            }
+            switch errno {
+            case EINTR:
+                continue
+            case EAGAIN, EWOULDBLOCK:
+                reader.stream(self, didRead: .data(count: 0), buffer: buffer)
+                return false
+            case let code:
+                reader.stream(self, didRead: .failed(UVError(code: -code)), buffer: buffer)
+                return true
+            }
+        }
+    }
+
     /// Stops reading; the reader is kept for a later `startReading`. The libuv function is `uv_read_stop`.
     public func stopReading() {
         guard isReading else { return }

@@ -81,6 +81,31 @@ struct SeedProtocolTests {
         #expect(server.storedFiles().count == 1)
     }
 
+    /// A client that sent its whole upload and closed before the server accepted it is served
+    /// by the reads made at accept: stored byte-identical, and its connection ended without
+    /// being polled (`endedAtAccept`). A first client, half-sent, holds the server at its
+    /// connection cap meanwhile; it is read at accept, then polled for the rest.
+    @Test func uploadSentBeforeAcceptIsServedByReadsAtAccept() throws {
+        let server = try BackgroundServer { $0.maxConnections = 1 }
+        let first = content(80, count: 10_000), second = content(81, count: 4096)
+        let slow = try BlockingClient(port: server.port)
+        slow.send(Array(String(first.count).utf8) + Array(first[0..<5000]))
+        usleep(300_000)  // accepted: the server is at its cap and stops accepting
+        let early = try BlockingClient(port: server.port)  // waits in the kernel's backlog
+        early.send(Array(String(second.count).utf8) + second)
+        early.shutdownWrite()
+        usleep(100_000)
+        slow.send(Array(first[5000...]))
+        slow.shutdownWrite()
+        #expect(slow.readUntilEOF() != nil)
+        #expect(early.readUntilEOF() != nil)
+        #expect(server.eventually { server.storedFiles().count == 2 })
+        server.stop()
+        #expect(Set(server.storedFiles().compactMap { server.contents($0) }) == [first, second])
+        #expect(server.statistics.endedAtAccept == 1)
+        #expect(server.statistics.readsAtAccept >= 2)
+    }
+
     @Test func senderSpeaksTheSeedProtocol() throws {
         let server = try BackgroundServer()
         defer { server.stop() }
