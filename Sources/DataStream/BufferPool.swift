@@ -141,9 +141,10 @@ final class BufferPool {
     /// `waiter` no longer waits (its connection is closing). If it had been woken and will not
     /// read, the next waiter takes its turn.
     func cancelWait(_ waiter: BufferWaiter) {
-        waiting.remove(ObjectIdentifier(waiter))
+        // Every connection's close asks; most never waited (then no hashing at all).
+        if !waiting.isEmpty { waiting.remove(ObjectIdentifier(waiter)) }
         if waiting.isEmpty {
-            waiters.removeAll(keepingCapacity: true)  // only stale entries are left
+            if !waiters.isEmpty { waiters.removeAll(keepingCapacity: true) }  // only stale entries are left
             waitersHead = 0
         } else if hasRoom {
             wakeWaiters(1)

@@ -107,10 +107,14 @@ public final class Server {
         public var acceptPauses: UInt64 = 0
         /// Accepts that failed (out of descriptors: accepting pauses, see `acceptPauses`).
         public var acceptErrors: UInt64 = 0
-        /// Reads made right after accept, before the socket is polled (`Connection.start`), and
-        /// connections whose client had closed its side by then (served without being polled).
-        public var readsAtAccept: UInt64 = 0
+        /// Reads made straight from a socket, without waiting for the loop to poll it (at accept
+        /// and when a receive buffer comes back: `Connection.readWithoutPolling`), and
+        /// connections whose client had sent everything and closed its side by the accept.
+        public var readsWithoutPolling: UInt64 = 0
         public var endedAtAccept: UInt64 = 0
+        /// Connections that waited for a receive buffer and then read straight from their socket
+        /// at the server's next turn of the loop (`readSoon`), rather than being polled again.
+        public var readsAfterBufferWait: UInt64 = 0
         /// Connections closed by the header or the idle timeout.
         public var connectionsTimedOut: UInt64 = 0
         /// Large TCP uploads whose rest went straight from the socket to the file (`SocketDrain`),
@@ -200,6 +204,9 @@ public final class Server {
     private var connectionsPerHost: [[UInt8]: Int] = [:]
     private var sweepTimer: Timer?
     private var descriptorRetryTimer: Timer?
+    /// Connections that may read again, served at the start of the next loop iteration (`readSoon`).
+    private var readSoonQueue: [Connection] = []
+    private var readSoonIdle: Idle?
 
     /// Binds and listens; returns the bound address (with the real port when `port` is 0).
     /// Sets SIGPIPE to be ignored process-wide (`ignoreBrokenPipes`): a client closing first
@@ -216,6 +223,7 @@ public final class Server {
             try t.start(timeout: every, repeat: every) { [unowned self] in sweep() }
             t.unref()  // the sweep alone does not keep the loop running
             sweepTimer = t
+            readSoonIdle = try Idle(loop: loop)
         } catch {
             throw .listen(host: configuration.host, port: configuration.port, error)
         }
@@ -295,6 +303,9 @@ public final class Server {
         stopCallback = completion
         sweepTimer?.close()
         sweepTimer = nil
+        readSoonIdle?.close()
+        readSoonIdle = nil
+        readSoonQueue.removeAll()
         descriptorRetryTimer?.close()
         descriptorRetryTimer = nil
         if let listener {
@@ -350,6 +361,36 @@ public final class Server {
             }
             connection.start()
         }
+    }
+
+    /// `connection` may read again (a receive buffer came back to the pool): it reads straight
+    /// from its socket at the start of the next loop iteration (`Connection.readWithoutPolling`),
+    /// outside every libuv callback (the pool hands out buffers one read at a time, so no read
+    /// may start while another is being served). False if the server cannot (stopping, or the
+    /// idle handle failed): the caller then lets the loop poll the socket.
+    func readSoon(_ connection: Connection) -> Bool {
+        guard let idle = readSoonIdle else { return false }
+        if !idle.isActive {
+            do throws(UVOperationError) { try idle.start { [unowned self] in readQueued() } } catch {
+                logger.error("cannot schedule reads: \(error)")
+                return false
+            }
+        }
+        readSoonQueue.append(connection)
+        return true
+    }
+
+    private func readQueued() {
+        // Reads made here may wake more connections (a read served while others wait): they
+        // are appended and served in this same pass.
+        var i = 0
+        while i < readSoonQueue.count {
+            statistics.readsAfterBufferWait += 1
+            readSoonQueue[i].readWithoutPolling()
+            i += 1
+        }
+        readSoonQueue.removeAll(keepingCapacity: true)
+        readSoonIdle?.stop()
     }
 
     func connectionClosed(_ connection: Connection) {

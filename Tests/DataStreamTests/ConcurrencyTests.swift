@@ -146,6 +146,20 @@ struct BackpressureTests {
         #expect(stored == Set(uploads.map(\.data)))
     }
 
+    /// 300 small uploads at once against two receive slabs: most reads find no buffer and wait;
+    /// each waiting connection is then read straight from its socket at the server's next turn
+    /// of the loop (`readsAfterBufferWait`), not polled again, and every upload is stored intact.
+    @Test func connectionsWaitingForBuffersReadStraightFromTheirSockets() throws {
+        let server = try BackgroundServer { $0.processBufferBudget = 1 << 20 }
+        let payloads = (0..<300).map { i in content(2000 + i, count: 30_000 + i * 97, seed: 11) }
+        let uploads = try runSeedUploads(payloads, port: server.port)
+        server.stop()
+        #expect(uploads.allSatisfy { $0.finished && $0.failure == nil })
+        let stored = Set(server.storedFiles().compactMap { server.contents($0) })
+        #expect(stored == Set(payloads))
+        #expect(server.statistics.readsAfterBufferWait > 0)
+    }
+
     /// Small seed uploads completing together are stored in shared work items (group commit;
     /// with fsync, one directory fsync per batch): every one must still be stored intact,
     /// under its own name, with nothing left behind.

@@ -351,6 +351,59 @@ struct TCPAndUDPTests {
         try loop.close()
     }
 
+    /// `readNow` reads what the socket already holds without the loop polling it: nothing yet
+    /// right after accept (false, the buffer handed back empty), then the client's bytes and its
+    /// end. The reads run from an `Idle` callback, which runs at every turn of the loop (the
+    /// loop does not block meanwhile) until stopped. The client is a plain blocking socket that
+    /// sends only once its connection has been accepted and read.
+    @Test func readNowTakesWhatTheSocketHoldsAndIdleRunsEachTurn() throws {
+        let loop = try Loop()
+        let listener = try TCPListener(loop: loop)
+        try listener.bind(SocketAddress(host: "127.0.0.1", port: 0))
+        let collector = Collector()
+        let idle = try Idle(loop: loop)
+        let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(client) }
+        let payload = (0..<3000).map { UInt8(truncatingIfNeeded: $0 * 13) }
+        var accepted: TCPStream?
+        var readBeforeSend: Bool?
+        var idleTurns = 0, readsNow: [Bool] = []
+        try listener.listen { r in
+            guard let stream = try? r.get() else { Issue.record("accept"); return }
+            accepted = stream
+            readBeforeSend = stream.readNow(collector)
+            #expect(payload.withUnsafeBytes { Glibc.send(client, $0.baseAddress, $0.count, 0) } == payload.count)
+            shutdown(client, Int32(SHUT_WR))
+            try! idle.start {
+                idleTurns += 1
+                readsNow.append(stream.readNow(collector))
+                if collector.ended || idleTurns == 1000 {
+                    idle.stop()
+                    idle.close()
+                    stream.close()
+                    listener.close()
+                }
+            }
+        }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(try listener.localAddress().port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        #expect(connected == 0)
+        loop.run()
+        #expect(accepted != nil)
+        #expect(readBeforeSend == false)
+        #expect(collector.received == payload)
+        #expect(collector.ended)
+        #expect(readsNow.last == true)
+        #expect(idleTurns == readsNow.count && idleTurns < 1000)
+        #expect(!idle.isActive)
+        try loop.close()
+    }
+
     /// A connection made `from` a chosen loopback address leaves from it (the listener sees it),
     /// and a prefix copied plus a body not copied arrive as one stream, in order.
     @Test func connectFromASourceAddressAndWritePrefixThenBody() throws {
