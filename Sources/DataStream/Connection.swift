@@ -635,6 +635,9 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
                 if let header { store.release(header.uploadID) }
             }
         }
+        // The peer is looked up only for log lines, and not at all once the socket is closed:
+        // lines that can follow the close (a small upload stored) need it looked up now.
+        if server.logLevel <= .info { _ = logger }
         stream.stopReading()
         // uv_close would cancel a queued reply: close once the writes queued so far are done.
         if stream.writeQueueSize > 0 || reply != nil {

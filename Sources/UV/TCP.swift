@@ -218,6 +218,8 @@ public final class TCPStream: Handle {
 
     /// The remote address. The libuv function is `uv_tcp_getpeername`.
     public func peerAddress() throws(UVOperationError) -> SocketAddress {
+        // Once closed, the handle's memory may be gone: EBADF, as the socket is.
+        guard isOpen else { throw UVOperationError("tcp_getpeername", code: UVError.badDescriptor.code) }
         var storage = sockaddr_storage()
         var length = Int32(MemoryLayout<sockaddr_storage>.size)
         let status = withUnsafeMutablePointer(to: &storage) { p in
@@ -229,7 +231,8 @@ public final class TCPStream: Handle {
 
     /// The local address. The libuv function is `uv_tcp_getsockname`.
     public func localAddress() throws(UVOperationError) -> SocketAddress {
-        try tcpLocalAddress(tcp)
+        guard isOpen else { throw UVOperationError("tcp_getsockname", code: UVError.badDescriptor.code) }
+        return try tcpLocalAddress(tcp)
     }
 
     override func releaseCallbacks() {

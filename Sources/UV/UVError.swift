@@ -37,6 +37,7 @@ public struct UVError: Error, Hashable, Sendable, CustomStringConvertible {
     public static let notADirectory = UVError(code: UV_ENOTDIR.rawValue)
     public static let loopDetected = UVError(code: UV_ELOOP.rawValue)
     public static let isDirectory = UVError(code: UV_EISDIR.rawValue)
+    public static let badDescriptor = UVError(code: UV_EBADF.rawValue)
     public static let operationNotSupported = UVError(code: UV_ENOTSUP.rawValue)
 }
 

@@ -401,6 +401,13 @@ struct TCPAndUDPTests {
         #expect(readsNow.last == true)
         #expect(idleTurns == readsNow.count && idleTurns < 1000)
         #expect(!idle.isActive)
+        // Closed: its address is EBADF, never a read of the freed handle.
+        do throws(UVOperationError) {
+            _ = try accepted?.peerAddress()
+            Issue.record("the peer of a closed stream")
+        } catch {
+            #expect(error.error == .badDescriptor)
+        }
         try loop.close()
     }
 
