@@ -189,8 +189,13 @@ public final class Store {
 
     /// A fresh path for a seed upload's partial file.
     private func nextSeedPartialPath() -> String {
+        Store.seedPartialPath(partialDirectory, pid: pid, number: nextSeedPartialNumber())
+    }
+
+    /// The number of the next seed partial (its path is built only where one is used).
+    private func nextSeedPartialNumber() -> UInt64 {
         seedCounter += 1
-        return Store.seedPartialPath(partialDirectory, pid: pid, number: seedCounter)
+        return seedCounter
     }
 
     /// The path of this process's `number`-th seed partial.
@@ -446,8 +451,8 @@ public final class Store {
     /// receiver stores each at once; a busy one pays one threadpool round trip (two thread
     /// wake-ups) per batch instead of per file. `segments` must stay valid until `completion` runs.
     func storeSmall(prefix: [UInt8], segments: [UnsafeRawBufferPointer], name: String, completion: @escaping (Result<String, UVOperationError>) -> Void) {
-        seedCounter += 1  // the number of its named partial, if the file system has no O_TMPFILE
-        smallQueue.append(SmallJob(upload: SmallUpload(prefix: prefix, segments: segments, name: name, partialNumber: seedCounter), completion: completion))
+        let upload = SmallUpload(prefix: prefix, segments: segments, name: name, partialNumber: nextSeedPartialNumber())
+        smallQueue.append(SmallJob(upload: upload, completion: completion))
         submitSmallBatch()
     }
 
@@ -563,11 +568,7 @@ public final class Store {
             var stored = NamePolicy.candidate(name, attempt: 0)
             while true {
                 do throws(UVOperationError) {
-                    if let base {
-                        try BlockingFileSystem.linkTemporary(fd, to: stored, relativeTo: base)
-                    } else {
-                        try BlockingFileSystem.linkTemporary(fd, to: directory + "/" + stored)
-                    }
+                    try BlockingFileSystem.linkTemporary(fd, to: base == nil ? directory + "/" + stored : stored, relativeTo: base)
                     break
                 } catch where error.error == .fileExists && attempt < 10_000 {
                     attempt += 1

@@ -106,8 +106,13 @@ public enum BlockingFileSystem {
     /// resolved once, not on every call. `O_PATH`: the descriptor names the directory and
     /// grants nothing else. The caller owns it and closes it (`close`).
     public static func openDirectory(_ path: String) throws(UVOperationError) -> FileDescriptor {
-        let fd = datastream_openat(AT_FDCWD, path, DATASTREAM_O_PATH | O_DIRECTORY | O_CLOEXEC, 0)
-        if fd < 0 { throw UVOperationError("open(O_PATH)", target: path, code: -errno) }
+        try openAt(nil, path, flags: DATASTREAM_O_PATH | O_DIRECTORY | O_CLOEXEC, mode: 0, operation: "open(O_PATH)")
+    }
+
+    /// `openat(2)` (libuv has none): `path` looked up from `base` if given and relative.
+    private static func openAt(_ base: FileDescriptor?, _ path: String, flags: Int32, mode: Int32, operation: String) throws(UVOperationError) -> FileDescriptor {
+        let fd = datastream_openat(base?.rawValue ?? AT_FDCWD, path, flags, UInt32(mode))
+        if fd < 0 { throw UVOperationError(operation, target: path, code: -errno) }
         return FileDescriptor(rawValue: fd)
     }
 
@@ -118,9 +123,7 @@ public enum BlockingFileSystem {
     /// descriptor from `openDirectory`) if given. libuv has no `openat`; this is `openat(2)`.
     public static func openTemporary(in directory: String, relativeTo base: FileDescriptor? = nil, mode: Int32 = 0o600) throws(UVOperationError) -> FileDescriptor {
         let flags = FileOpenFlags.temporaryFile.rawValue | O_RDWR | O_CLOEXEC
-        let fd = datastream_openat(base?.rawValue ?? AT_FDCWD, directory, flags, UInt32(mode))
-        if fd < 0 { throw UVOperationError("openat(O_TMPFILE)", target: directory, code: -errno) }
-        return FileDescriptor(rawValue: fd)
+        return try openAt(base, directory, flags: flags, mode: mode, operation: "openat(O_TMPFILE)")
     }
 
     /// Gives a file from `openTemporary` the name `path` (looked up from `base`, a descriptor
