@@ -44,6 +44,9 @@ protocol BufferWaiter: AnyObject {
 /// more (so the waking goes on as long as reads find room). Waking all of them at once (10,000
 /// connections in S4) made each restart reading, be polled, find no buffer and stop again: two
 /// `epoll_ctl` calls and a poll per waiter per returned slab. Leaving the queue is O(1).
+///
+/// `@exclusivity(unchecked)` marks the per-read state (plain values, read or assigned in place;
+/// the rule is written on `Connection`).
 final class BufferPool {
     let slabSize: Int
     /// The largest single read handed to libuv.
@@ -51,9 +54,9 @@ final class BufferPool {
     let maxSlabs: Int
     private let maxFreeSlabs: Int
     private var freeSlabs: [Slab] = []
-    private var current: Slab?
+    @exclusivity(unchecked) private var current: Slab?
     /// Where the last buffer handed out starts in `current`.
-    private var lentStart = 0
+    @exclusivity(unchecked) private var lentStart = 0
     /// Waiting connections, oldest first from `waitersHead`; an entry whose id is no longer in
     /// `waiting` left the queue (`cancelWait`) and is skipped.
     private var waiters: [BufferWaiter] = []
@@ -62,7 +65,7 @@ final class BufferPool {
     /// Waiters woken per slab that comes back: about the reads one slab serves.
     let wakesPerSlab: Int
     /// Slabs alive (in use or free), for metrics and tests.
-    private(set) var liveSlabs = 0
+    @exclusivity(unchecked) private(set) var liveSlabs = 0
 
     init(slabSize: Int = 512 * 1024, maxReadSize: Int = 256 * 1024, budget: Int = 16 << 20, maxFreeSlabs: Int? = nil) {
         self.slabSize = slabSize

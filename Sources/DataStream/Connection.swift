@@ -11,11 +11,17 @@ import UV
 /// Reading stops while any of these holds: the connection's own buffered bytes passed their high
 /// mark, every receive slab of the process is in use, or the machine asked to hold input for a pending
 /// file operation.
+///
+/// Properties marked `@exclusivity(unchecked)` are read and written on every read or upload
+/// (Swift checks each access to a class's stored property at run time: 16% of the receiver's
+/// user-space instructions in S3 before these marks). Each is a plain value only ever read or
+/// assigned in place, or (`machine`) changed by a mutating call that never calls out, so no
+/// two accesses can overlap; a property passed `inout` across a call must not be marked.
 final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     let id: UInt64
     private let server: Server
     private let stream: TCPStream
-    private var machine: ConnectionStateMachine
+    @exclusivity(unchecked) private var machine: ConnectionStateMachine
     /// The peer as looked up at accept, when the server needed it (the per-address cap).
     let acceptedPeer: SocketAddress?
     /// The peer for log lines: looked up only when a line is logged (one `getpeername` less
@@ -24,16 +30,16 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     /// For the header timeout: since when the server has been ready to read (accept, or the
     /// end of the last pause the server itself imposed), and whether an upload has begun.
     private var headerClockStart = monotonicNanoseconds()
-    private var uploadBegan = false
+    @exclusivity(unchecked) private var uploadBegan = false
     /// Bytes of the disk budget held for the current upload (given back when it ends).
-    private var diskReservation: UInt64 = 0
+    @exclusivity(unchecked) private var diskReservation: UInt64 = 0
     /// Seed: file bytes received so far, and the longest reading of the size field.
-    private var seedBytesQueued: UInt64 = 0
-    private var seedDeclared: UInt64 = 0
+    @exclusivity(unchecked) private var seedBytesQueued: UInt64 = 0
+    @exclusivity(unchecked) private var seedDeclared: UInt64 = 0
     /// `shutDownWhenIdle` has ended (or begun ending) the connection.
     private var shutdownSent = false
     /// For the idle timeout: when the client last sent a byte (or reading last resumed).
-    private var lastActivity = monotonicNanoseconds()
+    @exclusivity(unchecked) private var lastActivity = monotonicNanoseconds()
     /// The server's logger with this connection's id and peer, built when a message is first
     /// logged at an enabled level (`log`): setting metadata formats it, which cost 4% of the
     /// loop thread in S3 (20,000 seed uploads) when every upload's debug and info lines built it.
@@ -52,13 +58,13 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     private let pool: BufferPool
     private let store: Store
 
-    private var held: (slab: Slab, start: Int, count: Int)?
+    @exclusivity(unchecked) private var held: (slab: Slab, start: Int, count: Int)?
     private var flow: WaterMarks
-    private var pausedByFlow = false
-    private var waitingForBuffer = false
-    private var closing = false
+    @exclusivity(unchecked) private var pausedByFlow = false
+    @exclusivity(unchecked) private var waitingForBuffer = false
+    @exclusivity(unchecked) private var closing = false
     /// The client closed its side: nothing more to read, so reading never restarts.
-    private var peerEnded = false
+    @exclusivity(unchecked) private var peerEnded = false
 
     // The upload in progress.
     private var sink: UploadSink?
@@ -69,10 +75,10 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     /// A small seed upload's bytes, copied out of the receive slabs (so no slab stays pinned while
     /// the client is slow) and stored in one work item at the end. Reserved in the server's
     /// `smallUploadBytesInUse` until freed.
-    private var small: UnsafeMutableRawBufferPointer?
-    private var smallFilled = 0
+    @exclusivity(unchecked) private var small: UnsafeMutableRawBufferPointer?
+    @exclusivity(unchecked) private var smallFilled = 0
     /// The small buffer is being written by a work item: free it only when that completes.
-    private var smallStoring = false
+    @exclusivity(unchecked) private var smallStoring = false
     /// The machine finished a small upload during this read: it is stored once the rest of the
     /// read is processed (bytes past the declared size in the same read cancel it, as they
     /// cancel a large upload's commit while its last write is in flight).
@@ -373,7 +379,6 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
         case .startSeedUpload(let declared):
             uploadBegan = true
             // A size field that may include the file's leading digits has shorter readings:
-            // refused only if even the shortest does not fit (then the space is held for it).
             // refused only if even the shortest does not fit; then the space held grows with
             // the bytes that arrive (`coverSeedBytes`), failing as soon as they would not fit.
             let shortest = machine.seedSizeRange?.lowerBound ?? declared
@@ -390,11 +395,9 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
             }
             log(.debug, "seed upload started", metadata: ["declared": "\(declared)"])
             let bytes = Int(clamping: declared)
-            if declared <= Connection.smallUploadLimit, server.smallUploadBytesInUse + bytes <= server.configuration.smallUploadBudget {
-                server.smallUploadBytesInUse += bytes
-                // malloc: Swift's allocate(byteCount:alignment:) asks for an aligned block
-                // (posix_memalign here), several times slower for one buffer per upload.
-                small = UnsafeMutableRawBufferPointer(start: malloc(max(bytes, 1))!, count: bytes)
+            if declared <= Connection.smallUploadLimit, server.smallUploadBytesInUse + SmallBuffers.capacity(for: bytes) <= server.configuration.smallUploadBudget {
+                server.smallUploadBytesInUse += SmallBuffers.capacity(for: bytes)
+                small = server.smallBuffers.take(bytes)
                 smallFilled = 0
             } else {
                 startSeedSink()
@@ -464,7 +467,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     }
 
     /// Seed uploads up to this size may be held in memory and stored in one work item.
-    static let smallUploadLimit: UInt64 = 64 * 1024
+    static let smallUploadLimit = UInt64(SmallBuffers.largest)
 
     /// Stores a small seed upload (the prefix digits, then its bytes) in one work item.
     private func finishSmallSeed(_ buffer: UnsafeMutableRawBufferPointer, prefix: [UInt8], size: UInt64) {
@@ -488,8 +491,8 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     private func freeSmall() {
         guard let buffer = small, !smallStoring else { return }
         small = nil
-        server.smallUploadBytesInUse -= buffer.count
-        free(buffer.baseAddress)
+        server.smallUploadBytesInUse -= SmallBuffers.capacity(for: buffer.count)
+        server.smallBuffers.give(buffer)
     }
 
     private func finishSeed(prefix: [UInt8], size: UInt64) {

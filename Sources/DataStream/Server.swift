@@ -7,6 +7,9 @@ import UV
 /// process-wide buffer pool. Owned by its creator (the command line, a test, or an embedding
 /// tool); everything runs on the loop's thread. `stop` closes the listener and every connection
 /// (native partials are kept for resume) and calls back once all handles are closed.
+///
+/// Counters touched per connection are `@exclusivity(unchecked)` (no run-time access check):
+/// plain values only ever read or assigned in place, under the rule written on `Connection`.
 public final class Server {
     /// Settings. Defaults are those of `datastream serve`.
     public struct Configuration: Sendable {
@@ -132,7 +135,7 @@ public final class Server {
     public let loop: Loop
     public let configuration: Configuration
     public let store: Store
-    public internal(set) var statistics = Statistics()
+    @exclusivity(unchecked) public internal(set) var statistics = Statistics()
     let logger: Logger
     /// `logger.logLevel`, read once: connections check it before every debug line, and the
     /// logger's handler answers through an existential each time.
@@ -148,11 +151,13 @@ public final class Server {
     /// Whether the kernel accepted UDP receive offload on the socket.
     public var udpReceiveOffloadEnabled: Bool { udp?.receiveOffload ?? false }
     /// Connections whose upload is being drained straight from the socket (`SocketDrain`).
-    var drainsRunning = 0
-    /// Bytes reserved by small seed uploads held in memory (see `smallUploadBudget`).
-    var smallUploadBytesInUse = 0
+    @exclusivity(unchecked) var drainsRunning = 0
+    /// Bytes of the blocks holding small seed uploads in memory (see `smallUploadBudget`).
+    @exclusivity(unchecked) var smallUploadBytesInUse = 0
+    /// Blocks for small seed uploads, reused (see `SmallBuffers`).
+    let smallBuffers = SmallBuffers()
     private var connections: [ObjectIdentifier: Connection] = [:]
-    private var nextConnectionID: UInt64 = 0
+    @exclusivity(unchecked) private var nextConnectionID: UInt64 = 0
     private var stopCallback: (() -> Void)?
     private var listenerClosed = true
     private var udpClosed = true
@@ -420,7 +425,7 @@ public final class Server {
     }
 
     /// Whether `drain` has begun.
-    public private(set) var isDraining = false
+    @exclusivity(unchecked) public private(set) var isDraining = false
     private var drainTimer: Timer?
     private var drainOutcome = DrainOutcome()
     private var drainStoredAtStart: UInt64 = 0
@@ -491,7 +496,7 @@ public final class Server {
     }
 
     /// Whether the drain's deadline has passed (connections still storing may finish).
-    private(set) var drainDeadlinePassed = false
+    @exclusivity(unchecked) private(set) var drainDeadlinePassed = false
 
     /// A connection cut at the drain's deadline, with what became of its upload.
     func drainCut(_ partial: ConnectionStateMachine.PartialDisposition) {

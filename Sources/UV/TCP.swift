@@ -25,10 +25,14 @@ public protocol TCPStreamReader: AnyObject {
 
 /// A connected TCP stream (accepted or connected). Whoever receives it owns it and must `close()` it;
 /// it keeps itself alive until libuv's close callback (see `Handle`). The libuv type is `uv_tcp_t`.
+///
+/// `reader` and `isReading` are touched on every read: they skip Swift's run-time exclusivity
+/// check (`@exclusivity(unchecked)`), which is sound because each is only ever read or assigned
+/// whole, never passed `inout` across a call.
 public final class TCPStream: Handle {
-    private var reader: TCPStreamReader?
+    @exclusivity(unchecked) private var reader: TCPStreamReader?
     /// Whether `startReading` is in effect.
-    public private(set) var isReading = false
+    @exclusivity(unchecked) public private(set) var isReading = false
 
     init(loop: Loop) throws(UVOperationError) {
         let raw = try Handle.initialise(UV_TCP, "tcp_init") { uv_tcp_init(loop.uv, $0.assumingMemoryBound(to: uv_tcp_t.self)) }

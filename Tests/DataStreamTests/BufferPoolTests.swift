@@ -93,3 +93,41 @@ struct BufferPoolTests {
         #expect(pool.waiterCount == 40 - 3 * batch)
     }
 }
+
+/// The blocks small seed uploads are held in: sizes, reuse, and the bound on what is kept.
+struct SmallBuffersTests {
+    @Test func eachUploadTakesTheSmallestBlockThatHoldsIt() {
+        #expect(SmallBuffers.capacity(for: 0) == 4096)
+        #expect(SmallBuffers.capacity(for: 4096) == 4096)
+        #expect(SmallBuffers.capacity(for: 4097) == 8192)
+        #expect(SmallBuffers.capacity(for: 40_000) == 65_536)
+        #expect(SmallBuffers.capacity(for: SmallBuffers.largest) == SmallBuffers.largest)
+        #expect(UInt64(SmallBuffers.largest) == Connection.smallUploadLimit)
+    }
+
+    @Test func aReturnedBlockIsReusedForAnUploadOfTheSameSizeOnly() {
+        let buffers = SmallBuffers()
+        let first = buffers.take(4000)
+        #expect(first.count == 4000)
+        first.initializeMemory(as: UInt8.self, repeating: 0xAB)
+        buffers.give(first)
+        #expect(buffers.keptBytes == 4096)
+        let larger = buffers.take(5000)          // another size: a new block
+        #expect(larger.baseAddress != first.baseAddress)
+        let again = buffers.take(10)             // the same size: the kept block, 10 bytes of it
+        #expect(again.baseAddress == first.baseAddress)
+        #expect(again.count == 10)
+        #expect(buffers.keptBytes == 0)
+        buffers.give(again)
+        buffers.give(larger)
+        #expect(buffers.keptBytes == 4096 + 8192)
+    }
+
+    @Test func atMostOneMiBOfEachSizeIsKept() {
+        let buffers = SmallBuffers()
+        let taken = (0..<40).map { _ in buffers.take(SmallBuffers.largest) }
+        #expect(Set(taken.map(\.baseAddress)).count == 40)
+        for b in taken { buffers.give(b) }
+        #expect(buffers.keptBytes == 1 << 20)    // 16 blocks of 64 KiB; the other 24 freed
+    }
+}

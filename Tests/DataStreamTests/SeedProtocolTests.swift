@@ -132,3 +132,26 @@ enum SmallUploadPath: CaseIterable, Sendable {
         }
     }
 }
+
+/// Small uploads one after another reuse the blocks that held the ones before: each file must
+/// hold exactly its own bytes (none left over from a longer upload in the same block).
+struct SmallUploadReuseTests {
+    @Test func uploadsOfEverySizeClassInTurnStoreExactlyTheirBytes() throws {
+        let server = try BackgroundServer()
+        defer { server.stop() }
+        let sizes = [4096, 1, 4095, 65_536, 8193, 0, 65_535, 3, 16_384, 4096]
+        var sent: [[UInt8]] = []
+        for (i, size) in sizes.enumerated() {
+            let data = content(20 + i, count: size)
+            let client = try BlockingClient(port: server.port)
+            client.send(Array(String(size).utf8) + data)
+            client.shutdownWrite()
+            #expect(client.readUntilEOF() != nil, "stored before the close")
+            sent.append(data)
+        }
+        #expect(server.eventually { server.storedFiles().count == sizes.count })
+        let stored = server.storedFiles().compactMap { server.contents($0) }
+        #expect(stored.map(\.count).sorted() == sizes.sorted())
+        #expect(Set(stored) == Set(sent))
+    }
+}
