@@ -15,7 +15,16 @@ final class SmallBuffers {
     private static let smallest = 4 * 1024
     private static let keptBytesPerSize = 1 << 20
 
-    private var free: [[UnsafeMutableRawPointer]] = Array(repeating: [], count: 5)
+    private static let sizes = 5
+    /// Free blocks of each size, as a list threaded through the blocks themselves (each free
+    /// block's first word points to the next): taking and giving touch no array.
+    private let heads = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: sizes)
+    private let counts = UnsafeMutablePointer<Int>.allocate(capacity: sizes)
+
+    init() {
+        heads.initialize(repeating: nil, count: Self.sizes)
+        counts.initialize(repeating: 0, count: Self.sizes)
+    }
 
     /// Bytes a block for an upload of `bytes` takes (what the small-upload budget counts).
     static func capacity(for bytes: Int) -> Int {
@@ -31,7 +40,14 @@ final class SmallBuffers {
     func take(_ bytes: Int) -> UnsafeMutableRawBufferPointer {
         let capacity = Self.capacity(for: bytes)
         let i = Self.sizeIndex(capacity)
-        let block = free[i].popLast() ?? malloc(capacity)!
+        let block: UnsafeMutableRawPointer
+        if let head = heads[i] {
+            heads[i] = head.load(as: UnsafeMutableRawPointer?.self)
+            counts[i] -= 1
+            block = head
+        } else {
+            block = malloc(capacity)!
+        }
         return UnsafeMutableRawBufferPointer(start: block, count: bytes)
     }
 
@@ -39,17 +55,27 @@ final class SmallBuffers {
     func give(_ buffer: UnsafeMutableRawBufferPointer) {
         let capacity = Self.capacity(for: buffer.count)
         let i = Self.sizeIndex(capacity)
-        if free[i].count * capacity < Self.keptBytesPerSize {
-            free[i].append(buffer.baseAddress!)
-        } else {
-            Glibc.free(buffer.baseAddress)
+        let block = buffer.baseAddress!
+        guard counts[i] * capacity < Self.keptBytesPerSize else {
+            Glibc.free(block)
+            return
         }
+        block.storeBytes(of: heads[i], as: UnsafeMutableRawPointer?.self)
+        heads[i] = block
+        counts[i] += 1
     }
 
     /// Free blocks kept for reuse, in bytes.
-    var keptBytes: Int { free.enumerated().reduce(0) { $0 + $1.element.count * (Self.smallest << $1.offset) } }
+    var keptBytes: Int { (0..<Self.sizes).reduce(0) { $0 + counts[$1] * (Self.smallest << $1) } }
 
     deinit {
-        for blocks in free { for block in blocks { Glibc.free(block) } }
+        for i in 0..<Self.sizes {
+            while let block = heads[i] {
+                heads[i] = block.load(as: UnsafeMutableRawPointer?.self)
+                Glibc.free(block)
+            }
+        }
+        heads.deallocate()
+        counts.deallocate()
     }
 }

@@ -529,7 +529,8 @@ public struct FrameAccumulator: Sendable {
     /// `payload` until `reset`), or a header announcing a payload over the limit.
     public enum Outcome: Sendable { case needMore, frame(type: UInt8), tooLarge(UInt32) }
 
-    public init() { buffer.reserveCapacity(512) }
+    /// The buffer is allocated by the first `append`: a seed connection never sends a frame.
+    public init() {}
 
     /// The payload of the completed frame.
     public var payload: ArraySlice<UInt8> { buffer[Wire.headerLength...] }
@@ -540,6 +541,7 @@ public struct FrameAccumulator: Sendable {
     /// Takes bytes until one frame is complete; returns how many it took.
     public mutating func append(_ input: UnsafeRawBufferPointer) -> (Int, Outcome) {
         var taken = 0
+        if buffer.capacity == 0 { buffer.reserveCapacity(512) }
         if buffer.count < Wire.headerLength {
             let n = min(Wire.headerLength - buffer.count, input.count)
             buffer.append(contentsOf: input[0..<n])
