@@ -19,6 +19,8 @@ import UV
 /// two accesses can overlap; a property passed `inout` across a call must not be marked.
 final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     let id: UInt64
+    /// Its place in the server's table of open connections (-1 once it left). The server's own.
+    @exclusivity(unchecked) var tableIndex = -1
     private let server: Server
     private let stream: TCPStream
     @exclusivity(unchecked) private var machine: ConnectionStateMachine

@@ -156,7 +156,9 @@ public final class Server {
     @exclusivity(unchecked) var smallUploadBytesInUse = 0
     /// Blocks for small seed uploads, reused (see `SmallBuffers`).
     let smallBuffers = SmallBuffers()
-    private var connections: [ObjectIdentifier: Connection] = [:]
+    /// Open connections, in no order. Each knows its place (`Connection.tableIndex`), so one
+    /// leaves by taking the last one's place: no hashing per connection.
+    private var connections: [Connection] = []
     @exclusivity(unchecked) private var nextConnectionID: UInt64 = 0
     private var stopCallback: (() -> Void)?
     private var listenerClosed = true
@@ -327,7 +329,7 @@ public final class Server {
                 finishStopIfDone()
             }
         }
-        for connection in connections.values { connection.abort() }
+        for connection in connections { connection.abort() }
         finishStopIfDone()
     }
 
@@ -358,7 +360,8 @@ public final class Server {
                 connectionsPerHost[key, default: 0] += 1
             }
             let connection = Connection(id: nextConnectionID, server: self, stream: stream, acceptedPeer: peer)
-            connections[ObjectIdentifier(connection)] = connection
+            connection.tableIndex = connections.count
+            connections.append(connection)
             if connections.count >= maxConnections, let listener, !listener.isAcceptingPaused {
                 listener.pauseAccepting()
                 statistics.acceptPauses += 1
@@ -399,7 +402,14 @@ public final class Server {
     }
 
     func connectionClosed(_ connection: Connection) {
-        connections[ObjectIdentifier(connection)] = nil
+        let i = connection.tableIndex
+        guard i >= 0, i < connections.count, connections[i] === connection else { return }
+        let last = connections.removeLast()
+        if last !== connection {
+            connections[i] = last
+            last.tableIndex = i
+        }
+        connection.tableIndex = -1
         if configuration.maxConnectionsPerAddress > 0, let peer = connection.acceptedPeer {
             let key = peer.hostIdentityBytes
             connectionsPerHost[key, default: 1] -= 1
@@ -442,7 +452,7 @@ public final class Server {
         isDraining = true
         drainCompletion = completion
         drainStoredAtStart = statistics.uploadsStored
-        drainOutcome.inProgressAtStart = connections.values.filter(\.hasUploadInProgress).count + (udp?.uploadsInProgress ?? 0)
+        drainOutcome.inProgressAtStart = connections.filter(\.hasUploadInProgress).count + (udp?.uploadsInProgress ?? 0)
         descriptorRetryTimer?.close()
         descriptorRetryTimer = nil
         if let listener {
@@ -454,7 +464,7 @@ public final class Server {
             }
         }
         logger.notice("draining: \(drainOutcome.inProgressAtStart) uploads in progress may finish within \(deadline) s")
-        for connection in Array(connections.values) { connection.shutDownWhenIdle() }
+        for connection in connections { connection.shutDownWhenIdle() }
         do throws(UVOperationError) {
             let t = try Timer(loop: loop)
             drainTimer = t
@@ -485,7 +495,7 @@ public final class Server {
             drainOutcome.cutLost += udp?.seedUploadsInProgress ?? 0
             // Cut what waits on its client; what the server is still storing (the client has
             // sent everything) finishes, answers and closes by itself.
-            for connection in Array(connections.values) { connection.cutIfWaitingForClient() }
+            for connection in connections { connection.cutIfWaitingForClient() }
         }
         guard connections.isEmpty else { return }  // connectionClosed calls again
         drainCompletion = nil
@@ -535,7 +545,7 @@ public final class Server {
     /// Header and idle timeouts, for every connection at once (one timer, not one per connection).
     private func sweep() {
         let now = monotonicNanoseconds()
-        for connection in Array(connections.values) { connection.checkTimeouts(now: now) }
+        for connection in connections { connection.checkTimeouts(now: now) }
         disk.refresh(store.fs)
         pool.wakeIfRoom()
     }

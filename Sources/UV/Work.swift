@@ -111,7 +111,9 @@ public enum BlockingFileSystem {
 
     /// `openat(2)` (libuv has none): `path` looked up from `base` if given and relative.
     private static func openAt(_ base: FileDescriptor?, _ path: String, flags: Int32, mode: Int32, operation: String) throws(UVOperationError) -> FileDescriptor {
-        let fd = datastream_openat(base?.rawValue ?? AT_FDCWD, path, flags, UInt32(mode))
+        // withCString: a short path such as "." is copied to the stack, where passing the String
+        // itself to C made an array on the heap for it (per small upload stored).
+        let fd = path.withCString { datastream_openat(base?.rawValue ?? AT_FDCWD, $0, flags, UInt32(mode)) }
         if fd < 0 { throw UVOperationError(operation, target: path, code: -errno) }
         return FileDescriptor(rawValue: fd)
     }
@@ -134,7 +136,7 @@ public enum BlockingFileSystem {
         let at = base?.rawValue ?? AT_FDCWD
         // AT_EMPTY_PATH (0x1000) names the descriptor itself: no /proc lookup; Linux allows it
         // with CAP_DAC_READ_SEARCH (and, in newer kernels, for a file the caller opened).
-        if linkat(fd.rawValue, "", at, path, 0x1000) == 0 { return }
+        if path.withCString({ p in "".withCString { linkat(fd.rawValue, $0, at, p, 0x1000) } }) == 0 { return }
         if errno != ENOENT && errno != EPERM {
             throw UVOperationError("linkat", target: path, code: -errno)
         }

@@ -103,6 +103,40 @@ struct ConnectionLimitTests {
         _ = idle
     }
 
+    /// The cap counts exactly the open connections whatever order they close in (the server's
+    /// table moves its last entry into a leaving one's place): the connection moved by the
+    /// first close must leave the table too when it closes, or the cap would stay reached.
+    @Test func connectionsClosingInAnyOrderFreeTheirPlaces() throws {
+        let server = try BackgroundServer { $0.maxConnections = 3 }
+        func hello() throws -> BlockingClient {
+            let client = try BlockingClient(port: server.port)
+            client.send(Wire.hello())
+            #expect(client.readFrame()?.type == .welcome, "accepted and answered")
+            return client
+        }
+        func upload(_ index: Int) throws {
+            let client = try BlockingClient(port: server.port)
+            let data = content(index, count: 3000)
+            client.send(Array(String(data.count).utf8) + data)
+            client.shutdownWrite()
+            #expect(client.readUntilEOF() != nil, "upload \(index) served")
+        }
+        var a: BlockingClient? = try hello()
+        let b = try hello()
+        var c: BlockingClient? = try hello()  // the cap: the table holds a, b, c
+        a = nil                               // c takes a's place
+        try upload(1)
+        c = nil                               // the moved one leaves
+        let d = try hello()
+        var e: BlockingClient? = try hello()  // b, d, e: only possible if c's place was freed
+        e = nil
+        try upload(2)
+        #expect(server.eventually { server.storedFiles().count == 2 })
+        server.stop()
+        #expect(Set(server.storedFiles().compactMap { server.contents($0) }) == [content(1, count: 3000), content(2, count: 3000)])
+        _ = (a, b, c, d, e)
+    }
+
     @Test func perAddressCapRefusesWithAnError() throws {
         let server = try BackgroundServer { $0.maxConnectionsPerAddress = 1 }
         let first = try BlockingClient(port: server.port)
