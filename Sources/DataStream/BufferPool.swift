@@ -45,8 +45,9 @@ protocol BufferWaiter: AnyObject {
 /// connections in S4) made each restart reading, be polled, find no buffer and stop again: two
 /// `epoll_ctl` calls and a poll per waiter per returned slab. Leaving the queue is O(1).
 ///
-/// `@exclusivity(unchecked)` marks the per-read state (plain values, read or assigned in place;
-/// the rule is written on `Connection`).
+/// `@exclusivity(unchecked)` marks the per-read state: plain values read or assigned in place,
+/// and the set of waiting ids, whose inserts and removals run no code of ours (the rule is
+/// written on `Connection`).
 final class BufferPool {
     let slabSize: Int
     /// The largest single read handed to libuv.
@@ -60,8 +61,8 @@ final class BufferPool {
     /// Waiting connections, oldest first from `waitersHead`; an entry whose id is no longer in
     /// `waiting` left the queue (`cancelWait`) and is skipped.
     private var waiters: [BufferWaiter] = []
-    private var waitersHead = 0
-    private var waiting = Set<ObjectIdentifier>()
+    @exclusivity(unchecked) private var waitersHead = 0
+    @exclusivity(unchecked) private var waiting = Set<ObjectIdentifier>()
     /// Waiters woken per slab that comes back: about the reads one slab serves.
     let wakesPerSlab: Int
     /// Slabs alive (in use or free), for metrics and tests.
