@@ -135,7 +135,9 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     /// An upload with at least `drainThresholdWhenFew` bytes still to come is left to the loop
     /// (and then to a drain, which splices): reading it here would pull its bytes through the
     /// receive slabs (S2, 1,000 uploads of 1 MiB: 768 KiB of each at accept, ~7% slower).
-    func readWithoutPolling() {
+    /// Returns how many reads it made (none if the connection closed or cannot read now).
+    @discardableResult
+    func readWithoutPolling() -> Int {
         var reads = 0
         while reads < Connection.readsWithoutPolling, !closing, !peerEnded, held == nil, drain == nil, !drainStarting, !pausedByFlow,
               !waitingForBuffer, !stream.isReading, machine.fileBytesExpected < Connection.drainThresholdWhenFew, stream.readNow(self) {
@@ -143,6 +145,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
             server.statistics.readsWithoutPolling += 1
         }
         updateReading()
+        return reads
     }
 
     /// The most reads `readWithoutPolling` makes before handing the socket to the loop: the

@@ -116,7 +116,8 @@ public final class Server {
         public var readsWithoutPolling: UInt64 = 0
         public var endedAtAccept: UInt64 = 0
         /// Connections that waited for a receive buffer and then read straight from their socket
-        /// at the server's next turn of the loop (`readSoon`), rather than being polled again.
+        /// at the server's next turn of the loop (`readSoon`), rather than being polled again
+        /// (one that closed meanwhile, or found nothing to read, is not counted).
         public var readsAfterBufferWait: UInt64 = 0
         /// Connections closed by the header or the idle timeout.
         public var connectionsTimedOut: UInt64 = 0
@@ -393,8 +394,7 @@ public final class Server {
         // are appended and served in this same pass.
         var i = 0
         while i < readSoonQueue.count {
-            statistics.readsAfterBufferWait += 1
-            readSoonQueue[i].readWithoutPolling()
+            if readSoonQueue[i].readWithoutPolling() > 0 { statistics.readsAfterBufferWait += 1 }
             i += 1
         }
         readSoonQueue.removeAll(keepingCapacity: true)

@@ -513,7 +513,7 @@ public final class Store {
         var fd: FileDescriptor
         var path: String?  // the named partial, if one is used
         do throws(UVOperationError) {
-            guard unnamed else { throw UVOperationError("fs_open(O_TMPFILE)", target: place.directory, code: UVError.operationNotSupported.code) }
+            guard unnamed else { throw UVOperationError("openat(O_TMPFILE)", target: place.directory, code: UVError.operationNotSupported.code) }
             fd = try BlockingFileSystem.openTemporary(in: ".", relativeTo: place.descriptor)
         } catch where [UVError.operationNotSupported, .isDirectory, .invalidArgument].contains(error.error) {
             let named = seedPartialPath(place.partialDirectory, pid: place.pid, number: job.partialNumber)
