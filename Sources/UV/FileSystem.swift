@@ -145,7 +145,7 @@ public struct FileSystem {
     }
 
     private func submit(_ operation: String, _ target: String?, _ start: (UnsafeMutablePointer<uv_fs_t>) -> Int32, _ done: @escaping (UnsafeMutablePointer<uv_fs_t>) -> Void) throws(UVOperationError) {
-        let req = UnsafeMutableRawPointer.allocate(byteCount: uv_req_size(UV_FS), alignment: 16).assumingMemoryBound(to: uv_fs_t.self)
+        let req = allocateForLibuv(uv_req_size(UV_FS)).assumingMemoryBound(to: uv_fs_t.self)
         let context = FSContext(done)
         req.pointee.data = Unmanaged.passRetained(context).toOpaque()
         let status = start(req)
@@ -153,7 +153,7 @@ public struct FileSystem {
             // The callback will never run: release everything now.
             Unmanaged<FSContext>.fromOpaque(req.pointee.data!).release()
             uv_fs_req_cleanup(req)
-            UnsafeMutableRawPointer(req).deallocate()
+            freeForLibuv(req)
             throw UVOperationError(operation, target: target, code: status)
         }
     }
@@ -175,5 +175,5 @@ private func fsDone(_ req: UnsafeMutablePointer<uv_fs_t>?) {
     // Read every field in `done` before the request is cleaned up and freed.
     context.done(req)
     uv_fs_req_cleanup(req)
-    UnsafeMutableRawPointer(req).deallocate()
+    freeForLibuv(req)
 }

@@ -1,5 +1,4 @@
 import CLibUV
-import Glibc
 
 /// The common base of every libuv handle wrapper (timer, signal, TCP, UDP).
 ///
@@ -23,13 +22,10 @@ open class Handle {
     /// Allocates memory for a handle of `type` and runs its `uv_*_init` on it; frees the memory
     /// and throws if that fails.
     static func initialise(_ type: uv_handle_type, _ operation: String, _ initialise: (UnsafeMutableRawPointer) -> Int32) throws(UVOperationError) -> UnsafeMutableRawPointer {
-        // malloc (16-byte aligned on this platform, as libuv's own handles are): Swift's
-        // allocate(byteCount:alignment: 16) goes through posix_memalign here, several times
-        // slower, and a server allocates one handle per accepted connection.
-        guard let raw = malloc(uv_handle_size(type)) else { throw UVOperationError(operation, code: UVError.outOfMemory.code) }
+        let raw = allocateForLibuv(uv_handle_size(type))
         let status = initialise(raw)
         if status < 0 {
-            free(raw)
+            freeForLibuv(raw)
             throw UVOperationError(operation, code: status)
         }
         return raw
@@ -89,5 +85,5 @@ private func handleDidClose(_ h: UnsafeMutablePointer<uv_handle_t>?) {
     let owner = Unmanaged<Handle>.fromOpaque(h.pointee.data!).takeRetainedValue()
     h.pointee.data = nil
     owner.finishClose()
-    free(h)
+    freeForLibuv(h)
 }

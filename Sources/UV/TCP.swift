@@ -60,13 +60,13 @@ public final class TCPStream: Handle {
             }
         }
         let context = ConnectContext(stream: stream, target: address.description, completion: completion)
-        let req = UnsafeMutableRawPointer.allocate(byteCount: uv_req_size(UV_CONNECT), alignment: 16)
+        let req = allocateForLibuv(uv_req_size(UV_CONNECT))
             .assumingMemoryBound(to: uv_connect_t.self)
         req.pointee.data = Unmanaged.passRetained(context).toOpaque()
         let status = address.withSockAddr { uv_tcp_connect(req, stream.tcp, $0, connectDone) }
         if status < 0 {
             Unmanaged<ConnectContext>.fromOpaque(req.pointee.data!).release()
-            req.deallocate()
+            freeForLibuv(req)
             stream.close()
             throw UVOperationError("tcp_connect", target: address.description, code: status)
         }
@@ -167,7 +167,7 @@ public final class TCPStream: Handle {
     /// A new buffer (at least one byte) holding `bytes`: one memcpy for contiguous collections
     /// (arrays, slices), element by element only for others.
     private func copyOf(_ bytes: some Collection<UInt8>) -> UnsafeMutableRawBufferPointer {
-        let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 16)
+        let copy = UnsafeMutableRawBufferPointer(start: allocateForLibuv(bytes.count), count: max(bytes.count, 1))
         let copied: Void? = bytes.withContiguousStorageIfAvailable { copy.copyMemory(from: UnsafeRawBufferPointer($0)) }
         if copied == nil { _ = copy.initializeMemory(as: UInt8.self, from: bytes) }
         return copy
@@ -186,14 +186,14 @@ public final class TCPStream: Handle {
 
     private func submitWrite(_ bufs: inout [uv_buf_t], owned: UnsafeMutableRawBufferPointer?, completion: ((UVOperationError?) -> Void)?) throws(UVOperationError) {
         let context = WriteContext(owned: owned, completion: completion)
-        let req = UnsafeMutableRawPointer.allocate(byteCount: uv_req_size(UV_WRITE), alignment: 16)
+        let req = allocateForLibuv(uv_req_size(UV_WRITE))
             .assumingMemoryBound(to: uv_write_t.self)
         req.pointee.data = Unmanaged.passRetained(context).toOpaque()
         // libuv copies the uv_buf_t array (not the bytes) when it must queue the write.
         let status = bufs.withUnsafeMutableBufferPointer { uv_write(req, stream, $0.baseAddress, UInt32($0.count), writeDone) }
         if status < 0 {
             Unmanaged<WriteContext>.fromOpaque(req.pointee.data!).release()
-            req.deallocate()
+            freeForLibuv(req)
             throw UVOperationError("write", code: status)
         }
     }
@@ -204,13 +204,13 @@ public final class TCPStream: Handle {
     /// Half-closes: the peer sees end of stream after the queued writes. The libuv function is `uv_shutdown`.
     public func shutdown(completion: ((UVOperationError?) -> Void)? = nil) throws(UVOperationError) {
         let context = WriteContext(owned: nil, completion: completion)
-        let req = UnsafeMutableRawPointer.allocate(byteCount: uv_req_size(UV_SHUTDOWN), alignment: 16)
+        let req = allocateForLibuv(uv_req_size(UV_SHUTDOWN))
             .assumingMemoryBound(to: uv_shutdown_t.self)
         req.pointee.data = Unmanaged.passRetained(context).toOpaque()
         let status = uv_shutdown(req, stream, shutdownDone)
         if status < 0 {
             Unmanaged<WriteContext>.fromOpaque(req.pointee.data!).release()
-            req.deallocate()
+            freeForLibuv(req)
             throw UVOperationError("shutdown", code: status)
         }
     }
@@ -411,7 +411,7 @@ private final class WriteContext {
         self.owned = owned
         self.completion = completion
     }
-    deinit { owned?.deallocate() }
+    deinit { if let owned { freeForLibuv(owned.baseAddress!) } }
 }
 
 private final class ConnectContext {
@@ -427,7 +427,7 @@ private final class ConnectContext {
 
 private func connectDone(_ req: UnsafeMutablePointer<uv_connect_t>?, _ status: Int32) {
     let context = Unmanaged<ConnectContext>.fromOpaque(req!.pointee.data!).takeRetainedValue()
-    UnsafeMutableRawPointer(req!).deallocate()
+    freeForLibuv(req!)
     if status < 0 {
         context.stream.close()
         context.completion(.failure(UVOperationError("tcp_connect", target: context.target, code: status)))
@@ -438,13 +438,13 @@ private func connectDone(_ req: UnsafeMutablePointer<uv_connect_t>?, _ status: I
 
 private func writeDone(_ req: UnsafeMutablePointer<uv_write_t>?, _ status: Int32) {
     let context = Unmanaged<WriteContext>.fromOpaque(req!.pointee.data!).takeRetainedValue()
-    UnsafeMutableRawPointer(req!).deallocate()
+    freeForLibuv(req!)
     context.completion?(status < 0 ? UVOperationError("write", code: status) : nil)
 }
 
 private func shutdownDone(_ req: UnsafeMutablePointer<uv_shutdown_t>?, _ status: Int32) {
     let context = Unmanaged<WriteContext>.fromOpaque(req!.pointee.data!).takeRetainedValue()
-    UnsafeMutableRawPointer(req!).deallocate()
+    freeForLibuv(req!)
     context.completion?(status < 0 ? UVOperationError("shutdown", code: status) : nil)
 }
 

@@ -39,7 +39,6 @@ public struct UVError: Error, Hashable, Sendable, CustomStringConvertible {
     public static let isDirectory = UVError(code: UV_EISDIR.rawValue)
     public static let badDescriptor = UVError(code: UV_EBADF.rawValue)
     public static let operationNotSupported = UVError(code: UV_ENOTSUP.rawValue)
-    public static let outOfMemory = UVError(code: UV_ENOMEM.rawValue)
 }
 
 /// A failed libuv operation: which operation, on what (a path or a peer), and the libuv error.
