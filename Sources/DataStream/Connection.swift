@@ -17,7 +17,7 @@ import UV
 /// user-space instructions in S3 before these marks). Each is a plain value only ever read or
 /// assigned in place, or (`machine`) changed by a mutating call that never calls out, so no
 /// two accesses can overlap; a property passed `inout` across a call must not be marked.
-final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
+final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUploadOwner {
     let id: UInt64
     /// Its place in the server's table of open connections (-1 once it left). The server's own.
     @exclusivity(unchecked) var tableIndex = -1
@@ -81,10 +81,12 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     @exclusivity(unchecked) private var smallFilled = 0
     /// The small buffer is being written by a work item: free it only when that completes.
     @exclusivity(unchecked) private var smallStoring = false
+    /// The size of the small upload being stored (for the log line).
+    @exclusivity(unchecked) private var smallSize: UInt64 = 0
     /// The machine finished a small upload during this read: it is stored once the rest of the
     /// read is processed (bytes past the declared size in the same read cancel it, as they
     /// cancel a large upload's commit while its last write is in flight).
-    private var smallFinish: (prefix: [UInt8], size: UInt64)?
+    private var smallFinish: (prefix: SeedDigits, size: UInt64)?
     private var finishCancelled = false
 
     /// Uploads with at least `drainThreshold` bytes still to come are moved straight from the
@@ -475,20 +477,22 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
     static let smallUploadLimit = UInt64(SmallBuffers.largest)
 
     /// Stores a small seed upload (the prefix digits, then its bytes) in one work item.
-    private func finishSmallSeed(_ buffer: UnsafeMutableRawBufferPointer, prefix: [UInt8], size: UInt64) {
+    private func finishSmallSeed(_ buffer: UnsafeMutableRawBufferPointer, prefix: SeedDigits, size: UInt64) {
         smallStoring = true
-        let name = store.nextSeedName()
-        store.storeSmall(prefix: prefix, segments: [UnsafeRawBufferPointer(rebasing: buffer[0..<smallFilled])], name: name) { [self] result in
-            smallStoring = false
-            freeSmall()
-            switch result {
-            case .success(let stored):
-                server.statistics.uploadsStored += 1
-                log(.info, "stored seed upload", metadata: ["name": "\(stored)", "bytes": "\(size)"])
-                perform(machine.seedStored())
-            case .failure(let error):
-                perform(machine.uploadFailed(.storage(error)))
-            }
+        smallSize = size
+        store.storeSmall(prefix: prefix, bytes: UnsafeRawBufferPointer(rebasing: buffer[0..<smallFilled]), owner: self)
+    }
+
+    func smallUploadDone(_ result: Result<SeedUploadName, UVOperationError>) {
+        smallStoring = false
+        freeSmall()
+        switch result {
+        case .success(let stored):
+            server.statistics.uploadsStored += 1
+            log(.info, "stored seed upload", metadata: ["name": "\(stored)", "bytes": "\(smallSize)"])
+            perform(machine.seedStored())
+        case .failure(let error):
+            perform(machine.uploadFailed(.storage(error)))
         }
     }
 
@@ -500,7 +504,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter {
         server.smallBuffers.give(buffer)
     }
 
-    private func finishSeed(prefix: [UInt8], size: UInt64) {
+    private func finishSeed(prefix: SeedDigits, size: UInt64) {
         if small != nil {
             smallFinish = (prefix, size)
             return

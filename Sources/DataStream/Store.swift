@@ -2,6 +2,13 @@ import DataStreamCore
 import Glibc
 import UV
 
+/// The owner of a small upload handed to `Store.storeSmall` (a connection): told exactly once,
+/// on the loop thread, that its upload is stored (under which name) or failed. The store holds
+/// the owner until then.
+protocol SmallUploadOwner: AnyObject {
+    func smallUploadDone(_ result: Result<SeedUploadName, UVOperationError>)
+}
+
 /// Where uploads are written and how they are put into place. Owned by the server; used on the
 /// loop thread; every file operation goes through uv_fs on libuv's threadpool.
 ///
@@ -30,7 +37,9 @@ public final class Store {
     /// Seed uploads are written into files without a name first (see `SeedPartial`); turned off
     /// when the file system refuses `O_TMPFILE`, and by tests to exercise the named partials.
     var unnamedSeedFiles = true
-    private var smallQueue: [SmallJob] = []
+    /// Small uploads waiting for the next work item (see `storeSmall`), and emptied batches kept for reuse.
+    private var smallQueue = SmallBatch()
+    private var spareSmallBatches: [SmallBatch] = []
     private var smallBatchesInFlight = 0
 
     /// Creates the directories if needed (at start-up, before the loop serves anything) and
@@ -160,15 +169,15 @@ public final class Store {
     /// Stores a complete seed upload under `name` (or `name-1`, ... if taken), as `commit` does
     /// for a named partial; a file without a name is fsynced (if enabled), linked and closed,
     /// then the directory fsynced (if enabled). One threadpool work item.
-    func commitSeed(_ partial: SeedPartial, name: String, completion: @escaping (Result<String, UVOperationError>) -> Void) {
+    func commitSeed(_ partial: SeedPartial, name: SeedUploadName, completion: @escaping (Result<String, UVOperationError>) -> Void) {
         if let path = partial.path {
-            commit(partial.fd, partialPath: path, metaPath: nil, name: name, completion: completion)
+            commit(partial.fd, partialPath: path, metaPath: nil, name: name.description, completion: completion)
             return
         }
         let directory = directory, sync = fsyncEnabled, fd = partial.fd
         do throws(UVOperationError) {
             try runBlocking({
-                let r = Store.linkTemporaryNow(fd, name: name, directory: directory, sync: sync)
+                let r = Store.linkTemporaryNow(fd, name: name, directory: directory, sync: sync).map(\.description)
                 if sync, case .success = r {
                     do throws(UVOperationError) { try BlockingFileSystem.syncDirectory(directory) } catch { return .failure(error) }
                 }
@@ -204,14 +213,14 @@ public final class Store {
     }
 
     /// The generated name of the next seed upload.
-    func nextSeedName() -> String {
+    func nextSeedName() -> SeedUploadName {
         storedSeedCounter += 1
         let now = time(nil)
         if now != seedNameSecond {
             seedNameSecond = now
             seedNamePrefix = NamePolicy.seedUploadNamePrefix(utcSeconds: now)
         }
-        return NamePolicy.seedUploadName(prefix: seedNamePrefix, counter: storedSeedCounter)
+        return SeedUploadName(prefix: seedNamePrefix, counter: storedSeedCounter)
     }
     private var seedNameSecond = -1
     private var seedNamePrefix = ""
@@ -219,7 +228,7 @@ public final class Store {
 
     /// Seed uploads whose file began with digits: writes `prefix` and then the `dataLength` bytes
     /// of `old` into a new seed file, discards the old one, and completes with the new one.
-    func rewrite(_ old: SeedPartial, prefix: [UInt8], dataLength: UInt64, completion: @escaping (Result<SeedPartial, UVOperationError>) -> Void) {
+    func rewrite(_ old: SeedPartial, prefix: SeedDigits, dataLength: UInt64, completion: @escaping (Result<SeedPartial, UVOperationError>) -> Void) {
         let oldFD = old.fd, oldPath = old.label
         openSeedPartial { [self] r in
             switch r {
@@ -431,7 +440,7 @@ public final class Store {
         let directory = directory, sync = fsyncEnabled
         do throws(UVOperationError) {
             try runBlocking({
-                Store.commitNow(fd, partialPath: partialPath, metaPath: metaPath, name: name, directory: directory, sync: sync)
+                Store.commitNow(fd, partialPath: partialPath, metaPath: metaPath, name: name, directory: directory, sync: sync).map { NamePolicy.candidate(name, attempt: $0) }
             }, completion: completion)
         } catch {
             closeQuietly(fd, partialPath)
@@ -439,20 +448,22 @@ public final class Store {
         }
     }
 
-    /// Stores a small seed upload held in memory: write `prefix` then `segments` into a file that
-    /// has no name yet (`O_TMPFILE`), fsync it (if enabled), link it under `name` (or `name-1`,
-    /// ... if taken), close, fsync the directory (if enabled). A file without a name costs the
-    /// directory one entry instead of three (partial created, final linked, partial unlinked) and
-    /// leaves nothing behind if anything fails or the process dies. Where the file system has no
-    /// `O_TMPFILE`, a named partial and `commit`'s steps are used.
+    /// Stores a small seed upload held in memory: write `prefix` then `bytes` into a file that
+    /// has no name yet (`O_TMPFILE`), fsync it (if enabled), link it under a generated name (or
+    /// `name-1`, ... if taken), close, fsync the directory (if enabled). A file without a name
+    /// costs the directory one entry instead of three (partial created, final linked, partial
+    /// unlinked) and leaves nothing behind if anything fails or the process dies. Where the file
+    /// system has no `O_TMPFILE`, a named partial and `commit`'s steps are used.
     ///
     /// Group commit: at most `maxSmallBatches` threadpool work items store small uploads at a
     /// time; uploads that complete meanwhile wait and go together in the next item. An idle
     /// receiver stores each at once; a busy one pays one threadpool round trip (two thread
-    /// wake-ups) per batch instead of per file. `segments` must stay valid until `completion` runs.
-    func storeSmall(prefix: [UInt8], segments: [UnsafeRawBufferPointer], name: String, completion: @escaping (Result<String, UVOperationError>) -> Void) {
-        let upload = SmallUpload(prefix: prefix, segments: segments, name: name, partialNumber: nextSeedPartialNumber())
-        smallQueue.append(SmallJob(upload: upload, completion: completion))
+    /// wake-ups) per batch instead of per file. `bytes` must stay valid until the store calls
+    /// `owner.smallUploadDone`, which it does exactly once; the store holds `owner` until then.
+    /// Nothing is allocated per upload (no closure, array or name string): S3 stores thousands
+    /// a second.
+    func storeSmall(prefix: SeedDigits, bytes: UnsafeRawBufferPointer, owner: SmallUploadOwner) {
+        smallQueue.jobs.append(SmallJob(owner: owner, prefix: prefix, bytes: bytes, name: nextSeedName(), partialNumber: nextSeedPartialNumber()))
         submitSmallBatch()
     }
 
@@ -461,41 +472,67 @@ public final class Store {
     /// batches overlap so one batch's fsyncs do not hold up the next.
     private var maxSmallBatches: Int { fsyncEnabled ? 4 : 1 }
 
-    private struct SmallJob {
-        let upload: SmallUpload
-        let completion: (Result<String, UVOperationError>) -> Void
+    /// One small upload in a batch. `owner` is only touched on the loop thread; the work item
+    /// reads the rest and writes `result`.
+    private struct SmallJob: @unchecked Sendable {
+        let owner: SmallUploadOwner
+        let prefix: SeedDigits
+        let bytes: UnsafeRawBufferPointer
+        let name: SeedUploadName
+        /// Its named partial's number, used only where the file system has no `O_TMPFILE`.
+        let partialNumber: UInt64
+        /// Set by the work item; nil if it never ran.
+        var result: Result<SeedUploadName, UVOperationError>? = nil
+    }
+
+    /// The small uploads of one work item. The store fills one (`smallQueue`) on the loop
+    /// thread; once submitted, only the work item touches it until it completes on the loop
+    /// thread, which reports each upload and keeps the emptied batch (its array's storage) for
+    /// reuse.
+    private final class SmallBatch: @unchecked Sendable {
+        var jobs: [SmallJob] = []
     }
 
     private func submitSmallBatch() {
-        guard smallBatchesInFlight < maxSmallBatches, !smallQueue.isEmpty else { return }
+        guard smallBatchesInFlight < maxSmallBatches, !smallQueue.jobs.isEmpty else { return }
         let batch = smallQueue
-        smallQueue.removeAll(keepingCapacity: true)
+        smallQueue = spareSmallBatches.popLast() ?? SmallBatch()
         smallBatchesInFlight += 1
-        let uploads = batch.map(\.upload)
         let place = SmallUploadPlace(directory: directory, descriptor: directoryDescriptor, partialDirectory: partialDirectory, pid: pid)
         let sync = fsyncEnabled, unnamed = unnamedSeedFiles, directory = directory
         do throws(UVOperationError) {
             try runBlocking({
                 // Group commit: each file is fsynced before its link (if enabled), the directory
                 // once for the whole batch, and no upload of the batch is reported stored before.
-                var results = uploads.map { Store.storeSmallNow($0, place, sync: sync, unnamed: unnamed) }
-                if sync, results.contains(where: { if case .success = $0 { true } else { false } }) {
+                batch.jobs.withUnsafeMutableBufferPointer { jobs in
+                    var anyStored = false
+                    for i in jobs.indices {
+                        let r = Store.storeSmallNow(jobs[i], place, sync: sync, unnamed: unnamed)
+                        if case .success = r { anyStored = true }
+                        jobs[i].result = r
+                    }
+                    guard sync, anyStored else { return }
                     do throws(UVOperationError) { try BlockingFileSystem.syncDirectory(directory) } catch {
-                        results = results.map { _ in .failure(error) }
+                        for i in jobs.indices { jobs[i].result = .failure(error) }
                     }
                 }
-                return results
-            }, completion: { [self] (results: [Result<String, UVOperationError>]?) in
+            }, completion: { [self] (_: Void?) in
                 smallBatchesInFlight -= 1
-                for (i, job) in batch.enumerated() {
-                    job.completion(results?[i] ?? .failure(UVOperationError("queue_work", code: UVError.canceled.code)))
-                }
+                finishSmallBatch(batch, failure: UVOperationError("queue_work", code: UVError.canceled.code))
                 submitSmallBatch()
             })
         } catch {
             smallBatchesInFlight -= 1
-            for job in batch { job.completion(.failure(error)) }
+            finishSmallBatch(batch, failure: error)
         }
+    }
+
+    /// Reports each upload of a batch (`failure` for those it has no result for) and keeps the
+    /// batch for reuse.
+    private func finishSmallBatch(_ batch: SmallBatch, failure: UVOperationError) {
+        for job in batch.jobs { job.owner.smallUploadDone(job.result ?? .failure(failure)) }
+        batch.jobs.removeAll(keepingCapacity: true)
+        if spareSmallBatches.count < maxSmallBatches { spareSmallBatches.append(batch) }
     }
 
     /// Where small uploads go: the target directory (by path for messages, by descriptor for
@@ -508,8 +545,7 @@ public final class Store {
     }
 
     /// The blocking body of `storeSmall` for one upload (threadpool only).
-    private static func storeSmallNow(_ job: SmallUpload, _ place: SmallUploadPlace, sync: Bool, unnamed: Bool) -> Result<String, UVOperationError> {
-        let name = job.name
+    private static func storeSmallNow(_ job: SmallJob, _ place: SmallUploadPlace, sync: Bool, unnamed: Bool) -> Result<SeedUploadName, UVOperationError> {
         var fd: FileDescriptor
         var path: String?  // the named partial, if one is used
         do throws(UVOperationError) {
@@ -526,13 +562,17 @@ public final class Store {
         } catch {
             return .failure(UVOperationError(error.operation, target: place.directory, code: error.error.code))
         }
-        let writeError = job.prefix.withUnsafeBytes { p -> UVOperationError? in
-            do throws(UVOperationError) {
-                // (no new array for the common case: the file does not begin with digits)
-                try BlockingFileSystem.writeAll(fd, buffers: p.isEmpty ? job.segments : [p] + job.segments, offset: 0, target: path ?? place.directory)
-                return nil
-            } catch {
-                return error
+        let writeError = job.prefix.withUnsafeBytes { prefix in
+            // The buffers are listed on the stack; the prefix (digits the file began with) is rare.
+            withUnsafeTemporaryAllocation(of: UnsafeRawBufferPointer.self, capacity: 2) { list -> UVOperationError? in
+                list[0] = prefix
+                list[1] = job.bytes
+                do throws(UVOperationError) {
+                    try BlockingFileSystem.writeAll(fd, buffers: UnsafeBufferPointer(list), offset: 0, target: path ?? place.directory)
+                    return nil
+                } catch {
+                    return error
+                }
             }
         }
         if let writeError {
@@ -541,39 +581,30 @@ public final class Store {
             return .failure(writeError)
         }
         if let path {
-            let r = Store.commitNow(fd, partialPath: path, metaPath: nil, name: name, directory: place.directory, sync: sync, syncDirectory: false)
+            let r = Store.commitNow(fd, partialPath: path, metaPath: nil, name: job.name.description, directory: place.directory, sync: sync, syncDirectory: false)
             if case .failure = r { try? BlockingFileSystem.unlink(path) }
-            return r
+            return r.map { SeedUploadName(prefix: job.name.prefix, counter: job.name.counter, attempt: $0) }
         }
-        return Store.linkTemporaryNow(fd, name: name, directory: place.directory, relativeTo: place.descriptor, sync: sync)  // the batch fsyncs the directory
+        return Store.linkTemporaryNow(fd, name: job.name, directory: place.directory, relativeTo: place.descriptor, sync: sync)  // the batch fsyncs the directory
     }
 
-    /// A small upload's bytes and names, handed to the threadpool (the caller keeps the bytes alive).
-    private struct SmallUpload: @unchecked Sendable {
-        let prefix: [UInt8]
-        let segments: [UnsafeRawBufferPointer]
-        let name: String
-        /// Its named partial's number, used only where the file system has no `O_TMPFILE`.
-        let partialNumber: UInt64
-    }
-
-    /// The blocking end of `storeSmall` for a file without a name (threadpool only): fsync (if
-    /// enabled), link under the first free candidate name, close. Names are looked up from
-    /// `base` (the directory's descriptor) if given, else under `directory`.
-    private static func linkTemporaryNow(_ fd: FileDescriptor, name: String, directory: String, relativeTo base: FileDescriptor? = nil, sync: Bool) -> Result<String, UVOperationError> {
+    /// The blocking end of `storeSmall` and `commitSeed` for a file without a name (threadpool
+    /// only): fsync (if enabled), link under the first free candidate name, close. Names are
+    /// looked up from `base` (the directory's descriptor) if given, else under `directory`.
+    /// Each candidate is formatted on the stack as the C string the call takes.
+    private static func linkTemporaryNow(_ fd: FileDescriptor, name: SeedUploadName, directory: String, relativeTo base: FileDescriptor? = nil, sync: Bool) -> Result<SeedUploadName, UVOperationError> {
         defer { try? BlockingFileSystem.close(fd) }
         do throws(UVOperationError) {
-            if sync { try BlockingFileSystem.fsync(fd, target: directory + "/" + name) }
-            var attempt = 0
-            var stored = NamePolicy.candidate(name, attempt: 0)
+            if sync { try BlockingFileSystem.fsync(fd, target: directory + "/" + name.description) }
+            var stored = name
             while true {
-                do throws(UVOperationError) {
-                    try BlockingFileSystem.linkTemporary(fd, to: base == nil ? directory + "/" + stored : stored, relativeTo: base)
-                    break
-                } catch where error.error == .fileExists && attempt < 10_000 {
-                    attempt += 1
-                    stored = NamePolicy.candidate(name, attempt: attempt)
+                let failure = withPath(of: stored, under: base == nil ? directory : nil) { path -> UVOperationError? in
+                    do throws(UVOperationError) { try BlockingFileSystem.linkTemporary(fd, toCString: path, relativeTo: base) } catch { return error }
+                    return nil
                 }
+                guard let failure else { break }
+                guard failure.error == .fileExists && stored.attempt < 10_000 else { throw failure }
+                stored.attempt += 1
             }
             // (the directory is fsynced once per batch, by the caller)
             return .success(stored)
@@ -584,8 +615,26 @@ public final class Store {
         }
     }
 
+    /// Calls `body` with `name` as a C string on the stack: `directory/name` if a directory is
+    /// given, else the name alone.
+    private static func withPath<R>(of name: SeedUploadName, under directory: String?, _ body: (UnsafePointer<CChar>) -> R) -> R {
+        var directory = directory ?? ""
+        return directory.withUTF8 { head in
+            let lead = head.isEmpty ? 0 : head.count + 1
+            return withUnsafeTemporaryAllocation(byteCount: lead + SeedUploadName.capacity(prefixLength: name.prefix.utf8.count), alignment: 1) { out in
+                if lead > 0 {
+                    out.copyMemory(from: UnsafeRawBufferPointer(head))
+                    out[head.count] = 0x2F  // "/"
+                }
+                _ = name.write(into: UnsafeMutableRawBufferPointer(rebasing: out[lead...]))
+                return body(out.baseAddress!.assumingMemoryBound(to: CChar.self))
+            }
+        }
+    }
+
     /// The blocking body of `commit` (threadpool only).
-    private static func commitNow(_ fd: FileDescriptor, partialPath: String, metaPath: String?, name: String, directory: String, sync: Bool, syncDirectory: Bool = true) -> Result<String, UVOperationError> {
+    /// Completes with the collision attempt the name was stored under (`NamePolicy.candidate`).
+    private static func commitNow(_ fd: FileDescriptor, partialPath: String, metaPath: String?, name: String, directory: String, sync: Bool, syncDirectory: Bool = true) -> Result<Int, UVOperationError> {
         do throws(UVOperationError) {
             if sync {
                 do throws(UVOperationError) { try BlockingFileSystem.fsync(fd, target: partialPath) } catch {
@@ -608,7 +657,7 @@ public final class Store {
             try? BlockingFileSystem.unlink(partialPath)
             if let metaPath { try? BlockingFileSystem.unlink(metaPath) }
             if sync && syncDirectory { try BlockingFileSystem.syncDirectory(directory) }
-            return .success(stored)
+            return .success(attempt)
         } catch {
             return .failure(error)
         }

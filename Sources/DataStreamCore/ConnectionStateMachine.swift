@@ -53,7 +53,7 @@ public struct ConnectionStateMachine {
         case startSeedUpload(declaredSize: UInt64)
         /// Seed: all bytes are in. Write `filePrefix` (digits that belong to the file) before the
         /// data, store the file (`size` bytes) under a generated name, then call `seedStored` or `uploadFailed`.
-        case finishSeedUpload(filePrefix: [UInt8], size: UInt64)
+        case finishSeedUpload(filePrefix: SeedDigits, size: UInt64)
         /// Native: open (or resume) the partial of this upload, then call `uploadOpened(heldBytes:)` or `uploadOpenFailed`.
         case openUpload(FileHeader)
         /// Native: all bytes and the END frame are in. Flush the writes and call `digestComputed`.
@@ -81,7 +81,7 @@ public struct ConnectionStateMachine {
 
     private enum State {
         case awaitingFirstByte
-        case seedSize(digits: [UInt8])
+        case seedSize(digits: SeedDigits)
         case seedReceiving(SeedFraming)
         case seedFinishing
         case awaitingHello
@@ -192,14 +192,12 @@ public struct ConnectionStateMachine {
             return bytesReceived(input)
 
         case .seedSize(var digits):
-            state = .failed  // holds no second reference to `digits` while they grow; every path below sets the state
-            if digits.isEmpty { digits.reserveCapacity(SeedFraming.maxDigits) }
             var i = 0
-            while i < input.count, digits.count < SeedFraming.maxDigits, isDigit(input[i]) {
+            while i < input.count, !digits.isFull, isDigit(input[i]) {
                 digits.append(input[i])
                 i += 1
             }
-            if i == input.count && digits.count < SeedFraming.maxDigits {
+            if i == input.count && !digits.isFull {
                 state = .seedSize(digits: digits)
                 return Step(consumed: i)
             }

@@ -42,26 +42,9 @@ public enum NamePolicy {
         seedUploadName(prefix: seedUploadNamePrefix(utcSeconds: utcSeconds), counter: counter)
     }
 
-    /// `seedUploadName` from its prefix (`seedUploadNamePrefix`): written straight into the
-    /// string's storage, as a busy receiver names thousands of uploads a second.
+    /// `seedUploadName` from its prefix (`seedUploadNamePrefix`).
     public static func seedUploadName(prefix: String, counter: UInt64) -> String {
-        var prefix = prefix
-        return prefix.withUTF8 { head in
-            String(unsafeUninitializedCapacity: head.count + 20 + 4) { out in
-                var i = head.count
-                _ = out.initialize(fromContentsOf: head)
-                var count = 1, rest = counter / 10
-                while rest > 0 { count += 1; rest /= 10 }
-                var v = counter
-                for k in (i..<(i + count)).reversed() {
-                    out[k] = 0x30 + UInt8(v % 10)
-                    v /= 10
-                }
-                i += count
-                for b in ".bin".utf8 { out[i] = b; i += 1 }
-                return i
-            }
-        }
+        SeedUploadName(prefix: prefix, counter: counter).description
     }
 
     /// The part of `seedUploadName` before the counter (`upload-20261123T011500Z-`): the same for
@@ -87,5 +70,62 @@ public enum NamePolicy {
         let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
         func p(_ v: Int, _ w: Int) -> String { let s = String(v); return String(repeating: "0", count: max(0, w - s.count)) + s }
         return (p(y, 4) + p(m, 2) + p(d, 2), p(secs / 3600, 2) + p(secs / 60 % 60, 2) + p(secs % 60, 2))
+    }
+}
+
+/// A seed upload's generated name as its parts: `prefix` (`NamePolicy.seedUploadNamePrefix`,
+/// the same for every upload named in that second), the counter, and the collision attempt
+/// (`NamePolicy.candidate`). A busy receiver names thousands of uploads a second: the text is
+/// written into the caller's buffer (`write(into:)`) where a system call needs it, and made a
+/// `String` only where one is shown (`description`). A value; it touches nothing.
+public struct SeedUploadName: Sendable, Hashable, CustomStringConvertible {
+    public let prefix: String
+    public let counter: UInt64
+    /// 0 for the name itself, n for its n-th collision candidate (`…-42-n.bin`).
+    public var attempt: Int
+
+    public init(prefix: String, counter: UInt64, attempt: Int = 0) {
+        self.prefix = prefix
+        self.counter = counter
+        self.attempt = attempt
+    }
+
+    /// The most bytes `write(into:)` writes for a prefix of `prefixLength` bytes (NUL included).
+    public static func capacity(prefixLength: Int) -> Int { prefixLength + 20 + 1 + 20 + 4 + 1 }
+
+    /// Writes the name as UTF-8 followed by a NUL (a C string) into `out`, which holds at least
+    /// `capacity(prefixLength:)` bytes; returns its length without the NUL.
+    public func write(into out: UnsafeMutableRawBufferPointer) -> Int {
+        var prefix = prefix
+        var i = prefix.withUTF8 { head in
+            precondition(out.count >= SeedUploadName.capacity(prefixLength: head.count))
+            out.copyMemory(from: UnsafeRawBufferPointer(head))
+            return head.count
+        }
+        i = SeedUploadName.writeDecimal(counter, into: out, at: i)
+        if attempt > 0 {
+            out[i] = 0x2D  // "-"
+            i = SeedUploadName.writeDecimal(UInt64(attempt), into: out, at: i + 1)
+        }
+        for b in ".bin".utf8 { out[i] = b; i += 1 }
+        out[i] = 0
+        return i
+    }
+
+    private static func writeDecimal(_ value: UInt64, into out: UnsafeMutableRawBufferPointer, at start: Int) -> Int {
+        var count = 1, rest = value / 10
+        while rest > 0 { count += 1; rest /= 10 }
+        var v = value
+        for k in (start..<(start + count)).reversed() {
+            out[k] = 0x30 + UInt8(v % 10)
+            v /= 10
+        }
+        return start + count
+    }
+
+    public var description: String {
+        String(unsafeUninitializedCapacity: SeedUploadName.capacity(prefixLength: prefix.utf8.count)) { out in
+            write(into: UnsafeMutableRawBufferPointer(out))
+        }
     }
 }

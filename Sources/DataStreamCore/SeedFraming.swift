@@ -11,60 +11,62 @@
 /// not wait for the client's close). A value; it touches nothing.
 public struct SeedFraming: Hashable, Sendable {
     /// The most digits the size field can have (UInt64.max has 20).
-    public static let maxDigits = 20
+    public static let maxDigits = SeedDigits.capacity
 
     /// The digit run (at most `maxDigits`).
-    public let digits: [UInt8]
-    /// For each split k (index k-1): the data bytes it needs after the digit run, nil if its size is invalid.
-    private let needs: [UInt64?]
-    /// The most data bytes any split can take (the largest of `needs`), computed once: it is
-    /// asked on every read of the upload.
+    public let digits: SeedDigits
+    /// The largest size a split may declare.
+    private let maxFileSize: UInt64
+    /// The most data bytes any split can take (the largest need, which is the longest valid
+    /// split's, as needs grow with k): asked on every read of the upload.
     public let maxData: UInt64
+    /// The size the longest split declares (what the seed's own client means when its file does not begin with a digit).
+    public let declaredSize: UInt64
+    /// The smallest file size any split declares (equal to `declaredSize` unless the file
+    /// begins with digits, which only the end of the stream can tell).
+    public let smallestSize: UInt64
+    /// The index (k - 1) of the longest valid split: the one a complete upload used.
+    private let longestSplit: Int
     /// Data bytes received after the digit run.
     public private(set) var received: UInt64 = 0
 
     /// Validates the digit run. Throws if no split declares a size within `maxFileSize`.
-    public init(digits: [UInt8], maxFileSize: UInt64) throws(ProtocolError) {
+    /// One pass over the digits; the values every read or the end of the upload asks for are kept.
+    public init(digits: SeedDigits, maxFileSize: UInt64) throws(ProtocolError) {
         precondition(!digits.isEmpty && digits.count <= SeedFraming.maxDigits)
         self.digits = digits
-        var needs: [UInt64?] = []
-        needs.reserveCapacity(digits.count)
+        self.maxFileSize = maxFileSize
+        var longest = -1, maxData: UInt64 = 0, smallest = UInt64.max
+        SeedFraming.forEachSplit(digits, maxFileSize: maxFileSize) { i, need in
+            longest = i
+            maxData = need
+            smallest = min(smallest, need + UInt64(digits.count - i - 1))
+        }
+        guard longest >= 0 else {
+            throw .invalidSeedSize(digits: String(decoding: digits, as: UTF8.self))
+        }
+        self.longestSplit = longest
+        self.maxData = maxData
+        self.declaredSize = maxData + UInt64(digits.count - longest - 1)
+        self.smallestSize = smallest
+    }
+
+    /// Calls `body(i, need)` for each split k = i + 1 whose size is valid, in order of k: `need`
+    /// is the data bytes it takes after the digit run. Nothing is stored per split: a pass is at
+    /// most 20 steps, made at the start of an upload (and at its end if the stream ends early).
+    private static func forEachSplit(_ digits: SeedDigits, maxFileSize: UInt64, _ body: (Int, UInt64) -> Void) {
         var value: UInt64? = 0
         let d = UInt64(digits.count)
-        for (i, c) in digits.enumerated() {
+        for i in 0..<digits.count {
+            let c = digits[i]
             if let v = value {
                 let (m, o1) = v.multipliedReportingOverflow(by: 10)
                 let (a, o2) = m.addingReportingOverflow(UInt64(c - 48))
                 value = (o1 || o2) ? nil : a
             }
             let k = UInt64(i + 1)
-            if let s = value, s <= maxFileSize, s >= d - k {
-                needs.append(s - (d - k))
-            } else {
-                needs.append(nil)
-            }
+            if let s = value, s <= maxFileSize, s >= d - k { body(i, s - (d - k)) }
         }
-        guard needs.contains(where: { $0 != nil }) else {
-            throw .invalidSeedSize(digits: String(decoding: digits, as: UTF8.self))
-        }
-        self.needs = needs
-        self.maxData = needs.reduce(0) { max($0, $1 ?? 0) }
-    }
-
-    /// The size the longest split declares (what the seed's own client means when its file does not begin with a digit).
-    public var declaredSize: UInt64 {
-        guard let k = needs.lastIndex(where: { $0 != nil }) else { return 0 }
-        return needs[k]! + UInt64(digits.count - k - 1)
-    }
-
-    /// The smallest file size any split declares (equal to `declaredSize` unless the file
-    /// begins with digits, which only the end of the stream can tell).
-    public var smallestSize: UInt64 {
-        var smallest = UInt64.max
-        for (i, need) in needs.enumerated() {
-            if let need { smallest = min(smallest, need + UInt64(digits.count - i - 1)) }
-        }
-        return smallest
     }
 
     /// How many more data bytes may arrive before the upload is over-long.
@@ -81,13 +83,71 @@ public struct SeedFraming: Hashable, Sendable {
 
     /// At the end of the stream (or once complete): the digits that belong to the file, to be
     /// put before the data bytes; nil if no split fits, so the upload is broken.
-    public var fileDigitsPrefix: [UInt8]? {
-        for (i, need) in needs.enumerated() where need == received {
-            return Array(digits[(i + 1)...])
+    public var fileDigitsPrefix: SeedDigits? {
+        if received == maxData { return digits.droppingFirst(longestSplit + 1) }
+        var split: Int? = nil
+        SeedFraming.forEachSplit(digits, maxFileSize: maxFileSize) { i, need in
+            if split == nil && need == received { split = i }
         }
-        return nil
+        return split.map { digits.droppingFirst($0 + 1) }
     }
 
     /// The final file size for a fitting split.
     public var fileSize: UInt64? { fileDigitsPrefix.map { UInt64($0.count) + received } }
+}
+
+/// Up to 20 ASCII digits (the seed size field, or the part of it that belongs to the file),
+/// held inline: a seed upload's framing allocates nothing. A value.
+public struct SeedDigits: Hashable, Sendable, RandomAccessCollection, ExpressibleByArrayLiteral, CustomStringConvertible {
+    /// The most bytes it holds (UInt64.max has 20 digits).
+    public static let capacity = 20
+    // Bytes 0-7, 8-15, 16-19, lowest byte first; unused bytes are zero (so == and hash work).
+    private var w0: UInt64 = 0, w1: UInt64 = 0, w2: UInt64 = 0
+    public private(set) var count = 0
+
+    public init() {}
+
+    /// The bytes of `bytes` (at most `capacity`).
+    public init<S: Sequence<UInt8>>(_ bytes: S) {
+        for b in bytes { append(b) }
+    }
+
+    public init(arrayLiteral elements: UInt8...) { self.init(elements) }
+
+    public var startIndex: Int { 0 }
+    public var endIndex: Int { count }
+
+    public subscript(i: Int) -> UInt8 {
+        precondition(i >= 0 && i < count, "index out of range")
+        let word = i < 8 ? w0 : i < 16 ? w1 : w2
+        return UInt8(truncatingIfNeeded: word >> UInt64((i & 7) * 8))
+    }
+
+    public var isFull: Bool { count == SeedDigits.capacity }
+
+    /// Adds a byte at the end; the caller checks `isFull` first.
+    public mutating func append(_ byte: UInt8) {
+        precondition(count < SeedDigits.capacity, "more than \(SeedDigits.capacity) digits")
+        let bits = UInt64(byte) << UInt64((count & 7) * 8)
+        switch count >> 3 {
+        case 0: w0 |= bits
+        case 1: w1 |= bits
+        default: w2 |= bits
+        }
+        count += 1
+    }
+
+    /// The bytes after the first `k`.
+    public func droppingFirst(_ k: Int) -> SeedDigits {
+        k >= count ? SeedDigits() : SeedDigits(self[k...])
+    }
+
+    /// Calls `body` with the bytes in contiguous memory (on the stack).
+    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        var words = (w0.littleEndian, w1.littleEndian, w2.littleEndian)
+        let n = count
+        return try Swift.withUnsafeBytes(of: &words) { try body(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+    }
+
+    public var description: String { String(decoding: self, as: UTF8.self) }
 }

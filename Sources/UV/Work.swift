@@ -66,7 +66,17 @@ public enum BlockingFileSystem {
     /// Writes all of `buffers` from `offset` on, vectored (one call for all of them, repeated
     /// from where a short write stopped). The libuv function is `uv_fs_write`.
     public static func writeAll(_ fd: FileDescriptor, buffers: [UnsafeRawBufferPointer], offset: Int64, target: String? = nil) throws(UVOperationError) {
-        // The iovecs live on the stack (no array per call: small uploads are stored by the thousand).
+        let failure = buffers.withUnsafeBufferPointer { b -> UVOperationError? in
+            do throws(UVOperationError) { try writeAll(fd, buffers: b, offset: offset, target: target) } catch { return error }
+            return nil
+        }
+        if let failure { throw failure }
+    }
+
+    /// `writeAll` for buffers the caller lists in place (on its stack: no array per call, as
+    /// small uploads are stored by the thousand).
+    public static func writeAll(_ fd: FileDescriptor, buffers: UnsafeBufferPointer<UnsafeRawBufferPointer>, offset: Int64, target: String? = nil) throws(UVOperationError) {
+        // The iovecs live on the stack too.
         let failure = withUnsafeTemporaryAllocation(of: uv_buf_t.self, capacity: buffers.count) { bufs -> UVOperationError? in
             var count = 0
             for b in buffers where b.count > 0 {
@@ -133,15 +143,25 @@ public enum BlockingFileSystem {
     /// taken (never replaces a file). libuv has no `linkat`; this is `linkat(2)`: with
     /// `AT_EMPTY_PATH` where allowed, else through `/proc/self/fd/N`.
     public static func linkTemporary(_ fd: FileDescriptor, to path: String, relativeTo base: FileDescriptor? = nil) throws(UVOperationError) {
+        let failure = path.withCString { p -> UVOperationError? in
+            do throws(UVOperationError) { try linkTemporary(fd, toCString: p, relativeTo: base) } catch { return error }
+            return nil
+        }
+        if let failure { throw failure }
+    }
+
+    /// `linkTemporary` with the name as a C string (NUL-terminated UTF-8) that the caller
+    /// formatted in place: no `String` is made unless the call fails.
+    public static func linkTemporary(_ fd: FileDescriptor, toCString path: UnsafePointer<CChar>, relativeTo base: FileDescriptor? = nil) throws(UVOperationError) {
         let at = base?.rawValue ?? AT_FDCWD
         // AT_EMPTY_PATH (0x1000) names the descriptor itself: no /proc lookup; Linux allows it
         // with CAP_DAC_READ_SEARCH (and, in newer kernels, for a file the caller opened).
-        if path.withCString({ p in "".withCString { linkat(fd.rawValue, $0, at, p, 0x1000) } }) == 0 { return }
+        if "".withCString({ linkat(fd.rawValue, $0, at, path, 0x1000) }) == 0 { return }
         if errno != ENOENT && errno != EPERM {
-            throw UVOperationError("linkat", target: path, code: -errno)
+            throw UVOperationError("linkat", target: String(cString: path), code: -errno)
         }
         if linkat(AT_FDCWD, "/proc/self/fd/\(fd.rawValue)", at, path, AT_SYMLINK_FOLLOW) != 0 {
-            throw UVOperationError("linkat", target: path, code: -errno)
+            throw UVOperationError("linkat", target: String(cString: path), code: -errno)
         }
     }
 

@@ -69,7 +69,7 @@ struct ConnectionStateMachineTests {
         #expect(steps[0].action == .startSeedUpload(declaredSize: 512))
         #expect(steps[1].fileBytes == 3)
         #expect(m.stateName == "seedReceiving")
-        #expect(m.endOfStream() == .finishSeedUpload(filePrefix: Array("12".utf8), size: 5))
+        #expect(m.endOfStream() == .finishSeedUpload(filePrefix: SeedDigits("12".utf8), size: 5))
     }
 
     @Test func seedCloseBeforeTheSizeIsBroken() {

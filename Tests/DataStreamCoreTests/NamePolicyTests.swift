@@ -54,6 +54,25 @@ struct NamePolicyTests {
         }
         #expect(NamePolicy.seedUploadName(prefix: "", counter: 7) == "7.bin")
     }
+
+    /// The name a system call gets (`write(into:)`, a C string) is the one shown, for every
+    /// collision attempt: the same as `candidate` makes from the name itself.
+    @Test func seedNameCandidatesAsCStrings() {
+        let prefix = NamePolicy.seedUploadNamePrefix(utcSeconds: 1_795_396_500)
+        for counter: UInt64 in [0, 9, 42, 1_000_000, UInt64.max] {
+            for attempt in [0, 1, 9, 10, 9_999, Int(Int32.max)] {
+                let name = SeedUploadName(prefix: prefix, counter: counter, attempt: attempt)
+                let expected = NamePolicy.candidate(NamePolicy.seedUploadName(prefix: prefix, counter: counter), attempt: attempt)
+                #expect(name.description == expected)
+                let capacity = SeedUploadName.capacity(prefixLength: prefix.utf8.count)
+                let bytes = [UInt8](unsafeUninitializedCapacity: capacity) { buffer, count in
+                    count = name.write(into: UnsafeMutableRawBufferPointer(buffer)) + 1
+                }
+                #expect(bytes.last == 0)
+                #expect(String(decoding: bytes.dropLast(), as: UTF8.self) == expected)
+            }
+        }
+    }
 }
 
 struct PartialMetadataTests {

@@ -106,6 +106,37 @@ struct SeedProtocolTests {
         #expect(server.statistics.readsWithoutPolling >= 2)
     }
 
+    /// A generated name already taken (a restart in the same second finds the first uploads of
+    /// the one before) gets the next free candidate, on every path to a final name: linked
+    /// from a file without a name (by directory descriptor or path) or from a named partial.
+    /// The files already there are never touched.
+    @Test(arguments: SmallUploadPath.allCases)
+    func takenGeneratedNamesGetTheNextFreeCandidate(path: SmallUploadPath) throws {
+        let directory = BackgroundServer.temporaryDirectory()
+        let now = Int(time(nil))
+        var taken: [String] = []
+        for second in (now - 1)...(now + 30) {
+            let name = NamePolicy.seedUploadName(utcSeconds: second, counter: 1)
+            taken += [name, NamePolicy.candidate(name, attempt: 1)]
+        }
+        for name in taken { #expect(FileManager.default.createFile(atPath: directory + "/" + name, contents: Data("old".utf8))) }
+        let server = try BackgroundServer(directory: directory, configure: path.configure)
+        defer { server.stop() }
+        let data = Array("hello".utf8)
+        let client = try BlockingClient(port: server.port)
+        client.send(Array("5".utf8) + data)
+        client.shutdownWrite()
+        #expect(client.readUntilEOF() != nil)
+        #expect(server.eventually { server.storedFiles().count == taken.count + 1 })
+        let new = Set(server.storedFiles()).subtracting(taken)
+        #expect(new.count == 1)
+        if let name = new.first {
+            #expect(taken.contains { NamePolicy.candidate($0, attempt: 2) == name }, "stored as \(name)")
+            #expect(server.contents(name) == data)
+        }
+        for name in taken { #expect(server.contents(name) == Array("old".utf8)) }
+    }
+
     @Test func senderSpeaksTheSeedProtocol() throws {
         let server = try BackgroundServer()
         defer { server.stop() }
