@@ -125,7 +125,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// `epoll_ctl` to add and remove it, no poll round before its first byte.
     func start() {
         readWithoutPolling()
-        if peerEnded { server.statistics.endedAtAccept += 1 }
+        if peerEnded || !machine.expectsInput { server.statistics.servedAtAccept += 1 }
     }
 
     /// Reads what the socket holds now (`TCPStream.readNow`, at most `readsWithoutPolling`
@@ -141,7 +141,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     @discardableResult
     func readWithoutPolling() -> Int {
         var reads = 0
-        while reads < Connection.readsWithoutPolling, !closing, !peerEnded, held == nil, drain == nil, !drainStarting, !pausedByFlow,
+        while reads < Connection.readsWithoutPolling, !closing, !peerEnded, machine.expectsInput, held == nil, drain == nil, !drainStarting, !pausedByFlow,
               !waitingForBuffer, !stream.isReading, machine.fileBytesExpected < Connection.drainThresholdWhenFew, stream.readNow(self) {
             reads += 1
             server.statistics.readsWithoutPolling += 1
@@ -275,7 +275,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
 
     private func updateReading() {
         guard !closing, stream.isOpen else { return }
-        let shouldRead = !pausedByFlow && !waitingForBuffer && held == nil && drain == nil && !drainStarting && !peerEnded
+        let shouldRead = !pausedByFlow && !waitingForBuffer && held == nil && drain == nil && !drainStarting && !peerEnded && machine.expectsInput
         if shouldRead && !stream.isReading {
             // The pause was the server's (no buffer, disk behind), not the client's silence.
             lastActivity = monotonicNanoseconds()

@@ -112,9 +112,10 @@ public final class Server {
         public var acceptErrors: UInt64 = 0
         /// Reads made straight from a socket, without waiting for the loop to poll it (at accept
         /// and when a receive buffer comes back: `Connection.readWithoutPolling`), and
-        /// connections whose client had sent everything and closed its side by the accept.
+        /// connections that needed no more than the reads at accept (their seed upload was
+        /// complete, or their client had closed its side): never polled.
         public var readsWithoutPolling: UInt64 = 0
-        public var endedAtAccept: UInt64 = 0
+        public var servedAtAccept: UInt64 = 0
         /// Connections that waited for a receive buffer and then read straight from their socket
         /// at the server's next turn of the loop (`readSoon`), rather than being polled again
         /// (one that closed meanwhile, or found nothing to read, is not counted).

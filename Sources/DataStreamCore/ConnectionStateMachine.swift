@@ -143,6 +143,18 @@ public struct ConnectionStateMachine {
         }
     }
 
+    /// Whether the server reads from the client in this state. False once a seed upload has
+    /// all its bytes: the seed protocol has nothing after the file, and the server stores it
+    /// and closes without reading further (so without a system call for the client's end, or
+    /// polling for it); what the client sends after that goes with the connection. False once
+    /// closed or failed.
+    public var expectsInput: Bool {
+        switch state {
+        case .seedFinishing, .failed, .closed: return false
+        default: return true
+        }
+    }
+
     /// Seed, once the size field is read: the smallest and the largest size it can mean (they
     /// differ only when the file may begin with digits; see `SeedFraming`).
     public var seedSizeRange: ClosedRange<UInt64>? {

@@ -81,28 +81,31 @@ struct SeedProtocolTests {
         #expect(server.storedFiles().count == 1)
     }
 
-    /// A client that sent its whole upload and closed before the server accepted it is served
-    /// by the reads made at accept: stored byte-identical, and its connection ended without
-    /// being polled (`endedAtAccept`). A first client, half-sent, holds the server at its
-    /// connection cap meanwhile; it is read at accept, then polled for the rest.
+    /// A client that sent its whole upload before the server accepted it is served by the
+    /// reads made at accept, whether it closed its side or not: stored byte-identical, and its
+    /// connection never polled (`servedAtAccept`). A first client, half-sent, holds the server
+    /// at its connection cap meanwhile; it is read at accept, then polled for the rest.
     @Test func uploadSentBeforeAcceptIsServedByReadsAtAccept() throws {
         let server = try BackgroundServer { $0.maxConnections = 1 }
-        let first = content(80, count: 10_000), second = content(81, count: 4096)
+        let first = content(80, count: 10_000), second = content(81, count: 4096), third = content(82, count: 3000)
         let slow = try BlockingClient(port: server.port)
         slow.send(Array(String(first.count).utf8) + Array(first[0..<5000]))
         usleep(300_000)  // accepted: the server is at its cap and stops accepting
         let early = try BlockingClient(port: server.port)  // waits in the kernel's backlog
         early.send(Array(String(second.count).utf8) + second)
         early.shutdownWrite()
+        let open = try BlockingClient(port: server.port)  // the same, its side left open
+        open.send(Array(String(third.count).utf8) + third)
         usleep(100_000)
         slow.send(Array(first[5000...]))
         slow.shutdownWrite()
         #expect(slow.readUntilEOF() != nil)
         #expect(early.readUntilEOF() != nil)
-        #expect(server.eventually { server.storedFiles().count == 2 })
+        #expect(open.readUntilEOF() != nil)
+        #expect(server.eventually { server.storedFiles().count == 3 })
         server.stop()
-        #expect(Set(server.storedFiles().compactMap { server.contents($0) }) == [first, second])
-        #expect(server.statistics.endedAtAccept == 1)
+        #expect(Set(server.storedFiles().compactMap { server.contents($0) }) == [first, second, third])
+        #expect(server.statistics.servedAtAccept == 2)
         #expect(server.statistics.readsWithoutPolling >= 2)
     }
 
@@ -135,6 +138,27 @@ struct SeedProtocolTests {
             #expect(server.contents(name) == data)
         }
         for name in taken { #expect(server.contents(name) == Array("old".utf8)) }
+    }
+
+    /// Once a seed upload has all its declared bytes the server stores it and closes without
+    /// waiting for the client's end or reading further (docs/PROTOCOL.md 1.1), on every path
+    /// to a final name: a client that keeps its side open sees the close, and its file is
+    /// stored. Bytes it sends afterwards are never read; the next upload is served.
+    @Test(arguments: SmallUploadPath.allCases)
+    func completeUploadIsStoredAndClosedWhileTheClientKeepsItsSideOpen(path: SmallUploadPath) throws {
+        let server = try BackgroundServer(configure: path.configure)
+        defer { server.stop() }
+        let data = content(30, count: 6000)
+        let client = try BlockingClient(port: server.port)
+        client.send(Array(String(data.count).utf8) + data)
+        #expect(client.readUntilEOF() == [], "closed by the server with the upload stored")
+        client.send(Array("more".utf8))
+        #expect(server.storedFiles().count == 1)
+        #expect(server.contents(server.storedFiles()[0]) == data)
+        let next = try BlockingClient(port: server.port)
+        next.send(Array("2hi".utf8))
+        #expect(next.readUntilEOF() == [])
+        #expect(server.eventually { server.storedFiles().count == 2 })
     }
 
     @Test func senderSpeaksTheSeedProtocol() throws {
