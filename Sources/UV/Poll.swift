@@ -40,8 +40,7 @@ extension TCPStream {
     /// A new descriptor for the same socket (`F_DUPFD_CLOEXEC`), which the caller owns and must
     /// close. For handing the socket's reading to other code while this stream does not read.
     public func duplicateDescriptor() throws(UVOperationError) -> Int32 {
-        var fd: uv_os_fd_t = -1
-        try check(uv_fileno(handle, &fd), "fileno")
+        guard let fd = descriptor else { throw UVOperationError("fcntl(F_DUPFD_CLOEXEC)", code: UVError.badDescriptor.code) }
         let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
         if copy < 0 { throw UVOperationError("fcntl(F_DUPFD_CLOEXEC)", code: -errno) }
         return copy

@@ -29,14 +29,55 @@ public protocol TCPStreamReader: AnyObject {
 /// `reader` and `isReading` are touched on every read: they skip Swift's run-time exclusivity
 /// check (`@exclusivity(unchecked)`), which is sound because each is only ever read or assigned
 /// whole, never passed `inout` across a call.
+///
+/// An accepted socket is given to libuv (`uv_tcp_open`) only when libuv first has to act on it
+/// (`startReading`, a write, `shutdown`, `setNoDelay`). Until then the stream holds the
+/// descriptor itself: `readNow` reads it, and `close` closes it. A connection served entirely by
+/// reads at accept (a small upload and its end, already in the kernel) so costs libuv no
+/// `ioctl(FIONBIO)` (accept4 already made the socket non-blocking) and no `epoll_ctl` to forget
+/// a descriptor it never polled.
 public final class TCPStream: Handle {
     @exclusivity(unchecked) private var reader: TCPStreamReader?
     /// Whether `startReading` is in effect.
     @exclusivity(unchecked) public private(set) var isReading = false
+    /// An accepted socket not yet given to libuv, or -1. Owned by this stream until then.
+    @exclusivity(unchecked) private var unopenedDescriptor: Int32 = -1
 
     init(loop: Loop) throws(UVOperationError) {
         let raw = try Handle.initialise(UV_TCP, "tcp_init") { uv_tcp_init(loop.uv, $0.assumingMemoryBound(to: uv_tcp_t.self)) }
         super.init(loop: loop, initialisedHandle: raw)
+    }
+
+    /// A stream for a socket `accept4` returned (non-blocking, close-on-exec), which it now owns.
+    convenience init(loop: Loop, accepted descriptor: Int32) throws(UVOperationError) {
+        try self.init(loop: loop)
+        unopenedDescriptor = descriptor
+    }
+
+    /// Gives an accepted socket to libuv, once, before libuv first acts on it. The libuv
+    /// function is `uv_tcp_open`. If that fails the descriptor stays this stream's (closed by `close`).
+    private func openInLibuv() throws(UVOperationError) {
+        guard unopenedDescriptor >= 0 else { return }
+        try check(uv_tcp_open(tcp, uv_os_sock_t(unopenedDescriptor)), "tcp_open")
+        unopenedDescriptor = -1
+    }
+
+    /// The socket's descriptor, whether or not libuv has it yet (nil once closed).
+    var descriptor: Int32? {
+        guard isOpen else { return nil }
+        if unopenedDescriptor >= 0 { return unopenedDescriptor }
+        var fd: uv_os_fd_t = -1
+        return uv_fileno(handle, &fd) == 0 ? fd : nil
+    }
+
+    /// Closes the stream; a socket libuv never had is closed here (`close(2)`), then the handle
+    /// is closed as any other (`Handle.close`).
+    public override func close(_ completion: (() -> Void)? = nil) {
+        if isOpen, unopenedDescriptor >= 0 {
+            Glibc.close(unopenedDescriptor)
+            unopenedDescriptor = -1
+        }
+        super.close(completion)
     }
 
     var stream: UnsafeMutablePointer<uv_stream_t> { raw.assumingMemoryBound(to: uv_stream_t.self) }
@@ -96,6 +137,7 @@ public final class TCPStream: Handle {
     public func startReading(_ reader: TCPStreamReader) throws(UVOperationError) {
         self.reader = reader
         guard !isReading else { return }
+        try openInLibuv()
         try check(uv_read_start(stream, streamAlloc, streamRead), "read_start")
         isReading = true
     }
@@ -110,8 +152,7 @@ public final class TCPStream: Handle {
     /// `MSG_DONTWAIT` on the stream's descriptor, which libuv leaves alone while not reading.
     public func readNow(_ reader: TCPStreamReader) -> Bool {
         precondition(!isReading, "readNow while libuv reads the stream")
-        var fd: uv_os_fd_t = -1
-        guard isOpen, uv_fileno(handle, &fd) == 0 else { return false }
+        guard let fd = descriptor else { return false }
         guard let buffer = reader.readBuffer(for: self, suggestedSize: 65536) else { return false }
         while true {
             let n = recv(fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT))
@@ -186,6 +227,7 @@ public final class TCPStream: Handle {
 
     private func submitWrite(_ bufs: inout [uv_buf_t], owned: UnsafeMutableRawBufferPointer?, completion: ((UVOperationError?) -> Void)?) throws(UVOperationError) {
         let context = WriteContext(owned: owned, completion: completion)
+        try openInLibuv()  // if this throws, the context (and the copy it owns) goes with it
         let req = allocateForLibuv(uv_req_size(UV_WRITE))
             .assumingMemoryBound(to: uv_write_t.self)
         req.pointee.data = Unmanaged.passRetained(context).toOpaque()
@@ -203,6 +245,7 @@ public final class TCPStream: Handle {
 
     /// Half-closes: the peer sees end of stream after the queued writes. The libuv function is `uv_shutdown`.
     public func shutdown(completion: ((UVOperationError?) -> Void)? = nil) throws(UVOperationError) {
+        try openInLibuv()
         let context = WriteContext(owned: nil, completion: completion)
         let req = allocateForLibuv(uv_req_size(UV_SHUTDOWN))
             .assumingMemoryBound(to: uv_shutdown_t.self)
@@ -217,26 +260,31 @@ public final class TCPStream: Handle {
 
     /// Disables Nagle's algorithm. The libuv function is `uv_tcp_nodelay`.
     public func setNoDelay(_ on: Bool) throws(UVOperationError) {
+        try openInLibuv()
         try check(uv_tcp_nodelay(tcp, on ? 1 : 0), "tcp_nodelay")
     }
 
-    /// The remote address. The libuv function is `uv_tcp_getpeername`.
+    /// The remote address: `getpeername(2)` on the descriptor (libuv's `uv_tcp_getpeername`
+    /// needs the socket given to libuv first).
     public func peerAddress() throws(UVOperationError) -> SocketAddress {
-        // Once closed, the handle's memory may be gone: EBADF, as the socket is.
-        guard isOpen else { throw UVOperationError("tcp_getpeername", code: UVError.badDescriptor.code) }
-        var storage = sockaddr_storage()
-        var length = Int32(MemoryLayout<sockaddr_storage>.size)
-        let status = withUnsafeMutablePointer(to: &storage) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { uv_tcp_getpeername(tcp, $0, &length) }
-        }
-        try check(status, "tcp_getpeername")
-        return SocketAddress(storage: storage)
+        try socketAddress("getpeername", getpeername)
     }
 
-    /// The local address. The libuv function is `uv_tcp_getsockname`.
+    /// The local address: `getsockname(2)` on the descriptor.
     public func localAddress() throws(UVOperationError) -> SocketAddress {
-        guard isOpen else { throw UVOperationError("tcp_getsockname", code: UVError.badDescriptor.code) }
-        return try tcpLocalAddress(tcp)
+        try socketAddress("getsockname", getsockname)
+    }
+
+    private func socketAddress(_ operation: String, _ call: (Int32, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32) throws(UVOperationError) -> SocketAddress {
+        // Once closed, the handle's memory may be gone: EBADF, as the socket is.
+        guard let fd = descriptor else { throw UVOperationError(operation, code: UVError.badDescriptor.code) }
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let status = withUnsafeMutablePointer(to: &storage) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { call(fd, $0, &length) }
+        }
+        if status != 0 { throw UVOperationError(operation, code: -errno) }
+        return SocketAddress(storage: storage)
     }
 
     override func releaseCallbacks() {
@@ -284,7 +332,8 @@ func tcpLocalAddress(_ tcp: UnsafeMutablePointer<uv_tcp_t>) throws(UVOperationEr
 ///
 /// Accepting: a `Poll` watches the listening socket; when it is readable, `accept4` runs until
 /// the kernel has no more (at most 256 per wake-up, so other handles get their turn), and each
-/// descriptor becomes a stream (`uv_tcp_open`). `pauseAccepting` stops watching: connections
+/// descriptor becomes a stream (given to libuv, `uv_tcp_open`, only when first needed: see
+/// `TCPStream`). `pauseAccepting` stops watching: connections
 /// then wait in the kernel's backlog; `resumeAccepting` watches again.
 ///
 /// Out of descriptors (`EMFILE`, `ENFILE`, also `ENOBUFS`, `ENOMEM`): the listener pauses
@@ -384,17 +433,10 @@ public final class TCPListener: Handle {
             accepted += 1
             let client: TCPStream
             do {
-                client = try TCPStream(loop: loop)
+                client = try TCPStream(loop: loop, accepted: fd)  // given to libuv when first needed
             } catch {
                 Glibc.close(fd)
                 onConnection(.failure(error))
-                continue
-            }
-            let status = uv_tcp_open(client.tcp, uv_os_sock_t(fd))
-            if status < 0 {
-                Glibc.close(fd)
-                client.close()
-                onConnection(.failure(UVOperationError("tcp_open", code: status)))
                 continue
             }
             onConnection(.success(client))

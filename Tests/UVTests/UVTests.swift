@@ -411,6 +411,69 @@ struct TCPAndUDPTests {
         try loop.close()
     }
 
+    /// An accepted socket is given to libuv only when libuv must act on it. One served by
+    /// `readNow` alone and closed was never libuv's: the client still sees an orderly end. One
+    /// that is answered (a write) is given to libuv then, and its reply arrives before the end.
+    /// The peer's address is known either way.
+    @Test func acceptedSocketsWorkWhetherOrNotLibuvEverHadThem() throws {
+        let loop = try Loop()
+        let listener = try TCPListener(loop: loop)
+        try listener.bind(SocketAddress(host: "127.0.0.1", port: 0))
+        let port = try listener.localAddress().port
+        // Accepted (and served) only once the loop runs: both clients have sent everything by then.
+        var served: [String] = [], peers: [String] = []
+        try listener.listen { r in
+            guard let stream = try? r.get() else { Issue.record("accept"); return }
+            let collector = Collector()
+            while !collector.ended && stream.readNow(collector) {}
+            if let peer = try? stream.peerAddress() { peers.append(peer.host) }
+            let text = String(decoding: collector.received, as: UTF8.self)
+            served.append(text)
+            if text == "answer me" {
+                try! stream.write(Array("ok".utf8)) { e in
+                    #expect(e == nil)
+                    stream.close()
+                }
+            } else {
+                stream.close()
+            }
+            if served.count == 2 { listener.close() }
+        }
+        var clients: [Int32] = []
+        defer { clients.forEach { _ = close($0) } }
+        for message in ["quiet", "answer me"] {
+            let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            clients.append(client)
+            var timeout = timeval(tv_sec: 10, tv_usec: 0)  // a socket never closed fails the test, not hangs it
+            setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let connected = withUnsafePointer(to: &address) { p in
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            #expect(connected == 0)
+            #expect(Glibc.send(client, message, message.utf8.count, 0) == message.utf8.count)
+            shutdown(client, Int32(SHUT_WR))
+        }
+        loop.run()
+        try loop.close()
+        #expect(served == ["quiet", "answer me"])
+        #expect(peers == ["127.0.0.1", "127.0.0.1"])
+        var replies: [[UInt8]] = []
+        for client in clients {
+            var reply: [UInt8] = [], buffer = [UInt8](repeating: 0, count: 64)
+            while true {
+                let n = recv(client, &buffer, buffer.count, 0)
+                if n <= 0 { #expect(n == 0, "an orderly end, not \(errno)"); break }
+                reply += buffer[0..<n]
+            }
+            replies.append(reply)
+        }
+        #expect(replies == [[], Array("ok".utf8)])
+    }
+
     /// A connection made `from` a chosen loopback address leaves from it (the listener sees it),
     /// and a prefix copied plus a body not copied arrive as one stream, in order.
     @Test func connectFromASourceAddressAndWritePrefixThenBody() throws {
