@@ -74,9 +74,16 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     private var nativeHeader: FileHeader?
     /// A seed upload's file once open (its descriptor belongs to `sink` until the commit takes it).
     private var seedPartial: Store.SeedPartial?
-    /// A small seed upload's bytes, copied out of the receive slabs (so no slab stays pinned while
-    /// the client is slow) and stored in one work item at the end. Reserved in the server's
-    /// `smallUploadBytesInUse` until freed.
+    /// A small seed upload (stored in one work item at the end): the bytes of the server's
+    /// `smallUploadBytesInUse` it holds until freed (0: none in progress), and its declared size.
+    @exclusivity(unchecked) private var smallReserved = 0
+    @exclusivity(unchecked) private var smallDeclared = 0
+    /// Its bytes. When one read brought them all (S3: every upload), they stay in the receive
+    /// slab they landed in, which the connection retains until they are stored: no copy.
+    /// Otherwise they are copied into a block of `SmallBuffers` as they arrive, so no slab stays
+    /// pinned while a slow client sends the rest.
+    private var smallSlab: Slab?
+    @exclusivity(unchecked) private var smallSlabStart = 0
     @exclusivity(unchecked) private var small: UnsafeMutableRawBufferPointer?
     @exclusivity(unchecked) private var smallFilled = 0
     /// The small buffer is being written by a work item: free it only when that completes.
@@ -209,7 +216,9 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         while offset < count && !closing {
             let step = machine.bytesReceived(UnsafeRawBufferPointer(rebasing: slab.memory[(start + offset)..<(start + count)]))
             if step.fileBytes > 0 {
-                queueFileBytes(slab, start: start + offset, count: step.fileBytes)
+                var completes = false
+                if case .finishSeedUpload = step.action { completes = true }
+                queueFileBytes(slab, start: start + offset, count: step.fileBytes, completingUpload: completes)
             }
             offset += step.consumed
             if step.action == .wait {
@@ -225,9 +234,9 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     }
 
     private func startPendingSmallFinish() {
-        guard let f = smallFinish, let small, !closing else { return }
+        guard let f = smallFinish, smallReserved > 0, !closing else { return }
         smallFinish = nil
-        finishSmallSeed(small, prefix: f.prefix, size: f.size)
+        finishSmallSeed(prefix: f.prefix, size: f.size)
     }
 
     /// Feeds the input held back by `.wait` again, once the pending operation has answered.
@@ -254,14 +263,24 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         return true
     }
 
-    private func queueFileBytes(_ slab: Slab, start: Int, count: Int) {
+    private func queueFileBytes(_ slab: Slab, start: Int, count: Int, completingUpload: Bool) {
         guard coverSeedBytes(UInt64(count)) else { return }
-        if let small {
-            guard smallFilled + count <= small.count else {
+        if smallReserved > 0 {
+            guard smallFilled + count <= smallDeclared else {
                 perform(machine.uploadFailed(.storageFailed(reason: "more bytes than the declared size")))
                 return
             }
-            UnsafeMutableRawBufferPointer(rebasing: small[smallFilled...]).copyMemory(from: UnsafeRawBufferPointer(rebasing: slab.memory[start..<(start + count)]))
+            if completingUpload && smallFilled == 0 {
+                // The whole upload in this one read: it is stored from where it landed.
+                pool.retain(slab)
+                smallSlab = slab
+                smallSlabStart = start
+                smallFilled = count
+                return
+            }
+            let block = small ?? server.smallBuffers.take(smallDeclared)
+            small = block
+            UnsafeMutableRawBufferPointer(rebasing: block[smallFilled...]).copyMemory(from: UnsafeRawBufferPointer(rebasing: slab.memory[start..<(start + count)]))
             smallFilled += count
             return
         }
@@ -291,7 +310,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// Hands the rest of a large upload to a `SocketDrain` once its queued writes are done.
     private func considerDrain() {
         let expected = machine.fileBytesExpected
-        guard drain == nil, !drainStarting, !drainRefused, !closing, held == nil, small == nil, let sink, sink.fd != nil,
+        guard drain == nil, !drainStarting, !drainRefused, !closing, held == nil, smallReserved == 0, let sink, sink.fd != nil,
               expected >= Connection.drainThreshold
                 || (expected >= Connection.drainThresholdWhenFew && (sink.digester == nil || server.drainsRunning < Connection.fewDrains))
         else { return }
@@ -367,7 +386,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// What stopping now would do to the current upload's partial: kept for resume (native),
     /// deleted (seed), or nothing (no upload).
     var currentPartialDisposition: ConnectionStateMachine.PartialDisposition {
-        seedPartial != nil || small != nil ? .discard : (nativeHeader != nil ? .keep : .none)
+        seedPartial != nil || smallReserved > 0 ? .discard : (nativeHeader != nil ? .keep : .none)
     }
 
     // MARK: - Actions
@@ -401,10 +420,11 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                 diskReservation = shortest
             }
             log(.debug, "seed upload started", metadata: ["declared": "\(declared)"])
-            let bytes = Int(clamping: declared)
-            if declared <= Connection.smallUploadLimit, server.smallUploadBytesInUse + SmallBuffers.capacity(for: bytes) <= server.configuration.smallUploadBudget {
-                server.smallUploadBytesInUse += SmallBuffers.capacity(for: bytes)
-                small = server.smallBuffers.take(bytes)
+            let capacity = declared <= Connection.smallUploadLimit ? SmallBuffers.capacity(for: Int(declared)) : 0
+            if capacity > 0, server.smallUploadBytesInUse + capacity <= server.configuration.smallUploadBudget {
+                server.smallUploadBytesInUse += capacity
+                smallReserved = capacity
+                smallDeclared = Int(declared)
                 smallFilled = 0
             } else {
                 startSeedSink()
@@ -477,10 +497,18 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     static let smallUploadLimit = UInt64(SmallBuffers.largest)
 
     /// Stores a small seed upload (the prefix digits, then its bytes) in one work item.
-    private func finishSmallSeed(_ buffer: UnsafeMutableRawBufferPointer, prefix: SeedDigits, size: UInt64) {
+    private func finishSmallSeed(prefix: SeedDigits, size: UInt64) {
+        let bytes: UnsafeRawBufferPointer
+        if let slab = smallSlab {
+            bytes = UnsafeRawBufferPointer(rebasing: slab.memory[smallSlabStart..<(smallSlabStart + smallFilled)])
+        } else if let small {
+            bytes = UnsafeRawBufferPointer(rebasing: small[0..<smallFilled])
+        } else {
+            bytes = UnsafeRawBufferPointer(start: nil, count: 0)  // no data bytes (an empty file, or all digits)
+        }
         smallStoring = true
         smallSize = size
-        store.storeSmall(prefix: prefix, bytes: UnsafeRawBufferPointer(rebasing: buffer[0..<smallFilled]), owner: self)
+        store.storeSmall(prefix: prefix, bytes: bytes, owner: self)
     }
 
     func smallUploadDone(_ result: Result<SeedUploadName, UVOperationError>) {
@@ -496,16 +524,25 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         }
     }
 
-    /// Returns the small buffer and its reservation (not while a work item still writes it).
+    /// Gives back the small upload's bytes (block or slab) and its reservation (not while a
+    /// work item still writes them).
     private func freeSmall() {
-        guard let buffer = small, !smallStoring else { return }
-        small = nil
-        server.smallUploadBytesInUse -= SmallBuffers.capacity(for: buffer.count)
-        server.smallBuffers.give(buffer)
+        guard smallReserved > 0, !smallStoring else { return }
+        server.smallUploadBytesInUse -= smallReserved
+        smallReserved = 0
+        smallFilled = 0
+        if let block = small {
+            small = nil
+            server.smallBuffers.give(block)
+        }
+        if let slab = smallSlab {
+            smallSlab = nil
+            pool.release(slab)
+        }
     }
 
     private func finishSeed(prefix: SeedDigits, size: UInt64) {
-        if small != nil {
+        if smallReserved > 0 {
             smallFinish = (prefix, size)
             return
         }

@@ -191,6 +191,25 @@ enum SmallUploadPath: CaseIterable, Sendable {
 /// Small uploads one after another reuse the blocks that held the ones before: each file must
 /// hold exactly its own bytes (none left over from a longer upload in the same block).
 struct SmallUploadReuseTests {
+    /// An upload that one read brought whole is stored from the receive slab it landed in,
+    /// which it holds until stored. With room for two slabs only, 300 uploads one after another
+    /// (each slab serves about 64 such reads) go through only if every upload gives its slab back.
+    @Test func uploadsStoredFromTheReceiveSlabGiveItBack() throws {
+        let server = try BackgroundServer { $0.processBufferBudget = 1 << 20 }
+        defer { server.stop() }
+        var sent: Set<[UInt8]> = []
+        for i in 0..<300 {
+            let data = content(1000 + i, count: 4096)
+            let client = try BlockingClient(port: server.port)
+            client.send(Array("4096".utf8) + data)
+            client.shutdownWrite()
+            #expect(client.readUntilEOF() != nil)
+            sent.insert(data)
+        }
+        #expect(server.eventually { server.storedFiles().count == 300 })
+        #expect(Set(server.storedFiles().compactMap { server.contents($0) }) == sent)
+    }
+
     @Test func uploadsOfEverySizeClassInTurnStoreExactlyTheirBytes() throws {
         let server = try BackgroundServer()
         defer { server.stop() }
