@@ -144,7 +144,9 @@ public final class Server {
     let logLevel: Logger.Level
     let pool: BufferPool
     let machineConfiguration: ConnectionStateMachine.Configuration
-    private var listener: TCPListener?
+    /// Read on every accept and every close. Unchecked (see `Connection`): assigned whole, at
+    /// start and stop; releasing a listener runs no code that reads it.
+    @exclusivity(unchecked) private var listener: TCPListener?
     private var udp: UDPReceiver?
     /// The bound UDP address, once started with UDP enabled.
     public private(set) var udpAddress: SocketAddress?
@@ -158,9 +160,8 @@ public final class Server {
     @exclusivity(unchecked) var smallUploadBytesInUse = 0
     /// Blocks for small seed uploads, reused (see `SmallBuffers`).
     let smallBuffers = SmallBuffers()
-    /// Open connections, in no order. Each knows its place (`Connection.tableIndex`), so one
-    /// leaves by taking the last one's place: no hashing per connection.
-    private var connections: [Connection] = []
+    /// Open connections.
+    private let connections = ConnectionTable()
     @exclusivity(unchecked) private var nextConnectionID: UInt64 = 0
     private var stopCallback: (() -> Void)?
     private var listenerClosed = true
@@ -362,8 +363,7 @@ public final class Server {
                 connectionsPerHost[key, default: 0] += 1
             }
             let connection = Connection(id: nextConnectionID, server: self, stream: stream, acceptedPeer: peer)
-            connection.tableIndex = connections.count
-            connections.append(connection)
+            connections.insert(connection)
             if connections.count >= maxConnections, let listener, !listener.isAcceptingPaused {
                 listener.pauseAccepting()
                 statistics.acceptPauses += 1
@@ -403,14 +403,7 @@ public final class Server {
     }
 
     func connectionClosed(_ connection: Connection) {
-        let i = connection.tableIndex
-        guard i >= 0, i < connections.count, connections[i] === connection else { return }
-        let last = connections.removeLast()
-        if last !== connection {
-            connections[i] = last
-            last.tableIndex = i
-        }
-        connection.tableIndex = -1
+        guard connections.remove(connection) != nil else { return }
         if configuration.maxConnectionsPerAddress > 0, let peer = connection.acceptedPeer {
             let key = peer.hostIdentityBytes
             connectionsPerHost[key, default: 1] -= 1

@@ -37,8 +37,10 @@ public final class Store {
     /// Seed uploads are written into files without a name first (see `SeedPartial`); turned off
     /// when the file system refuses `O_TMPFILE`, and by tests to exercise the named partials.
     var unnamedSeedFiles = true
-    /// Small uploads waiting for the next work item (see `storeSmall`), and emptied batches kept for reuse.
-    private var smallQueue = SmallBatch()
+    /// Small uploads waiting for the next work item (see `storeSmall`), and emptied batches kept
+    /// for reuse. `smallQueue` is read on every small upload; unchecked (see `Connection`):
+    /// assigned whole, and the batch it replaces is still held by the caller.
+    @exclusivity(unchecked) private var smallQueue = SmallBatch()
     private var spareSmallBatches: [SmallBatch] = []
     private var smallBatchesInFlight = 0
 
@@ -489,8 +491,12 @@ public final class Store {
     /// thread; once submitted, only the work item touches it until it completes on the loop
     /// thread, which reports each upload and keeps the emptied batch (its array's storage) for
     /// reuse.
+    ///
+    /// `jobs` skips Swift's run-time exclusivity check (it is appended to on every small
+    /// upload): an append releases nothing, and the one change that does, emptying the batch
+    /// once every owner was told, releases connections whose `deinit` never reaches a batch.
     private final class SmallBatch: @unchecked Sendable {
-        var jobs: [SmallJob] = []
+        @exclusivity(unchecked) var jobs: [SmallJob] = []
     }
 
     private func submitSmallBatch() {

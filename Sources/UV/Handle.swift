@@ -12,7 +12,9 @@ open class Handle {
     public let loop: Loop
     /// The `uv_handle_t` (really a `uv_tcp_t`, `uv_timer_t`, ...). Internal: only `UV` sees C types.
     let raw: UnsafeMutableRawPointer
-    private var state: State = .open
+    /// Read on every read and close of a stream: skips Swift's run-time exclusivity check, as a
+    /// plain value only ever read or assigned whole.
+    @exclusivity(unchecked) private var state: State = .open
     private var closeCallback: (() -> Void)?
 
     private enum State { case open, closing, closed }
