@@ -217,15 +217,8 @@ public final class Store {
     /// The generated name of the next seed upload.
     func nextSeedName() -> SeedUploadName {
         storedSeedCounter += 1
-        let now = time(nil)
-        if now != seedNameSecond {
-            seedNameSecond = now
-            seedNamePrefix = NamePolicy.seedUploadNamePrefix(utcSeconds: now)
-        }
-        return SeedUploadName(prefix: seedNamePrefix, counter: storedSeedCounter)
+        return SeedUploadName(utcSeconds: max(0, time(nil)), counter: storedSeedCounter)
     }
-    private var seedNameSecond = -1
-    private var seedNamePrefix = ""
 
 
     /// Seed uploads whose file began with digits: writes `prefix` and then the `dataLength` bytes
@@ -589,7 +582,7 @@ public final class Store {
         if let path {
             let r = Store.commitNow(fd, partialPath: path, metaPath: nil, name: job.name.description, directory: place.directory, sync: sync, syncDirectory: false)
             if case .failure = r { try? BlockingFileSystem.unlink(path) }
-            return r.map { SeedUploadName(prefix: job.name.prefix, counter: job.name.counter, attempt: $0) }
+            return r.map { SeedUploadName(utcSeconds: job.name.utcSeconds, counter: job.name.counter, attempt: $0) }
         }
         return Store.linkTemporaryNow(fd, name: job.name, directory: place.directory, relativeTo: place.descriptor, sync: sync)  // the batch fsyncs the directory
     }
@@ -627,7 +620,7 @@ public final class Store {
         var directory = directory ?? ""
         return directory.withUTF8 { head in
             let lead = head.isEmpty ? 0 : head.count + 1
-            return withUnsafeTemporaryAllocation(byteCount: lead + SeedUploadName.capacity(prefixLength: name.prefix.utf8.count), alignment: 1) { out in
+            return withUnsafeTemporaryAllocation(byteCount: lead + SeedUploadName.capacity, alignment: 1) { out in
                 if lead > 0 {
                     out.copyMemory(from: UnsafeRawBufferPointer(head))
                     out[head.count] = 0x2F  // "/"

@@ -39,26 +39,22 @@ public enum NamePolicy {
 
     /// The generated name of a seed-protocol upload: `upload-20261123T011500Z-42.bin`.
     public static func seedUploadName(utcSeconds: Int, counter: UInt64) -> String {
-        seedUploadName(prefix: seedUploadNamePrefix(utcSeconds: utcSeconds), counter: counter)
+        SeedUploadName(utcSeconds: utcSeconds, counter: counter).description
     }
 
-    /// `seedUploadName` from its prefix (`seedUploadNamePrefix`).
-    public static func seedUploadName(prefix: String, counter: UInt64) -> String {
-        SeedUploadName(prefix: prefix, counter: counter).description
-    }
-
-    /// The part of `seedUploadName` before the counter (`upload-20261123T011500Z-`): the same for
-    /// every upload stored in that second, so a busy receiver formats it once per second.
+    /// The part of `seedUploadName` before the counter (`upload-20261123T011500Z-`).
     public static func seedUploadNamePrefix(utcSeconds: Int) -> String {
-        let (date, time) = civil(utcSeconds)
-        return "upload-\(date)T\(time)Z-"
+        let name = SeedUploadName(utcSeconds: utcSeconds, counter: 0)
+        return String(unsafeUninitializedCapacity: SeedUploadName.capacity) { out in
+            name.writePrefix(into: UnsafeMutableRawBufferPointer(out))
+        }
     }
 
-    /// Formats seconds since the epoch as (yyyyMMdd, HHmmss) in UTC.
-    static func civil(_ t: Int) -> (String, String) {
+    /// Seconds since the epoch in UTC as (year, month, day, hour, minute, second), by Howard
+    /// Hinnant's days-to-civil algorithm.
+    static func civil(_ t: Int) -> (year: Int, month: Int, day: Int, hour: Int, minute: Int, second: Int) {
         let days = t >= 0 ? t / 86400 : (t - 86399) / 86400
         let secs = t - days * 86400
-        // Howard Hinnant's days-to-civil algorithm.
         let z = days + 719_468
         let era = (z >= 0 ? z : z - 146_096) / 146_097
         let doe = z - era * 146_097
@@ -68,63 +64,89 @@ public enum NamePolicy {
         let d = doy - (153 * mp + 2) / 5 + 1
         let m = mp < 10 ? mp + 3 : mp - 9
         let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
-        func p(_ v: Int, _ w: Int) -> String { let s = String(v); return String(repeating: "0", count: max(0, w - s.count)) + s }
-        return (p(y, 4) + p(m, 2) + p(d, 2), p(secs / 3600, 2) + p(secs / 60 % 60, 2) + p(secs % 60, 2))
+        return (y, m, d, secs / 3600, secs / 60 % 60, secs % 60)
     }
 }
 
-/// A seed upload's generated name as its parts: `prefix` (`NamePolicy.seedUploadNamePrefix`,
-/// the same for every upload named in that second), the counter, and the collision attempt
-/// (`NamePolicy.candidate`). A busy receiver names thousands of uploads a second: the text is
-/// written into the caller's buffer (`write(into:)`) where a system call needs it, and made a
-/// `String` only where one is shown (`description`). A value; it touches nothing.
+/// A seed upload's generated name as its parts: the UTC second it was named in, the counter,
+/// and the collision attempt (`NamePolicy.candidate`): `upload-20261123T011500Z-42.bin`, or
+/// `upload-20261123T011500Z-42-1.bin` for the first collision. A busy receiver names thousands
+/// of uploads a second: the text is written into the caller's buffer (`write(into:)`) where a
+/// system call needs it, and made a `String` only where one is shown (`description`). Three
+/// integers, so handing one to another thread costs no reference counting. A value; it
+/// touches nothing.
 public struct SeedUploadName: Sendable, Hashable, CustomStringConvertible {
-    public let prefix: String
+    /// Seconds since the epoch (UTC), at least 0.
+    public let utcSeconds: Int
     public let counter: UInt64
-    /// 0 for the name itself, n for its n-th collision candidate (`…-42-n.bin`).
+    /// 0 for the name itself, n for its n-th collision candidate.
     public var attempt: Int
 
-    public init(prefix: String, counter: UInt64, attempt: Int = 0) {
-        self.prefix = prefix
+    public init(utcSeconds: Int, counter: UInt64, attempt: Int = 0) {
+        precondition(utcSeconds >= 0, "a time before 1970")
+        self.utcSeconds = utcSeconds
         self.counter = counter
         self.attempt = attempt
     }
 
-    /// The most bytes `write(into:)` writes for a prefix of `prefixLength` bytes (NUL included).
-    public static func capacity(prefixLength: Int) -> Int { prefixLength + 20 + 1 + 20 + 4 + 1 }
+    /// The most bytes `write(into:)` writes, NUL included.
+    public static let capacity = 96
 
     /// Writes the name as UTF-8 followed by a NUL (a C string) into `out`, which holds at least
-    /// `capacity(prefixLength:)` bytes; returns its length without the NUL.
+    /// `capacity` bytes; returns its length without the NUL.
     public func write(into out: UnsafeMutableRawBufferPointer) -> Int {
-        var prefix = prefix
-        var i = prefix.withUTF8 { head in
-            precondition(out.count >= SeedUploadName.capacity(prefixLength: head.count))
-            out.copyMemory(from: UnsafeRawBufferPointer(head))
-            return head.count
-        }
-        i = SeedUploadName.writeDecimal(counter, into: out, at: i)
+        var i = writePrefix(into: out)
+        i = SeedUploadName.writeDecimal(counter, width: 1, into: out, at: i)
         if attempt > 0 {
             out[i] = 0x2D  // "-"
-            i = SeedUploadName.writeDecimal(UInt64(attempt), into: out, at: i + 1)
+            i = SeedUploadName.writeDecimal(UInt64(attempt), width: 1, into: out, at: i + 1)
         }
         for b in ".bin".utf8 { out[i] = b; i += 1 }
         out[i] = 0
         return i
     }
 
-    private static func writeDecimal(_ value: UInt64, into out: UnsafeMutableRawBufferPointer, at start: Int) -> Int {
+    /// Writes `upload-YYYYMMDDTHHMMSSZ-` (no NUL); returns its length.
+    func writePrefix(into out: UnsafeMutableRawBufferPointer) -> Int {
+        precondition(out.count >= SeedUploadName.capacity)
+        var i = 0
+        for b in "upload-".utf8 { out[i] = b; i += 1 }
+        let t = NamePolicy.civil(utcSeconds)
+        i = SeedUploadName.writeDecimal(UInt64(t.year), width: 4, into: out, at: i)
+        let p = out.baseAddress!
+        func two(_ v: Int, at k: Int) {
+            p.storeBytes(of: 0x30 + UInt8(truncatingIfNeeded: v / 10), toByteOffset: k, as: UInt8.self)
+            p.storeBytes(of: 0x30 + UInt8(truncatingIfNeeded: v % 10), toByteOffset: k + 1, as: UInt8.self)
+        }
+        two(t.month, at: i)
+        two(t.day, at: i + 2)
+        out[i + 4] = 0x54  // "T"
+        two(t.hour, at: i + 5)
+        two(t.minute, at: i + 7)
+        two(t.second, at: i + 9)
+        out[i + 11] = 0x5A  // "Z"
+        out[i + 12] = 0x2D  // "-"
+        return i + 13
+    }
+
+    /// Writes `value` in decimal, zero-padded to at least `width` digits; returns the end.
+    private static func writeDecimal(_ value: UInt64, width: Int, into out: UnsafeMutableRawBufferPointer, at start: Int) -> Int {
         var count = 1, rest = value / 10
         while rest > 0 { count += 1; rest /= 10 }
-        var v = value
-        for k in (start..<(start + count)).reversed() {
-            out[k] = 0x30 + UInt8(v % 10)
+        count = max(count, width)
+        precondition(start + count <= out.count)
+        let p = out.baseAddress! + start
+        var v = value, k = count
+        while k > 0 {
+            k -= 1
+            p.storeBytes(of: 0x30 + UInt8(truncatingIfNeeded: v % 10), toByteOffset: k, as: UInt8.self)
             v /= 10
         }
         return start + count
     }
 
     public var description: String {
-        String(unsafeUninitializedCapacity: SeedUploadName.capacity(prefixLength: prefix.utf8.count)) { out in
+        String(unsafeUninitializedCapacity: SeedUploadName.capacity) { out in
             write(into: UnsafeMutableRawBufferPointer(out))
         }
     }

@@ -40,38 +40,41 @@ struct NamePolicyTests {
         #expect(NamePolicy.seedUploadName(utcSeconds: 1_795_396_500, counter: 42) == "upload-20261123T011500Z-42.bin")
     }
 
-    /// The counter is written digit by digit into the name's storage: every digit count, and
-    /// the largest counter, come out as decimal text would.
+    /// The counter is written digit by digit: every digit count, and the largest counter, come
+    /// out as decimal text would; so do the date's fields, zero-padded.
     @Test func seedNameCountersOfEveryLength() {
         let prefix = NamePolicy.seedUploadNamePrefix(utcSeconds: 0)
+        #expect(prefix == "upload-19700101T000000Z-")
         var counters: [UInt64] = [0, UInt64.max, UInt64.max - 1]
         var p: UInt64 = 1
         for _ in 0..<19 { counters += [p - 1, p, p + 1, p * 7]; p *= 10 }
         for counter in counters {
-            let name = NamePolicy.seedUploadName(prefix: prefix, counter: counter)
+            let name = NamePolicy.seedUploadName(utcSeconds: 0, counter: counter)
             #expect(name == prefix + String(counter) + ".bin")
-            #expect(name.utf8.count == prefix.utf8.count + String(counter).count + 4)
         }
-        #expect(NamePolicy.seedUploadName(prefix: "", counter: 7) == "7.bin")
+        // 2000-02-29 (a leap day) 09:05:03, and the last second of 9999.
+        #expect(NamePolicy.seedUploadNamePrefix(utcSeconds: 951_815_103) == "upload-20000229T090503Z-")
+        #expect(NamePolicy.seedUploadNamePrefix(utcSeconds: 253_402_300_799) == "upload-99991231T235959Z-")
     }
 
     /// The name a system call gets (`write(into:)`, a C string) is the one shown, for every
     /// collision attempt: the same as `candidate` makes from the name itself.
     @Test func seedNameCandidatesAsCStrings() {
-        let prefix = NamePolicy.seedUploadNamePrefix(utcSeconds: 1_795_396_500)
         for counter: UInt64 in [0, 9, 42, 1_000_000, UInt64.max] {
-            for attempt in [0, 1, 9, 10, 9_999, Int(Int32.max)] {
-                let name = SeedUploadName(prefix: prefix, counter: counter, attempt: attempt)
-                let expected = NamePolicy.candidate(NamePolicy.seedUploadName(prefix: prefix, counter: counter), attempt: attempt)
+            for attempt in [0, 1, 9, 10, 9_999, Int.max] {
+                let name = SeedUploadName(utcSeconds: 1_795_396_500, counter: counter, attempt: attempt)
+                let expected = NamePolicy.candidate(NamePolicy.seedUploadName(utcSeconds: 1_795_396_500, counter: counter), attempt: attempt)
                 #expect(name.description == expected)
-                let capacity = SeedUploadName.capacity(prefixLength: prefix.utf8.count)
-                let bytes = [UInt8](unsafeUninitializedCapacity: capacity) { buffer, count in
+                let bytes = [UInt8](unsafeUninitializedCapacity: SeedUploadName.capacity) { buffer, count in
                     count = name.write(into: UnsafeMutableRawBufferPointer(buffer)) + 1
                 }
                 #expect(bytes.last == 0)
                 #expect(String(decoding: bytes.dropLast(), as: UTF8.self) == expected)
             }
         }
+        // The longest name (the largest counter and attempt, a far year) fits.
+        let longest = SeedUploadName(utcSeconds: Int.max / 2, counter: UInt64.max, attempt: Int.max)
+        #expect(longest.description.utf8.count < SeedUploadName.capacity)
     }
 }
 
