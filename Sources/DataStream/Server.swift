@@ -113,7 +113,7 @@ public final class Server {
         /// Reads made straight from a socket, without waiting for the loop to poll it (at accept
         /// and when a receive buffer comes back: `Connection.readWithoutPolling`), and
         /// connections that needed no more than the reads at accept (their seed upload was
-        /// complete, or their client had closed its side): never polled.
+        /// complete, they were refused, or their client had closed its side): never polled.
         public var readsWithoutPolling: UInt64 = 0
         public var servedAtAccept: UInt64 = 0
         /// Connections that waited for a receive buffer and then read straight from their socket

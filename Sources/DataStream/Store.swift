@@ -220,7 +220,6 @@ public final class Store {
         return SeedUploadName(utcSeconds: max(0, time(nil)), counter: storedSeedCounter)
     }
 
-
     /// Seed uploads whose file began with digits: writes `prefix` and then the `dataLength` bytes
     /// of `old` into a new seed file, discards the old one, and completes with the new one.
     func rewrite(_ old: SeedPartial, prefix: SeedDigits, dataLength: UInt64, completion: @escaping (Result<SeedPartial, UVOperationError>) -> Void) {
