@@ -221,7 +221,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                 queueFileBytes(slab, start: start + offset, count: step.fileBytes, completingUpload: completes)
             }
             offset += step.consumed
-            if step.action == .wait {
+            if case .wait = step.action {
                 pool.retain(slab)
                 held = (slab, start + offset, count - offset)
                 updateReading()

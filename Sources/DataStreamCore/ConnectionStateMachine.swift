@@ -79,7 +79,12 @@ public struct ConnectionStateMachine {
         }
     }
 
-    private enum State {
+    /// The machine's states. Not part of its public face: internal, and `@usableFromInline` only
+    /// so that the queries a driver makes on every read (`expectsInput`, `fileBytesExpected`,
+    /// ...) are inlined into it. Called across the module boundary, each first copied the whole
+    /// machine out of the driver's object (a memcpy and a retain and release of every reference
+    /// in it), several times per upload.
+    @usableFromInline enum State {
         case awaitingFirstByte
         case seedSize(digits: SeedDigits)
         case seedReceiving(SeedFraming)
@@ -97,7 +102,7 @@ public struct ConnectionStateMachine {
     }
 
     public let configuration: Configuration
-    private var state: State = .awaitingFirstByte
+    @usableFromInline var state: State = .awaitingFirstByte
     private var frames = FrameAccumulator()
     /// The peer closed while a native upload was verifying or finalising: finish it, then close.
     private var peerClosed = false
@@ -136,7 +141,7 @@ public struct ConnectionStateMachine {
 
     /// Whether the next move is the client's (so its silence counts against the idle timeout);
     /// false while the server opens, verifies or stores a file.
-    public var isWaitingForClient: Bool {
+    @inlinable public var isWaitingForClient: Bool {
         switch state {
         case .awaitingFirstByte, .seedSize, .seedReceiving, .awaitingHello, .authenticating, .awaitingHeader, .receiving, .awaitingEnd: return true
         case .seedFinishing, .opening, .verifying, .finalising, .failed, .closed: return false
@@ -148,7 +153,7 @@ public struct ConnectionStateMachine {
     /// and closes without reading further (so without a system call for the client's end, or
     /// polling for it); what the client sends after that goes with the connection. False once
     /// closed or failed.
-    public var expectsInput: Bool {
+    @inlinable public var expectsInput: Bool {
         switch state {
         case .seedFinishing, .failed, .closed: return false
         default: return true
@@ -157,14 +162,14 @@ public struct ConnectionStateMachine {
 
     /// Seed, once the size field is read: the smallest and the largest size it can mean (they
     /// differ only when the file may begin with digits; see `SeedFraming`).
-    public var seedSizeRange: ClosedRange<UInt64>? {
+    @inlinable public var seedSizeRange: ClosedRange<UInt64>? {
         guard case .seedReceiving(let framing) = state else { return nil }
         return min(framing.smallestSize, framing.declaredSize)...framing.declaredSize
     }
 
     /// Whether an upload has begun and not ended: seed size digits or a FILE header received,
     /// the file not yet stored or refused. A server that shuts down gracefully lets these finish.
-    public var hasUploadInProgress: Bool {
+    @inlinable public var hasUploadInProgress: Bool {
         switch state {
         case .seedSize(let digits): return !digits.isEmpty
         case .seedReceiving, .seedFinishing, .opening, .receiving, .awaitingEnd, .verifying, .finalising: return true
@@ -174,7 +179,7 @@ public struct ConnectionStateMachine {
 
     /// Whether file bytes may still be arriving for the current upload (a write failure must
     /// then end the upload at once rather than wait for the next file operation to report it).
-    public var isReceivingFileBytes: Bool {
+    @inlinable public var isReceivingFileBytes: Bool {
         switch state {
         case .seedReceiving, .receiving, .awaitingEnd: return true
         default: return false
@@ -267,7 +272,7 @@ public struct ConnectionStateMachine {
     /// How many of the next input bytes are file bytes, for sure: the caller may move up to
     /// this many straight from the socket into the file (`fileBytesMovedDirectly`) instead of
     /// showing them to `bytesReceived`. 0 when the machine is not receiving file bytes.
-    public var fileBytesExpected: UInt64 {
+    @inlinable public var fileBytesExpected: UInt64 {
         switch state {
         case .seedReceiving(let framing): framing.remainingCapacity
         case .receiving(_, let remaining): remaining

@@ -70,7 +70,7 @@ public struct SeedFraming: Hashable, Sendable {
     }
 
     /// How many more data bytes may arrive before the upload is over-long.
-    public var remainingCapacity: UInt64 { maxData - received }
+    @inlinable public var remainingCapacity: UInt64 { maxData - received }
 
     /// Counts data bytes; the caller never passes more than `remainingCapacity`.
     public mutating func dataReceived(_ n: UInt64) {
