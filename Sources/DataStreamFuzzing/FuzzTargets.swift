@@ -14,6 +14,11 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case names
     /// UDP datagrams: classification, every decoder, and the seed UDP session machine.
     case udpDatagrams = "udp-datagrams"
+    /// The native reliable-UDP receive machine: DATA for any chunk and length, FINISH (right or
+    /// wrong), write completions and failures, timer polls and STATUS, in any order, against a
+    /// model of the ring: every chunk is stored in its own free slot, written once, in order,
+    /// from that slot, and nothing past the file; verification comes only once all is on disk.
+    case udpReceiver = "udp-receiver"
 
     /// Runs one input.
     public func run(_ data: UnsafeRawBufferPointer) {
@@ -22,6 +27,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .seedProtocol: FuzzTarget.machine(data, seedFirst: true)
         case .names: FuzzTarget.names(data)
         case .udpDatagrams: FuzzTarget.udp(data)
+        case .udpReceiver: FuzzTarget.udpReceiver(data)
         }
     }
 
@@ -155,5 +161,118 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             at += max(n, 1)
         }
         _ = session.tick(now: now + 60_000_000, timeout: 1_000_000)
+    }
+
+    // MARK: - The reliable-UDP receive machine
+
+    private static func udpReceiver(_ data: UnsafeRawBufferPointer) {
+        guard data.count >= 4 else { return }
+        // A small session: chunks of 1-64 bytes, a ring of 1-40 slots, up to ~100 chunks.
+        let chunkSize = 1 + Int(data[0] % 64)
+        let window = UInt32(1 + data[1] % 40)
+        let totalBytes = UInt64(Int(data[2] % 100) * chunkSize + Int(data[3]) % chunkSize)
+        var configuration = ReliableUDPReceiver.Configuration(chunkSize: chunkSize, totalBytes: totalBytes, windowChunks: window)
+        configuration.flushBytes = chunkSize * (1 + Int(data[0] >> 6))
+        var r = ReliableUDPReceiver(configuration, now: 0)
+        let count = r.chunkCount
+        precondition(UInt64(count) == (totalBytes + UInt64(chunkSize) - 1) / UInt64(chunkSize), "\(count) chunks for \(totalBytes) bytes")
+
+        // The model: which chunk each slot holds until its write completes, and the chunks on disk.
+        var slots = [UInt32?](repeating: nil, count: Int(window))
+        var written: UInt32 = 0
+        var inFlight: ReliableUDPReceiver.Write?
+        var verifying = false
+        var now: UInt64 = 0, packet: UInt64 = 0
+        func known(_ c: UInt32) -> Bool { c < written || slots[Int(c % window)] == c }
+
+        func apply(_ a: ReliableUDPReceiver.Actions) {
+            if let w = a.write {
+                precondition(inFlight == nil, "a second write while one is in flight")
+                precondition(w.firstChunk == written && w.endChunk > w.firstChunk && w.endChunk <= count, "write of chunks \(w.firstChunk)..<\(w.endChunk) with \(written) of \(count) on disk")
+                precondition(w.fileOffset == UInt64(w.firstChunk) * UInt64(chunkSize), "write at \(w.fileOffset) for chunk \(w.firstChunk)")
+                var bytes = 0
+                for c in w.firstChunk..<w.endChunk {
+                    precondition(slots[Int(c % window)] == c, "chunk \(c) written from a slot that does not hold it")
+                    bytes += r.length(ofChunk: c)
+                }
+                precondition(w.byteCount == bytes && w.fileOffset + UInt64(bytes) <= totalBytes, "write of \(w.byteCount) bytes at \(w.fileOffset) in a file of \(totalBytes)")
+                inFlight = w
+            }
+            if a.verify {
+                precondition(written == count && inFlight == nil && r.finish != nil, "verification with \(written) of \(count) chunks on disk")
+                verifying = true
+            }
+        }
+
+        func checkStatus() {
+            let status = r.makeStatus(now: now)
+            precondition(status.cumulative <= status.windowLimit && status.windowLimit <= count, "status \(status.cumulative) / \(status.windowLimit) of \(count)")
+            var next = status.cumulative
+            for (first, n) in status.nacks {
+                precondition(n > 0 && first >= next && first + n <= count, "NACK \(first)+\(n) after \(next)")
+                for c in first..<(first + n) { precondition(!known(c), "NACK for chunk \(c), which is held") }
+                next = first + n
+            }
+        }
+
+        var at = 4
+        func byte() -> UInt8 {
+            guard at < data.count else { return 0 }
+            defer { at += 1 }
+            return data[at]
+        }
+        while at < data.count, !r.isFinished {
+            let op = byte()
+            now += UInt64(op) * 37
+            switch op % 8 {
+            case 0, 1, 2, 3:
+                let chunk = UInt32(byte()) % (count + 3)
+                let right = chunk < count ? r.length(ofChunk: chunk) : chunkSize
+                let length = op % 8 == 3 ? Int(byte()) % (chunkSize + 2) : right
+                packet += 1
+                switch r.data(chunk: chunk, length: length, packet: packet, now: now) {
+                case .store(let slot):
+                    precondition(chunk < count && length == right && slot == Int(chunk % window), "chunk \(chunk) stored in slot \(slot)")
+                    precondition(slots[slot] == nil, "chunk \(chunk) stored over unwritten chunk \(slots[slot]!)")
+                    precondition(chunk >= written, "chunk \(chunk) stored again after it was written")
+                    slots[slot] = chunk
+                case .duplicate:
+                    precondition(chunk < count && length == right && known(chunk), "chunk \(chunk) called a duplicate, never held")
+                case .outOfRange:
+                    precondition(chunk >= count || chunk >= r.windowLimit, "chunk \(chunk) refused inside the window")
+                case .badLength(let expected):
+                    precondition(chunk < count && expected == right && length != right, "length \(length) refused for chunk \(chunk)")
+                case .closed:
+                    precondition(r.phase != .receiving, "data refused while receiving")
+                }
+                apply(r.poll(now: now))
+            case 4:
+                guard let w = inFlight else { break }
+                for c in w.firstChunk..<w.endChunk { slots[Int(c % window)] = nil }
+                written = w.endChunk
+                inFlight = nil
+                if op & 0x80 != 0 && op & 0x40 != 0 {
+                    _ = r.writeFailed("fuzz")
+                    precondition(r.isFinished && r.phase == .failed, "a failed write did not end the session")
+                } else {
+                    apply(r.writeCompleted(now: now))
+                    precondition(r.released == written, "released \(r.released), \(written) written")
+                }
+            case 5:
+                apply(r.poll(now: now))
+                checkStatus()
+            case 6:
+                let claimed = op & 0x80 != 0 ? count &+ 1 : count
+                apply(r.finish(UDPWire.Finish(chunkCount: claimed, algorithm: .sha256, digest: [UInt8](repeating: 0, count: 32)), now: now))
+                if claimed != count { precondition(r.isFinished && r.phase == .failed, "a FINISH with the wrong chunk count was taken") }
+            default:
+                guard verifying else { break }
+                _ = r.verified(op & 0x80 == 0, detail: "fuzz")
+                if r.phase == .verifying { _ = r.committed(.success("stored.bin")) }
+                precondition(r.isFinished, "verified and committed, yet not finished")
+            }
+            precondition(r.released <= r.flushed && r.flushed <= r.cumulative && r.cumulative <= count, "released \(r.released), flushed \(r.flushed), cumulative \(r.cumulative) of \(count)")
+            precondition(r.windowLimit <= count && r.windowLimit &- r.released <= window, "window limit \(r.windowLimit) with \(r.released) released")
+        }
     }
 }
