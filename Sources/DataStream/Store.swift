@@ -179,7 +179,8 @@ public final class Store {
         let directory = directory, sync = fsyncEnabled, fd = partial.fd
         do throws(UVOperationError) {
             try runBlocking({
-                let r = Store.linkTemporaryNow(fd, name: name, directory: directory, sync: sync).map(\.description)
+                var names = SeedUploadName.Formatter()
+                let r = Store.linkTemporaryNow(fd, name: name, directory: directory, sync: sync, names: &names).map(\.description)
                 if sync, case .success = r {
                     do throws(UVOperationError) { try BlockingFileSystem.syncDirectory(directory) } catch { return .failure(error) }
                 }
@@ -504,8 +505,9 @@ public final class Store {
                 // once for the whole batch, and no upload of the batch is reported stored before.
                 batch.jobs.withUnsafeMutableBufferPointer { jobs in
                     var anyStored = false
+                    var names = SeedUploadName.Formatter()
                     for i in jobs.indices {
-                        let r = Store.storeSmallNow(jobs[i], place, sync: sync, unnamed: unnamed)
+                        let r = Store.storeSmallNow(jobs[i], place, sync: sync, unnamed: unnamed, names: &names)
                         if case .success = r { anyStored = true }
                         jobs[i].result = r
                     }
@@ -543,7 +545,7 @@ public final class Store {
     }
 
     /// The blocking body of `storeSmall` for one upload (threadpool only).
-    private static func storeSmallNow(_ job: SmallJob, _ place: SmallUploadPlace, sync: Bool, unnamed: Bool) -> Result<SeedUploadName, UVOperationError> {
+    private static func storeSmallNow(_ job: SmallJob, _ place: SmallUploadPlace, sync: Bool, unnamed: Bool, names: inout SeedUploadName.Formatter) -> Result<SeedUploadName, UVOperationError> {
         var fd: FileDescriptor
         var path: String?  // the named partial, if one is used
         do throws(UVOperationError) {
@@ -583,20 +585,20 @@ public final class Store {
             if case .failure = r { try? BlockingFileSystem.unlink(path) }
             return r.map { SeedUploadName(utcSeconds: job.name.utcSeconds, counter: job.name.counter, attempt: $0) }
         }
-        return Store.linkTemporaryNow(fd, name: job.name, directory: place.directory, relativeTo: place.descriptor, sync: sync)  // the batch fsyncs the directory
+        return Store.linkTemporaryNow(fd, name: job.name, directory: place.directory, relativeTo: place.descriptor, sync: sync, names: &names)  // the batch fsyncs the directory
     }
 
     /// The blocking end of `storeSmall` and `commitSeed` for a file without a name (threadpool
     /// only): fsync (if enabled), link under the first free candidate name, close. Names are
     /// looked up from `base` (the directory's descriptor) if given, else under `directory`.
     /// Each candidate is formatted on the stack as the C string the call takes.
-    private static func linkTemporaryNow(_ fd: FileDescriptor, name: SeedUploadName, directory: String, relativeTo base: FileDescriptor? = nil, sync: Bool) -> Result<SeedUploadName, UVOperationError> {
+    private static func linkTemporaryNow(_ fd: FileDescriptor, name: SeedUploadName, directory: String, relativeTo base: FileDescriptor? = nil, sync: Bool, names: inout SeedUploadName.Formatter) -> Result<SeedUploadName, UVOperationError> {
         defer { try? BlockingFileSystem.close(fd) }
         do throws(UVOperationError) {
             if sync { try BlockingFileSystem.fsync(fd, target: directory + "/" + name.description) }
             var stored = name
             while true {
-                let failure = withPath(of: stored, under: base == nil ? directory : nil) { path -> UVOperationError? in
+                let failure = withPath(of: stored, under: base == nil ? directory : nil, names: &names) { path -> UVOperationError? in
                     do throws(UVOperationError) { try BlockingFileSystem.linkTemporary(fd, toCString: path, relativeTo: base) } catch { return error }
                     return nil
                 }
@@ -615,7 +617,7 @@ public final class Store {
 
     /// Calls `body` with `name` as a C string on the stack: `directory/name` if a directory is
     /// given, else the name alone.
-    private static func withPath<R>(of name: SeedUploadName, under directory: String?, _ body: (UnsafePointer<CChar>) -> R) -> R {
+    private static func withPath<R>(of name: SeedUploadName, under directory: String?, names: inout SeedUploadName.Formatter, _ body: (UnsafePointer<CChar>) -> R) -> R {
         var directory = directory ?? ""
         return directory.withUTF8 { head in
             let lead = head.isEmpty ? 0 : head.count + 1
@@ -624,7 +626,7 @@ public final class Store {
                     out.copyMemory(from: UnsafeRawBufferPointer(head))
                     out[head.count] = 0x2F  // "/"
                 }
-                _ = name.write(into: UnsafeMutableRawBufferPointer(rebasing: out[lead...]))
+                _ = names.write(name, into: UnsafeMutableRawBufferPointer(rebasing: out[lead...]))
                 return body(out.baseAddress!.assumingMemoryBound(to: CChar.self))
             }
         }

@@ -95,8 +95,13 @@ public struct SeedUploadName: Sendable, Hashable, CustomStringConvertible {
     /// Writes the name as UTF-8 followed by a NUL (a C string) into `out`, which holds at least
     /// `capacity` bytes; returns its length without the NUL.
     public func write(into out: UnsafeMutableRawBufferPointer) -> Int {
-        var i = writePrefix(into: out)
-        i = SeedUploadName.writeDecimal(counter, width: 1, into: out, at: i)
+        writeRest(into: out, at: writePrefix(into: out))
+    }
+
+    /// Writes what follows the prefix (`42.bin`, `42-1.bin`) from `start` on, and a NUL;
+    /// returns the name's length.
+    func writeRest(into out: UnsafeMutableRawBufferPointer, at start: Int) -> Int {
+        var i = SeedUploadName.writeDecimal(counter, width: 1, into: out, at: start)
         if attempt > 0 {
             out[i] = 0x2D  // "-"
             i = SeedUploadName.writeDecimal(UInt64(attempt), width: 1, into: out, at: i + 1)
@@ -148,6 +153,29 @@ public struct SeedUploadName: Sendable, Hashable, CustomStringConvertible {
     public var description: String {
         String(unsafeUninitializedCapacity: SeedUploadName.capacity) { out in
             write(into: UnsafeMutableRawBufferPointer(out))
+        }
+    }
+
+    /// Writes names as `write(into:)` does, formatting the date part once per second: a batch
+    /// of uploads stored together was mostly named in the same second. One per batch (or
+    /// thread); a value.
+    public struct Formatter {
+        private var second = -1
+        private var prefix: [UInt8] = []
+
+        public init() {}
+
+        /// `name.write(into: out)`.
+        public mutating func write(_ name: SeedUploadName, into out: UnsafeMutableRawBufferPointer) -> Int {
+            precondition(out.count >= SeedUploadName.capacity)
+            if name.utcSeconds != second {
+                second = name.utcSeconds
+                prefix = [UInt8](unsafeUninitializedCapacity: SeedUploadName.capacity) { buffer, count in
+                    count = name.writePrefix(into: UnsafeMutableRawBufferPointer(buffer))
+                }
+            }
+            prefix.withUnsafeBytes { out.copyMemory(from: $0) }
+            return name.writeRest(into: out, at: prefix.count)
         }
     }
 }

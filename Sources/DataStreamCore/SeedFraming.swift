@@ -54,18 +54,20 @@ public struct SeedFraming: Hashable, Sendable {
     /// Calls `body(i, need)` for each split k = i + 1 whose size is valid, in order of k: `need`
     /// is the data bytes it takes after the digit run. Nothing is stored per split: a pass is at
     /// most 20 steps, made at the start of an upload (and at its end if the stream ends early).
+    @inline(__always)
     private static func forEachSplit(_ digits: SeedDigits, maxFileSize: UInt64, _ body: (Int, UInt64) -> Void) {
         var value: UInt64? = 0
         let d = UInt64(digits.count)
-        for i in 0..<digits.count {
-            let c = digits[i]
-            if let v = value {
-                let (m, o1) = v.multipliedReportingOverflow(by: 10)
-                let (a, o2) = m.addingReportingOverflow(UInt64(c - 48))
-                value = (o1 || o2) ? nil : a
+        digits.withUnsafeBytes { bytes in
+            for (i, c) in bytes.enumerated() {
+                if let v = value {
+                    let (m, o1) = v.multipliedReportingOverflow(by: 10)
+                    let (a, o2) = m.addingReportingOverflow(UInt64(c - 48))
+                    value = (o1 || o2) ? nil : a
+                }
+                let k = UInt64(i + 1)
+                if let s = value, s <= maxFileSize, s >= d - k { body(i, s - (d - k)) }
             }
-            let k = UInt64(i + 1)
-            if let s = value, s <= maxFileSize, s >= d - k { body(i, s - (d - k)) }
         }
     }
 

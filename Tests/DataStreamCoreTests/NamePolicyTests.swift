@@ -72,6 +72,16 @@ struct NamePolicyTests {
                 #expect(String(decoding: bytes.dropLast(), as: UTF8.self) == expected)
             }
         }
+        // A formatter reused across names of different seconds writes what each name writes.
+        var formatter = SeedUploadName.Formatter()
+        for (second, counter, attempt) in [(0, 1, 0), (0, 2, 3), (1_795_396_500, 42, 0), (1_795_396_501, 43, 1), (0, 7, 0)] {
+            let name = SeedUploadName(utcSeconds: second, counter: UInt64(counter), attempt: attempt)
+            let bytes = [UInt8](unsafeUninitializedCapacity: SeedUploadName.capacity) { buffer, count in
+                count = formatter.write(name, into: UnsafeMutableRawBufferPointer(buffer)) + 1
+            }
+            #expect(String(decoding: bytes.dropLast(), as: UTF8.self) == name.description)
+            #expect(bytes.last == 0)
+        }
         // The longest name (the largest counter and attempt, a far year) fits.
         let longest = SeedUploadName(utcSeconds: Int.max / 2, counter: UInt64.max, attempt: Int.max)
         #expect(longest.description.utf8.count < SeedUploadName.capacity)
