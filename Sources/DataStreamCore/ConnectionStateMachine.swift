@@ -102,7 +102,7 @@ public struct ConnectionStateMachine {
     }
 
     public let configuration: Configuration
-    @usableFromInline var state: State = .awaitingFirstByte
+    @usableFromInline private(set) var state: State = .awaitingFirstByte
     private var frames = FrameAccumulator()
     /// The peer closed while a native upload was verifying or finalising: finish it, then close.
     private var peerClosed = false
