@@ -267,24 +267,12 @@ public final class TCPStream: Handle {
     /// The remote address: `getpeername(2)` on the descriptor (libuv's `uv_tcp_getpeername`
     /// needs the socket given to libuv first).
     public func peerAddress() throws(UVOperationError) -> SocketAddress {
-        try socketAddress("getpeername", getpeername)
+        try socketAddress(of: descriptor, "getpeername", getpeername)
     }
 
     /// The local address: `getsockname(2)` on the descriptor.
     public func localAddress() throws(UVOperationError) -> SocketAddress {
-        try socketAddress("getsockname", getsockname)
-    }
-
-    private func socketAddress(_ operation: String, _ call: (Int32, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32) throws(UVOperationError) -> SocketAddress {
-        // Once closed, the handle's memory may be gone: EBADF, as the socket is.
-        guard let fd = descriptor else { throw UVOperationError(operation, code: UVError.badDescriptor.code) }
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let status = withUnsafeMutablePointer(to: &storage) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { call(fd, $0, &length) }
-        }
-        if status != 0 { throw UVOperationError(operation, code: -errno) }
-        return SocketAddress(storage: storage)
+        try socketAddress(of: descriptor, "getsockname", getsockname)
     }
 
     override func releaseCallbacks() {
@@ -315,13 +303,16 @@ public final class TCPStream: Handle {
     }
 }
 
-func tcpLocalAddress(_ tcp: UnsafeMutablePointer<uv_tcp_t>) throws(UVOperationError) -> SocketAddress {
+/// A socket's own or peer address (`getsockname(2)` or `getpeername(2)`, as `call`) on `fd`;
+/// EBADF if there is none (a closed socket, whose handle memory may be gone).
+func socketAddress(of fd: Int32?, _ operation: String, _ call: (Int32, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32) throws(UVOperationError) -> SocketAddress {
+    guard let fd else { throw UVOperationError(operation, code: UVError.badDescriptor.code) }
     var storage = sockaddr_storage()
-    var length = Int32(MemoryLayout<sockaddr_storage>.size)
+    var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
     let status = withUnsafeMutablePointer(to: &storage) { p in
-        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { uv_tcp_getsockname(tcp, $0, &length) }
+        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { call(fd, $0, &length) }
     }
-    try check(status, "tcp_getsockname")
+    if status != 0 { throw UVOperationError(operation, code: -errno) }
     return SocketAddress(storage: storage)
 }
 
@@ -390,8 +381,11 @@ public final class TCPListener: Handle {
         do { try watch() } catch { onConnection?(.failure(error)) }
     }
 
-    /// The bound address (with the real port after binding port 0). The libuv function is `uv_tcp_getsockname`.
-    public func localAddress() throws(UVOperationError) -> SocketAddress { try tcpLocalAddress(tcp) }
+    /// The bound address (with the real port after binding port 0): `getsockname(2)`.
+    public func localAddress() throws(UVOperationError) -> SocketAddress {
+        var fd: uv_os_fd_t = -1
+        return try socketAddress(of: isOpen && uv_fileno(handle, &fd) == 0 ? fd : nil, "getsockname", getsockname)
+    }
 
     /// Closes the watcher, then the socket.
     public override func close(_ completion: (() -> Void)? = nil) {
