@@ -42,6 +42,29 @@ def machine():
         mem = "?"
     return f"{platform.system()} {platform.release()}, {os.cpu_count()} cores ({cpu}), {mem} RAM"
 
+def s3_budget():
+    """What the S3 ceiling asks of a receiver that writes files, from this run's own figures:
+    the generator's CPU against discard, discard's CPU (accept, read, close), and the CPU of
+    creating the same files alone (the create-files limit)."""
+    discard, created = by.get(("S3", "discard")), limits.get("create-files-tmpfile")
+    if not discard or not created:
+        return []
+    gens = [r["generatorCpuSeconds"] for r in discard if r.get("generatorCpuSeconds")]
+    if not gens:
+        return []
+    g, d = statistics.median(gens), med("cpuSeconds", discard)
+    files, f = created["created"]["files"], created["created"]["cpuSeconds"]
+    ceiling = med("uploadsPerSecond", discard)
+    cores = os.cpu_count() or 1
+    best = cores * files / (g + d + f)
+    text = [
+        f"**What the ceiling asks.** Against `discard` the load generator used {g:.2f} s of CPU and `discard` {d:.2f} s "
+        f"(accept, read, close). Creating the same {files:,} files alone, with no network, took {f:.2f} s of CPU "
+        f"(create-files, under Limits). So any receiver that stores the uploads needs at least {d + f:.2f} s, and with the "
+        f"generator's {g:.2f} s the {cores} cores must deliver {g + d + f:.2f} s: at most {best:,.0f} files/s even if both stay "
+        f"busy every moment of the run, against a ceiling of {ceiling:,.0f} ({best / ceiling:.0%})."]
+    return text + [""]
+
 lines = [
     "# Benchmark results",
     "",
@@ -66,8 +89,9 @@ for scenario in ["S1", "S2", "S3", "S4", "U1", "U2"]:
     cs = [by[(scenario, c)] for c in ("c-libuv", "c-sync", "uftp") if (scenario, c) in by]
     base = max(cs, key=lambda rs: med(metric, rs)) if cs else None
     base_name = base[0]["peer"] if base else "-"
-    lines.append(f"| peer | {unit} | ratio to {base_name} | p99 latency ms | peak RSS MiB | CPU s | failed | verified |")
-    lines.append("|---|---|---|---|---|---|---|---|")
+    gen = any(r.get("generatorCpuSeconds") is not None for p in peers for r in by[(scenario, p)])
+    lines.append(f"| peer | {unit} | ratio to {base_name} | p99 latency ms | peak RSS MiB | CPU s |{' load generator CPU s |' if gen else ''} failed | verified |")
+    lines.append("|---|---|---|---|---|---|---|---|" + ("---|" if gen else ""))
     for p in peers:
         rs = by[(scenario, p)]
         value = med(metric, rs)
@@ -77,15 +101,26 @@ for scenario in ["S1", "S2", "S3", "S4", "U1", "U2"]:
             verified = rs[0]["check"]
         else:
             verified = "-" if rs[0]["verified"] is None else ("all" if all(r["verifyOK"] for r in rs) else "NO: " + ", ".join(str(r["verified"]) for r in rs))
-        lines.append(f"| {p} | {value:,.1f} | {ratio} | {med('p99ms', rs):,.1f} | {med('rssMiB', rs):,.1f} | {med('cpuSeconds', rs):.2f} | {failed} | {verified} |")
+        gen_cell = ""
+        if gen:
+            g = [r["generatorCpuSeconds"] for r in rs if r.get("generatorCpuSeconds") is not None]
+            gen_cell = f" {statistics.median(g):.2f} |" if g else " - |"
+        lines.append(f"| {p} | {value:,.1f} | {ratio} | {med('p99ms', rs):,.1f} | {med('rssMiB', rs):,.1f} | {med('cpuSeconds', rs):.2f} |{gen_cell} {failed} | {verified} |")
     lines.append("")
-lines += ["## Limits", "", "| limit | MB/s |", "|---|---|"]
+    if scenario == "S3":
+        lines += s3_budget()
+lines += ["## Limits", "", "| limit | rate |", "|---|---|"]
 for k, label in [("iperf3", "iperf3 on loopback (TCP copy rate)"), ("dd", "dd 1 GiB into the target file system (page cache)"),
                  ("iperf3-udp-U1", "iperf3 -u on loopback, 1,200-byte datagrams, as received"),
                  ("iperf3-udp-U2", "iperf3 -u between the namespaces with 1% loss, as received")]:
     if k in limits:
         lost = f" ({limits[k]['lost']}% lost)" if "lost" in limits[k] else ""
-        lines.append(f"| {label} | {limits[k]['mbps']:,}{lost} |")
+        lines.append(f"| {label} | {limits[k]['mbps']:,} MB/s{lost} |")
+for k, label in [("create-files-tmpfile", "S3's files created alone, one thread: O_TMPFILE, pwrite, linkat, close (DataStream's calls)"),
+                 ("create-files-direct", "the same opening the final name directly (not crash-safe; for reference)")]:
+    if k in limits:
+        c = limits[k]["created"]
+        lines.append(f"| {label} | {c['files'] / c['seconds']:,.0f} files/s, {c['cpuMicrosecondsPerFile']:.1f} µs of CPU per file |")
 lines.append("")
 
 # Throughput and peak RSS against concurrency (the C sweep: 1 MiB uploads).
