@@ -72,6 +72,9 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     private var sink: UploadSink?
     private var native: Store.NativePartial?
     private var nativeHeader: FileHeader?
+    /// Set instead of `native` when the announced upload was stored before (its receipt): the
+    /// client's END is checked against the receipt's digest and answered with its name.
+    private var storedReceipt: UploadReceipt?
     /// A seed upload's file once open (its descriptor belongs to `sink` until the commit takes it).
     private var seedPartial: Store.SeedPartial?
     /// A small seed upload (stored in one work item at the end): the bytes of the server's
@@ -441,6 +444,11 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
             diskReservation = header.size
             openNative(header)
         case .verifyUpload:
+            if let storedReceipt {
+                perform(machine.digestComputed(storedReceipt.digest))
+                resumeHeld()
+                return
+            }
             guard let sink else { preconditionFailure("verify without an upload") }
             sink.flush { [self] error in
                 if let error {
@@ -453,7 +461,14 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         case .commitUpload:
             commitNative()
         case .discardUpload(let reply):
-            if let native, let header = nativeHeader {
+            if storedReceipt != nil, let header = nativeHeader {
+                // The client's file is not the one stored under this id: the stored file stays,
+                // and the receipt goes, so that sending it again stores it anew.
+                log(.warning, "upload refused: digest mismatch with the upload stored under this id; its receipt is dropped", metadata: ["upload": "\(header.uploadID)", "name": "\(header.name)"])
+                server.statistics.uploadsFailed += 1
+                store.forgetStored(header.uploadID)
+                store.release(header.uploadID)
+            } else if let native, let header = nativeHeader {
                 log(.warning, "upload refused: digest mismatch", metadata: ["upload": "\(header.uploadID)", "name": "\(header.name)"])
                 server.statistics.uploadsFailed += 1
                 store.discard(sink?.takeDescriptor(), path: native.path, metaPath: native.metaPath)
@@ -588,7 +603,16 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     private func openNative(_ header: FileHeader) {
         store.openNative(header) { [self] result in
             switch result {
-            case .success(let partial):
+            case .success(.stored(let receipt)):
+                if closing {
+                    store.release(header.uploadID)
+                    return
+                }
+                storedReceipt = receipt
+                nativeHeader = header
+                log(.debug, "upload was stored before", metadata: ["upload": "\(header.uploadID)", "name": "\(receipt.storedName)"])
+                perform(machine.uploadOpened(heldBytes: header.size))
+            case .success(.partial(let partial)):
                 if closing {
                     store.closeQuietly(partial.fd, partial.path)
                     store.release(header.uploadID)
@@ -611,9 +635,20 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     }
 
     private func commitNative() {
+        if let receipt = storedReceipt, let header = nativeHeader {
+            // Stored before (its RESULT was lost, or the client sent it again): nothing to store.
+            store.release(header.uploadID)
+            clearUpload()
+            server.statistics.uploadsAlreadyStored += 1
+            log(.info, "upload already stored", metadata: ["upload": "\(header.uploadID)", "name": "\(receipt.storedName)", "bytes": "\(header.size)"])
+            perform(machine.uploadCommitted(storedName: receipt.storedName))
+            resumeHeld()
+            return
+        }
         guard let native, let header = nativeHeader, let sink else { preconditionFailure("commit without an upload") }
         guard let fd = sink.takeDescriptor() else { preconditionFailure("commit of a closed partial") }
-        store.commit(fd, partialPath: native.path, metaPath: native.metaPath, name: header.name) { [self] result in
+        let digest = sink.digester!.finish()
+        store.commit(fd, partialPath: native.path, metaPath: native.metaPath, name: header.name, receipt: (header, digest)) { [self] result in
             store.release(header.uploadID)
             clearUpload()
             switch result {
@@ -635,6 +670,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         sink = nil
         native = nil
         nativeHeader = nil
+        storedReceipt = nil
     }
 
     /// Ends the connection: the reply (if any) is written first; the partial is kept (flushed,
@@ -683,6 +719,8 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                 }
                 if let header { store.release(header.uploadID) }
             }
+        } else if storedReceipt != nil, let header = nativeHeader {
+            store.release(header.uploadID)
         }
         // The peer is looked up only for log lines, and not at all once the socket is closed:
         // lines that can follow the close (a small upload stored) need it looked up now.

@@ -28,7 +28,8 @@ public final class Server {
         /// refused at its start (ERROR/RESULT "disk full", code 23). See `DiskBudget`.
         public var minFreeSpace: UInt64 = 64 << 20
         /// At start, native partials not written to for this many seconds are removed (and
-        /// seed partials of ended processes always). Default 7 days.
+        /// seed partials of ended processes always), and receipts of uploads stored that long
+        /// ago (a client sending one again after that gets a second copy). Default 7 days.
         public var partialMaxAge: Double = 7 * 86_400
         /// Connections at once; at the cap the server stops accepting (new ones wait in the
         /// kernel's backlog) and resumes below it. nil: half the descriptor limit
@@ -96,6 +97,9 @@ public final class Server {
     public struct Statistics: Sendable {
         public var connectionsAccepted: UInt64 = 0
         public var uploadsStored: UInt64 = 0
+        /// Native uploads announced again after they were stored, answered from their receipt
+        /// (with the name they were stored under) instead of being stored twice.
+        public var uploadsAlreadyStored: UInt64 = 0
         public var uploadsFailed: UInt64 = 0
         public var bytesReceived: UInt64 = 0
         public var udpDatagramsReceived: UInt64 = 0
@@ -180,8 +184,8 @@ public final class Server {
             throw .directory(error)
         }
         partialSweep = store.sweepPartials(maxAge: configuration.partialMaxAge)
-        if partialSweep.seedRemoved + partialSweep.staleRemoved > 0 || partialSweep.kept > 0 {
-            logger.notice("partials at start: \(partialSweep.kept) kept for resume, \(partialSweep.staleRemoved) stale removed (older than \(configuration.partialMaxAge) s or incomplete), \(partialSweep.seedRemoved) seed partials of ended processes removed")
+        if partialSweep.seedRemoved + partialSweep.staleRemoved + partialSweep.receiptsRemoved > 0 || partialSweep.kept > 0 {
+            logger.notice("partials at start: \(partialSweep.kept) kept for resume, \(partialSweep.staleRemoved) stale removed (older than \(configuration.partialMaxAge) s or incomplete), \(partialSweep.seedRemoved) seed partials of ended processes removed, \(partialSweep.receiptsRemoved) receipts of stored uploads removed (older than \(configuration.partialMaxAge) s)")
         }
         disk = DiskBudget(directory: configuration.directory, minimumFree: configuration.minFreeSpace)
         pool = BufferPool(budget: configuration.processBufferBudget)  // 512 KiB slabs, reads of up to 256 KiB (fewer read calls for a fast sender)

@@ -80,11 +80,14 @@ public final class Store {
         public var staleRemoved = 0
         /// Native partials kept for their clients to resume.
         public var kept = 0
+        /// Receipts of stored uploads older than the age limit (and half-written ones).
+        public var receiptsRemoved = 0
     }
 
     /// At start-up, before the loop serves anything (so blocking calls are fine here): removes
     /// seed partials whose process is gone, native partials whose data or metadata file is
     /// missing, and native partials not written to for `maxAge` seconds; keeps the rest for resume.
+    /// Receipts of stored uploads (`ID.done`) older than `maxAge` go too.
     public func sweepPartials(maxAge: Double) -> PartialSweep {
         var sweep = PartialSweep()
         guard let dir = opendir(partialDirectory) else { return sweep }
@@ -103,6 +106,14 @@ public final class Store {
                 if let owner = Int32(pidText), owner != pid, kill(owner, 0) != 0, errno == ESRCH {
                     unlink(path)
                     sweep.seedRemoved += 1
+                }
+                continue
+            }
+            if name.hasSuffix(".done") || name.hasSuffix(".done.tmp") {
+                var st = stat()
+                if name.hasSuffix(".tmp") || (lstat(path, &st) == 0 && Double(now - st.st_mtim.tv_sec) > maxAge) {
+                    unlink(path)
+                    sweep.receiptsRemoved += 1
                 }
                 continue
             }
@@ -296,21 +307,86 @@ public final class Store {
         let digester: Digester
     }
 
+    /// What `openNative` found for an upload id.
+    enum NativeOpening {
+        /// The partial to write the rest of the upload into (new, or resumed with `held` bytes).
+        case partial(NativePartial)
+        /// The upload was stored before, and the file under its name still holds what was
+        /// stored: the client gets that name, and nothing is stored twice.
+        case stored(UploadReceipt)
+    }
+
     func partialPath(_ id: UploadID) -> String { "\(partialDirectory)/\(id.hex).part" }
     func metaPath(_ id: UploadID) -> String { "\(partialDirectory)/\(id.hex).meta" }
+    func receiptPath(_ id: UploadID) -> String { "\(partialDirectory)/\(id.hex).done" }
 
-    /// Opens the partial of `header.uploadID`: resumes it if its metadata matches, creates it if
-    /// there is none. The upload id is marked busy until `release(_:)`.
-    func openNative(_ header: FileHeader, completion: @escaping (Result<NativePartial, ProtocolError>) -> Void) {
+    /// Opens the upload `header.uploadID`: answers with its receipt if it was stored before
+    /// (and the stored file still holds it), else resumes its partial if the metadata matches,
+    /// else creates one. The upload id is marked busy until `release(_:)`.
+    func openNative(_ header: FileHeader, completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
         guard !activeUploads.contains(header.uploadID) else {
             completion(.failure(.uploadBusy))
             return
         }
         activeUploads.insert(header.uploadID)
-        let done: (Result<NativePartial, ProtocolError>) -> Void = { [self] r in
+        let done: (Result<NativeOpening, ProtocolError>) -> Void = { [self] r in
             if case .failure = r { activeUploads.remove(header.uploadID) }
             completion(r)
         }
+        let receiptPath = receiptPath(header.uploadID)
+        readSmallFile(receiptPath) { [self] r in
+            switch r {
+            case .failure(let e) where e.error == .noSuchFile:
+                openPartial(header, done)
+            case .failure(let e):
+                done(.failure(.storage(e)))
+            case .success(let bytes):
+                guard let receipt = UploadReceipt(decoding: bytes), receipt.header == header else {
+                    unlinkQuietly(receiptPath)
+                    openPartial(header, done)
+                    return
+                }
+                storedFileMatches(receipt) { [self] matches in
+                    if matches {
+                        // A partial left beside it (a crash after storing) is of no more use.
+                        unlinkQuietly(partialPath(header.uploadID))
+                        unlinkQuietly(metaPath(header.uploadID))
+                        done(.success(.stored(receipt)))
+                    } else {
+                        unlinkQuietly(receiptPath)
+                        openPartial(header, done)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the file under a receipt's name still holds what was stored: its size and its
+    /// digest (read and hashed again, off the loop). Any other file there (removed, replaced,
+    /// changed) is not the upload any more.
+    private func storedFileMatches(_ receipt: UploadReceipt, completion: @escaping (Bool) -> Void) {
+        let path = finalPath(receipt.storedName), size = receipt.header.size
+        submit({ (r: Result<Void, UVOperationError>) in if case .failure = r { completion(false) } }) { [fs] () throws(UVOperationError) in
+            try fs.open(path, flags: [.readOnly, .noFollow]) { [self] r in
+                guard case .success(let fd) = r else { completion(false); return }
+                submit({ (r: Result<Void, UVOperationError>) in if case .failure = r { self.closeQuietly(fd, path); completion(false) } }) { [fs] () throws(UVOperationError) in
+                    try fs.size(of: fd, target: path) { [self] r in
+                        guard case .success(size) = r else { closeQuietly(fd, path); completion(false); return }
+                        let digester = Digester(receipt.header.digest)
+                        hashPrefix(fd, path, length: size, into: digester) { [self] e in
+                            closeQuietly(fd, path)
+                            completion(e == nil && digester.finish() == receipt.digest)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets that an upload was stored (its receipt): the client's digest did not match it.
+    func forgetStored(_ id: UploadID) { unlinkQuietly(receiptPath(id)) }
+
+    private func openPartial(_ header: FileHeader, _ done: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
         let meta = metaPath(header.uploadID)
         readSmallFile(meta) { [self] r in
             switch r {
@@ -336,7 +412,7 @@ public final class Store {
     /// Marks the upload id free again (its connection is done with it).
     func release(_ id: UploadID) { activeUploads.remove(id) }
 
-    private func createNative(_ header: FileHeader, _ completion: @escaping (Result<NativePartial, ProtocolError>) -> Void) {
+    private func createNative(_ header: FileHeader, _ completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
         let meta = metaPath(header.uploadID), part = partialPath(header.uploadID)
         let record = PartialMetadata(header).encoded
         writeSmallFile(meta, record) { [self] e in
@@ -345,14 +421,14 @@ public final class Store {
                 try fs.open(part, flags: [.writeOnly, .create, .truncate, .noFollow], mode: 0o600) { r in
                     switch r {
                     case .failure(let e): completion(.failure(.storage(e)))
-                    case .success(let fd): completion(.success(NativePartial(fd: fd, path: part, metaPath: meta, held: 0, digester: Digester(header.digest))))
+                    case .success(let fd): completion(.success(.partial(NativePartial(fd: fd, path: part, metaPath: meta, held: 0, digester: Digester(header.digest)))))
                     }
                 }
             }
         }
     }
 
-    private func resumeNative(_ header: FileHeader, _ completion: @escaping (Result<NativePartial, ProtocolError>) -> Void) {
+    private func resumeNative(_ header: FileHeader, _ completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
         let meta = metaPath(header.uploadID), part = partialPath(header.uploadID)
         let storage: (UVOperationError) -> Void = { e in completion(.failure(.storage(e))) }
         submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { storage(e) } }) { [fs] () throws(UVOperationError) in
@@ -370,15 +446,72 @@ public final class Store {
                         case .success(let size):
                             // Hash what is held so the final digest covers the whole file.
                             let digester = Digester(header.digest)
-                            hashPrefix(fd, part, length: size, into: digester) { e in
-                                if let e { self.closeQuietly(fd, part); storage(e); return }
-                                completion(.success(NativePartial(fd: fd, path: part, metaPath: meta, held: size, digester: digester)))
+                            hashPrefix(fd, part, length: size, into: digester) { [self] e in
+                                if let e { closeQuietly(fd, part); storage(e); return }
+                                let partial = NativePartial(fd: fd, path: part, metaPath: meta, held: size, digester: digester)
+                                guard size == header.size else { completion(.success(.partial(partial))); return }
+                                // Every byte is held: it may have been stored already, and only
+                                // the receipt be missing (a crash between the two).
+                                adoptIfStored(partial, header, completion)
                             }
                         }
                     }
                 }
             }
         }
+    }
+
+    /// For a complete partial that also has another name (it was linked into place, and the
+    /// process died before its receipt was written): finds that name, writes the receipt,
+    /// removes the partial and answers `.stored`. Otherwise the partial is resumed as usual.
+    private func adoptIfStored(_ partial: NativePartial, _ header: FileHeader, _ completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
+        let directory = directory, sync = fsyncEnabled, digest = partial.digester.finish(), receiptPath = receiptPath(header.uploadID)
+        do throws(UVOperationError) {
+            let fd = partial.fd, path = partial.path, metaPath = partial.metaPath
+            try runBlocking({ Store.adoptIfStoredNow(fd, path: path, metaPath: metaPath, header, digest: digest, directory: directory, receiptPath: receiptPath, sync: sync) }) { found in
+                if let receipt = found ?? nil { completion(.success(.stored(receipt))) } else { completion(.success(.partial(partial))) }
+            }
+        } catch {
+            completion(.success(.partial(partial)))
+        }
+    }
+
+    /// The blocking part of `adoptIfStored` (threadpool only). Linking tries `name`, `name-1`,
+    /// ... in order and stops at the first free one, so the search does too.
+    private static func adoptIfStoredNow(_ fd: FileDescriptor, path: String, metaPath: String, _ header: FileHeader, digest: [UInt8], directory: String, receiptPath: String, sync: Bool) -> UploadReceipt? {
+        guard let held = try? BlockingFileSystem.status(of: fd, target: path), held.links > 1 else { return nil }
+        for attempt in 0..<10_000 {
+            let candidate = NamePolicy.candidate(header.name, attempt: attempt)
+            guard let other = try? BlockingFileSystem.status(atPath: directory + "/" + candidate) else { return nil }
+            guard other.inode == held.inode, other.device == held.device else { continue }
+            let receipt = UploadReceipt(header: header, storedName: candidate, digest: digest)
+            guard (try? writeReceiptNow(receipt, to: receiptPath, sync: sync)) != nil else { return nil }
+            try? BlockingFileSystem.close(fd, target: path)
+            try? BlockingFileSystem.unlink(path)
+            try? BlockingFileSystem.unlink(metaPath)
+            return receipt
+        }
+        return nil
+    }
+
+    /// Writes a receipt in one step: into `path.tmp`, then renamed over `path`.
+    private static func writeReceiptNow(_ receipt: UploadReceipt, to path: String, sync: Bool) throws(UVOperationError) {
+        let temporary = path + ".tmp", bytes = receipt.encoded
+        let fd = try BlockingFileSystem.open(temporary, flags: [.writeOnly, .create, .truncate, .noFollow], mode: 0o600)
+        do throws(UVOperationError) {
+            let failure = bytes.withUnsafeBytes { b -> UVOperationError? in
+                do throws(UVOperationError) { try BlockingFileSystem.writeAll(fd, buffers: [b], offset: 0, target: temporary) } catch { return error }
+                return nil
+            }
+            if let failure { throw failure }
+            if sync { try BlockingFileSystem.fsync(fd, target: temporary) }
+        } catch {
+            try? BlockingFileSystem.close(fd, target: temporary)
+            try? BlockingFileSystem.unlink(temporary)
+            throw error
+        }
+        try BlockingFileSystem.close(fd, target: temporary)
+        try BlockingFileSystem.rename(temporary, to: path)
     }
 
     private func hashPrefix(_ fd: FileDescriptor, _ path: String, length: UInt64, into digester: Digester, completion: @escaping (UVOperationError?) -> Void) {
@@ -431,11 +564,16 @@ public final class Store {
     /// and its metadata, fsync the directory (if enabled). Completes with the stored name.
     /// All of it is one threadpool work item (blocking calls in sequence), not one round trip per
     /// call: for small uploads the round trips cost more than the work.
-    func commit(_ fd: FileDescriptor, partialPath: String, metaPath: String?, name: String, completion: @escaping (Result<String, UVOperationError>) -> Void) {
+    ///
+    /// With `receipt` (a native upload: its header and the verified digest), a receipt is
+    /// written after the link and before the partial goes (see `UploadReceipt`), so a client
+    /// that announces the upload again gets this name instead of a second copy.
+    func commit(_ fd: FileDescriptor, partialPath: String, metaPath: String?, name: String, receipt: (header: FileHeader, digest: [UInt8])? = nil, completion: @escaping (Result<String, UVOperationError>) -> Void) {
         let directory = directory, sync = fsyncEnabled
+        let receipt = receipt.map { ($0.header, $0.digest, receiptPath($0.header.uploadID)) }
         do throws(UVOperationError) {
             try runBlocking({
-                Store.commitNow(fd, partialPath: partialPath, metaPath: metaPath, name: name, directory: directory, sync: sync).map { NamePolicy.candidate(name, attempt: $0) }
+                Store.commitNow(fd, partialPath: partialPath, metaPath: metaPath, name: name, directory: directory, sync: sync, receipt: receipt).map { NamePolicy.candidate(name, attempt: $0) }
             }, completion: completion)
         } catch {
             closeQuietly(fd, partialPath)
@@ -634,7 +772,7 @@ public final class Store {
 
     /// The blocking body of `commit` (threadpool only).
     /// Completes with the collision attempt the name was stored under (`NamePolicy.candidate`).
-    private static func commitNow(_ fd: FileDescriptor, partialPath: String, metaPath: String?, name: String, directory: String, sync: Bool, syncDirectory: Bool = true) -> Result<Int, UVOperationError> {
+    private static func commitNow(_ fd: FileDescriptor, partialPath: String, metaPath: String?, name: String, directory: String, sync: Bool, syncDirectory: Bool = true, receipt: (header: FileHeader, digest: [UInt8], path: String)? = nil) -> Result<Int, UVOperationError> {
         do throws(UVOperationError) {
             if sync {
                 do throws(UVOperationError) { try BlockingFileSystem.fsync(fd, target: partialPath) } catch {
@@ -653,6 +791,10 @@ public final class Store {
                     attempt += 1
                     stored = NamePolicy.candidate(name, attempt: attempt)
                 }
+            }
+            if let receipt {
+                // Best effort: without it a retry stores a second copy, as before receipts.
+                try? writeReceiptNow(UploadReceipt(header: receipt.header, storedName: stored, digest: receipt.digest), to: receipt.path, sync: sync)
             }
             try? BlockingFileSystem.unlink(partialPath)
             if let metaPath { try? BlockingFileSystem.unlink(metaPath) }

@@ -604,6 +604,9 @@ final class NativeSessionDriver {
     var holdsSlot = true
     private var machine: ReliableUDPReceiver?
     private var partial: Store.NativePartial?
+    /// Set instead of `partial` when the upload was stored before (its receipt): nothing is
+    /// received, and a FINISH with the receipt's digest is answered with its name.
+    private var storedReceipt: UploadReceipt?
     private var ring: UnsafeMutableRawBufferPointer?
     private var acceptDatagram: [UInt8]?
     private var finishMessage: UDPWire.Finish?
@@ -635,8 +638,8 @@ final class NativeSessionDriver {
         server.store.openNative(file) { [self] result in
             opening = false
             guard !ended else {
-                if case .success(let p) = result {
-                    server.store.closeQuietly(p.fd, p.path)
+                if case .success(let opening) = result {
+                    if case .partial(let p) = opening { server.store.closeQuietly(p.fd, p.path) }
                     server.store.release(file.uploadID)
                 }
                 retireIfDone()
@@ -648,16 +651,24 @@ final class NativeSessionDriver {
                 server.logger.warning("udp upload refused: \(error)", metadata: ["upload": "\(file.uploadID)", "source": "\(source)"])
                 receiver.send(UDPWire.encodeAbort(code: error.code, message: error.description, session: id, packet: receiver.nextPacket()), to: source)
                 end()
-            case .success(let p):
-                partial = p
+            case .success(let opening):
+                let held: UInt64
+                switch opening {
+                case .partial(let p):
+                    partial = p
+                    held = p.held
+                case .stored(let receipt):
+                    storedReceipt = receipt
+                    held = file.size
+                }
                 let now = UDPReceiver.microseconds()
-                machine = ReliableUDPReceiver(.init(chunkSize: chunkSize, totalBytes: file.size - p.held, windowChunks: windowChunks), now: now)
+                machine = ReliableUDPReceiver(.init(chunkSize: chunkSize, totalBytes: file.size - held, windowChunks: windowChunks), now: now)
                 ring = .allocate(byteCount: ringBytes, alignment: 4096)
-                let accept = UDPWire.encode(UDPWire.Accept(clientNonce: clientNonce, baseOffset: p.held, windowChunks: windowChunks), session: id, packet: receiver.nextPacket())
+                let accept = UDPWire.encode(UDPWire.Accept(clientNonce: clientNonce, baseOffset: held, windowChunks: windowChunks), session: id, packet: receiver.nextPacket())
                 acceptDatagram = accept
                 receiver.send(accept, to: source)
                 machine!.sent(bytes: accept.count)
-                server.logger.debug("udp upload opened", metadata: ["upload": "\(file.uploadID)", "name": "\(file.name)", "size": "\(file.size)", "held": "\(p.held)", "chunk": "\(chunkSize)"])
+                server.logger.debug("udp upload opened", metadata: ["upload": "\(file.uploadID)", "name": "\(file.name)", "size": "\(file.size)", "held": "\(held)", "chunk": "\(chunkSize)"])
             }
         }
     }
@@ -778,6 +789,10 @@ final class NativeSessionDriver {
     }
 
     private func verify() {
+        if let receipt = storedReceipt, let f = finishMessage {
+            verifyStored(receipt, f)
+            return
+        }
         guard let partial, let f = finishMessage else { return }
         let digest = partial.digester.finish()
         let matches = digest == f.digest
@@ -786,7 +801,7 @@ final class NativeSessionDriver {
         let store = server.store
         self.partial = nil
         committing = true
-        store.commit(partial.fd, partialPath: partial.path, metaPath: partial.metaPath, name: file.name) { [self] r in
+        store.commit(partial.fd, partialPath: partial.path, metaPath: partial.metaPath, name: file.name, receipt: (file, digest)) { [self] r in
             committing = false
             store.release(file.uploadID)
             defer { retireIfDone() }
@@ -801,6 +816,23 @@ final class NativeSessionDriver {
                 perform(machine!.committed(.failure(.storage(e))))
             }
         }
+    }
+
+    /// FINISH for an upload stored before: its digest must be the receipt's; then the answer is
+    /// the stored name, and nothing is stored again. A mismatch drops the receipt (the stored
+    /// file stays): the next try is a new upload.
+    private func verifyStored(_ receipt: UploadReceipt, _ f: UDPWire.Finish) {
+        let matches = receipt.digest == f.digest
+        storedReceipt = nil
+        server.store.release(file.uploadID)
+        if matches {
+            server.statistics.uploadsAlreadyStored += 1
+            server.logger.info("udp upload already stored", metadata: ["upload": "\(file.uploadID)", "name": "\(receipt.storedName)", "source": "\(source)"])
+        } else {
+            server.store.forgetStored(file.uploadID)
+        }
+        perform(machine!.verified(matches, detail: "digest mismatch with the upload stored under this id: stored \(receipt.digest.hexString), sender announced \(f.digest.hexString)"))
+        if matches { perform(machine!.committed(.success(receipt.storedName))) }
     }
 
     private func sendStatus() {
@@ -852,6 +884,9 @@ final class NativeSessionDriver {
             } else {
                 server.store.discard(partial.fd, path: partial.path, metaPath: partial.metaPath)
             }
+            server.store.release(file.uploadID)
+        } else if storedReceipt != nil {
+            storedReceipt = nil
             server.store.release(file.uploadID)
         }
         end()

@@ -175,6 +175,45 @@ public enum BlockingFileSystem {
         _ = try run("fs_link", to) { uv_fs_link(nil, $0, from, to, nil) }
     }
 
+    /// Renames `from` to `to`, replacing `to` if it exists (one step: nobody sees neither or
+    /// half of it). The libuv function is `uv_fs_rename`.
+    public static func rename(_ from: String, to: String) throws(UVOperationError) {
+        _ = try run("fs_rename", to) { uv_fs_rename(nil, $0, from, to, nil) }
+    }
+
+    /// What `status(of:)` and `status(atPath:)` report about a file.
+    public struct FileStatus: Sendable, Equatable {
+        public var device: UInt64
+        public var inode: UInt64
+        public var size: UInt64
+        /// Names the file has (hard links).
+        public var links: UInt64
+        public var isRegularFile: Bool
+    }
+
+    /// The libuv function is `uv_fs_fstat`.
+    public static func status(of fd: FileDescriptor, target: String? = nil) throws(UVOperationError) -> FileStatus {
+        try statusRun("fs_fstat", target) { uv_fs_fstat(nil, $0, fd.rawValue, nil) }
+    }
+
+    /// The file at `path` itself (a symbolic link is not followed). The libuv function is `uv_fs_lstat`.
+    public static func status(atPath path: String) throws(UVOperationError) -> FileStatus {
+        try statusRun("fs_lstat", path) { uv_fs_lstat(nil, $0, path, nil) }
+    }
+
+    private static func statusRun(_ operation: String, _ target: String?, _ call: (UnsafeMutablePointer<uv_fs_t>) -> Int32) throws(UVOperationError) -> FileStatus {
+        let (status, file) = withUnsafeTemporaryAllocation(of: uv_fs_t.self, capacity: 1) { request -> (Int32, FileStatus) in
+            let req = request.baseAddress!
+            let status = call(req)
+            let s: uv_stat_t = req.pointee.statbuf
+            uv_fs_req_cleanup(req)
+            let type: UInt64 = s.st_mode & 0o170000  // S_IFMT
+            return (status, FileStatus(device: s.st_dev, inode: s.st_ino, size: s.st_size, links: s.st_nlink, isRegularFile: type == 0o100000))  // S_IFREG
+        }
+        if status < 0 { throw UVOperationError(operation, target: target, code: status) }
+        return file
+    }
+
     /// The libuv function is `uv_fs_unlink`.
     public static func unlink(_ path: String) throws(UVOperationError) {
         _ = try run("fs_unlink", path) { uv_fs_unlink(nil, $0, path, nil) }

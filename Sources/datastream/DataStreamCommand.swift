@@ -41,7 +41,7 @@ struct Serve: ParsableCommand {
     @Flag(help: "fsync each file before it is put into place, and the directory after (an acknowledged upload survives a power cut).") var fsync = false
     @Option(help: "Largest file accepted (bytes, or with a unit: 64MiB, 1GiB); checked before a byte is written.") var maxFileSize = "1TiB"
     @Option(help: "Free space to keep on the target file system (bytes, or 64MiB, 1GiB); an upload that would not fit, counting those in progress, is refused at its start.") var minFreeSpace = "64MiB"
-    @Option(help: "At start, remove native partial uploads not written to for this many seconds (default 7 days); the rest stay resumable.") var partialMaxAge: Double = 7 * 86_400
+    @Option(help: "At start, remove native partial uploads not written to for this many seconds (default 7 days); the rest stay resumable. Receipts of uploads stored that long ago go too.") var partialMaxAge: Double = 7 * 86_400
     @Option(help: "Longest file name accepted from native clients, in UTF-8 bytes.") var maxNameLength = NamePolicy.defaultMaxLength
     @Option(help: "Connections at once; at the cap, accepting pauses until one closes (default: half of the descriptor limit less 128).") var maxConnections: Int?
     @Option(help: "Connections at once from one IP address; more are refused with an error (0: no limit).") var maxConnectionsPerAddress = 0
@@ -161,7 +161,7 @@ struct Serve: ParsableCommand {
         }
         loop.run()
         let s = server.statistics
-        FileHandle.standardError.write(Data("datastream: stopped; \(s.uploadsStored) uploads stored, \(s.uploadsFailed) failed, \(s.connectionsAccepted) connections (\(s.connectionsTimedOut) timed out, \(s.connectionsRefused) refused), \(s.uploadsDrained) drained\n".utf8))
+        FileHandle.standardError.write(Data("datastream: stopped; \(s.uploadsStored) uploads stored\(s.uploadsAlreadyStored > 0 ? " (and \(s.uploadsAlreadyStored) sent again, already stored)" : ""), \(s.uploadsFailed) failed, \(s.connectionsAccepted) connections (\(s.connectionsTimedOut) timed out, \(s.connectionsRefused) refused), \(s.uploadsDrained) drained\n".utf8))
         try? loop.close()
     }
 }

@@ -94,6 +94,23 @@ struct PartialMetadataTests {
         #expect(PartialMetadata(decoding: m.encoded) == m)
         #expect(PartialMetadata(decoding: Array("garbage".utf8)) == nil)
     }
+
+    @Test func receiptRoundTripsAndIsNotMetadata() {
+        let header = FileHeader(uploadID: .random(), size: 77, digest: .xxh3_128, name: "ü b\nc.txt")
+        let r = UploadReceipt(header: header, storedName: "ü b_c-2.txt", digest: [0, 1, 0xfe, 0xff])
+        #expect(UploadReceipt(decoding: r.encoded) == r)
+        #expect(UploadReceipt(decoding: PartialMetadata(header).encoded) == nil)
+        #expect(PartialMetadata(decoding: r.encoded) == nil)
+        #expect(UploadReceipt(decoding: Array("garbage".utf8)) == nil)
+        // Any field missing or malformed: no receipt.
+        let lines = String(decoding: r.encoded, as: UTF8.self).split(separator: "\n")
+        for key in ["id", "size", "digest", "name", "stored", "sum"] {
+            let without = lines.filter { !$0.hasPrefix(key + " ") }.joined(separator: "\n") + "\n"
+            #expect(UploadReceipt(decoding: Array(without.utf8)) == nil, "without \(key)")
+            let broken = lines.map { $0.hasPrefix(key + " ") ? key + " zz" + $0.dropFirst(key.count + 1) : String($0) }.joined(separator: "\n") + "\n"
+            #expect(UploadReceipt(decoding: Array(broken.utf8)) == nil, "malformed \(key)")
+        }
+    }
 }
 
 struct WaterMarksTests {

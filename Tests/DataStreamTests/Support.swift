@@ -65,8 +65,14 @@ final class BackgroundServer: @unchecked Sendable {
         ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0 != ".datastream" }.sorted()
     }
 
+    /// Files of partial uploads (data, metadata, seed partials): not the receipts of stored uploads.
     func partials() -> [String] {
-        ((try? FileManager.default.contentsOfDirectory(atPath: directory + "/.datastream/partial")) ?? []).sorted()
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory + "/.datastream/partial")) ?? []).filter { !$0.hasSuffix(".done") }.sorted()
+    }
+
+    /// Receipts of stored native uploads (`ID.done`).
+    func receipts() -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory + "/.datastream/partial")) ?? []).filter { $0.hasSuffix(".done") }.sorted()
     }
 
     func contents(_ name: String) -> [UInt8]? {

@@ -135,7 +135,7 @@ def main():
             line = (f"round {r}: killed after {len(confirmed)} confirmed, {len(partials)} partials held; "
                     f"{len(bad)} bad files under final names after the kill; restart: {len(rest)} resent, "
                     f"{resumed} resumed from a partial, {failed} failed; end: {len(bad_after)} bad, "
-                    f"{len(missing)} missing, {duplicates} duplicates (stored but unconfirmed before the kill)")
+                    f"{len(missing)} missing, {duplicates} duplicates (stored twice: must be 0)")
             print(line, flush=True)
             totals["rounds"] += 1
             totals["uploads"] += a.uploads
@@ -150,7 +150,9 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("summary: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
-    sys.exit(1 if totals["bad"] or totals["failed_after_restart"] else 0)
+    # A resent upload that was stored before the kill is answered from its receipt (or, killed
+    # between linking and the receipt, found by its inode): never stored twice.
+    sys.exit(1 if totals["bad"] or totals["failed_after_restart"] or totals["duplicates"] else 0)
 
 
 if __name__ == "__main__":
