@@ -84,7 +84,7 @@ def main():
     a = ap.parse_args()
     rng = random.Random(a.seed)
     work = tempfile.mkdtemp(prefix="datastream-kill9-")
-    totals = dict(rounds=0, uploads=0, bad=0, confirmed_before_kill=0, interrupted=0, resumed=0, duplicates=0, failed_after_restart=0)
+    totals = dict(rounds=0, uploads=0, bad=0, confirmed_before_kill=0, interrupted=0, resumed=0, stored_unconfirmed=0, duplicates=0, failed_after_restart=0)
     try:
         for r in range(1, a.rounds + 1):
             src_dir, target = os.path.join(work, f"src{r}"), os.path.join(work, f"in{r}")
@@ -115,6 +115,9 @@ def main():
                     if o.get("ok"):
                         confirmed.add(os.path.basename(o["path"]))
             bad, stored = check_final_names(target, sources)
+            # Stored before the kill, but the client never got its RESULT: resent below, these
+            # must be answered from their receipts, not stored again.
+            unconfirmed_stored = [n for n in stored if n not in confirmed]
             partials = [p for p in os.listdir(os.path.join(target, ".datastream", "partial")) if p.endswith(".part")]
             # Restart and resume what was not confirmed.
             server = start_server(a.binary, target, port, log)
@@ -134,7 +137,8 @@ def main():
             duplicates = sum(len(v) - 1 for v in stored_after.values())
             line = (f"round {r}: killed after {len(confirmed)} confirmed, {len(partials)} partials held; "
                     f"{len(bad)} bad files under final names after the kill; restart: {len(rest)} resent, "
-                    f"{resumed} resumed from a partial, {failed} failed; end: {len(bad_after)} bad, "
+                    f"{resumed} resumed from a partial, {len(unconfirmed_stored)} stored before the kill but unconfirmed, "
+                    f"{failed} failed; end: {len(bad_after)} bad, "
                     f"{len(missing)} missing, {duplicates} duplicates (stored twice: must be 0)")
             print(line, flush=True)
             totals["rounds"] += 1
@@ -144,6 +148,7 @@ def main():
             totals["interrupted"] += len(partials)
             totals["resumed"] += resumed
             totals["duplicates"] += duplicates
+            totals["stored_unconfirmed"] += len(unconfirmed_stored)
             totals["failed_after_restart"] += failed
             shutil.rmtree(src_dir)
             shutil.rmtree(target)
