@@ -188,7 +188,6 @@ public enum BlockingFileSystem {
         public var size: UInt64
         /// Names the file has (hard links).
         public var links: UInt64
-        public var isRegularFile: Bool
     }
 
     /// The libuv function is `uv_fs_fstat`.
@@ -207,8 +206,7 @@ public enum BlockingFileSystem {
             let status = call(req)
             let s: uv_stat_t = req.pointee.statbuf
             uv_fs_req_cleanup(req)
-            let type: UInt64 = s.st_mode & 0o170000  // S_IFMT
-            return (status, FileStatus(device: s.st_dev, inode: s.st_ino, size: s.st_size, links: s.st_nlink, isRegularFile: type == 0o100000))  // S_IFREG
+            return (status, FileStatus(device: s.st_dev, inode: s.st_ino, size: s.st_size, links: s.st_nlink))
         }
         if status < 0 { throw UVOperationError(operation, target: target, code: status) }
         return file

@@ -153,6 +153,35 @@ struct FileSystemTests {
         #expect(!FileManager.default.fileExists(atPath: source))
     }
 
+    /// `status` sees a file through its descriptor and through each of its names alike (same
+    /// inode, size and link count), and not through a symbolic link; `rename` replaces its target
+    /// in one step. Failures are typed like the other calls.
+    @Test func statusAndRename() throws {
+        let dir = "/tmp/uv-status-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        mkdir(dir, 0o755)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(FileManager.default.createFile(atPath: dir + "/a", contents: Data("hello".utf8)))
+        #expect(FileManager.default.createFile(atPath: dir + "/old", contents: Data("old".utf8)))
+        #expect(link(dir + "/a", dir + "/b") == 0)
+        #expect(symlink(dir + "/a", dir + "/s") == 0)
+        let fd = try BlockingFileSystem.open(dir + "/a", flags: [.readOnly])
+        defer { try? BlockingFileSystem.close(fd) }
+        let viaDescriptor = try BlockingFileSystem.status(of: fd)
+        let viaA = try BlockingFileSystem.status(atPath: dir + "/a"), viaB = try BlockingFileSystem.status(atPath: dir + "/b")
+        #expect(viaDescriptor == viaA && viaA == viaB)
+        #expect(viaA.size == 5 && viaA.links == 2)
+        #expect(try BlockingFileSystem.status(atPath: dir + "/s").inode != viaA.inode)
+        #expect(throws: UVOperationError.self) { try BlockingFileSystem.status(atPath: dir + "/missing") }
+        try BlockingFileSystem.rename(dir + "/b", to: dir + "/old")
+        #expect(FileManager.default.contents(atPath: dir + "/old") == Data("hello".utf8))
+        #expect(try BlockingFileSystem.status(atPath: dir + "/old").inode == viaA.inode)
+        #expect(!FileManager.default.fileExists(atPath: dir + "/b"))
+        do throws(UVOperationError) { try BlockingFileSystem.rename(dir + "/b", to: dir + "/c"); Issue.record("renamed a missing file") } catch {
+            #expect(error.error == .noSuchFile)
+            #expect(error.description.contains("fs_rename"))
+        }
+    }
+
     /// A file opened without a name is invisible until linked, then has exactly its bytes;
     /// linking onto a taken name is EEXIST (never a replacement); an unlinked one leaves nothing.
     @Test func unnamedFileIsInvisibleUntilLinked() throws {
