@@ -189,7 +189,13 @@ final class UDPReceiver: UDPSocketReceiver {
     // MARK: - Seed
 
     private func startSeed(size: UInt64, from source: SocketAddress) {
-        guard !closing, !server.isDraining else { return }
+        guard !closing else { return }
+        guard !server.isDraining else {
+            // Seed UDP cannot answer: the log is where the sender's operator learns of it.
+            server.statistics.udpSessionsRefused += 1
+            logger.warning("udp seed upload refused: the server is shutting down", metadata: ["source": "\(source)", "declared": "\(size)"])
+            return
+        }
         guard server.seedProtocolAllowed else {
             server.statistics.udpSessionsRefused += 1
             logger.warning("udp seed upload refused: \(ProtocolError.seedProtocolDisabled)", metadata: ["source": "\(source)"])

@@ -99,6 +99,41 @@ struct DrainShutdownTests {
         #expect(server.contents("udp-drain.bin") == data)
     }
 
+    /// Seed UDP while draining: an upload in progress goes on to its end and is stored; one
+    /// that begins after the signal is refused, and the log says so (the protocol cannot).
+    @Test func aSeedUDPUploadInProgressFinishesAndANewOneIsRefusedWhileDraining() throws {
+        let server = try ServeProcess(arguments: ["--drain-timeout", "20", "--log-level", "notice"], udp: true)
+        let data = content(96, count: 600 * 1024)
+        let path = writeTemporaryFile(data, name: "seed-udp-drain.bin")
+        let sender = Process()
+        sender.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
+        sender.arguments = ["send", path, "--to", "127.0.0.1:\(server.port)", "--udp", "--seed-protocol"]  // 1 ms per datagram: about 0.6 s
+        sender.standardOutput = FileHandle.nullDevice
+        sender.standardError = FileHandle.nullDevice
+        try sender.run()
+        usleep(250_000)
+        kill(server.process.processIdentifier, SIGTERM)
+        usleep(100_000)
+        // A new seed upload from another socket, after the signal.
+        let late = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(late) }
+        var address = loopbackAddress(port: server.port)
+        for datagram in [Array("5".utf8), Array("hello".utf8), Array("EOF".utf8)] {
+            _ = datagram.withUnsafeBytes { bytes in
+                withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(late, bytes.baseAddress, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            }
+        }
+        sender.waitUntilExit()
+        #expect(sender.terminationStatus == 0)
+        let end = try #require(server.stop(signal: 0))
+        #expect(end.status == 0)
+        #expect(end.log.contains("udp seed upload refused: the server is shutting down"), "\(end.log)")
+        #expect(end.log.contains("1 stored while draining"), "\(end.log)")
+        let stored = server.storedFiles()
+        #expect(stored.count == 1, "\(stored)")
+        #expect(stored.first.flatMap { server.contents($0) } == data)
+    }
+
     @Test func aSecondSignalExitsAtOnce() throws {
         let server = try ServeProcess(arguments: ["--drain-timeout", "60"])
         let native = try BlockingClient(port: server.port)
