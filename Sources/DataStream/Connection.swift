@@ -437,8 +437,8 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         case .openUpload(let header):
             uploadBegan = true
             if let full = server.disk.reserve(header.size) {
-                log(.warning, "upload refused: \(full)", metadata: ["upload": "\(header.uploadID)", "name": "\(header.name)"])
-                perform(machine.uploadOpenFailed(full))
+                // No room for a new upload; one stored before needs none (its receipt answers).
+                openNative(header, refusingNewWith: full)
                 return
             }
             diskReservation = header.size
@@ -600,8 +600,10 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         }
     }
 
-    private func openNative(_ header: FileHeader) {
-        store.openNative(header) { [self] result in
+    /// Opens (or resumes) the upload through the store; with `refusal`, only an upload stored
+    /// before is accepted and anything else gets `refusal`.
+    private func openNative(_ header: FileHeader, refusingNewWith refusal: ProtocolError? = nil) {
+        let completion: (Result<Store.NativeOpening, ProtocolError>) -> Void = { [self] result in
             switch result {
             case .success(.stored(let receipt)):
                 if closing {
@@ -631,6 +633,11 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                 perform(machine.uploadOpenFailed(error))
             }
             resumeHeld()
+        }
+        if let refusal {
+            store.openStoredNative(header, refusal: refusal, completion: completion)
+        } else {
+            store.openNative(header, completion: completion)
         }
     }
 

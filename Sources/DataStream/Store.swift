@@ -324,6 +324,16 @@ public final class Store {
     /// (and the stored file still holds it), else resumes its partial if the metadata matches,
     /// else creates one. The upload id is marked busy until `release(_:)`.
     func openNative(_ header: FileHeader, completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
+        openNative(header, ifNotStored: { [self] done in openPartial(header, done) }, completion: completion)
+    }
+
+    /// `openNative` for an upload that may only be answered from its receipt (the disk has no
+    /// room for a new one): fails with `refusal` unless it was stored before.
+    func openStoredNative(_ header: FileHeader, refusal: ProtocolError, completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
+        openNative(header, ifNotStored: { done in done(.failure(refusal)) }, completion: completion)
+    }
+
+    private func openNative(_ header: FileHeader, ifNotStored: @escaping (@escaping (Result<NativeOpening, ProtocolError>) -> Void) -> Void, completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
         guard !activeUploads.contains(header.uploadID) else {
             completion(.failure(.uploadBusy))
             return
@@ -337,13 +347,13 @@ public final class Store {
         readSmallFile(receiptPath) { [self] r in
             switch r {
             case .failure(let e) where e.error == .noSuchFile:
-                openPartial(header, done)
+                ifNotStored(done)
             case .failure(let e):
                 done(.failure(.storage(e)))
             case .success(let bytes):
                 guard let receipt = UploadReceipt(decoding: bytes), receipt.header == header else {
                     unlinkQuietly(receiptPath)
-                    openPartial(header, done)
+                    ifNotStored(done)
                     return
                 }
                 storedFileMatches(receipt) { [self] matches in
@@ -354,7 +364,7 @@ public final class Store {
                         done(.success(.stored(receipt)))
                     } else {
                         unlinkQuietly(receiptPath)
-                        openPartial(header, done)
+                        ifNotStored(done)
                     }
                 }
             }

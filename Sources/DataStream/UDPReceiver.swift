@@ -334,16 +334,14 @@ final class UDPReceiver: UDPSocketReceiver {
             refuse(.uploadBusy)
             return
         }
-        if let full = server.disk.reserve(start.file.size) {
-            refuse(full)
-            return
-        }
+        // No room for a new upload: only one stored before (answered from its receipt) goes on.
+        let refusal = server.disk.reserve(start.file.size)
         var file = start.file
         file.name = name
         var id: UInt64 = 0
         repeat { id = UInt64.random(in: 1...UInt64.max) } while sessions[id] != nil
         let session = NativeSessionDriver(receiver: self, id: id, source: source, clientNonce: start.clientNonce, file: file,
-                                          chunkSize: chunkSize, windowChunks: windowChunks)
+                                          chunkSize: chunkSize, windowChunks: windowChunks, newUploadRefusal: refusal)
         sessions[id] = session
         liveSessions += 1
         byNonce[key] = id
@@ -366,7 +364,7 @@ final class UDPReceiver: UDPSocketReceiver {
     func releaseSlot(_ s: NativeSessionDriver) {
         guard s.holdsSlot else { return }
         s.holdsSlot = false
-        server.disk.release(s.file.size)
+        if s.newUploadRefusal == nil { server.disk.release(s.file.size) }
         activeNative -= 1
         let k = hostKey(s.source)
         perAddress[k, default: 1] -= 1
@@ -608,6 +606,9 @@ final class NativeSessionDriver {
     var isDirty = false
     /// Counted against the receiver's session caps (until finished or ended).
     var holdsSlot = true
+    /// Set when the disk had no room for this upload (nothing reserved for it): only an upload
+    /// stored before may go on (answered from its receipt); anything else is refused with this.
+    let newUploadRefusal: ProtocolError?
     private var machine: ReliableUDPReceiver?
     private var partial: Store.NativePartial?
     /// Set instead of `partial` when the upload was stored before (its receipt): nothing is
@@ -625,7 +626,8 @@ final class NativeSessionDriver {
     private var retired = false
     private var startedAt: UInt64
 
-    init(receiver: UDPReceiver, id: UInt64, source: SocketAddress, clientNonce: UInt64, file: FileHeader, chunkSize: Int, windowChunks: UInt32) {
+    init(receiver: UDPReceiver, id: UInt64, source: SocketAddress, clientNonce: UInt64, file: FileHeader, chunkSize: Int, windowChunks: UInt32, newUploadRefusal: ProtocolError? = nil) {
+        self.newUploadRefusal = newUploadRefusal
         self.receiver = receiver
         self.id = id
         self.source = source
@@ -641,7 +643,7 @@ final class NativeSessionDriver {
 
     func open() {
         opening = true
-        server.store.openNative(file) { [self] result in
+        let completion: (Result<Store.NativeOpening, ProtocolError>) -> Void = { [self] result in
             opening = false
             guard !ended else {
                 if case .success(let opening) = result {
@@ -676,6 +678,11 @@ final class NativeSessionDriver {
                 machine!.sent(bytes: accept.count)
                 server.logger.debug("udp upload opened", metadata: ["upload": "\(file.uploadID)", "name": "\(file.name)", "size": "\(file.size)", "held": "\(held)", "chunk": "\(chunkSize)"])
             }
+        }
+        if let newUploadRefusal {
+            server.store.openStoredNative(file, refusal: newUploadRefusal, completion: completion)
+        } else {
+            server.store.openNative(file, completion: completion)
         }
     }
 

@@ -76,6 +76,36 @@ struct ReceiptTests {
         #expect(server.statistics.uploadsAlreadyStored == 2)
     }
 
+    /// A disk with no room for a new upload still answers one stored before (it needs none),
+    /// over TCP and UDP; a new one is refused as disk full.
+    @Test func aStoredUploadIsAnsweredEvenWhenTheDiskHasNoRoomForANewOne() throws {
+        let directory = BackgroundServer.temporaryDirectory()
+        let data = content(58, count: 40_000)
+        let header = FileHeader(uploadID: .random(), size: UInt64(data.count), digest: .xxh3_128, name: "full.bin")
+        let viaUDP = writeTemporaryFile(content(59, count: 30_000), name: "full-udp.bin")
+        let roomy = try BackgroundServer(directory: directory)
+        #expect(try upload(header, data, port: roomy.port).storedName == "full.bin")
+        #expect(try sendUDP([viaUDP], port: roomy.port).0.map(\.storedName) == ["full-udp.bin"])
+        roomy.stop()
+
+        let full = try BackgroundServer(directory: directory) { $0.minFreeSpace = UInt64.max / 4 }
+        defer { full.stop() }
+        #expect(try upload(header, data, port: full.port, expectOffset: UInt64(data.count)).storedName == "full.bin")
+        let (again, _) = try sendUDP([viaUDP], port: full.port)
+        #expect(again.map(\.succeeded) == [true], "\(again.map(\.message))")
+        #expect(again.map(\.storedName) == ["full-udp.bin"])
+        // Anything new: refused at its start.
+        let client = try BlockingClient(port: full.port)
+        try client.handshake()
+        client.send(Wire.file(FileHeader(uploadID: .random(), size: 10, digest: .xxh3_128, name: "new.bin")))
+        let refused = try Wire.decodeResult(try #require(client.readFrame()).payload)
+        #expect(refused.status == .storageFailed)
+        #expect(refused.message.contains("available"), "\(refused.message)")
+        let (newUDP, _) = try sendUDP([writeTemporaryFile(content(60, count: 1000), name: "new-udp.bin")], port: full.port)
+        #expect(newUDP.map(\.succeeded) == [false])
+        #expect(full.storedFiles() == ["full-udp.bin", "full.bin"])
+    }
+
     @Test func aStoredFileThatWasRemovedOrReplacedIsStoredAgain() throws {
         let server = try BackgroundServer()
         defer { server.stop() }
