@@ -227,7 +227,7 @@ struct PartialSweepTests {
         try ended.run()
         ended.waitUntilExit()
         func touch(_ name: String, ageSeconds: Int = 0) {
-            FileManager.default.createFile(atPath: partial + "/" + name, contents: Data("x".utf8))
+            #expect(FileManager.default.createFile(atPath: partial + "/" + name, contents: Data("x".utf8)))
             if ageSeconds > 0 {
                 var times = [timeval(tv_sec: time(nil) - ageSeconds, tv_usec: 0), timeval(tv_sec: time(nil) - ageSeconds, tv_usec: 0)]
                 utimes(partial + "/" + name, &times)

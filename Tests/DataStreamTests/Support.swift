@@ -220,7 +220,7 @@ func sendFiles(_ paths: [String], port: Int, token: String? = nil, seed: Bool = 
 func writeTemporaryFile(_ bytes: [UInt8], name: String) -> String {
     let dir = BackgroundServer.temporaryDirectory()
     let path = dir + "/" + name
-    FileManager.default.createFile(atPath: path, contents: Data(bytes))
+    precondition(FileManager.default.createFile(atPath: path, contents: Data(bytes)), "cannot write \(path)")
     return path
 }
 
