@@ -254,7 +254,10 @@ struct Send: ParsableCommand {
         }
         for r in results {
             if r.succeeded {
-                let resumed = r.resumedFrom > 0 ? " (resumed at \(r.resumedFrom))" : ""
+                // The server held every byte already: stored before (its receipt), or all
+                // received and only the confirmation missing.
+                let resumed = r.resumedFrom > 0 && r.resumedFrom == r.size ? " (already on the server, nothing sent)"
+                    : r.resumedFrom > 0 ? " (resumed at \(r.resumedFrom))" : ""
                 let stored = r.storedName.isEmpty ? "" : " as \(r.storedName)"
                 print("ok      \(r.path): \(r.size) bytes\(stored)\(resumed)")
             } else {
