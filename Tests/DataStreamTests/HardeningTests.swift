@@ -188,6 +188,54 @@ struct SecurityDefaultTests {
 }
 
 struct DescriptorExhaustionTests {
+    /// Large seed uploads go socket → pipe → file by `splice`, through a pipe each file thread
+    /// makes the first time. With no descriptors left for that pipe (a limit three above what
+    /// the server holds: the connection, its file, and one spare, so no room for the pipe's two),
+    /// the upload goes by copy instead and is stored byte for byte; the server holds no pipe
+    /// afterwards (with room, it keeps the thread's pipe).
+    @Test func aLargeSeedUploadIsStoredByCopyWhenNoDescriptorIsLeftForTheSplicePipe() throws {
+        func descriptors(_ pid: Int32) -> [String] {
+            ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).map {
+                (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)")) ?? "?"
+            }
+        }
+        let data = content(97, count: 3 << 20)
+        func upload(_ port: Int) throws {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            try connectLoopback(fd, port: port)
+            let message = Array("\(data.count)".utf8) + data
+            var sent = 0
+            while sent < message.count {
+                let n = message[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+                guard n > 0 else { throw TestError("send failed") }
+                sent += n
+            }
+            shutdown(fd, Int32(SHUT_WR))
+            var byte: UInt8 = 0
+            _ = recv(fd, &byte, 1, 0)  // the server's close
+        }
+        // With room: the upload is spliced, and the thread's pipe stays.
+        let roomy = try ServeProcess(arguments: ["--max-connections", "1"])
+        let baseline = descriptors(roomy.process.processIdentifier).count
+        try upload(roomy.port)
+        #expect(roomy.eventually { roomy.storedFiles().count == 1 })
+        // Its connection and file are closed; the file thread's pipe (two descriptors) stays.
+        #expect(roomy.eventually { descriptors(roomy.process.processIdentifier).count == baseline + 2 }, "baseline \(baseline): \(descriptors(roomy.process.processIdentifier))")
+        _ = roomy.stop()
+
+        let tight = try ServeProcess(arguments: ["--max-connections", "1"], shellPrefix: "ulimit -n \(baseline + 3)")
+        #expect(descriptors(tight.process.processIdentifier).count == baseline)
+        try upload(tight.port)
+        #expect(tight.eventually { tight.storedFiles().count == 1 })
+        let name = try #require(tight.storedFiles().first)
+        #expect(tight.contents(name) == data)
+        #expect(tight.eventually { descriptors(tight.process.processIdentifier).count == baseline }, "baseline \(baseline): \(descriptors(tight.process.processIdentifier))")
+        let end = try #require(tight.stop())
+        #expect(end.status == 0)
+        #expect(end.log.contains("1 uploads stored, 0 failed"), "\(end.log)")
+    }
+
     /// `ulimit -n 40` with a connection cap far above it: accept runs out of descriptors. The
     /// server pauses accepting (no busy loop, no crash), logs why, and serves again once
     /// descriptors are free.
