@@ -324,16 +324,20 @@ public final class Store {
     /// (and the stored file still holds it), else resumes its partial if the metadata matches,
     /// else creates one. The upload id is marked busy until `release(_:)`.
     func openNative(_ header: FileHeader, completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
-        openNative(header, ifNotStored: { [self] done in openPartial(header, done) }, completion: completion)
+        openNative(header, ifNotStored: { [self] meta, done in openPartial(header, meta: meta, done) }, completion: completion)
     }
 
     /// `openNative` for an upload that may only be answered from its receipt (the disk has no
     /// room for a new one): fails with `refusal` unless it was stored before.
     func openStoredNative(_ header: FileHeader, refusal: ProtocolError, completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
-        openNative(header, ifNotStored: { done in done(.failure(refusal)) }, completion: completion)
+        openNative(header, ifNotStored: { _, done in done(.failure(refusal)) }, completion: completion)
     }
 
-    private func openNative(_ header: FileHeader, ifNotStored: @escaping (@escaping (Result<NativeOpening, ProtocolError>) -> Void) -> Void, completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
+    /// What is done when the upload was not stored before: given the partial's metadata (nil if
+    /// there is none) and the completion.
+    private typealias IfNotStored = (_ meta: [UInt8]?, _ done: @escaping (Result<NativeOpening, ProtocolError>) -> Void) -> Void
+
+    private func openNative(_ header: FileHeader, ifNotStored: @escaping IfNotStored, completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
         guard !activeUploads.contains(header.uploadID) else {
             completion(.failure(.uploadBusy))
             return
@@ -343,31 +347,56 @@ public final class Store {
             if case .failure = r { activeUploads.remove(header.uploadID) }
             completion(r)
         }
-        let receiptPath = receiptPath(header.uploadID)
-        readSmallFile(receiptPath) { [self] r in
+        let receiptPath = receiptPath(header.uploadID), metaPath = metaPath(header.uploadID)
+        let lookedUp: (Result<(receipt: [UInt8]?, meta: [UInt8]?), UVOperationError>?) -> Void = { [self] r in
             switch r {
-            case .failure(let e) where e.error == .noSuchFile:
-                ifNotStored(done)
-            case .failure(let e):
+            case nil:
+                done(.failure(.storage(UVOperationError("queue_work", code: UVError.canceled.code))))
+            case .failure(let e)?:
                 done(.failure(.storage(e)))
-            case .success(let bytes):
+            case .success(let found)?:
+                guard let bytes = found.receipt else { ifNotStored(found.meta, done); return }
                 guard let receipt = UploadReceipt(decoding: bytes), receipt.header == header else {
                     unlinkQuietly(receiptPath)
-                    ifNotStored(done)
+                    ifNotStored(found.meta, done)
                     return
                 }
                 storedFileMatches(receipt) { [self] matches in
                     if matches {
                         // A partial left beside it (a crash after storing) is of no more use.
                         unlinkQuietly(partialPath(header.uploadID))
-                        unlinkQuietly(metaPath(header.uploadID))
+                        unlinkQuietly(metaPath)
                         done(.success(.stored(receipt)))
                     } else {
                         unlinkQuietly(receiptPath)
-                        ifNotStored(done)
+                        ifNotStored(found.meta, done)
                     }
                 }
             }
+        }
+        // One work item reads both: most uploads have neither, and learn it in one round trip.
+        do throws(UVOperationError) {
+            try runBlocking({ () -> Result<(receipt: [UInt8]?, meta: [UInt8]?), UVOperationError> in
+                do throws(UVOperationError) {
+                    return .success((try Store.readSmallNow(receiptPath), try Store.readSmallNow(metaPath)))
+                } catch {
+                    return .failure(error)
+                }
+            }, completion: lookedUp)
+        } catch {
+            done(.failure(.storage(error)))
+        }
+    }
+
+    /// A small file's bytes (at most 4 KiB: receipts and metadata), or nil if there is none
+    /// (blocking: threadpool only).
+    private static func readSmallNow(_ path: String) throws(UVOperationError) -> [UInt8]? {
+        let fd: FileDescriptor
+        do throws(UVOperationError) { fd = try BlockingFileSystem.open(path, flags: [.readOnly, .noFollow]) } catch where error.error == .noSuchFile { return nil }
+        defer { try? BlockingFileSystem.close(fd, target: path) }
+        return try withUnsafeTemporaryAllocation(byteCount: 4096, alignment: 16) { (buffer) throws(UVOperationError) -> [UInt8] in
+            let n = try BlockingFileSystem.read(fd, into: buffer, offset: 0, target: path)
+            return Array(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
         }
     }
 
@@ -396,27 +425,23 @@ public final class Store {
     /// Forgets that an upload was stored (its receipt): the client's digest did not match it.
     func forgetStored(_ id: UploadID) { unlinkQuietly(receiptPath(id)) }
 
-    private func openPartial(_ header: FileHeader, _ done: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
-        let meta = metaPath(header.uploadID)
-        readSmallFile(meta) { [self] r in
-            switch r {
-            case .failure(let e) where e.error == .noSuchFile:
-                createNative(header, done)
-            case .failure(let e):
-                done(.failure(.storage(e)))
-            case .success(let bytes):
-                guard let recorded = PartialMetadata(decoding: bytes) else {
-                    done(.failure(.storageFailed(reason: "unreadable metadata \(meta)")))
-                    return
-                }
-                let held = recorded.header
-                guard held == header else {
-                    done(.failure(.resumeMismatch(detail: "held upload is \(held.size) bytes, \(held.digest.name), \"\(held.name)\"; announced \(header.size) bytes, \(header.digest.name), \"\(header.name)\"")))
-                    return
-                }
-                resumeNative(header, done)
-            }
+    /// Resumes the partial its metadata (`meta`, as read) describes, if it matches `header`;
+    /// creates one if there is no metadata.
+    private func openPartial(_ header: FileHeader, meta bytes: [UInt8]?, _ done: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
+        guard let bytes else {
+            createNative(header, done)
+            return
         }
+        guard let recorded = PartialMetadata(decoding: bytes) else {
+            done(.failure(.storageFailed(reason: "unreadable metadata \(metaPath(header.uploadID))")))
+            return
+        }
+        let held = recorded.header
+        guard held == header else {
+            done(.failure(.resumeMismatch(detail: "held upload is \(held.size) bytes, \(held.digest.name), \"\(held.name)\"; announced \(header.size) bytes, \(header.digest.name), \"\(header.name)\"")))
+            return
+        }
+        resumeNative(header, done)
     }
 
     /// Marks the upload id free again (its connection is done with it).
@@ -829,30 +854,6 @@ public final class Store {
 
     private func submit<T>(_ completion: @escaping (Result<T, UVOperationError>) -> Void, _ body: () throws(UVOperationError) -> Void) {
         do throws(UVOperationError) { try body() } catch { completion(.failure(error)) }
-    }
-
-    private func readSmallFile(_ path: String, completion: @escaping (Result<[UInt8], UVOperationError>) -> Void) {
-        submit(completion) { [fs] () throws(UVOperationError) in
-            try fs.open(path, flags: [.readOnly, .noFollow]) { [self] r in
-                switch r {
-                case .failure(let e): completion(.failure(e))
-                case .success(let fd):
-                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 16)
-                    do throws(UVOperationError) {
-                        try fs.read(fd, into: buffer, offset: 0, target: path) { [self] r in
-                            let result = r.map { Array(UnsafeRawBufferPointer(rebasing: buffer[0..<$0])) }
-                            buffer.deallocate()
-                            closeQuietly(fd, path)
-                            completion(result)
-                        }
-                    } catch {
-                        buffer.deallocate()
-                        closeQuietly(fd, path)
-                        completion(.failure(error))
-                    }
-                }
-            }
-        }
     }
 
     private func writeSmallFile(_ path: String, _ bytes: [UInt8], completion: @escaping (UVOperationError?) -> Void) {

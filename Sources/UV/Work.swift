@@ -165,6 +165,13 @@ public enum BlockingFileSystem {
         }
     }
 
+    /// Reads up to `buffer.count` bytes from `offset`; returns how many (0 at the end of the
+    /// file). The libuv function is `uv_fs_read`.
+    public static func read(_ fd: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer, offset: Int64, target: String? = nil) throws(UVOperationError) -> Int {
+        var buf = uv_buf_init(buffer.baseAddress?.assumingMemoryBound(to: CChar.self), UInt32(buffer.count))
+        return try run("fs_read", target) { uv_fs_read(nil, $0, fd.rawValue, &buf, 1, offset, nil) }
+    }
+
     /// The libuv function is `uv_fs_close`.
     public static func close(_ fd: FileDescriptor, target: String? = nil) throws(UVOperationError) {
         _ = try run("fs_close", target) { uv_fs_close(nil, $0, fd.rawValue, nil) }

@@ -154,9 +154,10 @@ struct FileSystemTests {
     }
 
     /// `status` sees a file through its descriptor and through each of its names alike (same
-    /// inode, size and link count), and not through a symbolic link; `rename` replaces its target
-    /// in one step. Failures are typed like the other calls.
-    @Test func statusAndRename() throws {
+    /// inode, size and link count), and not through a symbolic link; `read` reads at an offset
+    /// (0 at the end); `rename` replaces its target in one step. Failures are typed like the
+    /// other calls.
+    @Test func statusReadAndRename() throws {
         let dir = "/tmp/uv-status-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         mkdir(dir, 0o755)
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -170,6 +171,10 @@ struct FileSystemTests {
         let viaA = try BlockingFileSystem.status(atPath: dir + "/a"), viaB = try BlockingFileSystem.status(atPath: dir + "/b")
         #expect(viaDescriptor == viaA && viaA == viaB)
         #expect(viaA.size == 5 && viaA.links == 2)
+        var bytes = [UInt8](repeating: 0, count: 8)
+        let n = try bytes.withUnsafeMutableBytes { (b) throws(UVOperationError) in try BlockingFileSystem.read(fd, into: b, offset: 1) }
+        #expect(n == 4 && Array(bytes[0..<n]) == Array("ello".utf8))
+        #expect(try bytes.withUnsafeMutableBytes { (b) throws(UVOperationError) in try BlockingFileSystem.read(fd, into: b, offset: 5) } == 0)
         #expect(try BlockingFileSystem.status(atPath: dir + "/s").inode != viaA.inode)
         #expect(throws: UVOperationError.self) { try BlockingFileSystem.status(atPath: dir + "/missing") }
         try BlockingFileSystem.rename(dir + "/b", to: dir + "/old")
