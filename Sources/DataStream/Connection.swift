@@ -603,7 +603,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// Opens (or resumes) the upload through the store; with `refusal`, only an upload stored
     /// before is accepted and anything else gets `refusal`.
     private func openNative(_ header: FileHeader, refusingNewWith refusal: ProtocolError? = nil) {
-        let completion: (Result<Store.NativeOpening, ProtocolError>) -> Void = { [self] result in
+        store.openNative(header, refusingNewWith: refusal) { [self] result in
             switch result {
             case .success(.stored(let receipt)):
                 if closing {
@@ -633,11 +633,6 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                 perform(machine.uploadOpenFailed(error))
             }
             resumeHeld()
-        }
-        if let refusal {
-            store.openStoredNative(header, refusal: refusal, completion: completion)
-        } else {
-            store.openNative(header, completion: completion)
         }
     }
 

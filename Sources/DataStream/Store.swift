@@ -322,22 +322,14 @@ public final class Store {
 
     /// Opens the upload `header.uploadID`: answers with its receipt if it was stored before
     /// (and the stored file still holds it), else resumes its partial if the metadata matches,
-    /// else creates one. The upload id is marked busy until `release(_:)`.
-    func openNative(_ header: FileHeader, completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
-        openNative(header, ifNotStored: { [self] meta, done in openPartial(header, meta: meta, done) }, completion: completion)
-    }
-
-    /// `openNative` for an upload that may only be answered from its receipt (the disk has no
-    /// room for a new one): fails with `refusal` unless it was stored before.
-    func openStoredNative(_ header: FileHeader, refusal: ProtocolError, completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
-        openNative(header, ifNotStored: { _, done in done(.failure(refusal)) }, completion: completion)
-    }
-
-    /// What is done when the upload was not stored before: given the partial's metadata (nil if
-    /// there is none) and the completion.
-    private typealias IfNotStored = (_ meta: [UInt8]?, _ done: @escaping (Result<NativeOpening, ProtocolError>) -> Void) -> Void
-
-    private func openNative(_ header: FileHeader, ifNotStored: @escaping IfNotStored, completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
+    /// else creates one. With `refusal` (the disk has no room for a new upload) only an upload
+    /// stored before is answered, and anything else fails with `refusal`. The upload id is
+    /// marked busy until `release(_:)`.
+    func openNative(_ header: FileHeader, refusingNewWith refusal: ProtocolError? = nil, completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
+        // Not stored before: given the partial's metadata as read (nil if there is none).
+        let ifNotStored: (_ meta: [UInt8]?, _ done: @escaping (Result<NativeOpening, ProtocolError>) -> Void) -> Void = { [self] meta, done in
+            if let refusal { done(.failure(refusal)) } else { openPartial(header, meta: meta, done) }
+        }
         guard !activeUploads.contains(header.uploadID) else {
             completion(.failure(.uploadBusy))
             return
@@ -515,7 +507,7 @@ public final class Store {
     /// ... in order and stops at the first free one, so the search does too.
     private static func adoptIfStoredNow(_ fd: FileDescriptor, path: String, metaPath: String, _ header: FileHeader, digest: [UInt8], directory: String, receiptPath: String, sync: Bool) -> UploadReceipt? {
         guard let held = try? BlockingFileSystem.status(of: fd, target: path), held.links > 1 else { return nil }
-        for attempt in 0..<10_000 {
+        for attempt in 0...NamePolicy.lastAttempt {
             let candidate = NamePolicy.candidate(header.name, attempt: attempt)
             guard let other = try? BlockingFileSystem.status(atPath: directory + "/" + candidate) else { return nil }
             guard other.inode == held.inode, other.device == held.device else { continue }
@@ -776,7 +768,7 @@ public final class Store {
                     return nil
                 }
                 guard let failure else { break }
-                guard failure.error == .fileExists && stored.attempt < 10_000 else { throw failure }
+                guard failure.error == .fileExists && stored.attempt < NamePolicy.lastAttempt else { throw failure }
                 stored.attempt += 1
             }
             // (the directory is fsynced once per batch, by the caller)
@@ -822,7 +814,7 @@ public final class Store {
                 do throws(UVOperationError) {
                     try BlockingFileSystem.link(partialPath, to: directory + "/" + stored)
                     break
-                } catch where error.error == .fileExists && attempt < 10_000 {
+                } catch where error.error == .fileExists && attempt < NamePolicy.lastAttempt {
                     attempt += 1
                     stored = NamePolicy.candidate(name, attempt: attempt)
                 }

@@ -643,11 +643,11 @@ final class NativeSessionDriver {
 
     func open() {
         opening = true
-        let completion: (Result<Store.NativeOpening, ProtocolError>) -> Void = { [self] result in
+        server.store.openNative(file, refusingNewWith: newUploadRefusal) { [self] result in
             opening = false
             guard !ended else {
-                if case .success(let opening) = result {
-                    if case .partial(let p) = opening { server.store.closeQuietly(p.fd, p.path) }
+                if case .success(let found) = result {
+                    if case .partial(let p) = found { server.store.closeQuietly(p.fd, p.path) }
                     server.store.release(file.uploadID)
                 }
                 retireIfDone()
@@ -659,9 +659,9 @@ final class NativeSessionDriver {
                 server.logger.warning("udp upload refused: \(error)", metadata: ["upload": "\(file.uploadID)", "source": "\(source)"])
                 receiver.send(UDPWire.encodeAbort(code: error.code, message: error.description, session: id, packet: receiver.nextPacket()), to: source)
                 end()
-            case .success(let opening):
+            case .success(let found):
                 let held: UInt64
-                switch opening {
+                switch found {
                 case .partial(let p):
                     partial = p
                     held = p.held
@@ -671,18 +671,17 @@ final class NativeSessionDriver {
                 }
                 let now = UDPReceiver.microseconds()
                 machine = ReliableUDPReceiver(.init(chunkSize: chunkSize, totalBytes: file.size - held, windowChunks: windowChunks), now: now)
-                ring = .allocate(byteCount: ringBytes, alignment: 4096)
+                if storedReceipt == nil {
+                    ring = .allocate(byteCount: ringBytes, alignment: 4096)
+                } else {
+                    receiver.ringReleased(ringBytes)  // nothing will be received: no ring, its budget back now
+                }
                 let accept = UDPWire.encode(UDPWire.Accept(clientNonce: clientNonce, baseOffset: held, windowChunks: windowChunks), session: id, packet: receiver.nextPacket())
                 acceptDatagram = accept
                 receiver.send(accept, to: source)
                 machine!.sent(bytes: accept.count)
                 server.logger.debug("udp upload opened", metadata: ["upload": "\(file.uploadID)", "name": "\(file.name)", "size": "\(file.size)", "held": "\(held)", "chunk": "\(chunkSize)"])
             }
-        }
-        if let newUploadRefusal {
-            server.store.openStoredNative(file, refusal: newUploadRefusal, completion: completion)
-        } else {
-            server.store.openNative(file, completion: completion)
         }
     }
 

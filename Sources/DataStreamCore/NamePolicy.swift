@@ -28,6 +28,10 @@ public enum NamePolicy {
         return out
     }
 
+    /// The last collision attempt the store makes before it gives up on a name (`name-10000`):
+    /// storing tries `candidate(name, attempt:)` for 0 through this, in order.
+    public static let lastAttempt = 10_000
+
     /// The name to try on the `attempt`-th collision: `report.pdf`, `report-1.pdf`, `report-2.pdf`, ...
     public static func candidate(_ name: String, attempt: Int) -> String {
         guard attempt > 0 else { return name }
