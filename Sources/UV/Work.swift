@@ -46,16 +46,21 @@ private func workDone(_ req: UnsafeMutablePointer<uv_work_t>?, _ status: Int32) 
 /// `UVOperationError`s as `FileSystem`'s.
 public enum BlockingFileSystem {
     private static func run(_ operation: String, _ target: String?, _ call: (UnsafeMutablePointer<uv_fs_t>) -> Int32) throws(UVOperationError) -> Int {
+        try run(operation, target, call) { $0.pointee.result }
+    }
+
+    /// Makes one blocking request and takes `answer` from it before it is cleaned up.
+    private static func run<T>(_ operation: String, _ target: String?, _ call: (UnsafeMutablePointer<uv_fs_t>) -> Int32, answer: (UnsafeMutablePointer<uv_fs_t>) -> T) throws(UVOperationError) -> T {
         // The request lives on the stack: a blocking call is over when `call` returns.
-        let (status, result) = withUnsafeTemporaryAllocation(of: uv_fs_t.self, capacity: 1) { request in
+        let (status, value) = withUnsafeTemporaryAllocation(of: uv_fs_t.self, capacity: 1) { request -> (Int32, T) in
             let req = request.baseAddress!
             let status = call(req)
-            let result = req.pointee.result
+            let value = answer(req)
             uv_fs_req_cleanup(req)
-            return (status, result)
+            return (status, value)
         }
         if status < 0 { throw UVOperationError(operation, target: target, code: status) }
-        return result
+        return value
     }
 
     /// The libuv function is `uv_fs_open` (`O_CLOEXEC` is always added).
@@ -208,15 +213,10 @@ public enum BlockingFileSystem {
     }
 
     private static func statusRun(_ operation: String, _ target: String?, _ call: (UnsafeMutablePointer<uv_fs_t>) -> Int32) throws(UVOperationError) -> FileStatus {
-        let (status, file) = withUnsafeTemporaryAllocation(of: uv_fs_t.self, capacity: 1) { request -> (Int32, FileStatus) in
-            let req = request.baseAddress!
-            let status = call(req)
+        try run(operation, target, call) { req in
             let s: uv_stat_t = req.pointee.statbuf
-            uv_fs_req_cleanup(req)
-            return (status, FileStatus(device: s.st_dev, inode: s.st_ino, size: s.st_size, links: s.st_nlink))
+            return FileStatus(device: s.st_dev, inode: s.st_ino, size: s.st_size, links: s.st_nlink)
         }
-        if status < 0 { throw UVOperationError(operation, target: target, code: status) }
-        return file
     }
 
     /// The libuv function is `uv_fs_unlink`.
