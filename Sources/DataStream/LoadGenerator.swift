@@ -235,16 +235,21 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
     private var phase: Phase = .connecting
     /// Seed: the receiver closed after every byte was written, before the last write's callback.
     private var receiverClosedAfterAll = false
-    private var frames = FrameAccumulator()
+    /// The native protocol's decisions (unused by seed uploads).
+    private var client: NativeClientMachine
     private var digester: Digester?
     private var ended = false
 
-    private enum Phase { case connecting, hello, auth, awaitingReady, streaming, awaitingResult, awaitingClose }
+    /// What the upload itself is doing; while it waits on the receiver (native), what for is
+    /// the machine's business.
+    private enum Phase { case connecting, awaitingServer, streaming, awaitingClose }
 
     init(generator: LoadGenerator, index: UInt64, size: UInt64) {
         self.generator = generator
         self.index = index
         self.size = size
+        // Upload ids are fresh per run, so a receiver never holds part of one.
+        client = NativeClientMachine(token: generator.options.token, resumeAllowed: false)
     }
 
     private var options: LoadGenerator.Options { generator.options }
@@ -273,8 +278,8 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
             phase = .streaming
             pump(prefix: Array(String(size).utf8))
         case .native:
-            phase = .hello
-            write(Wire.hello())
+            phase = .awaitingServer
+            perform(client.connected())
         case .udpNative, .udpSeed:
             preconditionFailure("UDP uploads are BenchUDPUpload's")
         }
@@ -338,8 +343,8 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
             phase = .awaitingClose
             do { try stream?.shutdown() } catch { end(.connection, error.description) }
         case .native:
-            phase = .awaitingResult
-            write(Wire.end(digest: digester!.finish()))
+            phase = .awaitingServer
+            perform(client.streamed(digest: digester!.finish()))
         case .udpNative, .udpSeed:
             preconditionFailure("UDP uploads are BenchUDPUpload's")
         }
@@ -353,17 +358,15 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
         switch event {
         case .data(let count):
             lastProgress = monotonicNanoseconds()
+            guard options.wireProtocol == .native else {
+                end(.protocolError, "the receiver sent bytes to a seed-framing upload")
+                return
+            }
             var at = 0
             while at < count, !ended {
-                let (taken, outcome) = frames.append(UnsafeRawBufferPointer(rebasing: generator.readBuffer[at..<count]))
+                let (taken, action) = client.bytesReceived(UnsafeRawBufferPointer(rebasing: generator.readBuffer[at..<count]))
                 at += taken
-                switch outcome {
-                case .needMore: continue
-                case .tooLarge(let n): end(.protocolError, "a frame of \(n) bytes"); return
-                case .frame(let type):
-                    handleFrame(type, frames.payload)
-                    frames.reset()
-                }
+                perform(action)
             }
         case .endOfStream:
             if phase == .awaitingClose {
@@ -382,54 +385,29 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
         }
     }
 
-    private func handleFrame(_ type: UInt8, _ payload: ArraySlice<UInt8>) {
-        guard options.wireProtocol == .native else {
-            end(.protocolError, "the receiver sent bytes to a seed-framing upload")
-            return
+    private func perform(_ action: NativeClientMachine.Action) {
+        switch action {
+        case .none:
+            break
+        case .send(let bytes):
+            write(bytes)
+        case .announceNextFile:
+            digester = Digester(.xxh3_128)
+            let header = FileHeader(uploadID: generator.uploadID(of: index), size: size, digest: .xxh3_128, name: "bench-\(options.seed)-\(index).bin")
+            perform(client.announce(header))
+        case .stream:
+            phase = .streaming
+            pump()
+        case .finished(let r):
+            guard r.status == .stored else { end(.rejected, "RESULT \(r.status): \(r.message)"); return }
+            // One file per connection: closing after RESULT ends the conversation cleanly.
+            phase = .awaitingClose
+            end(nil, "")
+        case .fail(.protocolViolation(let detail)):
+            end(.protocolError, detail)
+        case .fail(let failure):
+            end(.rejected, failure.description)
         }
-        do throws(ProtocolError) {
-            switch (phase, Wire.FrameType(rawValue: type)) {
-            case (.hello, .welcome):
-                let (_, nonce) = try Wire.decodeWelcome(payload)
-                if let nonce {
-                    guard let token = options.token else { end(.rejected, "the receiver requires a token"); return }
-                    phase = .auth
-                    write(Wire.auth(mac: Authentication.response(token: token, nonce: nonce)))
-                } else {
-                    sendHeader()
-                }
-            case (.auth, .authOK):
-                sendHeader()
-            case (.awaitingReady, .ready):
-                let (_, resumeAt) = try Wire.decodeReady(payload)
-                guard resumeAt == 0 else {
-                    // Upload ids are fresh per run, so a receiver never holds part of one.
-                    end(.protocolError, "the receiver asked to resume at \(resumeAt)")
-                    return
-                }
-                phase = .streaming
-                pump()
-            case (.awaitingReady, .result), (.awaitingResult, .result):
-                let r = try Wire.decodeResult(payload)
-                guard r.status == .stored else { end(.rejected, "RESULT \(r.status): \(r.message)"); return }
-                // One file per connection: closing after RESULT ends the conversation cleanly.
-                phase = .awaitingClose
-                end(nil, "")
-            case (_, .error):
-                let (code, message) = Wire.decodeError(payload)
-                end(.rejected, "ERROR \(code): \(message)")
-            default:
-                end(.protocolError, "unexpected frame 0x\(String(type, radix: 16))")
-            }
-        } catch {
-            end(.protocolError, error.description)
-        }
-    }
-
-    private func sendHeader() {
-        digester = Digester(.xxh3_128)
-        phase = .awaitingReady
-        write(Wire.file(FileHeader(uploadID: generator.uploadID(of: index), size: size, digest: .xxh3_128, name: "bench-\(options.seed)-\(index).bin")))
     }
 
     /// Gives up on the upload (the generator's stall timeout).

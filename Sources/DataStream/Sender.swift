@@ -46,7 +46,8 @@ public final class Sender: TCPStreamReader {
     private var index = 0
     private var completion: (([Outcome]) -> Void)?
     private var progress: ((UInt64) -> Void)?
-    private var frames = FrameAccumulator()
+    /// The native protocol's decisions (a fresh one per connection).
+    private var client: NativeClientMachine
     private let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
     private let chunks: [UnsafeMutableRawBufferPointer]
     private var freeChunks: [Int] = []
@@ -55,7 +56,9 @@ public final class Sender: TCPStreamReader {
     /// Total bytes written to the socket for file data, for progress.
     public private(set) var totalSent: UInt64 = 0
 
-    private enum Phase { case idle, hello, auth, awaitingReady, streaming, awaitingResult, seedAwaitingClose, done }
+    /// What the sender itself is doing: waiting on the server (native: what for is the
+    /// machine's business), streaming a file's bytes, or waiting for a seed server to close.
+    private enum Phase { case idle, awaitingServer, streaming, seedAwaitingClose, done }
 
     // The file being sent.
     private var fd: FileDescriptor?
@@ -69,6 +72,7 @@ public final class Sender: TCPStreamReader {
     public init(loop: Loop, options: Options) {
         self.loop = loop
         self.options = options
+        client = NativeClientMachine(token: options.token)
         chunks = (0..<2).map { _ in UnsafeMutableRawBufferPointer.allocate(byteCount: options.chunkSize, alignment: 16) }
         freeChunks = [0, 1]
     }
@@ -99,7 +103,7 @@ public final class Sender: TCPStreamReader {
                 switch result {
                 case .success(let s):
                     stream = s
-                    frames.reset()
+                    client = NativeClientMachine(token: options.token)
                     do { try s.startReading(self) } catch { failAll("\(error)"); return }
                     then()
                 case .failure(let e):
@@ -122,16 +126,9 @@ public final class Sender: TCPStreamReader {
         case .data(let count):
             var offset = 0
             while offset < count, phase != .done {
-                let (taken, outcome) = frames.append(UnsafeRawBufferPointer(rebasing: readBuffer[offset..<count]))
+                let (taken, action) = client.bytesReceived(UnsafeRawBufferPointer(rebasing: readBuffer[offset..<count]))
                 offset += taken
-                switch outcome {
-                case .needMore: continue
-                case .tooLarge(let n): failAll("server sent a frame of \(n) bytes"); return
-                case .frame(let type):
-                    let payload = frames.payload
-                    handleFrame(type, payload)
-                    frames.reset()
-                }
+                perform(action)
             }
         case .endOfStream, .failed, .noBuffer:
             if phase == .seedAwaitingClose {
@@ -150,52 +147,37 @@ public final class Sender: TCPStreamReader {
         }
     }
 
-    private func handleFrame(_ type: UInt8, _ payload: ArraySlice<UInt8>) {
-        do throws(ProtocolError) {
-            switch (phase, Wire.FrameType(rawValue: type)) {
-            case (.hello, .welcome):
-                let (_, nonce) = try Wire.decodeWelcome(payload)
-                if let nonce {
-                    guard let token = options.token else { failAll("the server requires a token (--token)"); return }
-                    phase = .auth
-                    write(Wire.auth(mac: Authentication.response(token: token, nonce: nonce)))
-                } else {
-                    nextNativeFile()
-                }
-            case (.auth, .authOK):
-                nextNativeFile()
-            case (.awaitingReady, .ready):
-                let (_, offset) = try Wire.decodeReady(payload)
-                guard offset <= fileSize else { failAll("server asked to resume at \(offset), past the end"); return }
-                outcomes[index].resumedFrom = offset
-                sendFrom = offset
-                phase = .streaming
-                pumpFile()
-            case (.awaitingReady, .result), (.awaitingResult, .result):
-                let r = try Wire.decodeResult(payload)
-                outcomes[index].succeeded = r.status == .stored
-                outcomes[index].storedName = r.storedName
-                outcomes[index].digest = r.digest.hexString
-                outcomes[index].message = r.message
-                closeFile()
-                index += 1
-                nextNativeFile()
-            case (_, .error):
-                let (code, message) = Wire.decodeError(payload)
-                failAll("server error \(code): \(message)")
-            default:
-                failAll("unexpected frame 0x\(String(type, radix: 16)) from the server")
-            }
-        } catch {
-            failAll("\(error)")
+    private func perform(_ action: NativeClientMachine.Action) {
+        switch action {
+        case .none:
+            break
+        case .send(let bytes):
+            write(bytes)
+        case .announceNextFile:
+            nextNativeFile()
+        case .stream(let offset):
+            outcomes[index].resumedFrom = offset
+            sendFrom = offset
+            phase = .streaming
+            pumpFile()
+        case .finished(let r):
+            outcomes[index].succeeded = r.status == .stored
+            outcomes[index].storedName = r.storedName
+            outcomes[index].digest = r.digest.hexString
+            outcomes[index].message = r.message
+            closeFile()
+            index += 1
+            nextNativeFile()
+        case .fail(let failure):
+            failAll(failure.description)
         }
     }
 
     // MARK: - Native files
 
     private func sendHello() {
-        phase = .hello
-        write(Wire.hello())
+        phase = .awaitingServer
+        perform(client.connected())
     }
 
     private func nextNativeFile() {
@@ -205,9 +187,9 @@ public final class Sender: TCPStreamReader {
             finish()
         }) { [self] path, size, id in
             digester = Digester(options.digest)
-            phase = .awaitingReady
+            phase = .awaitingServer
             let name = String(path.split(separator: "/").last ?? Substring(path))
-            write(Wire.file(FileHeader(uploadID: id, size: size, digest: options.digest, name: name)))
+            perform(client.announce(FileHeader(uploadID: id, size: size, digest: options.digest, name: name)))
         }
     }
 
@@ -333,8 +315,8 @@ public final class Sender: TCPStreamReader {
             try? stream?.shutdown()
             return
         }
-        phase = .awaitingResult
-        write(Wire.end(digest: digester!.finish()))
+        phase = .awaitingServer
+        perform(client.streamed(digest: digester!.finish()))
     }
 
     private func closeFile() {
