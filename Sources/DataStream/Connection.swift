@@ -29,19 +29,16 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// The peer for log lines: looked up only when a line is logged (one `getpeername` less
     /// per connection otherwise).
     private var peer: SocketAddress? { acceptedPeer ?? (try? stream.peerAddress()) }
-    /// For the header timeout: since when the server has been ready to read (accept, or the
-    /// end of the last pause the server itself imposed), and whether an upload has begun.
-    private var headerClockStart = monotonicNanoseconds()
-    @exclusivity(unchecked) private var uploadBegan = false
+    /// Timeouts, the server's drain and the choice of path: decided by the machine.
+    @exclusivity(unchecked) private var lifecycle: ConnectionLifecycle
+    /// Why the connection is not reading now (it reads while none holds and the protocol
+    /// machine expects input).
+    @exclusivity(unchecked) private var pauses: ReadPauses = []
     /// Bytes of the disk budget held for the current upload (given back when it ends).
     @exclusivity(unchecked) private var diskReservation: UInt64 = 0
     /// Seed: file bytes received so far, and the longest reading of the size field.
     @exclusivity(unchecked) private var seedBytesQueued: UInt64 = 0
     @exclusivity(unchecked) private var seedDeclared: UInt64 = 0
-    /// `shutDownWhenIdle` has ended (or begun ending) the connection.
-    private var shutdownSent = false
-    /// For the idle timeout: when the client last sent a byte (or reading last resumed).
-    @exclusivity(unchecked) private var lastActivity = monotonicNanoseconds()
     /// The server's logger with this connection's id and peer, built when a message is first
     /// logged at an enabled level (`log`): setting metadata formats it, which cost 4% of the
     /// loop thread in S3 (20,000 seed uploads) when every upload's debug and info lines built it.
@@ -60,13 +57,11 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     private let pool: BufferPool
     private let store: Store
 
+    /// Input the machine could not take yet (`.wait`): fed again once the pending file
+    /// operation answers (`pauses` holds `.heldInput` meanwhile).
     @exclusivity(unchecked) private var held: (slab: Slab, start: Int, count: Int)?
     private var flow: WaterMarks
-    @exclusivity(unchecked) private var pausedByFlow = false
-    @exclusivity(unchecked) private var waitingForBuffer = false
     @exclusivity(unchecked) private var closing = false
-    /// The client closed its side: nothing more to read, so reading never restarts.
-    @exclusivity(unchecked) private var peerEnded = false
 
     // The upload in progress.
     private var sink: UploadSink?
@@ -99,21 +94,9 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     private var smallFinish: (prefix: SeedDigits, size: UInt64)?
     private var finishCancelled = false
 
-    /// Uploads with at least `drainThreshold` bytes still to come are moved straight from the
-    /// socket into the file on the threadpool (`SocketDrain`) rather than through the receive
-    /// slabs; smaller ones too (from `drainThresholdWhenFew`): always when the drain can
-    /// splice (no digest to compute), else while fewer than `fewDrains` drains run. A drain
-    /// that copies through user space loses to the slabs with many uploads at once (S2 here:
-    /// 1,000 copying drains of 1 MiB ran at 60% of the slab path); one that splices wins
-    /// (median of 3: 1,257 MB/s against 963 with the cap, at less CPU).
-    static let drainThreshold: UInt64 = 4 << 20
-    static let drainThresholdWhenFew: UInt64 = 256 << 10
-    static let fewDrains = 4
+    /// The rest of a large upload, moving straight from the socket to the file (the lifecycle
+    /// machine decides when; `pauses` holds `.drainStarting`, then `.draining`).
     private var drain: SocketDrain?
-    /// A drain could not be set up (no descriptor left for its duplicate): this connection's
-    /// bytes stay on the slab path.
-    private var drainRefused = false
-    private var drainStarting = false
     /// A close asked for while a drain's work item was running: carried out once it stopped.
     private var closeAfterDrain: (reply: [UInt8]?, reason: ProtocolError?, partial: ConnectionStateMachine.PartialDisposition)?
 
@@ -125,6 +108,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         self.store = server.store
         self.machine = ConnectionStateMachine(configuration: server.machineConfiguration)
         self.flow = WaterMarks(low: server.configuration.connectionBufferLow, high: server.configuration.connectionBufferHigh)
+        self.lifecycle = ConnectionLifecycle(configuration: server.lifecycleConfiguration, now: monotonicNanoseconds())
         self.acceptedPeer = acceptedPeer
     }
 
@@ -135,7 +119,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// `epoll_ctl` to add and remove it, no poll round before its first byte.
     func start() {
         readWithoutPolling()
-        if peerEnded || !machine.expectsInput { server.statistics.servedAtAccept += 1 }
+        if pauses.contains(.peerEnded) || !machine.expectsInput { server.statistics.servedAtAccept += 1 }
     }
 
     /// Reads what the socket holds now (`TCPStream.readNow`, at most `readsWithoutPolling`
@@ -144,15 +128,14 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// `readSoon`): starting to read through libuv costs an `epoll_ctl` to add the socket and
     /// one to remove it when reading stops again, and a poll round before the first byte
     /// (S4, 10,000 uploads of 64 KiB waiting for buffers: 9.7 `epoll_ctl` per connection).
-    /// An upload with at least `drainThresholdWhenFew` bytes still to come is left to the loop
-    /// (and then to a drain, which splices): reading it here would pull its bytes through the
-    /// receive slabs (S2, 1,000 uploads of 1 MiB: 768 KiB of each at accept, ~7% slower).
+    /// A large upload is left to the loop (and then to a drain, which splices): reading it here
+    /// would pull its bytes through the receive slabs.
     /// Returns how many reads it made (none if the connection closed or cannot read now).
     @discardableResult
     func readWithoutPolling() -> Int {
         var reads = 0
-        while reads < Connection.readsWithoutPolling, !closing, !peerEnded, machine.expectsInput, held == nil, drain == nil, !drainStarting, !pausedByFlow,
-              !waitingForBuffer, !stream.isReading, machine.fileBytesExpected < Connection.drainThresholdWhenFew, stream.readNow(self) {
+        while reads < Connection.readsWithoutPolling, !closing, pauses.isEmpty, machine.expectsInput, !stream.isReading,
+              lifecycle.readsWithoutPolling(bytesExpected: machine.fileBytesExpected), stream.readNow(self) {
             reads += 1
             server.statistics.readsWithoutPolling += 1
         }
@@ -168,7 +151,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
 
     func readBuffer(for stream: TCPStream, suggestedSize: Int) -> UnsafeMutableRawBufferPointer? {
         if let buffer = pool.readBuffer(for: self) { return buffer }
-        waitingForBuffer = true // the pool calls buffersAvailable when a slab comes back
+        pauses.insert(.buffer) // the pool calls buffersAvailable when a slab comes back
         return nil
     }
 
@@ -176,13 +159,13 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         switch event {
         case .data(let count):
             guard count > 0 else { return }
-            lastActivity = monotonicNanoseconds()
+            lifecycle.clientSent(now: monotonicNanoseconds())
             let (slab, start) = pool.received(count)
             server.statistics.bytesReceived += UInt64(count)
             process(slab, start: start, count: count)
         case .endOfStream:
-            peerEnded = true
-            lastActivity = monotonicNanoseconds()
+            pauses.insert(.peerEnded)
+            lifecycle.clientSent(now: monotonicNanoseconds())
             perform(machine.endOfStream())
             startPendingSmallFinish()
         case .noBuffer:
@@ -193,7 +176,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     }
 
     func buffersAvailable() {
-        waitingForBuffer = false
+        pauses.remove(.buffer)
         // Called from inside the pool (possibly while another connection's read is being
         // served): the read itself waits for the server's next turn of the loop.
         if !server.readSoon(self) { updateReading() }
@@ -201,7 +184,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
 
     func sinkReleased(_ count: Int) {
         if flow.removed(count) == .resume {
-            pausedByFlow = false
+            pauses.remove(.flow)
             updateReading()
         }
     }
@@ -227,6 +210,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
             if case .wait = step.action {
                 pool.retain(slab)
                 held = (slab, start + offset, count - offset)
+                pauses.insert(.heldInput)
                 updateReading()
                 return
             }
@@ -246,6 +230,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     private func resumeHeld() {
         guard let h = held, !closing else { updateReading(); return }
         held = nil
+        pauses.remove(.heldInput)
         process(h.slab, start: h.start, count: h.count)
         pool.release(h.slab)
         updateReading()
@@ -289,7 +274,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         }
         guard let sink else { preconditionFailure("file data without an upload") }
         if flow.added(count) == .pause {
-            pausedByFlow = true
+            pauses.insert(.flow)
             updateReading()
         }
         sink.append(slab, start: start, count: count)
@@ -297,11 +282,10 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
 
     private func updateReading() {
         guard !closing, stream.isOpen else { return }
-        let shouldRead = !pausedByFlow && !waitingForBuffer && held == nil && drain == nil && !drainStarting && !peerEnded && machine.expectsInput
+        let shouldRead = pauses.isEmpty && machine.expectsInput
         if shouldRead && !stream.isReading {
             // The pause was the server's (no buffer, disk behind), not the client's silence.
-            lastActivity = monotonicNanoseconds()
-            if !uploadBegan { headerClockStart = lastActivity }
+            lifecycle.readingResumed(now: monotonicNanoseconds())
             do { try stream.startReading(self) } catch {
                 closeConnection(reply: nil, reason: .connectionFailed(reason: error.description), partial: currentPartialDisposition)
             }
@@ -312,15 +296,13 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
 
     /// Hands the rest of a large upload to a `SocketDrain` once its queued writes are done.
     private func considerDrain() {
-        let expected = machine.fileBytesExpected
-        guard drain == nil, !drainStarting, !drainRefused, !closing, held == nil, smallReserved == 0, let sink, sink.fd != nil,
-              expected >= Connection.drainThreshold
-                || (expected >= Connection.drainThresholdWhenFew && (sink.digester == nil || server.drainsRunning < Connection.fewDrains))
+        guard !pauses.contains(.draining), !pauses.contains(.drainStarting), !closing, held == nil, smallReserved == 0, let sink, sink.fd != nil,
+              lifecycle.shouldDrainSocket(bytesExpected: machine.fileBytesExpected, splices: sink.digester == nil, drainsRunning: server.drainsRunning)
         else { return }
-        drainStarting = true
+        pauses.insert(.drainStarting)
         updateReading()
         sink.flush { [self] error in
-            drainStarting = false
+            pauses.remove(.drainStarting)
             guard !closing, closeAfterDrain == nil else { return }
             if let error {
                 perform(machine.uploadFailed(.storage(error)))
@@ -334,7 +316,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                                         onProgress: { [self] n, next in
                                             sink.advance(by: n)
                                             guard coverSeedBytes(n) else { return }
-                                            lastActivity = monotonicNanoseconds()
+                                            lifecycle.clientSent(now: monotonicNanoseconds())
                                             server.statistics.bytesReceived += n
                                             server.statistics.bytesDrained += n
                                             let action = machine.fileBytesMovedDirectly(n)
@@ -349,6 +331,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                                         },
                                         onEnd: { [self] end in drainEnded(end) })
                 drain = d
+                pauses.insert(.draining)
                 server.drainsRunning += 1
                 server.statistics.peakDrainsRunning = max(server.statistics.peakDrainsRunning, server.drainsRunning)
                 server.statistics.uploadsDrained += 1
@@ -356,7 +339,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
             } catch {
                 // Nothing was taken from the stream: its bytes go on through the slabs.
                 log(.debug, "upload not drained: \(error)")
-                drainRefused = true
+                lifecycle.socketDrainRefused()
                 updateReading()
             }
         }
@@ -364,6 +347,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
 
     private func drainEnded(_ end: SocketDrain.End) {
         drain = nil
+        pauses.remove(.draining)
         server.drainsRunning -= 1
         switch end {
         case .complete:
@@ -406,7 +390,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         case .send(let bytes):
             send(bytes)
         case .startSeedUpload(let declared):
-            uploadBegan = true
+            lifecycle.uploadBegan()
             // A size field that may include the file's leading digits has shorter readings:
             // refused only if even the shortest does not fit; then the space held grows with
             // the bytes that arrive (`coverSeedBytes`), failing as soon as they would not fit.
@@ -423,8 +407,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                 diskReservation = shortest
             }
             log(.debug, "seed upload started", metadata: ["declared": "\(declared)"])
-            let capacity = declared <= Connection.smallUploadLimit ? SmallBuffers.capacity(for: Int(declared)) : 0
-            if capacity > 0, server.smallUploadBytesInUse + capacity <= server.configuration.smallUploadBudget {
+            if case .small(let capacity) = lifecycle.seedPath(declared: declared, smallBytesInUse: server.smallUploadBytesInUse) {
                 server.smallUploadBytesInUse += capacity
                 smallReserved = capacity
                 smallDeclared = Int(declared)
@@ -435,7 +418,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         case .finishSeedUpload(let prefix, let size):
             finishSeed(prefix: prefix, size: size)
         case .openUpload(let header):
-            uploadBegan = true
+            lifecycle.uploadBegan()
             if let full = server.disk.reserve(header.size) {
                 // No room for a new upload; one stored before needs none (its receipt answers).
                 openNative(header, refusingNewWith: full)
@@ -507,9 +490,6 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
             }
         }
     }
-
-    /// Seed uploads up to this size may be held in memory and stored in one work item.
-    static let smallUploadLimit = UInt64(SmallBuffers.largest)
 
     /// Stores a small seed upload (the prefix digits, then its bytes) in one work item.
     private func finishSmallSeed(prefix: SeedDigits, size: UInt64) {
@@ -706,6 +686,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         if let h = held {
             pool.release(h.slab)
             held = nil
+            pauses.remove(.heldInput)
         }
         freeSmall()
         if let sink {
@@ -738,28 +719,16 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         stream.close { [self] in server.connectionClosed(self) }
     }
 
-    /// The server's sweep: closes the connection if no upload began within the header timeout,
-    /// or if the client has sent nothing for the idle timeout while the next move was its own
-    /// (time the server spends paused, opening or storing never counts).
+    /// The server's sweep: the lifecycle machine decides whether a timeout ran out.
     func checkTimeouts(now: UInt64) {
         guard !closing, closeAfterDrain == nil else { return }
-        // While the server withholds reading (no buffer free, the disk behind), the client
+        // While the server withholds reading (no buffer free, input held back), the client
         // cannot be blamed for silence: neither clock runs out then.
-        let listening = drain != nil || (stream.isReading && !waitingForBuffer && held == nil)
-        guard listening else { return }
-        let c = server.configuration
-        if !uploadBegan, c.headerTimeout > 0, now > headerClockStart, now - headerClockStart > UInt64(c.headerTimeout * 1e9) {
-            timedOut(.headerTimeout(seconds: c.headerTimeout))
-            return
+        let listening = pauses.contains(.draining) || (stream.isReading && pauses.isDisjoint(with: ReadPauses.serversOwn))
+        if case .timeOut(let error) = lifecycle.timerFired(now: now, listening: listening, waitingForClient: machine.isWaitingForClient) {
+            server.statistics.connectionsTimedOut += 1
+            perform(machine.timedOut(error))
         }
-        if machine.isWaitingForClient, c.idleTimeout > 0, now > lastActivity, now - lastActivity > UInt64(c.idleTimeout * 1e9) {
-            timedOut(.idleTimeout(seconds: c.idleTimeout))
-        }
-    }
-
-    private func timedOut(_ error: ProtocolError) {
-        server.statistics.connectionsTimedOut += 1
-        perform(machine.timedOut(error))
     }
 
     private func releaseDisk() {
@@ -770,8 +739,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// Graceful shutdown: ends the connection now if no upload is in progress (native clients
     /// get ERROR 22), else once the upload has ended (checked after every action).
     func shutDownWhenIdle() {
-        guard !closing, !shutdownSent, !machine.hasUploadInProgress else { return }
-        shutdownSent = true
+        guard !closing, case .shutDown = lifecycle.serverDraining(uploadInProgress: machine.hasUploadInProgress) else { return }
         perform(machine.shuttingDown())
     }
 
@@ -779,7 +747,9 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// (a native partial stays resumable); one the server is still storing goes on, and comes
     /// back here after each action.
     func cutIfWaitingForClient() {
-        guard !closing, closeAfterDrain == nil, machine.isWaitingForClient || !machine.hasUploadInProgress else { return }
+        guard !closing, closeAfterDrain == nil,
+              case .cut = lifecycle.drainDeadlinePassed(waitingForClient: machine.isWaitingForClient, uploadInProgress: machine.hasUploadInProgress)
+        else { return }
         server.drainCut(currentPartialDisposition)
         abort()
     }

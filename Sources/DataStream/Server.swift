@@ -148,6 +148,7 @@ public final class Server {
     let logLevel: Logger.Level
     let pool: BufferPool
     let machineConfiguration: ConnectionStateMachine.Configuration
+    let lifecycleConfiguration: ConnectionLifecycle.Configuration
     /// Read on every accept and every close. Unchecked (see `Connection`): assigned whole, at
     /// start and stop; releasing a listener runs no code that reads it.
     @exclusivity(unchecked) private var listener: TCPListener?
@@ -192,6 +193,8 @@ public final class Server {
         seedProtocolAllowed = configuration.allowSeedProtocol || Server.isLoopback(configuration.host)
         machineConfiguration = .init(token: configuration.token, maxFileSize: configuration.maxFileSize,
                                      maxNameLength: configuration.maxNameLength, seedProtocolAllowed: seedProtocolAllowed)
+        lifecycleConfiguration = .init(headerTimeout: configuration.headerTimeout, idleTimeout: configuration.idleTimeout,
+                                       smallUploadBudget: configuration.smallUploadBudget)
         if let cap = configuration.maxConnections {
             maxConnections = max(1, cap)
         } else {

@@ -1,3 +1,4 @@
+import DataStreamCore
 import Glibc
 
 /// Memory for small seed uploads held whole until they are stored (`Connection`'s small path),
@@ -10,9 +11,8 @@ import Glibc
 /// used on its loop thread only. A block handed out belongs to the connection that took it
 /// until it comes back through `give`; `deinit` frees the blocks kept.
 final class SmallBuffers {
-    /// The largest upload a block can hold.
-    static let largest = 64 * 1024
-    private static let smallest = 4 * 1024
+    static let largest = SmallUploadBlocks.largest
+    private static let smallest = SmallUploadBlocks.smallest
     private static let keptBytesPerSize = 1 << 20
 
     private static let sizes = 5
@@ -26,19 +26,11 @@ final class SmallBuffers {
         counts.initialize(repeating: 0, count: Self.sizes)
     }
 
-    /// Bytes a block for an upload of `bytes` takes (what the small-upload budget counts).
-    static func capacity(for bytes: Int) -> Int {
-        precondition(bytes <= largest, "a small upload is at most \(largest) bytes")
-        var capacity = smallest
-        while capacity < bytes { capacity <<= 1 }
-        return capacity
-    }
-
     private static func sizeIndex(_ capacity: Int) -> Int { (capacity / smallest).trailingZeroBitCount }
 
     /// A buffer of exactly `bytes` bytes (inside a block of `capacity(for: bytes)`).
     func take(_ bytes: Int) -> UnsafeMutableRawBufferPointer {
-        let capacity = Self.capacity(for: bytes)
+        let capacity = SmallUploadBlocks.capacity(for: bytes)
         let i = Self.sizeIndex(capacity)
         let block: UnsafeMutableRawPointer
         if let head = heads[i] {
@@ -53,7 +45,7 @@ final class SmallBuffers {
 
     /// Returns a buffer `take` handed out.
     func give(_ buffer: UnsafeMutableRawBufferPointer) {
-        let capacity = Self.capacity(for: buffer.count)
+        let capacity = SmallUploadBlocks.capacity(for: buffer.count)
         let i = Self.sizeIndex(capacity)
         let block = buffer.baseAddress!
         guard counts[i] * capacity < Self.keptBytesPerSize else {

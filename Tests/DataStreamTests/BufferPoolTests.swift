@@ -1,3 +1,4 @@
+import DataStreamCore
 @testable import DataStream
 import Testing
 
@@ -97,12 +98,11 @@ struct BufferPoolTests {
 /// The blocks small seed uploads are held in: sizes, reuse, and the bound on what is kept.
 struct SmallBuffersTests {
     @Test func eachUploadTakesTheSmallestBlockThatHoldsIt() {
-        #expect(SmallBuffers.capacity(for: 0) == 4096)
-        #expect(SmallBuffers.capacity(for: 4096) == 4096)
-        #expect(SmallBuffers.capacity(for: 4097) == 8192)
-        #expect(SmallBuffers.capacity(for: 40_000) == 65_536)
-        #expect(SmallBuffers.capacity(for: SmallBuffers.largest) == SmallBuffers.largest)
-        #expect(UInt64(SmallBuffers.largest) == Connection.smallUploadLimit)
+        #expect(SmallUploadBlocks.capacity(for: 0) == 4096)
+        #expect(SmallUploadBlocks.capacity(for: 4096) == 4096)
+        #expect(SmallUploadBlocks.capacity(for: 4097) == 8192)
+        #expect(SmallUploadBlocks.capacity(for: 40_000) == 65_536)
+        #expect(SmallUploadBlocks.capacity(for: SmallBuffers.largest) == SmallBuffers.largest)
     }
 
     @Test func aReturnedBlockIsReusedForAnUploadOfTheSameSizeOnly() {

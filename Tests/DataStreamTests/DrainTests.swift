@@ -5,7 +5,7 @@ import Glibc
 import Testing
 import UV
 
-/// Large uploads (at least `Connection.drainThreshold` still to come) are moved from the socket
+/// Large uploads (the lifecycle machine decides which: `ConnectionLifecycle.shouldDrainSocket`) are moved from the socket
 /// straight into the file on the threadpool. Each test checks that the drain really ran
 /// (`uploadsDrained`, `bytesDrained`) as well as what was stored.
 struct DrainTests {
