@@ -289,13 +289,17 @@ public final class Server {
     private func startUDP(_ address: SocketAddress) throws(UVOperationError) {
         var limits = UDPReceiver.Limits()
         limits.idleTimeout = configuration.udpIdleTimeout
-        limits.windowBytes = configuration.udpWindowBytes
-        limits.memoryBudget = configuration.udpMemoryBudget
-        limits.maxSessions = configuration.udpMaxSessions
-        limits.maxSessionsPerAddress = configuration.udpMaxSessionsPerAddress
-        limits.maxSeedSessions = configuration.udpMaxSeedSessions
+        var admission = UDPAdmission.Limits()
+        admission.windowBytes = configuration.udpWindowBytes
+        admission.memoryBudget = configuration.udpMemoryBudget
+        admission.maxSessions = configuration.udpMaxSessions
+        admission.maxSessionsPerAddress = configuration.udpMaxSessionsPerAddress
+        admission.maxSeedSessions = configuration.udpMaxSeedSessions
+        admission.maxFileSize = configuration.maxFileSize
+        admission.seedProtocolAllowed = seedProtocolAllowed
+        admission.token = configuration.token
         let receiver = try UDPReceiver(server: self, address: address, receiveBufferBytes: configuration.udpReceiveBuffer,
-                                   receiveOffload: configuration.udpReceiveOffload, limits: limits)
+                                   receiveOffload: configuration.udpReceiveOffload, limits: limits, admission: admission)
         udp = receiver
         udpClosed = false
         do throws(UVOperationError) {

@@ -14,19 +14,12 @@ import UV
 /// reused for every batch: datagrams are copied (seed: into an append buffer; native: into the
 /// session's ring slot) before the next batch is read.
 final class UDPReceiver: UDPSocketReceiver {
+    /// The receiver's own clocks (who may start an upload is `UDPAdmission`'s business).
     struct Limits {
-        var maxSessions = 256
-        var maxSessionsPerAddress = 32
-        var maxSeedSessions = 64
-        /// Ring bytes per native session (smaller for small files).
-        var windowBytes = 16 << 20
-        /// Ring bytes of all native sessions together.
-        var memoryBudget = 512 << 20
         /// Seconds without a datagram before a session is closed (native partials stay resumable).
         var idleTimeout: Double = 30
         /// How long a finished session answers duplicate FINISHes.
         var linger: Double = 30
-        var maxChunkSize = UDPWire.maximumChunkSize
     }
 
     unowned let server: Server
@@ -34,20 +27,14 @@ final class UDPReceiver: UDPSocketReceiver {
     let limits: Limits
     private let logger: Logger
     private let store: Store
-    private let cookies = HandshakeCookie()
+    /// Decides who may start an upload, and counts what admitted sessions hold.
+    private var admission: UDPAdmission
     private let timer: Timer
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     private var seedSessions: [SocketAddress: SeedSessionDriver] = [:]
     private var sessions: [UInt64: NativeSessionDriver] = [:]
     private var byNonce: [NonceKey: UInt64] = [:]
-    /// Unfinished native sessions per source host, and in all: what the caps count. A finished
-    /// session lingers (to answer a repeated FINISH) without its ring and without a slot, so a
-    /// client sending many files one after another is not refused; lingering ones are capped
-    /// separately (8x `maxSessions`).
-    private var perAddress: [[UInt8]: Int] = [:]
-    private var activeNative = 0
     private var dirty: [NativeSessionDriver] = []
-    private var ringBytesInUse = 0
     private var packetNumber: UInt64 = 0
     private var closing = false
     /// Sessions created and not yet retired (ended with no file operation in flight): `stop`
@@ -65,11 +52,13 @@ final class UDPReceiver: UDPSocketReceiver {
         var nonce: UInt64
     }
 
-    init(server: Server, address: SocketAddress, receiveBufferBytes: Int32, receiveOffload: Bool, limits: Limits) throws(UVOperationError) {
+    init(server: Server, address: SocketAddress, receiveBufferBytes: Int32, receiveOffload: Bool, limits: Limits,
+         admission: UDPAdmission.Limits) throws(UVOperationError) {
         self.server = server
         self.store = server.store
         self.logger = server.logger
         self.limits = limits
+        self.admission = UDPAdmission(limits: admission)
         socket = try UDPSocket(loop: server.loop, batchedReceive: true)
         do throws(UVOperationError) {
             try socket.bind(address)
@@ -96,8 +85,8 @@ final class UDPReceiver: UDPSocketReceiver {
     var sessionCount: Int { sessions.count + seedSessions.count }
     /// Uploads not yet ended (native sessions holding a slot, seed sources); finished native
     /// sessions that linger to answer duplicates do not count.
-    var uploadsInProgress: Int { activeNative + seedSessions.count }
-    var nativeUploadsInProgress: Int { activeNative }
+    var uploadsInProgress: Int { admission.nativeUploadsInProgress + seedSessions.count }
+    var nativeUploadsInProgress: Int { admission.nativeUploadsInProgress }
     var seedUploadsInProgress: Int { seedSessions.count }
 
     /// Closes the socket and timer; seed sessions end incomplete, native ones keep their partials.
@@ -190,25 +179,10 @@ final class UDPReceiver: UDPSocketReceiver {
 
     private func startSeed(size: UInt64, from source: SocketAddress) {
         guard !closing else { return }
-        guard !server.isDraining else {
+        if let refusal = admission.seedStart(size: size, seedSessions: seedSessions.count, draining: server.isDraining) {
             // Seed UDP cannot answer: the log is where the sender's operator learns of it.
             server.statistics.udpSessionsRefused += 1
-            logger.warning("udp seed upload refused: the server is shutting down", metadata: ["source": "\(source)", "declared": "\(size)"])
-            return
-        }
-        guard server.seedProtocolAllowed else {
-            server.statistics.udpSessionsRefused += 1
-            logger.warning("udp seed upload refused: \(ProtocolError.seedProtocolDisabled)", metadata: ["source": "\(source)"])
-            return
-        }
-        guard seedSessions.count < limits.maxSeedSessions else {
-            server.statistics.udpSessionsRefused += 1
-            logger.warning("udp seed upload refused: \(seedSessions.count) seed sessions at once", metadata: ["source": "\(source)"])
-            return
-        }
-        guard size <= server.configuration.maxFileSize else {
-            server.statistics.udpSessionsRefused += 1
-            logger.warning("udp seed upload refused: \(ProtocolError.fileTooLarge(size: size, limit: server.configuration.maxFileSize))", metadata: ["source": "\(source)"])
+            logger.warning("udp seed upload refused: \(refusal)", metadata: ["source": "\(source)", "declared": "\(size)"])
             return
         }
         if let full = server.disk.reserve(size) {
@@ -267,10 +241,7 @@ final class UDPReceiver: UDPSocketReceiver {
             server.statistics.udpDatagramsIgnored += 1
             return
         }
-        let chunk = UInt16(clamping: min(max(Int(initial.chunkSize), UDPWire.minimumChunkSize), limits.maxChunkSize))
-        let cookie = cookies.issue(source: source.identityBytes, clientNonce: initial.clientNonce, chunkSize: chunk, now: Self.seconds())
-        let reply = UDPWire.encode(UDPWire.Cookie(clientNonce: initial.clientNonce, cookie: cookie, chunkSize: chunk,
-                                                  authenticationRequired: server.configuration.token != nil), packet: nextPacket())
+        let reply = UDPWire.encode(admission.cookie(for: initial, source: source.identityBytes, now: Self.seconds()), packet: nextPacket())
         precondition(reply.count < d.count)
         send(reply, to: source)
     }
@@ -280,7 +251,7 @@ final class UDPReceiver: UDPSocketReceiver {
             server.statistics.udpDatagramsIgnored += 1
             return
         }
-        guard cookies.verify(start.cookie, source: source.identityBytes, clientNonce: start.clientNonce, chunkSize: start.chunkSize, now: Self.seconds()) else {
+        guard admission.cookieIsValid(start, source: source.identityBytes, now: Self.seconds()) else {
             // Spoofed, stale or forged: no reply, no state.
             server.statistics.udpDatagramsIgnored += 1
             return
@@ -296,48 +267,16 @@ final class UDPReceiver: UDPSocketReceiver {
             logger.warning("udp upload refused: \(error)", metadata: ["source": "\(source)"])
             send(UDPWire.encodeAbort(code: error.code, message: error.description, session: 0, packet: nextPacket()), to: source)
         }
-        if let token = server.configuration.token,
-           !HandshakeCookie.verifyAuthentication(start.mac, token: token, cookie: start.cookie, clientNonce: start.clientNonce) {
-            refuse(start.mac.isEmpty ? .authenticationRequired : .authenticationFailed)
+        let decision = admission.start(start, nameBytes: UDPWire.startNameBytes(d) ?? [], host: hostKey(source), draining: server.isDraining)
+        guard case .admit(let grant) = decision else {
+            if case .refuse(let error) = decision { refuse(error) }
             return
         }
-        let name: String
-        do throws(ProtocolError) {
-            name = try NamePolicy.sanitise(UDPWire.startNameBytes(d) ?? [])
-        } catch {
-            refuse(error)
-            return
-        }
-        guard start.file.size <= server.configuration.maxFileSize else {
-            refuse(.fileTooLarge(size: start.file.size, limit: server.configuration.maxFileSize))
-            return
-        }
-        guard !server.isDraining else {
-            refuse(.shuttingDown)
-            return
-        }
-        let chunkSize = Int(start.chunkSize)
-        guard chunkSize >= UDPWire.minimumChunkSize, chunkSize <= limits.maxChunkSize,
-              start.file.size / UInt64(chunkSize) < UInt64(UInt32.max)
-        else {
-            refuse(.malformedFrame(type: UDPWire.Kind.start.rawValue, detail: "chunk size \(chunkSize) does not fit this file"))
-            return
-        }
-        guard activeNative < limits.maxSessions, sessions.count < 8 * limits.maxSessions,
-              perAddress[hostKey(source), default: 0] < limits.maxSessionsPerAddress else {
-            refuse(.uploadBusy)
-            return
-        }
-        let windowChunks = UInt32(max(64, min(limits.windowBytes / chunkSize, Int((start.file.size + UInt64(chunkSize) - 1) / UInt64(chunkSize)) + 1)))
-        let ringBytes = Int(windowChunks) * chunkSize
-        guard ringBytesInUse + ringBytes <= limits.memoryBudget else {
-            refuse(.uploadBusy)
-            return
-        }
+        let chunkSize = grant.chunkSize, windowChunks = grant.windowChunks
         // No room for a new upload: only one stored before (answered from its receipt) goes on.
         let refusal = server.disk.reserve(start.file.size)
         var file = start.file
-        file.name = name
+        file.name = grant.name
         var id: UInt64 = 0
         repeat { id = UInt64.random(in: 1...UInt64.max) } while sessions[id] != nil
         let session = NativeSessionDriver(receiver: self, id: id, source: source, clientNonce: start.clientNonce, file: file,
@@ -345,9 +284,6 @@ final class UDPReceiver: UDPSocketReceiver {
         sessions[id] = session
         liveSessions += 1
         byNonce[key] = id
-        perAddress[hostKey(source), default: 0] += 1
-        activeNative += 1
-        ringBytesInUse += ringBytes
         session.open()
     }
 
@@ -356,6 +292,7 @@ final class UDPReceiver: UDPSocketReceiver {
     func nativeSessionEnded(_ s: NativeSessionDriver) {
         guard sessions[s.id] === s else { return }
         sessions[s.id] = nil
+        admission.sessionRemoved()
         byNonce[NonceKey(source: s.source, nonce: s.clientNonce)] = nil
         releaseSlot(s)
     }
@@ -365,14 +302,11 @@ final class UDPReceiver: UDPSocketReceiver {
         guard s.holdsSlot else { return }
         s.holdsSlot = false
         if s.newUploadRefusal == nil { server.disk.release(s.file.size) }
-        activeNative -= 1
-        let k = hostKey(s.source)
-        perAddress[k, default: 1] -= 1
-        if perAddress[k] == 0 { perAddress[k] = nil }
+        admission.slotReleased(host: hostKey(s.source))
         server.udpUploadEnded()
     }
 
-    func ringReleased(_ bytes: Int) { ringBytesInUse -= bytes }
+    func ringReleased(_ bytes: Int) { admission.ringReleased(bytes) }
 
     // MARK: - Sending
 
