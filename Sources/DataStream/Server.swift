@@ -11,133 +11,6 @@ import UV
 /// Counters touched per connection are `@exclusivity(unchecked)` (no run-time access check):
 /// plain values only ever read or assigned in place, under the rule written on `Connection`.
 public final class Server {
-    /// Settings. Defaults are those of `datastream serve`.
-    public struct Configuration: Sendable {
-        public var host = "127.0.0.1"
-        public var port = 9000
-        public var directory = "./received"
-        /// When set, native clients must authenticate with this token.
-        public var token: String?
-        /// fsync each file before it is linked into place, and the directory after.
-        public var fsync = false
-        public var maxFileSize: UInt64 = 1 << 40
-        /// The longest client file name (native protocol), in UTF-8 bytes.
-        public var maxNameLength = NamePolicy.defaultMaxLength
-        /// Bytes to keep free on the target file system: an upload whose announced size does
-        /// not fit in the free space less this and less what uploads in progress hold is
-        /// refused at its start (ERROR/RESULT "disk full", code 23). See `DiskBudget`.
-        public var minFreeSpace: UInt64 = 64 << 20
-        /// At start, native partials not written to for this many seconds are removed (and
-        /// seed partials of ended processes always), and receipts of uploads stored that long
-        /// ago (a client sending one again after that gets a second copy). Default 7 days.
-        public var partialMaxAge: Double = 7 * 86_400
-        /// Connections at once; at the cap the server stops accepting (new ones wait in the
-        /// kernel's backlog) and resumes below it. nil: half the descriptor limit
-        /// (`RLIMIT_NOFILE`) less 128, since a connection with an upload holds its socket and
-        /// its file, so accept does not run out of descriptors.
-        public var maxConnections: Int?
-        /// Connections at once from one IP address (0: no limit). Over it a connection gets an
-        /// ERROR frame (code 20) and is closed before anything is read.
-        public var maxConnectionsPerAddress = 0
-        /// Seconds from accept until an upload begins (native: HELLO to FILE; seed: the size
-        /// field); then the connection is closed. Time the server spends not reading (no buffer
-        /// free) does not count. Slow-but-alive uploads are not limited by it. 30 s: generous to
-        /// a client on an overloaded machine, still short for a slowloris.
-        public var headerTimeout: Double = 30
-        /// Seconds without a byte from the client while the server waits for one; the connection
-        /// is then closed (a native partial stays resumable, a seed partial is deleted). Never a
-        /// limit on an upload's total time.
-        public var idleTimeout: Double = 60
-        /// Listen on a non-loopback address without a token (otherwise `start` refuses).
-        public var allowAnonymous = false
-        /// Accept the seed protocols (TCP and UDP), which cannot authenticate, on a non-loopback
-        /// address (on loopback they are always on).
-        public var allowSeedProtocol = false
-        public var backlog: Int32 = 4096
-        /// Per-connection buffered bytes: pause reading above `high`, resume at `low`. Kept small
-        /// on purpose: the threadpool copies each write out of the receive slabs into the page
-        /// cache, and that copy is several times cheaper while the slabs are still in cache
-        /// (perf, one 1 GiB upload: 4 MiB marks put 60% of the receiver's time in that copy,
-        /// 1 MiB marks a fraction; throughput went from ~450 to ~850 MB/s here).
-        public var connectionBufferLow = 512 << 10
-        public var connectionBufferHigh = 1 << 20
-        /// Whole-process receive memory: reads wait for a buffer when it is all in use. 16 MiB
-        /// kept 10,000 concurrent 64 KiB uploads (S4) under 64 MiB of RSS with the small-upload
-        /// budget below, at the same throughput as 24 MiB.
-        public var processBufferBudget = 16 << 20
-        /// Seed uploads of at most 64 KiB are copied into memory of their own and stored in one
-        /// threadpool work item at the end; this caps that memory for all of them together
-        /// (beyond it, small uploads are written as they arrive, like large ones). 8 MiB: S4 ran
-        /// ~8% faster than with 2 MiB here.
-        public var smallUploadBudget = 8 << 20
-        /// Write seed uploads (small ones held in memory and streamed ones alike) into a file
-        /// without a name (`O_TMPFILE`) linked into place when complete; off, or where the file
-        /// system cannot, a named partial under `.datastream/partial` is used.
-        public var unnamedSeedFiles = true
-        /// Receive UDP (seed and native reliable UDP) on the same loop.
-        public var udpEnabled = true
-        /// The UDP port; nil means the TCP port's number (the bound one when `port` is 0).
-        public var udpPort: Int?
-        /// The UDP socket receive buffer to ask the kernel for (past rmem_max as root).
-        public var udpReceiveBuffer: Int32 = 32 << 20
-        /// Let the kernel coalesce runs of equal-size datagrams into one receive (`UDP_GRO`).
-        public var udpReceiveOffload = true
-        /// Seconds without a datagram before a UDP session is closed.
-        public var udpIdleTimeout: Double = 30
-        /// Ring memory per native UDP session, and for all of them together.
-        public var udpWindowBytes = 16 << 20
-        public var udpMemoryBudget = 512 << 20
-        public var udpMaxSessions = 256
-        public var udpMaxSessionsPerAddress = 32
-        public var udpMaxSeedSessions = 64
-        public init() {}
-    }
-
-    /// Counters, readable at any time on the loop thread.
-    public struct Statistics: Sendable {
-        public var connectionsAccepted: UInt64 = 0
-        public var uploadsStored: UInt64 = 0
-        /// Native uploads announced again after they were stored, answered from their receipt
-        /// (with the name they were stored under) instead of being stored twice.
-        public var uploadsAlreadyStored: UInt64 = 0
-        public var uploadsFailed: UInt64 = 0
-        public var bytesReceived: UInt64 = 0
-        public var udpDatagramsReceived: UInt64 = 0
-        /// Datagrams that changed nothing: unknown sessions, wrong source, spoofed or stale cookies, garbage.
-        public var udpDatagramsIgnored: UInt64 = 0
-        public var udpDuplicates: UInt64 = 0
-        public var udpSessionsRefused: UInt64 = 0
-        public var udpDatagramsSent: UInt64 = 0
-        /// Connections closed at once for `maxConnectionsPerAddress`, and times accepting paused
-        /// at `maxConnections`.
-        public var connectionsRefused: UInt64 = 0
-        public var acceptPauses: UInt64 = 0
-        /// Accepts that failed (out of descriptors: accepting pauses, see `acceptPauses`).
-        public var acceptErrors: UInt64 = 0
-        /// Reads made straight from a socket, without waiting for the loop to poll it (at accept
-        /// and when a receive buffer comes back: `Connection.readWithoutPolling`), and
-        /// connections that needed no more than the reads at accept (their seed upload was
-        /// complete, they were refused, or their client had closed its side): never polled.
-        public var readsWithoutPolling: UInt64 = 0
-        public var servedAtAccept: UInt64 = 0
-        /// Connections that waited for a receive buffer and then read straight from their socket
-        /// at the server's next turn of the loop (`readSoon`), rather than being polled again
-        /// (one that closed meanwhile, or found nothing to read, is not counted).
-        public var readsAfterBufferWait: UInt64 = 0
-        /// Connections closed by the header or the idle timeout.
-        public var connectionsTimedOut: UInt64 = 0
-        /// Large TCP uploads whose rest went straight from the socket to the file (`SocketDrain`),
-        /// and the bytes that went that way.
-        public var uploadsDrained: UInt64 = 0
-        public var bytesDrained: UInt64 = 0
-        /// The most drains that ran at once.
-        public var peakDrainsRunning = 0
-        public var udpBytesSent: UInt64 = 0
-        /// Receives that held several datagrams coalesced by the kernel (receive offload).
-        public var udpCoalescedReceives: UInt64 = 0
-        public init() {}
-    }
-
     public let loop: Loop
     public let configuration: Configuration
     public let store: Store
@@ -151,8 +24,8 @@ public final class Server {
     let lifecycleConfiguration: ConnectionLifecycle.Configuration
     /// Read on every accept and every close. Unchecked (see `Connection`): assigned whole, at
     /// start and stop; releasing a listener runs no code that reads it.
-    @exclusivity(unchecked) private var listener: TCPListener?
-    private var udp: UDPReceiver?
+    @exclusivity(unchecked) var listener: TCPListener?
+    var udp: UDPReceiver?
     /// The bound UDP address, once started with UDP enabled.
     public private(set) var udpAddress: SocketAddress?
     /// The UDP receive buffer the kernel granted (getsockopt's figure, twice the usable bytes).
@@ -166,10 +39,10 @@ public final class Server {
     /// Blocks for small seed uploads, reused (see `SmallBuffers`).
     let smallBuffers = SmallBuffers()
     /// Open connections.
-    private let connections = ConnectionTable()
+    let connections = ConnectionTable()
     @exclusivity(unchecked) private var nextConnectionID: UInt64 = 0
     private var stopCallback: (() -> Void)?
-    private var listenerClosed = true
+    var listenerClosed = true
     private var udpClosed = true
 
     /// Prepares the target directory (created if missing; an error if unusable).
@@ -220,7 +93,7 @@ public final class Server {
     public let maxConnections: Int
     private var connectionsPerHost: [[UInt8]: Int] = [:]
     private var sweepTimer: Timer?
-    private var descriptorRetryTimer: Timer?
+    var descriptorRetryTimer: Timer?
     /// Connections that may read again, served at the start of the next loop iteration (`readSoon`).
     private var readSoonQueue: [Connection] = []
     private var readSoonIdle: Idle?
@@ -425,103 +298,15 @@ public final class Server {
         finishStopIfDone()
     }
 
-    /// What a graceful shutdown (`drain`) came to.
-    public struct DrainOutcome: Sendable, Equatable {
-        /// Connections with an upload in progress when the drain began.
-        public var inProgressAtStart = 0
-        /// Uploads stored while draining.
-        public var storedWhileDraining: UInt64 = 0
-        /// Uploads still in progress at the deadline, cut then: native ones keep their partial
-        /// (the client resumes), seed ones are deleted (the seed protocol cannot resume).
-        public var cutResumable = 0
-        public var cutLost = 0
-        /// Whether every upload ended before the deadline.
-        public var completedInTime: Bool { cutResumable == 0 && cutLost == 0 }
-    }
-
+    // The drain's state (see Server+Drain.swift).
     /// Whether `drain` has begun.
-    @exclusivity(unchecked) public private(set) var isDraining = false
-    private var drainTimer: Timer?
-    private var drainOutcome = DrainOutcome()
-    private var drainStoredAtStart: UInt64 = 0
-    private var drainCompletion: ((DrainOutcome) -> Void)?
-
-    /// Graceful shutdown (SIGTERM/SIGINT): stops accepting at once, closes connections that
-    /// have no upload in progress (native clients get ERROR 22), lets uploads in progress finish
-    /// for up to `deadline` seconds (timeouts still apply; UDP uploads in progress too, new UDP
-    /// sessions are refused), then cuts what is left as `stop` does (native partials stay
-    /// resumable) and closes everything, UDP included. `completion`
-    /// runs once every handle is closed, with what happened.
-    public func drain(deadline: Double, _ completion: @escaping (DrainOutcome) -> Void) {
-        guard !isDraining else { return }
-        isDraining = true
-        drainCompletion = completion
-        drainStoredAtStart = statistics.uploadsStored
-        drainOutcome.inProgressAtStart = connections.filter(\.hasUploadInProgress).count + (udp?.uploadsInProgress ?? 0)
-        descriptorRetryTimer?.close()
-        descriptorRetryTimer = nil
-        if let listener {
-            self.listener = nil
-            listenerClosed = false
-            listener.close { [self] in
-                listenerClosed = true
-                finishStopIfDone()
-            }
-        }
-        logger.notice("draining: \(drainOutcome.inProgressAtStart) uploads in progress may finish within \(deadline) s")
-        for connection in connections { connection.shutDownWhenIdle() }
-        do throws(UVOperationError) {
-            let t = try Timer(loop: loop)
-            drainTimer = t
-            try t.start(timeout: UInt64(max(0, deadline) * 1000)) { [unowned self] in endDrain() }
-        } catch {
-            logger.error("cannot arm the drain deadline: \(error); stopping now")
-            endDrain()
-        }
-        if drainIsOver { endDrain() }
-    }
-
-    /// Every TCP connection closed and every UDP upload ended.
-    private var drainIsOver: Bool { connections.isEmpty && (udp?.uploadsInProgress ?? 0) == 0 }
-
-    /// A UDP upload ended (stored, failed or timed out): the drain may be over.
-    func udpUploadEnded() {
-        if isDraining, drainIsOver { endDrain() }
-    }
-
-    /// The drain's deadline, or its last connection gone: cut what is left and stop.
-    private func endDrain() {
-        guard let completion = drainCompletion else { return }
-        if !drainDeadlinePassed {
-            drainDeadlinePassed = true
-            drainTimer?.close()
-            drainTimer = nil
-            drainOutcome.cutResumable += udp?.nativeUploadsInProgress ?? 0
-            drainOutcome.cutLost += udp?.seedUploadsInProgress ?? 0
-            // Cut what waits on its client; what the server is still storing (the client has
-            // sent everything) finishes, answers and closes by itself.
-            for connection in connections { connection.cutIfWaitingForClient() }
-        }
-        guard connections.isEmpty else { return }  // connectionClosed calls again
-        drainCompletion = nil
-        stop { [self] in
-            drainOutcome.storedWhileDraining = statistics.uploadsStored - drainStoredAtStart
-            completion(drainOutcome)
-        }
-    }
-
+    @exclusivity(unchecked) public internal(set) var isDraining = false
+    var drainTimer: Timer?
+    var drainOutcome = DrainOutcome()
+    var drainStoredAtStart: UInt64 = 0
+    var drainCompletion: ((DrainOutcome) -> Void)?
     /// Whether the drain's deadline has passed (connections still storing may finish).
-    @exclusivity(unchecked) private(set) var drainDeadlinePassed = false
-
-    /// A connection cut at the drain's deadline, with what became of its upload.
-    func drainCut(_ partial: ConnectionStateMachine.PartialDisposition) {
-        switch partial {
-        case .keep: drainOutcome.cutResumable += 1
-        case .discard: drainOutcome.cutLost += 1
-        case .none: break
-        }
-    }
-
+    @exclusivity(unchecked) var drainDeadlinePassed = false
 
     /// Out of descriptors on accept: stop accepting (new connections wait in the kernel's
     /// backlog instead of being accepted and dropped) until a connection closes or a second has
@@ -555,7 +340,7 @@ public final class Server {
         pool.wakeIfRoom()
     }
 
-    private func finishStopIfDone() {
+    func finishStopIfDone() {
         guard let callback = stopCallback, listenerClosed, udpClosed, connections.isEmpty else { return }
         stopCallback = nil
         callback()

@@ -25,8 +25,7 @@ public struct FileOpenFlags: OptionSet, Sendable {
     /// `O_TMPFILE`: the path is a directory, and the file made in it has no name until it is
     /// linked (see `BlockingFileSystem.linkTemporary`); it disappears with its last descriptor
     /// otherwise. Fails (`EOPNOTSUPP`, `EISDIR`, `EINVAL`) where the file system cannot.
-    /// (`__O_TMPFILE | O_DIRECTORY`; glibc exports `O_TMPFILE` only with `_GNU_SOURCE`.)
-    public static let temporaryFile = FileOpenFlags(rawValue: 0o20000000 | O_DIRECTORY)
+    public static let temporaryFile = FileOpenFlags(rawValue: LinuxConstants.oTmpFile | O_DIRECTORY)
 }
 
 /// Asynchronous file operations on libuv's threadpool: each call returns at once and its

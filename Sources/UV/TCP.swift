@@ -121,8 +121,7 @@ public final class TCPStream: Handle {
         if fd < 0 { throw UVOperationError("socket", target: source.description, code: -errno) }
         var on: Int32 = 1
         if !source.isIPv6 {
-            // IP_BIND_ADDRESS_NO_PORT (24): choose the port at connect(2), not at bind(2).
-            _ = setsockopt(fd, Int32(IPPROTO_IP), 24, &on, socklen_t(MemoryLayout<Int32>.size))
+            _ = setsockopt(fd, Int32(IPPROTO_IP), LinuxConstants.ipBindAddressNoPort, &on, socklen_t(MemoryLayout<Int32>.size))
         }
         let opened = uv_tcp_open(tcp, fd)
         if opened < 0 {

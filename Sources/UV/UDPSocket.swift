@@ -132,8 +132,7 @@ public final class UDPSocket: Handle {
     public func enableReceiveOffload() throws(UVOperationError) -> Bool {
         let fd = try fileDescriptor()
         var on: Int32 = 1
-        // SOL_UDP (17), UDP_GRO (104): Linux 5.0 and later.
-        return setsockopt(fd, 17, 104, &on, socklen_t(MemoryLayout<Int32>.size)) == 0
+        return setsockopt(fd, LinuxConstants.solUDP, LinuxConstants.udpGRO, &on, socklen_t(MemoryLayout<Int32>.size)) == 0
     }
 
     /// Sends one datagram made of `head` then `body` at once if the kernel takes it (to the
@@ -289,8 +288,8 @@ public final class UDPBatch {
                 let c = controls + i * Self.controlBytes
                 c.initializeMemory(as: UInt8.self, repeating: 0, count: Self.controlBytes)
                 c.storeBytes(of: 18, toByteOffset: 0, as: Int.self)                  // cmsg_len = CMSG_LEN(2)
-                c.storeBytes(of: Int32(IPPROTO_UDP), toByteOffset: 8, as: Int32.self) // cmsg_level = SOL_UDP
-                c.storeBytes(of: Int32(103), toByteOffset: 12, as: Int32.self)         // cmsg_type = UDP_SEGMENT
+                c.storeBytes(of: LinuxConstants.solUDP, toByteOffset: 8, as: Int32.self)  // cmsg_level
+                c.storeBytes(of: LinuxConstants.udpSegment, toByteOffset: 12, as: Int32.self)  // cmsg_type
                 c.storeBytes(of: UInt16(segmentSizes[i]), toByteOffset: 16, as: UInt16.self)
                 messages[i].msg_hdr.msg_control = c
                 messages[i].msg_hdr.msg_controllen = Self.controlBytes
