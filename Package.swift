@@ -5,6 +5,7 @@
 //   CLibUV (C)  <-  UV (the only importer of CLibUV)
 //   DataStreamCore (pure Swift: wire formats, state machines, name policy)
 //   DataStream (drivers, store, sender: imports UV and DataStreamCore)
+//   DataStreamBench (the load generator and verifier of `datastream bench`: imports DataStream)
 //   DataStreamFuzzing (fuzz targets over DataStreamCore's parsers; libFuzzer executables in fuzz/)
 //   datastream (the command line)
 import PackageDescription
@@ -15,6 +16,7 @@ let package = Package(
         .executable(name: "datastream", targets: ["datastream"]),
         .library(name: "DataStream", targets: ["DataStream"]),
         .library(name: "UV", targets: ["UV"]),
+        .library(name: "DataStreamBench", targets: ["DataStreamBench"]),
         // The fuzz targets, for the libFuzzer package in fuzz/ (and the corpus replay test).
         .library(name: "DataStreamFuzzing", targets: ["DataStreamFuzzing"]),
     ],
@@ -41,12 +43,17 @@ let package = Package(
                 "UV", "DataStreamCore", "CXXHash",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
+            ]),
+        .target(
+            name: "DataStreamBench",
+            dependencies: [
+                "DataStream", "UV", "DataStreamCore",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]),
         .executableTarget(
             name: "datastream",
             dependencies: [
-                "DataStream",
+                "DataStream", "DataStreamBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
@@ -57,6 +64,6 @@ let package = Package(
         .testTarget(name: "DataStreamCoreTests", dependencies: ["DataStreamCore", "DataStreamFuzzing", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(
             name: "DataStreamTests",
-            dependencies: ["DataStream", "DataStreamCore", "UV", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["DataStream", "DataStreamBench", "DataStreamCore", "UV", .product(name: "Logging", package: "swift-log")]),
     ]
 )

@@ -4,12 +4,12 @@ import DataStreamCore
 
 /// An incremental file digest (XXH3-128 from libxxhash, SHA-256 from swift-crypto).
 /// Owned by one upload (or one sender file); fed in file order.
-final class Digester {
-    let algorithm: DigestAlgorithm
+package final class Digester {
+    package let algorithm: DigestAlgorithm
     private var xxh: OpaquePointer?
     private var sha: SHA256?
 
-    init(_ algorithm: DigestAlgorithm) {
+    package init(_ algorithm: DigestAlgorithm) {
         self.algorithm = algorithm
         switch algorithm {
         case .xxh3_128:
@@ -22,7 +22,7 @@ final class Digester {
 
     deinit { if let xxh { XXH3_freeState(xxh) } }
 
-    func update(_ bytes: UnsafeRawBufferPointer) {
+    package func update(_ bytes: UnsafeRawBufferPointer) {
         guard bytes.count > 0 else { return }
         switch algorithm {
         case .xxh3_128: _ = XXH3_128bits_update(xxh, bytes.baseAddress, bytes.count)
@@ -31,7 +31,7 @@ final class Digester {
     }
 
     /// The digest of everything fed so far (big-endian canonical form for XXH3-128).
-    func finish() -> [UInt8] {
+    package func finish() -> [UInt8] {
         switch algorithm {
         case .xxh3_128:
             var canonical = XXH128_canonical_t()

@@ -7,7 +7,7 @@ import UV
 /// protocol (several files, digests, resume) or the seed protocol (one connection per file, as
 /// the seed's own client). Runs on a loop the caller owns and runs; the sender owns its stream,
 /// its two file buffers and the descriptors it opens.
-public final class Sender: TCPStreamReader {
+public final class Sender {
     /// Where to send and how: the receiver, the token, the protocol, the digest, the chunk size.
     public struct Options: Sendable {
         public var host: String
@@ -104,7 +104,7 @@ public final class Sender: TCPStreamReader {
                 case .success(let s):
                     stream = s
                     client = NativeClientMachine(token: options.token)
-                    do { try s.startReading(self) } catch { failAll("\(error)"); return }
+                    do { try s.startReading(SenderReader(self)) } catch { failAll("\(error)"); return }
                     then()
                 case .failure(let e):
                     failAll(e.description)
@@ -119,9 +119,9 @@ public final class Sender: TCPStreamReader {
         do { try stream?.write(bytes) } catch { failAll("\(error)") }
     }
 
-    public func readBuffer(for stream: TCPStream, suggestedSize: Int) -> UnsafeMutableRawBufferPointer? { readBuffer }
+    func readBuffer(for stream: TCPStream, suggestedSize: Int) -> UnsafeMutableRawBufferPointer? { readBuffer }
 
-    public func stream(_ stream: TCPStream, didRead event: ReadEvent, buffer: UnsafeMutableRawBufferPointer?) {
+    func stream(_ stream: TCPStream, didRead event: ReadEvent, buffer: UnsafeMutableRawBufferPointer?) {
         switch event {
         case .data(let count):
             var offset = 0
@@ -365,5 +365,19 @@ public final class Sender: TCPStreamReader {
         let c = completion
         completion = nil
         c?(outcomes)
+    }
+}
+
+/// Hands the stream's reads to its sender, so that the callbacks stay out of the sender's public
+/// API. Held by the stream while it reads, and holding the sender
+/// (as the sender itself was held before): a send in progress keeps its sender alive.
+private final class SenderReader: TCPStreamReader {
+    let sender: Sender
+    init(_ sender: Sender) { self.sender = sender }
+    func readBuffer(for stream: TCPStream, suggestedSize: Int) -> UnsafeMutableRawBufferPointer? {
+        sender.readBuffer(for: stream, suggestedSize: suggestedSize)
+    }
+    func stream(_ stream: TCPStream, didRead event: ReadEvent, buffer: UnsafeMutableRawBufferPointer?) {
+        sender.stream(stream, didRead: event, buffer: buffer)
     }
 }

@@ -13,7 +13,7 @@ import UV
 public final class Server {
     public let loop: Loop
     public let configuration: Configuration
-    public let store: Store
+    let store: Store
     @exclusivity(unchecked) public internal(set) var statistics = Statistics()
     let logger: Logger
     /// `logger.logLevel`, read once: connections check it before every debug line, and the
@@ -55,7 +55,7 @@ public final class Server {
             store = try Store(directory: configuration.directory, fsync: configuration.fsync, loop: loop)
             store.unnamedSeedFiles = configuration.unnamedSeedFiles
         } catch {
-            throw .directory(error)
+            throw .directory(path: error.path, reason: error.reason)
         }
         partialSweep = store.sweepPartials(maxAge: configuration.partialMaxAge)
         if partialSweep.seedRemoved + partialSweep.staleRemoved + partialSweep.receiptsRemoved > 0 || partialSweep.kept > 0 {
@@ -84,7 +84,7 @@ public final class Server {
     }
 
     /// What the start-up sweep of partial files did.
-    public let partialSweep: Store.PartialSweep
+    let partialSweep: Store.PartialSweep
     /// Free space accounting for uploads starting (see `Configuration.minFreeSpace`).
     let disk: DiskBudget
     /// Whether seed-framed uploads are accepted here (see `Configuration.allowSeedProtocol`).
@@ -349,7 +349,8 @@ public final class Server {
 
 /// Why a server could not start: one clear line each.
 public enum ServerError: Error, CustomStringConvertible {
-    case directory(StoreError)
+    /// The target directory cannot be used.
+    case directory(path: String, reason: String)
     case listen(host: String, port: Int, UVOperationError)
     case listenUDP(host: String, port: Int, UVOperationError)
     /// A non-loopback address without a token and without `allowAnonymous`.
@@ -357,7 +358,7 @@ public enum ServerError: Error, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .directory(let e): return e.description
+        case .directory(let path, let reason): return StoreError(path: path, reason: reason).description
         case .listen(let host, let port, let e):
             if e.error == .addressInUse { return "cannot listen on \(host):\(port): the port is in use" }
             return "cannot listen on \(host):\(port): \(e)"

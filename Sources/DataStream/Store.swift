@@ -19,13 +19,13 @@ protocol SmallUploadOwner: AnyObject {
 ///   under its final name when complete: one directory entry per upload, and nothing left behind
 ///   by a broken upload or a crash); where the file system cannot, it is
 ///   `.datastream/partial/seed-PID-N.part` (deleted if broken, swept at start-up).
-public final class Store {
+final class Store {
     /// The target directory.
-    public let directory: String
+    let directory: String
     /// `.datastream/partial` under it.
-    public let partialDirectory: String
+    let partialDirectory: String
     /// fsync the file before it is linked into place and the directory after.
-    public let fsyncEnabled: Bool
+    let fsyncEnabled: Bool
     let fs: FileSystem
     /// The target directory, opened once (`O_PATH`): small uploads are created and linked
     /// relative to it, so no call builds or walks its path again. Closed with the store.
@@ -46,7 +46,7 @@ public final class Store {
 
     /// Creates the directories if needed (at start-up, before the loop serves anything) and
     /// checks that the directory is writable.
-    public init(directory: String, fsync: Bool, loop: Loop) throws(StoreError) {
+    init(directory: String, fsync: Bool, loop: Loop) throws(StoreError) {
         self.directory = directory
         self.partialDirectory = directory + "/.datastream/partial"
         self.fsyncEnabled = fsync
@@ -73,22 +73,22 @@ public final class Store {
     deinit { try? BlockingFileSystem.close(directoryDescriptor) }
 
     /// What the start-up sweep of the partial folder did.
-    public struct PartialSweep: Sendable, Equatable {
+    struct PartialSweep: Sendable, Equatable {
         /// Seed partials of processes that are gone (a seed upload cannot resume).
-        public var seedRemoved = 0
+        var seedRemoved = 0
         /// Native partials older than the age limit, or missing their data or metadata file.
-        public var staleRemoved = 0
+        var staleRemoved = 0
         /// Native partials kept for their clients to resume.
-        public var kept = 0
+        var kept = 0
         /// Receipts of stored uploads older than the age limit (and half-written ones).
-        public var receiptsRemoved = 0
+        var receiptsRemoved = 0
     }
 
     /// At start-up, before the loop serves anything (so blocking calls are fine here): removes
     /// seed partials whose process is gone, native partials whose data or metadata file is
     /// missing, and native partials not written to for `maxAge` seconds; keeps the rest for resume.
     /// Receipts of stored uploads (`ID.done`) older than `maxAge` go too.
-    public func sweepPartials(maxAge: Double) -> PartialSweep {
+    func sweepPartials(maxAge: Double) -> PartialSweep {
         var sweep = PartialSweep()
         guard let dir = opendir(partialDirectory) else { return sweep }
         var names: [String] = []
@@ -136,7 +136,7 @@ public final class Store {
     }
 
     /// The full path of a stored file name.
-    public func finalPath(_ name: String) -> String { directory + "/" + name }
+    func finalPath(_ name: String) -> String { directory + "/" + name }
 
     // MARK: - Seed uploads
 
@@ -875,8 +875,8 @@ public final class Store {
 }
 
 /// The target directory cannot be used (at start-up).
-public struct StoreError: Error, CustomStringConvertible {
-    public let path: String
-    public let reason: String
-    public var description: String { "cannot use directory \(path): \(reason)" }
+struct StoreError: Error, CustomStringConvertible {
+    let path: String
+    let reason: String
+    var description: String { "cannot use directory \(path): \(reason)" }
 }

@@ -13,7 +13,7 @@ import UV
 /// Runs on a loop the caller owns and runs; owns its socket, its pacing timer and the read-only
 /// memory mapping of the file being sent (page faults on the mapping happen on this loop, which
 /// serves only this sender).
-public final class UDPSender: UDPSocketReceiver {
+public final class UDPSender {
     public struct Options: Sendable {
         public var host: String
         public var port: Int
@@ -135,7 +135,7 @@ public final class UDPSender: UDPSocketReceiver {
             _ = try? s.requestSendBuffer(4 << 20)
             _ = try? s.requestReceiveBuffer(1 << 20)
             try? s.setDontFragment(ipv6: address.isIPv6)
-            try s.startReceiving(self)
+            try s.startReceiving(UDPSenderReceiver(self))
             let t = try UV.Timer(loop: loop)
             timer = t
             try t.start(timeout: 1, repeat: 1) { [unowned self] in tick() }
@@ -267,9 +267,9 @@ public final class UDPSender: UDPSocketReceiver {
         sendControl(UDPWire.encode(UDPWire.Initial(clientNonce: clientNonce, chunkSize: UInt16(clamping: options.chunkSize)), packet: nextPacket()))
     }
 
-    public func receiveBuffer(for socket: UDPSocket, suggestedSize: Int) -> UnsafeMutableRawBufferPointer? { receiveBuffer }
+    func receiveBuffer(for socket: UDPSocket, suggestedSize: Int) -> UnsafeMutableRawBufferPointer? { receiveBuffer }
 
-    public func socket(_ socket: UDPSocket, didReceive count: Int, in datagram: UnsafeMutableRawBufferPointer?, from sender: SocketAddress?, isMoreOfBatch: Bool, error: UVError?) {
+    func socket(_ socket: UDPSocket, didReceive count: Int, in datagram: UnsafeMutableRawBufferPointer?, from sender: SocketAddress?, isMoreOfBatch: Bool, error: UVError?) {
         guard error == nil, sender != nil, let datagram else { return }
         let d = UnsafeRawBufferPointer(rebasing: datagram[0..<count])
         guard let h = UDPWire.header(d) else { return }
@@ -448,5 +448,19 @@ public final class UDPSender: UDPSocketReceiver {
             outcomes[index].message = "sent (the seed UDP protocol has no acknowledgement)"
             advance()
         }
+    }
+}
+
+/// Hands the socket's datagrams to its sender, so that the callbacks stay out of the sender's
+/// public API. Held by the socket while it receives, and holding the sender
+/// (as the sender itself was held before): a send in progress keeps its sender alive.
+private final class UDPSenderReceiver: UDPSocketReceiver {
+    let sender: UDPSender
+    init(_ sender: UDPSender) { self.sender = sender }
+    func receiveBuffer(for socket: UDPSocket, suggestedSize: Int) -> UnsafeMutableRawBufferPointer? {
+        sender.receiveBuffer(for: socket, suggestedSize: suggestedSize)
+    }
+    func socket(_ socket: UDPSocket, didReceive count: Int, in datagram: UnsafeMutableRawBufferPointer?, from sender: SocketAddress?, isMoreOfBatch: Bool, error: UVError?) {
+        self.sender.socket(socket, didReceive: count, in: datagram, from: sender, isMoreOfBatch: isMoreOfBatch, error: error)
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 @preconcurrency import Glibc
 import DataStream
+import DataStreamBench
 import DataStreamCore
 import Foundation
 import Logging

@@ -1,4 +1,5 @@
 import DataStream
+import DataStreamBench
 import DataStreamCore
 import Foundation
 import Glibc

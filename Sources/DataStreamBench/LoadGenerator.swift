@@ -1,3 +1,4 @@
+import DataStream
 import DataStreamCore
 import Histogram
 import UV
