@@ -154,7 +154,6 @@ struct LoadGeneratorTests {
         let (fd, port) = boundLoopbackSocket(SOCK_STREAM)
         defer { close(fd) }
         #expect(listen(fd, 16) == 0)
-        let started = Date()
         let (report, _) = try runBench(port: port) {
             $0.uploads = 2
             $0.concurrency = 2
@@ -163,12 +162,10 @@ struct LoadGeneratorTests {
         }
         #expect(report.failures == ["timeout": 2])
         #expect(report.completed == 0)
-        #expect(Date().timeIntervalSince(started) < 20)
     }
 
     @Test func aDurationEndsTheRun() throws {
         let server = try BackgroundServer()
-        let started = Date()
         let (report, _) = try runBench(port: server.port) {
             $0.uploads = nil
             $0.duration = 0.5
@@ -178,6 +175,5 @@ struct LoadGeneratorTests {
         server.stop()
         #expect(report.completed > 0)
         #expect(report.failed == 0)
-        #expect(Date().timeIntervalSince(started) < 10)
     }
 }

@@ -19,13 +19,9 @@ struct CommandLineTests {
         p.standardOutput = out
         p.standardError = err
         try p.run()
-        let deadline = Date().addingTimeInterval(timeout)
-        while p.isRunning && Date() < deadline { usleep(10_000) }
-        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
-        p.waitUntilExit()
-        return (p.terminationStatus,
-                String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
-                String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        let output = PipeCollector(out), errors = PipeCollector(err)
+        waitForExit(p, seconds: timeout)
+        return (p.terminationStatus, output.all(), errors.all())
     }
 
     @Test func binaryIsBuilt() {
@@ -61,11 +57,7 @@ struct CommandLineTests {
         client.shutdownWrite()
         #expect(client.readUntilEOF() != nil)
         kill(p.processIdentifier, SIGTERM)
-        let deadline = Date().addingTimeInterval(10)
-        while p.isRunning && Date() < deadline { usleep(10_000) }
-        #expect(!p.isRunning, "SIGTERM must stop the server")
-        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
-        p.waitUntilExit()
+        #expect(waitForExit(p, seconds: 10), "SIGTERM must stop the server")
         #expect(p.terminationStatus == 0)
         let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0 != ".datastream" }
         #expect(files.count == 1)
@@ -81,8 +73,7 @@ struct CommandLineTests {
         client.send(Array(String(data.count).utf8) + data)
         client.shutdownWrite()
         _ = client.readUntilEOF()
-        let deadline = Date().addingTimeInterval(10)
-        while server.storedFiles().isEmpty && Date() < deadline { usleep(10_000) }
+        #expect(waitUntil { !server.storedFiles().isEmpty })
         #expect(server.contents(server.storedFiles().first ?? "") == data)
         let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(server.process.processIdentifier)/task").count
         _ = server.stop()
@@ -163,10 +154,17 @@ struct CommandLineTests {
             let out = Pipe()
             p.standardOutput = out
             try p.run()
-            usleep(500_000)
+            let output = PipeCollector(out)
+            // Once the server answers a client, its start-up lines are all written.
+            #expect(output.waitFor("listening tcp"))
+            if let port = output.text.split(separator: "\n").first?.split(separator: ":").last.flatMap({ Int($0) }),
+               let client = try? BlockingClient(port: port) {
+                client.send(Wire.hello())
+                #expect(client.readFrame()?.type == .welcome)
+            }
             kill(p.processIdentifier, SIGTERM)
-            p.waitUntilExit()
-            return String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).split(separator: "\n").map(String.init)
+            waitForExit(p)
+            return output.all().split(separator: "\n").map(String.init)
         }
         let both = try firstLines([])
         #expect(both.count == 2)

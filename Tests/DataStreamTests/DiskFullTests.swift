@@ -108,7 +108,7 @@ struct DiskFullTests {
         try client.handshake()
         #expect(try client.announce(header) == 0)
         client.send(Array(data[0..<500_000]))
-        usleep(200_000)
+        #expect(waitUntil { server.hasRead(client) })
         fs.fill(bytes: 4 << 20)  // whatever is left
         client.send(Array(data[500_000...]))
         let frame = client.readFrame()

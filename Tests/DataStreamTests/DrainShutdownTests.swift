@@ -20,7 +20,8 @@ struct DrainShutdownTests {
         try native.handshake()
         #expect(try native.announce(header) == 0)
         native.send(Array(nativeData[0..<150_000]))
-        usleep(200_000)  // both uploads under way on the server
+        // Both uploads under way: the server has read everything sent so far.
+        #expect(waitUntil { server.hasRead(seed) && server.hasRead(native) })
 
         kill(server.process.processIdentifier, SIGTERM)
         // The idle connection is told why and closed.
@@ -58,10 +59,8 @@ struct DrainShutdownTests {
         try native.handshake()
         #expect(try native.announce(header) == 0)
         native.send(Array(data[0..<200_000]))
-        usleep(200_000)
-        let started = Date()
+        #expect(waitUntil { server.hasRead(seed) && server.hasRead(native) })
         let end = try #require(server.stop(signal: SIGTERM))
-        #expect(Date().timeIntervalSince(started) < 10)
         #expect(end.status == 0)
         #expect(end.log.contains("drained; 2 uploads were in progress, 0 stored while draining, 1 cut at the deadline and resumable, 1 seed uploads cut and lost"), "\(end.log)")
         #expect(server.storedFiles().isEmpty)
@@ -80,7 +79,7 @@ struct DrainShutdownTests {
 
     /// A native UDP upload in progress finishes while the server drains.
     @Test func aUDPUploadInProgressFinishesWhileDraining() throws {
-        let server = try ServeProcess(arguments: ["--drain-timeout", "20", "--log-level", "notice"], udp: true)
+        let server = try ServeProcess(arguments: ["--drain-timeout", "20", "--log-level", "debug"], udp: true)
         let data = content(95, count: 8 << 20)
         let path = writeTemporaryFile(data, name: "udp-drain.bin")
         let sender = Process()
@@ -89,7 +88,7 @@ struct DrainShutdownTests {
         sender.standardOutput = FileHandle.nullDevice
         sender.standardError = FileHandle.nullDevice
         try sender.run()
-        usleep(400_000)
+        #expect(server.waitForLog("udp upload opened"))
         kill(server.process.processIdentifier, SIGTERM)
         sender.waitUntilExit()
         #expect(sender.terminationStatus == 0)
@@ -102,7 +101,7 @@ struct DrainShutdownTests {
     /// Seed UDP while draining: an upload in progress goes on to its end and is stored; one
     /// that begins after the signal is refused, and the log says so (the protocol cannot).
     @Test func aSeedUDPUploadInProgressFinishesAndANewOneIsRefusedWhileDraining() throws {
-        let server = try ServeProcess(arguments: ["--drain-timeout", "20", "--log-level", "notice"], udp: true)
+        let server = try ServeProcess(arguments: ["--drain-timeout", "20", "--log-level", "debug"], udp: true)
         let data = content(96, count: 600 * 1024)
         let path = writeTemporaryFile(data, name: "seed-udp-drain.bin")
         let sender = Process()
@@ -111,9 +110,9 @@ struct DrainShutdownTests {
         sender.standardOutput = FileHandle.nullDevice
         sender.standardError = FileHandle.nullDevice
         try sender.run()
-        usleep(250_000)
+        #expect(server.waitForLog("udp seed upload started"))
         kill(server.process.processIdentifier, SIGTERM)
-        usleep(100_000)
+        #expect(server.waitForLog("draining:"))
         // A new seed upload from another socket, after the signal.
         let late = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
         defer { close(late) }
@@ -141,14 +140,13 @@ struct DrainShutdownTests {
         let header = FileHeader(uploadID: .random(), size: 1_000_000, digest: .xxh3_128, name: "slow.bin")
         #expect(try native.announce(header) == 0)
         native.send(content(94, count: 1000))
-        usleep(100_000)
+        #expect(waitUntil { server.hasRead(native) })
         kill(server.process.processIdentifier, SIGTERM)
-        usleep(300_000)
+        #expect(server.waitForLog("draining:"))
         #expect(server.isRunning, "exited before the drain deadline")
-        let started = Date()
         let end = try #require(server.stop(signal: SIGINT))
-        #expect(Date().timeIntervalSince(started) < 5)
         #expect(end.status == 130)
+        #expect(!end.log.contains("drained;"), "the second signal waited for the drain: \(end.log)")
         #expect(server.storedFiles().isEmpty)
     }
 }

@@ -35,7 +35,8 @@ struct DrainTests {
             client.send(Array(String(data.count).utf8) + Array(data[0..<(512 << 10)]))
             return client
         }
-        usleep(1_000_000)  // the partial files open and the drains start, each waiting for bytes
+        // The partial files open and the drains start, each waiting for bytes.
+        #expect(server.waitForStatistics { $0.uploadsDrained == 8 })
         for (client, data) in zip(clients, uploads) {
             client.send(Array(data[(512 << 10)...]))
             client.shutdownWrite()
@@ -96,7 +97,7 @@ struct DrainTests {
             try first.handshake()
             #expect(try first.announce(header) == 0)
             first.send(Array(data[0..<(9 << 20)]))
-            usleep(100_000)
+            #expect(waitUntil { server.hasRead(first) })
         } // dropped here
         var offset: UInt64 = 0
         var status: Wire.ResultStatus?
@@ -139,7 +140,7 @@ struct DrainTests {
         let server = try BackgroundServer()
         let client = try BlockingClient(port: server.port)
         client.send(Array("104857600".utf8) + content(65, count: 12 << 20))
-        usleep(150_000)
+        #expect(server.waitForStatistics { $0.uploadsDrained == 1 })
         server.stop()
         #expect(server.loopClosedCleanly)
         #expect(server.storedFiles().isEmpty)

@@ -90,7 +90,7 @@ struct NativeProtocolTests {
         try client.handshake()
         #expect(try client.announce(header) == 0)
         client.send(Array(data[0..<1_500_000]))
-        usleep(200_000)
+        #expect(waitUntil { first.hasRead(client) })
         first.stop()
         #expect(first.loopClosedCleanly)
         #expect(first.storedFiles().isEmpty)

@@ -90,13 +90,17 @@ struct SeedProtocolTests {
         let first = content(80, count: 10_000), second = content(81, count: 4096), third = content(82, count: 3000)
         let slow = try BlockingClient(port: server.port)
         slow.send(Array(String(first.count).utf8) + Array(first[0..<5000]))
-        usleep(300_000)  // accepted: the server is at its cap and stops accepting
+        // Accepted and read: the server is at its cap and stops accepting.
+        #expect(waitUntil { server.hasRead(slow) })
+        #expect(server.onLoop { $0.connectionCount == 1 && $0.statistics.acceptPauses == 1 })
         let early = try BlockingClient(port: server.port)  // waits in the kernel's backlog
         early.send(Array(String(second.count).utf8) + second)
         early.shutdownWrite()
         let open = try BlockingClient(port: server.port)  // the same, its side left open
         open.send(Array(String(third.count).utf8) + third)
-        usleep(100_000)
+        // Both wait, whole, in the kernel's backlog.
+        #expect(waitUntil { (kernelQueuedBytes(serverPort: server.port, clientPort: early.localPort) ?? 0) >= String(second.count).utf8.count + second.count
+            && (kernelQueuedBytes(serverPort: server.port, clientPort: open.localPort) ?? 0) >= String(third.count).utf8.count + third.count })
         slow.send(Array(first[5000...]))
         slow.shutdownWrite()
         #expect(slow.readUntilEOF() != nil)

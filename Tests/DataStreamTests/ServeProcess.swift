@@ -11,6 +11,8 @@ final class ServeProcess {
     let directory: String
     private let errorOutput = Pipe()
     private let output = Pipe()
+    /// Everything the server writes to standard error (its log), collected as it comes.
+    private(set) var log: PipeCollector!
 
     /// `shellPrefix` runs before `exec` in `sh -c` (for example `ulimit -n 64`).
     init(directory: String = BackgroundServer.temporaryDirectory() + "/in", arguments: [String] = [], shellPrefix: String = "", udp: Bool = false) throws {
@@ -36,6 +38,7 @@ final class ServeProcess {
             throw TestError("serve did not start: \(text) \(String(decoding: errorOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))")
         }
         self.port = port
+        log = PipeCollector(errorOutput)
     }
 
     deinit {
@@ -48,16 +51,9 @@ final class ServeProcess {
     /// Sends `signal` and waits (up to `timeout` seconds) for the exit; returns the exit status
     /// and everything the server wrote to standard error, or nil if it did not exit in time.
     func stop(signal: Int32 = SIGTERM, timeout: Double = 20) -> (status: Int32, log: String)? {
-        kill(process.processIdentifier, signal)
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-            return nil
-        }
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: errorOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        if signal != 0 { kill(process.processIdentifier, signal) }
+        guard waitForExit(process, seconds: timeout) else { return nil }
+        return (process.terminationStatus, log.all())
     }
 
     /// CPU seconds (user + system) the server has used so far, from /proc.
@@ -81,12 +77,18 @@ final class ServeProcess {
 
     /// Waits (bounded) until `condition` holds.
     func eventually(_ seconds: Double = 10, _ condition: () -> Bool) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if condition() { return true }
-            usleep(10_000)
-        }
-        return condition()
+        waitUntil(seconds, condition)
+    }
+
+    /// Whether the server has read everything `client` sent so far (nothing of it waits in the
+    /// kernel: /proc/net/tcp), which is how a test knows the server has seen it.
+    func hasRead(_ client: BlockingClient) -> Bool {
+        kernelQueuedBytes(serverPort: port, clientPort: client.localPort) == 0
+    }
+
+    /// Waits (bounded) until the server has logged `line` (at least `count` times).
+    func waitForLog(_ line: String, count: Int = 1, seconds: Double = 10) -> Bool {
+        log.waitFor(line, count: count, seconds: seconds)
     }
 
     /// Descriptors the server has open, from /proc.

@@ -13,6 +13,12 @@ final class BackgroundServer: @unchecked Sendable {
     let directory: String
     private(set) var port = 0
     private var wakeup: AsyncWakeup?
+    /// Runs `pendingQuery` on the loop thread (`onLoop`).
+    private var queryWakeup: AsyncWakeup?
+    private var pendingQuery: ((Server) -> Void)?
+    private let queryLock = NSLock()
+    private let pendingLock = NSLock()
+    private let queryDone = DispatchSemaphore(value: 0)
     private let ready = DispatchSemaphore(value: 0)
     private let done = DispatchSemaphore(value: 0)
     private(set) var statistics = Server.Statistics()
@@ -45,7 +51,19 @@ final class BackgroundServer: @unchecked Sendable {
         guard let loop = try? Loop(), let server = try? Server(loop: loop, configuration: configuration, logger: logger),
               let address = try? server.start() else { ready.signal(); done.signal(); return }
         port = address.port
+        queryWakeup = try? AsyncWakeup(loop: loop) { [self] in
+            // Taken under the lock: the test thread set it (uv_async_send orders nothing TSan sees).
+            let query = pendingLock.withLock { () -> ((Server) -> Void)? in
+                defer { pendingQuery = nil }
+                return pendingQuery
+            }
+            guard let query else { return }
+            query(server)
+            queryDone.signal()
+        }
+        queryWakeup?.unref()
         wakeup = try? AsyncWakeup(loop: loop) { [self] in
+            queryWakeup?.close()
             server.stop { [self] in wakeup?.close() }
         }
         ready.signal()
@@ -58,6 +76,29 @@ final class BackgroundServer: @unchecked Sendable {
     func stop() {
         wakeup?.send()
         done.wait()
+    }
+
+    /// Runs `body` with the server on its loop thread and returns what it returns: how a test
+    /// reads the live server's state (statistics, connections) while it runs.
+    func onLoop<T>(_ body: @escaping (Server) -> T) -> T {
+        queryLock.lock()
+        defer { queryLock.unlock() }
+        var result: T?
+        pendingLock.withLock { pendingQuery = { result = body($0) } }
+        queryWakeup?.send()
+        queryDone.wait()
+        return result!
+    }
+
+    /// Whether the server has read everything `client` sent so far (nothing of it waits in the
+    /// kernel: /proc/net/tcp), which is how a test knows the server has seen it.
+    func hasRead(_ client: BlockingClient) -> Bool {
+        kernelQueuedBytes(serverPort: port, clientPort: client.localPort) == 0
+    }
+
+    /// Waits (bounded) until `condition` holds of the running server's statistics.
+    func waitForStatistics(_ seconds: Double = 10, _ condition: @escaping (Server.Statistics) -> Bool) -> Bool {
+        waitUntil(seconds) { onLoop { condition($0.statistics) } }
     }
 
     /// Names of the stored files (not the hidden state folder).
@@ -81,12 +122,7 @@ final class BackgroundServer: @unchecked Sendable {
 
     /// Waits (bounded) until `condition` holds.
     func eventually(_ seconds: Double = 10, _ condition: () -> Bool) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if condition() { return true }
-            usleep(10_000)
-        }
-        return condition()
+        waitUntil(seconds, condition)
     }
 }
 
@@ -127,6 +163,14 @@ final class BlockingClient {
     }
 
     deinit { Glibc.close(fd) }
+
+    /// The client's own port.
+    var localPort: Int {
+        var addr = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
 
     /// Makes the close (when this client goes away) abortive: SO_LINGER 0, so the peer gets a
     /// reset instead of an end of stream.

@@ -57,8 +57,10 @@ final class BlockingUDP {
     }
 }
 
-/// Behaves like the seed's UDP client: the size as digits, 1024-byte datagrams with a pause, `EOF`.
-func seedUDPUpload(_ bytes: [UInt8], port: Int, pauseMicroseconds: UInt32 = 1000, skipDatagram: Int? = nil, sendEOF: Bool = true) throws {
+/// Sends what the seed's UDP client sends: the size as digits, 1024-byte datagrams, `EOF`. (The
+/// seed client pauses between datagrams; the server's large receive buffer makes that needless
+/// here, and the tests wait for events, not for time.)
+func seedUDPUpload(_ bytes: [UInt8], port: Int, skipDatagram: Int? = nil, sendEOF: Bool = true) throws {
     let s = try BlockingUDP(port: port)
     s.send(Array(String(bytes.count).utf8))
     var index = 0
@@ -66,7 +68,6 @@ func seedUDPUpload(_ bytes: [UInt8], port: Int, pauseMicroseconds: UInt32 = 1000
     while offset < bytes.count {
         let end = min(offset + 1024, bytes.count)
         if index != skipDatagram { s.send(Array(bytes[offset..<end])) }
-        usleep(pauseMicroseconds)
         offset = end
         index += 1
     }
@@ -243,7 +244,7 @@ private func statusPhase(_ d: [UInt8]) -> UInt8? { kind(d) == 0x06 && d.count > 
     @Test func aLostEOFStillCompletesTheFile() throws {
         let server = try BackgroundServer()
         let bytes = content(2, count: 10_000)
-        try seedUDPUpload(bytes, port: server.port, pauseMicroseconds: 500, sendEOF: false)
+        try seedUDPUpload(bytes, port: server.port, sendEOF: false)
         #expect(server.eventually { server.storedFiles().count == 1 })
         server.stop()
         #expect(server.storedFiles().first.flatMap(server.contents) == bytes)
@@ -253,11 +254,11 @@ private func statusPhase(_ d: [UInt8]) -> UInt8? { kind(d) == 0x06 && d.count > 
         let server = try BackgroundServer { $0.udpIdleTimeout = 0.5 }
         let bytes = content(3, count: 20_000)
         // Datagram 5 is lost and so is the EOF: only the idle timeout can end the session.
-        try seedUDPUpload(bytes, port: server.port, pauseMicroseconds: 200, skipDatagram: 5, sendEOF: false)
-        usleep(1_500_000)
+        try seedUDPUpload(bytes, port: server.port, skipDatagram: 5, sendEOF: false)
+        #expect(server.waitForStatistics { $0.uploadsFailed == 1 })  // the idle timeout
         // A complete upload from another source on the same port still works afterwards.
         let good = content(4, count: 5_000)
-        try seedUDPUpload(good, port: server.port, pauseMicroseconds: 200)
+        try seedUDPUpload(good, port: server.port)
         #expect(server.eventually { server.storedFiles().count == 1 })
         server.stop()
         #expect(server.storedFiles().count == 1)
@@ -268,9 +269,8 @@ private func statusPhase(_ d: [UInt8]) -> UInt8? { kind(d) == 0x06 && d.count > 
 
     @Test func anEarlyEOFIsIncomplete() throws {
         let server = try BackgroundServer()
-        try seedUDPUpload(content(5, count: 8_000), port: server.port, pauseMicroseconds: 200, skipDatagram: 7)
-        #expect(server.eventually { server.statistics.uploadsFailed == 1 || server.partials().isEmpty })
-        usleep(200_000)
+        try seedUDPUpload(content(5, count: 8_000), port: server.port, skipDatagram: 7)
+        #expect(server.waitForStatistics { $0.uploadsFailed == 1 })
         server.stop()
         #expect(server.storedFiles().isEmpty)
         #expect(server.statistics.uploadsFailed == 1)
@@ -284,15 +284,17 @@ private func statusPhase(_ d: [UInt8]) -> UInt8? { kind(d) == 0x06 && d.count > 
         let bytes = content(8, count: 8 * 1024)
         let s = try BlockingUDP(port: server.port)
         s.send(Array(String(bytes.count).utf8))
-        usleep(50_000)
+        #expect(server.waitForStatistics { $0.udpDatagramsReceived == 1 })  // the session exists
         let chunks = stride(from: 0, to: bytes.count, by: 1024).map { Array(bytes[$0..<($0 + 1024)]) }
         try s.sendSegmented(Array(chunks[0..<4]))
         try s.sendSegmented(Array(chunks[4...]) + [Array("EOF".utf8)])
         // A second upload of 5000 bytes: the short last segment ends a coalesced run, EOF follows.
         let other = content(9, count: 5000)
+        #expect(server.eventually { server.storedFiles().count == 1 })
+        let received = server.onLoop { $0.statistics.udpDatagramsReceived }
         let t = try BlockingUDP(port: server.port)
         t.send(Array(String(other.count).utf8))
-        usleep(50_000)
+        #expect(server.waitForStatistics { $0.udpDatagramsReceived > received })  // its session exists
         try t.sendSegmented(stride(from: 0, to: other.count, by: 1024).map { Array(other[$0..<min($0 + 1024, other.count)]) })
         t.send(Array("EOF".utf8))
         #expect(server.eventually { server.storedFiles().count == 2 })
@@ -501,7 +503,7 @@ private func statusPhase(_ d: [UInt8]) -> UInt8? { kind(d) == 0x06 && d.count > 
         try loop.close()
         #expect(first.first?.succeeded == false)
         #expect(server.eventually(5) { server.partials().count == 2 })
-        usleep(1_500_000)  // the idle timeout closes the session, keeping its partial
+        #expect(waitUntil { server.onLoop { $0.udpSessionCount == 0 } })  // the idle timeout closed it, keeping its partial
         let (second, _) = try sendUDP([path], port: server.port)
         server.stop()
         #expect(second.first?.succeeded == true, "\(second.map(\.message))")
@@ -523,8 +525,8 @@ private func statusPhase(_ d: [UInt8]) -> UInt8? { kind(d) == 0x06 && d.count > 
         DispatchQueue.global().async(group: group) {
             tcpResult.set((try? sendFiles(tcpPaths, port: server.port)).map { $0.allSatisfy(\.succeeded) } ?? false)
         }
-        for (i, f) in seedFiles.enumerated() {
-            DispatchQueue.global().async(group: group) { try? seedUDPUpload(f, port: server.port, pauseMicroseconds: 100 + UInt32(i) * 50) }
+        for f in seedFiles {
+            DispatchQueue.global().async(group: group) { try? seedUDPUpload(f, port: server.port) }
         }
         // Twelve native UDP senders, each with its own socket, on one client loop.
         let loop = try Loop()
