@@ -33,7 +33,21 @@ func die(_ message: String) -> Never {
 }
 
 struct Serve: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Receive uploads (seed and native protocols) on one event loop.")
+    static let configuration = CommandConfiguration(
+        abstract: "Receive uploads (seed and native protocols) on one event loop.",
+        discussion: """
+        Every upload is written to a partial file and appears under its final name only when it is
+        complete (native: once its digest matched). The first line of output is "listening tcp
+        HOST:PORT", the second "listening udp HOST:PORT" unless --no-udp. --dir must stay in place
+        while the server runs.
+
+        SIGTERM or SIGINT drains: accepting stops at once, connections with no upload in progress
+        are closed (native clients get ERROR 22), uploads in progress (TCP and UDP) may finish for
+        --drain-timeout seconds, then what is left is cut: native partials are kept for resume,
+        seed uploads (which cannot resume) are deleted. The exit status is then 0, with a line
+        saying how many finished and how many were cut. A second signal exits at once (130). A bad
+        argument, a port in use or an unusable directory gives one line and exit status 1.
+        """)
 
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
     @Option(help: "TCP port (0 picks a free one and prints it).") var port = 9000
@@ -168,7 +182,14 @@ struct Serve: ParsableCommand {
 }
 
 struct Send: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Send files to a DataStream receiver (native protocol: several files on one connection, resume, digests).")
+    static let configuration = CommandConfiguration(
+        abstract: "Send files to a DataStream receiver (native protocol: several files on one connection, resume, digests).",
+        discussion: """
+        The upload id derives from the file's path, size and modification time, so running the
+        same command again after an interruption resumes from the bytes the server holds, and
+        running it after the file was stored stores nothing twice (the server answers from its
+        receipt with the stored name). Exit status 1 if any file failed.
+        """)
 
     @Argument(help: "Files to send.") var files: [String]
     @Option(help: "Receiver as HOST:PORT.") var to: String

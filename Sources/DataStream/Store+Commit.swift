@@ -1,0 +1,92 @@
+import DataStreamCore
+import Glibc
+import UV
+
+/// Putting files into place: link under a free name (never replacing a file), receipts, fsync.
+extension Store {
+    /// The blocking end of `storeSmall` and `commitSeed` for a file without a name (threadpool
+    /// only): fsync (if enabled), link under the first free candidate name, close. Names are
+    /// looked up from `base` (the directory's descriptor) if given, else under `directory`.
+    /// Each candidate is formatted on the stack as the C string the call takes.
+    static func linkTemporaryNow(_ fd: FileDescriptor, name: SeedUploadName, directory: String, relativeTo base: FileDescriptor? = nil, sync: Bool, names: inout SeedUploadName.Formatter) -> Result<SeedUploadName, UVOperationError> {
+        defer { try? BlockingFileSystem.close(fd) }
+        do throws(UVOperationError) {
+            if sync { try BlockingFileSystem.fsync(fd, target: directory + "/" + name.description) }
+            var stored = name
+            while true {
+                let failure = withPath(of: stored, under: base == nil ? directory : nil, names: &names) { path -> UVOperationError? in
+                    do throws(UVOperationError) { try BlockingFileSystem.linkTemporary(fd, toCString: path, relativeTo: base) } catch { return error }
+                    return nil
+                }
+                guard let failure else { break }
+                guard failure.error == .fileExists && stored.attempt < NamePolicy.lastAttempt else { throw failure }
+                stored.attempt += 1
+            }
+            // (the directory is fsynced once per batch, by the caller)
+            return .success(stored)
+        } catch {
+            // A name looked up from `base` is relative: messages get the directory it is in.
+            guard base != nil, let target = error.target, !target.hasPrefix("/") else { return .failure(error) }
+            return .failure(UVOperationError(error.operation, target: directory + "/" + target, code: error.error.code))
+        }
+    }
+
+    /// Calls `body` with `name` as a C string on the stack: `directory/name` if a directory is
+    /// given, else the name alone.
+    static func withPath<R>(of name: SeedUploadName, under directory: String?, names: inout SeedUploadName.Formatter, _ body: (UnsafePointer<CChar>) -> R) -> R {
+        var directory = directory ?? ""
+        return directory.withUTF8 { head in
+            let lead = head.isEmpty ? 0 : head.count + 1
+            return withUnsafeTemporaryAllocation(byteCount: lead + SeedUploadName.capacity, alignment: 1) { out in
+                if lead > 0 {
+                    out.copyMemory(from: UnsafeRawBufferPointer(head))
+                    out[head.count] = 0x2F  // "/"
+                }
+                _ = names.write(name, into: UnsafeMutableRawBufferPointer(rebasing: out[lead...]))
+                return body(out.baseAddress!.assumingMemoryBound(to: CChar.self))
+            }
+        }
+    }
+
+    /// The blocking body of `commit` (threadpool only).
+    /// Completes with the collision attempt the name was stored under (`NamePolicy.candidate`).
+    static func commitNow(_ fd: FileDescriptor, partialPath: String, metaPath: String?, name: String, directory: String, sync: Bool, syncDirectory: Bool = true, receipt: (header: FileHeader, digest: [UInt8], path: String)? = nil) -> Result<Int, UVOperationError> {
+        do throws(UVOperationError) {
+            if sync {
+                do throws(UVOperationError) { try BlockingFileSystem.fsync(fd, target: partialPath) } catch {
+                    try? BlockingFileSystem.close(fd, target: partialPath)
+                    throw error
+                }
+            }
+            try BlockingFileSystem.close(fd, target: partialPath)
+            var attempt = 0
+            var stored = NamePolicy.candidate(name, attempt: 0)
+            while true {
+                do throws(UVOperationError) {
+                    try BlockingFileSystem.link(partialPath, to: directory + "/" + stored)
+                    break
+                } catch where error.error == .fileExists && attempt < NamePolicy.lastAttempt {
+                    attempt += 1
+                    stored = NamePolicy.candidate(name, attempt: attempt)
+                }
+            }
+            if let receipt {
+                // Best effort: without it a retry stores a second copy, as before receipts.
+                try? writeReceiptNow(UploadReceipt(header: receipt.header, storedName: stored, digest: receipt.digest), to: receipt.path, sync: sync)
+            }
+            try? BlockingFileSystem.unlink(partialPath)
+            if let metaPath { try? BlockingFileSystem.unlink(metaPath) }
+            if sync && syncDirectory { try BlockingFileSystem.syncDirectory(directory) }
+            return .success(attempt)
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// Deletes a partial (and its metadata), closing its descriptor first if given.
+    func discard(_ fd: FileDescriptor?, path: String, metaPath: String?) {
+        if let fd { closeQuietly(fd, path) }
+        unlinkQuietly(path)
+        if let metaPath { unlinkQuietly(metaPath) }
+    }
+}

@@ -1,0 +1,279 @@
+import DataStreamCore
+import Glibc
+import UV
+
+/// Native uploads: open or resume a partial with its metadata, receipts of stored uploads, and
+/// the uploads in progress (one connection or session each).
+extension Store {
+
+    /// The partial of a native upload, opened for writing.
+    struct NativePartial {
+        let fd: FileDescriptor
+        let path: String
+        let metaPath: String
+        /// Bytes already held (a resumed upload), all hashed into `digester`.
+        let held: UInt64
+        let digester: Digester
+    }
+
+    /// What `openNative` found for an upload id.
+    enum NativeOpening {
+        /// The partial to write the rest of the upload into (new, or resumed with `held` bytes).
+        case partial(NativePartial)
+        /// The upload was stored before, and the file under its name still holds what was
+        /// stored: the client gets that name, and nothing is stored twice.
+        case stored(UploadReceipt)
+    }
+
+    func partialPath(_ id: UploadID) -> String { "\(partialDirectory)/\(id.hex).part" }
+    func metaPath(_ id: UploadID) -> String { "\(partialDirectory)/\(id.hex).meta" }
+    func receiptPath(_ id: UploadID) -> String { "\(partialDirectory)/\(id.hex).done" }
+
+    /// Opens the upload `header.uploadID`: answers with its receipt if it was stored before
+    /// (and the stored file still holds it), else resumes its partial if the metadata matches,
+    /// else creates one. With `refusal` (the disk has no room for a new upload) only an upload
+    /// stored before is answered, and anything else fails with `refusal`. The upload id is
+    /// marked busy until `release(_:)`.
+    func openNative(_ header: FileHeader, refusingNewWith refusal: ProtocolError? = nil, completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
+        // Not stored before: given the partial's metadata as read (nil if there is none).
+        let ifNotStored: (_ meta: [UInt8]?, _ done: @escaping (Result<NativeOpening, ProtocolError>) -> Void) -> Void = { [self] meta, done in
+            if let refusal { done(.failure(refusal)) } else { openPartial(header, meta: meta, done) }
+        }
+        guard !activeUploads.contains(header.uploadID) else {
+            completion(.failure(.uploadBusy))
+            return
+        }
+        activeUploads.insert(header.uploadID)
+        let done: (Result<NativeOpening, ProtocolError>) -> Void = { [self] r in
+            if case .failure = r { activeUploads.remove(header.uploadID) }
+            completion(r)
+        }
+        let receiptPath = receiptPath(header.uploadID), metaPath = metaPath(header.uploadID)
+        let lookedUp: (Result<(receipt: [UInt8]?, meta: [UInt8]?), UVOperationError>?) -> Void = { [self] r in
+            switch r {
+            case nil:
+                done(.failure(.storage(UVOperationError("queue_work", code: UVError.canceled.code))))
+            case .failure(let e)?:
+                done(.failure(.storage(e)))
+            case .success(let found)?:
+                guard let bytes = found.receipt else { ifNotStored(found.meta, done); return }
+                guard let receipt = UploadReceipt(decoding: bytes), receipt.header == header else {
+                    unlinkQuietly(receiptPath)
+                    ifNotStored(found.meta, done)
+                    return
+                }
+                storedFileMatches(receipt) { [self] matches in
+                    if matches {
+                        // A partial left beside it (a crash after storing) is of no more use.
+                        unlinkQuietly(partialPath(header.uploadID))
+                        unlinkQuietly(metaPath)
+                        done(.success(.stored(receipt)))
+                    } else {
+                        unlinkQuietly(receiptPath)
+                        ifNotStored(found.meta, done)
+                    }
+                }
+            }
+        }
+        // One work item reads both: most uploads have neither, and learn it in one round trip.
+        do throws(UVOperationError) {
+            try runBlocking({ () -> Result<(receipt: [UInt8]?, meta: [UInt8]?), UVOperationError> in
+                do throws(UVOperationError) {
+                    return .success((try Store.readSmallNow(receiptPath), try Store.readSmallNow(metaPath)))
+                } catch {
+                    return .failure(error)
+                }
+            }, completion: lookedUp)
+        } catch {
+            done(.failure(.storage(error)))
+        }
+    }
+
+    /// A small file's bytes (at most 4 KiB: receipts and metadata), or nil if there is none
+    /// (blocking: threadpool only).
+    static func readSmallNow(_ path: String) throws(UVOperationError) -> [UInt8]? {
+        let fd: FileDescriptor
+        do throws(UVOperationError) { fd = try BlockingFileSystem.open(path, flags: [.readOnly, .noFollow]) } catch where error.error == .noSuchFile { return nil }
+        defer { try? BlockingFileSystem.close(fd, target: path) }
+        return try withUnsafeTemporaryAllocation(byteCount: 4096, alignment: 16) { (buffer) throws(UVOperationError) -> [UInt8] in
+            let n = try BlockingFileSystem.read(fd, into: buffer, offset: 0, target: path)
+            return Array(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+        }
+    }
+
+    /// Whether the file under a receipt's name still holds what was stored: its size and its
+    /// digest (read and hashed again, off the loop). Any other file there (removed, replaced,
+    /// changed) is not the upload any more.
+    func storedFileMatches(_ receipt: UploadReceipt, completion: @escaping (Bool) -> Void) {
+        let path = finalPath(receipt.storedName), size = receipt.header.size
+        submit({ (r: Result<Void, UVOperationError>) in if case .failure = r { completion(false) } }) { [fs] () throws(UVOperationError) in
+            try fs.open(path, flags: [.readOnly, .noFollow]) { [self] r in
+                guard case .success(let fd) = r else { completion(false); return }
+                submit({ (r: Result<Void, UVOperationError>) in if case .failure = r { self.closeQuietly(fd, path); completion(false) } }) { [fs] () throws(UVOperationError) in
+                    try fs.size(of: fd, target: path) { [self] r in
+                        guard case .success(size) = r else { closeQuietly(fd, path); completion(false); return }
+                        let digester = Digester(receipt.header.digest)
+                        hashPrefix(fd, path, length: size, into: digester) { [self] e in
+                            closeQuietly(fd, path)
+                            completion(e == nil && digester.finish() == receipt.digest)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets that an upload was stored (its receipt): the client's digest did not match it.
+    func forgetStored(_ id: UploadID) { unlinkQuietly(receiptPath(id)) }
+
+    /// Resumes the partial its metadata (`meta`, as read) describes, if it matches `header`;
+    /// creates one if there is no metadata.
+    func openPartial(_ header: FileHeader, meta bytes: [UInt8]?, _ done: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
+        guard let bytes else {
+            createNative(header, done)
+            return
+        }
+        guard let recorded = PartialMetadata(decoding: bytes) else {
+            done(.failure(.storageFailed(reason: "unreadable metadata \(metaPath(header.uploadID))")))
+            return
+        }
+        let held = recorded.header
+        guard held == header else {
+            done(.failure(.resumeMismatch(detail: "held upload is \(held.size) bytes, \(held.digest.name), \"\(held.name)\"; announced \(header.size) bytes, \(header.digest.name), \"\(header.name)\"")))
+            return
+        }
+        resumeNative(header, done)
+    }
+
+    /// Marks the upload id free again (its connection is done with it).
+    func release(_ id: UploadID) { activeUploads.remove(id) }
+
+    func createNative(_ header: FileHeader, _ completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
+        let meta = metaPath(header.uploadID), part = partialPath(header.uploadID)
+        let record = PartialMetadata(header).encoded
+        writeSmallFile(meta, record) { [self] e in
+            if let e { completion(.failure(.storage(e))); return }
+            submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { completion(.failure(.storage(e))) } }) { [fs] () throws(UVOperationError) in
+                try fs.open(part, flags: [.writeOnly, .create, .truncate, .noFollow], mode: 0o600) { r in
+                    switch r {
+                    case .failure(let e): completion(.failure(.storage(e)))
+                    case .success(let fd): completion(.success(.partial(NativePartial(fd: fd, path: part, metaPath: meta, held: 0, digester: Digester(header.digest)))))
+                    }
+                }
+            }
+        }
+    }
+
+    func resumeNative(_ header: FileHeader, _ completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
+        let meta = metaPath(header.uploadID), part = partialPath(header.uploadID)
+        let storage: (UVOperationError) -> Void = { e in completion(.failure(.storage(e))) }
+        submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { storage(e) } }) { [fs] () throws(UVOperationError) in
+            try fs.open(part, flags: [.readWrite, .create, .noFollow], mode: 0o600) { [self] r in
+                guard case .success(let fd) = r else { if case .failure(let e) = r { storage(e) }; return }
+                submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { self.closeQuietly(fd, part); storage(e) } }) { [fs] () throws(UVOperationError) in
+                    try fs.size(of: fd, target: part) { [self] r in
+                        switch r {
+                        case .failure(let e):
+                            closeQuietly(fd, part)
+                            storage(e)
+                        case .success(let size) where size > header.size:
+                            closeQuietly(fd, part)
+                            completion(.failure(.resumeMismatch(detail: "partial holds \(size) bytes, more than the announced \(header.size)")))
+                        case .success(let size):
+                            // Hash what is held so the final digest covers the whole file.
+                            let digester = Digester(header.digest)
+                            hashPrefix(fd, part, length: size, into: digester) { [self] e in
+                                if let e { closeQuietly(fd, part); storage(e); return }
+                                let partial = NativePartial(fd: fd, path: part, metaPath: meta, held: size, digester: digester)
+                                guard size == header.size else { completion(.success(.partial(partial))); return }
+                                // Every byte is held: it may have been stored already, and only
+                                // the receipt be missing (a crash between the two).
+                                adoptIfStored(partial, header, completion)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// For a complete partial that also has another name (it was linked into place, and the
+    /// process died before its receipt was written): finds that name, writes the receipt,
+    /// removes the partial and answers `.stored`. Otherwise the partial is resumed as usual.
+    func adoptIfStored(_ partial: NativePartial, _ header: FileHeader, _ completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
+        let directory = directory, sync = fsyncEnabled, digest = partial.digester.finish(), receiptPath = receiptPath(header.uploadID)
+        do throws(UVOperationError) {
+            let fd = partial.fd, path = partial.path, metaPath = partial.metaPath
+            try runBlocking({ Store.adoptIfStoredNow(fd, path: path, metaPath: metaPath, header, digest: digest, directory: directory, receiptPath: receiptPath, sync: sync) }) { found in
+                if let receipt = found ?? nil { completion(.success(.stored(receipt))) } else { completion(.success(.partial(partial))) }
+            }
+        } catch {
+            completion(.success(.partial(partial)))
+        }
+    }
+
+    /// The blocking part of `adoptIfStored` (threadpool only). Linking tries `name`, `name-1`,
+    /// ... in order and stops at the first free one, so the search does too.
+    static func adoptIfStoredNow(_ fd: FileDescriptor, path: String, metaPath: String, _ header: FileHeader, digest: [UInt8], directory: String, receiptPath: String, sync: Bool) -> UploadReceipt? {
+        guard let held = try? BlockingFileSystem.status(of: fd, target: path), held.links > 1 else { return nil }
+        for attempt in 0...NamePolicy.lastAttempt {
+            let candidate = NamePolicy.candidate(header.name, attempt: attempt)
+            guard let other = try? BlockingFileSystem.status(atPath: directory + "/" + candidate) else { return nil }
+            guard other.inode == held.inode, other.device == held.device else { continue }
+            let receipt = UploadReceipt(header: header, storedName: candidate, digest: digest)
+            guard (try? writeReceiptNow(receipt, to: receiptPath, sync: sync)) != nil else { return nil }
+            try? BlockingFileSystem.close(fd, target: path)
+            try? BlockingFileSystem.unlink(path)
+            try? BlockingFileSystem.unlink(metaPath)
+            return receipt
+        }
+        return nil
+    }
+
+    /// Writes a receipt in one step: into `path.tmp`, then renamed over `path`.
+    static func writeReceiptNow(_ receipt: UploadReceipt, to path: String, sync: Bool) throws(UVOperationError) {
+        let temporary = path + ".tmp", bytes = receipt.encoded
+        let fd = try BlockingFileSystem.open(temporary, flags: [.writeOnly, .create, .truncate, .noFollow], mode: 0o600)
+        do throws(UVOperationError) {
+            let failure = bytes.withUnsafeBytes { b -> UVOperationError? in
+                do throws(UVOperationError) { try BlockingFileSystem.writeAll(fd, buffers: [b], offset: 0, target: temporary) } catch { return error }
+                return nil
+            }
+            if let failure { throw failure }
+            if sync { try BlockingFileSystem.fsync(fd, target: temporary) }
+        } catch {
+            try? BlockingFileSystem.close(fd, target: temporary)
+            try? BlockingFileSystem.unlink(temporary)
+            throw error
+        }
+        try BlockingFileSystem.close(fd, target: temporary)
+        try BlockingFileSystem.rename(temporary, to: path)
+    }
+
+    func hashPrefix(_ fd: FileDescriptor, _ path: String, length: UInt64, into digester: Digester, completion: @escaping (UVOperationError?) -> Void) {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        func step(_ offset: UInt64) {
+            guard offset < length else { buffer.deallocate(); completion(nil); return }
+            let n = Int(min(UInt64(buffer.count), length - offset))
+            do throws(UVOperationError) {
+                try fs.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n]), offset: Int64(offset), target: path) { r in
+                    switch r {
+                    case .success(let got) where got > 0:
+                        digester.update(UnsafeRawBufferPointer(rebasing: buffer[0..<got]))
+                        step(offset + UInt64(got))
+                    case .success:
+                        buffer.deallocate()
+                        completion(UVOperationError("fs_read", target: path, code: UVError.endOfFile.code))
+                    case .failure(let e):
+                        buffer.deallocate()
+                        completion(e)
+                    }
+                }
+            } catch {
+                buffer.deallocate()
+                completion(error)
+            }
+        }
+        step(0)
+    }
+}

@@ -1,0 +1,152 @@
+import DataStreamCore
+import Glibc
+import UV
+
+/// Small seed uploads held in memory, stored by group commit: one threadpool work item takes
+/// every small upload that completed meanwhile.
+extension Store {
+    /// Stores a small seed upload held in memory: write `prefix` then `bytes` into a file that
+    /// has no name yet (`O_TMPFILE`), fsync it (if enabled), link it under a generated name (or
+    /// `name-1`, ... if taken), close, fsync the directory (if enabled). A file without a name
+    /// costs the directory one entry instead of three (partial created, final linked, partial
+    /// unlinked) and leaves nothing behind if anything fails or the process dies. Where the file
+    /// system has no `O_TMPFILE`, a named partial and `commit`'s steps are used.
+    ///
+    /// Group commit: at most `maxSmallBatches` threadpool work items store small uploads at a
+    /// time; uploads that complete meanwhile wait and go together in the next item. An idle
+    /// receiver stores each at once; a busy one pays one threadpool round trip (two thread
+    /// wake-ups) per batch instead of per file. `bytes` must stay valid until the store calls
+    /// `owner.smallUploadDone`, which it does exactly once; the store holds `owner` until then.
+    /// Nothing is allocated per upload (no closure, array or name string): S3 stores thousands
+    /// a second.
+    func storeSmall(prefix: SeedDigits, bytes: UnsafeRawBufferPointer, owner: SmallUploadOwner) {
+        smallQueue.jobs.append(SmallJob(owner: owner, prefix: prefix, bytes: bytes, name: nextSeedName(), partialNumber: nextSeedPartialNumber()))
+        submitSmallBatch()
+    }
+
+    /// Threadpool work items storing small uploads at most at once (see `storeSmall`). One
+    /// batch at a time did best on S3 here (fewer, larger batches, fewer wake-ups); with fsync,
+    /// batches overlap so one batch's fsyncs do not hold up the next.
+    var maxSmallBatches: Int { fsyncEnabled ? 4 : 1 }
+
+    /// One small upload in a batch. `owner` is only touched on the loop thread; the work item
+    /// reads the rest and writes `result`.
+    struct SmallJob: @unchecked Sendable {
+        let owner: SmallUploadOwner
+        let prefix: SeedDigits
+        let bytes: UnsafeRawBufferPointer
+        let name: SeedUploadName
+        /// Its named partial's number, used only where the file system has no `O_TMPFILE`.
+        let partialNumber: UInt64
+        /// Set by the work item; nil if it never ran.
+        var result: Result<SeedUploadName, UVOperationError>? = nil
+    }
+
+    /// The small uploads of one work item. The store fills one (`smallQueue`) on the loop
+    /// thread; once submitted, only the work item touches it until it completes on the loop
+    /// thread, which reports each upload and keeps the emptied batch (its array's storage) for
+    /// reuse.
+    ///
+    /// `jobs` skips Swift's run-time exclusivity check (it is appended to on every small
+    /// upload): an append releases nothing, and the one change that does, emptying the batch
+    /// once every owner was told, releases connections whose `deinit` never reaches a batch.
+    final class SmallBatch: @unchecked Sendable {
+        @exclusivity(unchecked) var jobs: [SmallJob] = []
+    }
+
+    func submitSmallBatch() {
+        guard smallBatchesInFlight < maxSmallBatches, !smallQueue.jobs.isEmpty else { return }
+        let batch = smallQueue
+        smallQueue = spareSmallBatches.popLast() ?? SmallBatch()
+        smallBatchesInFlight += 1
+        let place = SmallUploadPlace(directory: directory, descriptor: directoryDescriptor, partialDirectory: partialDirectory, pid: pid)
+        let sync = fsyncEnabled, unnamed = unnamedSeedFiles, directory = directory
+        do throws(UVOperationError) {
+            try runBlocking({
+                // Group commit: each file is fsynced before its link (if enabled), the directory
+                // once for the whole batch, and no upload of the batch is reported stored before.
+                batch.jobs.withUnsafeMutableBufferPointer { jobs in
+                    var anyStored = false
+                    var names = SeedUploadName.Formatter()
+                    for i in jobs.indices {
+                        let r = Store.storeSmallNow(jobs[i], place, sync: sync, unnamed: unnamed, names: &names)
+                        if case .success = r { anyStored = true }
+                        jobs[i].result = r
+                    }
+                    guard sync, anyStored else { return }
+                    do throws(UVOperationError) { try BlockingFileSystem.syncDirectory(directory) } catch {
+                        for i in jobs.indices { jobs[i].result = .failure(error) }
+                    }
+                }
+            }, completion: { [self] (_: Void?) in
+                smallBatchesInFlight -= 1
+                finishSmallBatch(batch, failure: UVOperationError("queue_work", code: UVError.canceled.code))
+                submitSmallBatch()
+            })
+        } catch {
+            smallBatchesInFlight -= 1
+            finishSmallBatch(batch, failure: error)
+        }
+    }
+
+    /// Reports each upload of a batch (`failure` for those it has no result for) and keeps the
+    /// batch for reuse.
+    func finishSmallBatch(_ batch: SmallBatch, failure: UVOperationError) {
+        for job in batch.jobs { job.owner.smallUploadDone(job.result ?? .failure(failure)) }
+        batch.jobs.removeAll(keepingCapacity: true)
+        if spareSmallBatches.count < maxSmallBatches { spareSmallBatches.append(batch) }
+    }
+
+    /// Where small uploads go: the target directory (by path for messages, by descriptor for
+    /// the calls) and, where the file system has no `O_TMPFILE`, the named partials.
+    struct SmallUploadPlace: @unchecked Sendable {
+        let directory: String
+        let descriptor: FileDescriptor
+        let partialDirectory: String
+        let pid: pid_t
+    }
+
+    /// The blocking body of `storeSmall` for one upload (threadpool only).
+    static func storeSmallNow(_ job: SmallJob, _ place: SmallUploadPlace, sync: Bool, unnamed: Bool, names: inout SeedUploadName.Formatter) -> Result<SeedUploadName, UVOperationError> {
+        var fd: FileDescriptor
+        var path: String?  // the named partial, if one is used
+        do throws(UVOperationError) {
+            guard unnamed else { throw UVOperationError("openat(O_TMPFILE)", target: place.directory, code: UVError.operationNotSupported.code) }
+            fd = try BlockingFileSystem.openTemporary(in: ".", relativeTo: place.descriptor)
+        } catch where [UVError.operationNotSupported, .isDirectory, .invalidArgument].contains(error.error) {
+            let named = seedPartialPath(place.partialDirectory, pid: place.pid, number: job.partialNumber)
+            do throws(UVOperationError) {
+                fd = try BlockingFileSystem.open(named, flags: [.readWrite, .create, .truncate, .noFollow], mode: 0o600)
+                path = named
+            } catch {
+                return .failure(error)
+            }
+        } catch {
+            return .failure(UVOperationError(error.operation, target: place.directory, code: error.error.code))
+        }
+        let writeError = job.prefix.withUnsafeBytes { prefix in
+            // The buffers are listed on the stack; the prefix (digits the file began with) is rare.
+            withUnsafeTemporaryAllocation(of: UnsafeRawBufferPointer.self, capacity: 2) { list -> UVOperationError? in
+                list[0] = prefix
+                list[1] = job.bytes
+                do throws(UVOperationError) {
+                    try BlockingFileSystem.writeAll(fd, buffers: UnsafeBufferPointer(list), offset: 0, target: path ?? place.directory)
+                    return nil
+                } catch {
+                    return error
+                }
+            }
+        }
+        if let writeError {
+            try? BlockingFileSystem.close(fd)
+            if let path { try? BlockingFileSystem.unlink(path) }
+            return .failure(writeError)
+        }
+        if let path {
+            let r = Store.commitNow(fd, partialPath: path, metaPath: nil, name: job.name.description, directory: place.directory, sync: sync, syncDirectory: false)
+            if case .failure = r { try? BlockingFileSystem.unlink(path) }
+            return r.map { SeedUploadName(utcSeconds: job.name.utcSeconds, counter: job.name.counter, attempt: $0) }
+        }
+        return Store.linkTemporaryNow(fd, name: job.name, directory: place.directory, relativeTo: place.descriptor, sync: sync, names: &names)  // the batch fsyncs the directory
+    }
+}
