@@ -41,8 +41,8 @@ protocol BufferWaiter: AnyObject {
 ///
 /// Waiters are woken first come, first served, and only as many as the room can serve: a slab
 /// coming back wakes `wakesPerSlab` of them, and each read served while others wait wakes one
-/// more (so the waking goes on as long as reads find room). Waking all of them at once (10,000
-/// connections in S4) made each restart reading, be polled, find no buffer and stop again: two
+/// more (so the waking goes on as long as reads find room). Waking all of them at once (thousands
+/// of connections) made each restart reading, be polled, find no buffer and stop again: two
 /// `epoll_ctl` calls and a poll per waiter per returned slab. Leaving the queue is O(1).
 ///
 /// `@exclusivity(unchecked)` marks the per-read state: plain values read or assigned in place,

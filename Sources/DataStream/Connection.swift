@@ -13,8 +13,8 @@ import UV
 /// file operation.
 ///
 /// Properties marked `@exclusivity(unchecked)` are read and written on every read or upload
-/// (Swift checks each access to a class's stored property at run time: 16% of the receiver's
-/// user-space instructions in S3 before these marks). Each is a plain value only ever read or
+/// (Swift checks each access to a class's stored property at run time, a large share of the
+/// receiver's user-space work on small uploads). Each is a plain value only ever read or
 /// assigned in place, or (`machine`) changed by a mutating call that never calls out, so no
 /// two accesses can overlap; a property passed `inout` across a call must not be marked.
 final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUploadOwner {
@@ -40,8 +40,8 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     @exclusivity(unchecked) private var seedBytesQueued: UInt64 = 0
     @exclusivity(unchecked) private var seedDeclared: UInt64 = 0
     /// The server's logger with this connection's id and peer, built when a message is first
-    /// logged at an enabled level (`log`): setting metadata formats it, which cost 4% of the
-    /// loop thread in S3 (20,000 seed uploads) when every upload's debug and info lines built it.
+    /// logged at an enabled level (`log`): setting metadata formats it, which is costly when
+    /// every upload's debug and info lines build it.
     private lazy var logger: Logger = {
         var logger = server.logger
         logger[metadataKey: "connection"] = "\(id)"
@@ -76,7 +76,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// `smallUploadBytesInUse` it holds until freed (0: none in progress), and its declared size.
     @exclusivity(unchecked) private var smallReserved = 0
     @exclusivity(unchecked) private var smallDeclared = 0
-    /// Its bytes. When one read brought them all (S3: every upload), they stay in the receive
+    /// Its bytes. When one read brought them all (the usual case), they stay in the receive
     /// slab they landed in, which the connection retains until they are stored: no copy.
     /// Otherwise they are copied into a block of `SmallBuffers` as they arrive, so no slab stays
     /// pinned while a slow client sends the rest.
@@ -115,7 +115,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// Starts serving the accepted connection. What the client sent before the accept is read
     /// at once (`TCPStream.readNow`, a few reads at most); only if more is expected is the socket
     /// handed to the loop to poll. A small seed upload whose bytes and end are already there
-    /// (S3: 20,000 uploads of 4 KiB) is then served with no epoll registration at all: no
+    /// is then served with no epoll registration at all: no
     /// `epoll_ctl` to add and remove it, no poll round before its first byte.
     func start() {
         readWithoutPolling()
@@ -126,8 +126,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// times), then lets the loop poll it if more is expected (`updateReading`). Used at accept
     /// and when a receive buffer comes back (`buffersAvailable`, through the server's
     /// `readSoon`): starting to read through libuv costs an `epoll_ctl` to add the socket and
-    /// one to remove it when reading stops again, and a poll round before the first byte
-    /// (S4, 10,000 uploads of 64 KiB waiting for buffers: 9.7 `epoll_ctl` per connection).
+    /// one to remove it when reading stops again, and a poll round before the first byte.
     /// A large upload is left to the loop (and then to a drain, which splices): reading it here
     /// would pull its bytes through the receive slabs.
     /// Returns how many reads it made (none if the connection closed or cannot read now).

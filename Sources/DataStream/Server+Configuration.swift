@@ -46,19 +46,16 @@ extension Server {
         public var backlog: Int32 = 4096
         /// Per-connection buffered bytes: pause reading above `high`, resume at `low`. Kept small
         /// on purpose: the threadpool copies each write out of the receive slabs into the page
-        /// cache, and that copy is several times cheaper while the slabs are still in cache
-        /// (perf, one 1 GiB upload: 4 MiB marks put 60% of the receiver's time in that copy,
-        /// 1 MiB marks a fraction; throughput went from ~450 to ~850 MB/s here).
+        /// cache, and that copy is several times cheaper while the slabs are still in cache.
         public var connectionBufferLow = 512 << 10
         public var connectionBufferHigh = 1 << 20
-        /// Whole-process receive memory: reads wait for a buffer when it is all in use. 16 MiB
-        /// kept 10,000 concurrent 64 KiB uploads (S4) under 64 MiB of RSS with the small-upload
-        /// budget below, at the same throughput as 24 MiB.
+        /// Whole-process receive memory: reads wait for a buffer when it is all in use. Sized
+        /// so that thousands of concurrent uploads stay within the memory budget of
+        /// docs/DESIGN.md without losing throughput.
         public var processBufferBudget = 16 << 20
         /// Seed uploads of at most 64 KiB are copied into memory of their own and stored in one
         /// threadpool work item at the end; this caps that memory for all of them together
-        /// (beyond it, small uploads are written as they arrive, like large ones). 8 MiB: S4 ran
-        /// ~8% faster than with 2 MiB here.
+        /// (beyond it, small uploads are written as they arrive, like large ones).
         public var smallUploadBudget = 8 << 20
         /// Write seed uploads (small ones held in memory and streamed ones alike) into a file
         /// without a name (`O_TMPFILE`) linked into place when complete; off, or where the file

@@ -3,8 +3,8 @@ import Glibc
 
 /// Memory for small seed uploads held whole until they are stored (`Connection`'s small path),
 /// reused from one upload to the next instead of a `malloc` and `free` each: a 4 KiB block is
-/// beyond glibc's per-thread cache, and its `malloc` cost ~700 instructions per upload (callgrind,
-/// S3), a third of the allocator's share of the loop thread.
+/// beyond glibc's per-thread cache, and its `malloc` was a third of the allocator's share of the
+/// loop thread.
 ///
 /// Blocks come in five sizes (4, 8, 16, 32 and 64 KiB: each upload takes the smallest that holds
 /// it); at most 1 MiB of free blocks is kept per size, the rest is freed. Owned by `Server` and

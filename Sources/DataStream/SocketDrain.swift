@@ -5,8 +5,7 @@ import UV
 /// Moves the rest of a large upload's bytes from its socket straight into its partial file on
 /// libuv's threadpool: one work item moves what the socket has ready into the file. Without a
 /// digest to compute (seed uploads) the bytes never enter user space: `splice` through the
-/// thread's pipe, one copy in all (S1, 1 GiB, median of 4 interleaved runs: 1,900 MB/s at
-/// 0.53 s CPU, where receiving then writing reached 1,240 MB/s at 0.8 s). With one, the work
+/// thread's pipe, one copy in all (faster and cheaper than receiving then writing). With one, the work
 /// item receives, hashes and writes on one thread, so the bytes are still in that core's cache
 /// when the page-cache copy reads them.
 /// The loop thread only learns when the socket is readable (a `Poll` on a duplicate of the
@@ -14,8 +13,8 @@ import UV
 ///
 /// Why: handing each read to a worker through shared slabs made the worker copy bytes another
 /// core had just received; on this 2-core VM that copy into the page cache cost several times
-/// more than the same copy from a hot buffer (perf: `copy_folio_from_iter_atomic` 60% of a
-/// 1 GiB upload's time), and a third busy thread competed with the sender for the cores.
+/// more than the same copy from a hot buffer, and a third busy thread competed with the
+/// sender for the cores.
 ///
 /// Owned by its `Connection` from the moment the upload's queued writes are flushed and the
 /// stream stops reading until `onEnd` runs; it owns the duplicate descriptor and its poll

@@ -17,15 +17,14 @@ extension Store {
     /// receiver stores each at once; a busy one pays one threadpool round trip (two thread
     /// wake-ups) per batch instead of per file. `bytes` must stay valid until the store calls
     /// `owner.smallUploadDone`, which it does exactly once; the store holds `owner` until then.
-    /// Nothing is allocated per upload (no closure, array or name string): S3 stores thousands
-    /// a second.
+    /// Nothing is allocated per upload (no closure, array or name string).
     func storeSmall(prefix: SeedDigits, bytes: UnsafeRawBufferPointer, owner: SmallUploadOwner) {
         smallQueue.jobs.append(SmallJob(owner: owner, prefix: prefix, bytes: bytes, name: nextSeedName(), partialNumber: nextSeedPartialNumber()))
         submitSmallBatch()
     }
 
     /// Threadpool work items storing small uploads at most at once (see `storeSmall`). One
-    /// batch at a time did best on S3 here (fewer, larger batches, fewer wake-ups); with fsync,
+    /// batch at a time means fewer, larger batches and fewer wake-ups; with fsync,
     /// batches overlap so one batch's fsyncs do not hold up the next.
     var maxSmallBatches: Int { fsyncEnabled ? 4 : 1 }
 

@@ -81,8 +81,7 @@ struct Serve: ParsableCommand {
     func run() throws {
         UV.ignoreBrokenPipes()  // a peer closing first must not kill the process
         // Before anything starts libuv's threadpool (it reads the size once). Its work is copying
-        // into the page cache, which is CPU work: more threads than cores only take turns (S2 and
-        // S4 ran 17% and 26% faster with 2 threads than with libuv's 4 on this 2-core machine).
+        // into the page cache, which is CPU work: more threads than cores only take turns.
         if let threadpoolSize {
             guard (1...Threadpool.maximum).contains(threadpoolSize) else { die("--threadpool-size must be between 1 and \(Threadpool.maximum)") }
             Threadpool.setSize(threadpoolSize)

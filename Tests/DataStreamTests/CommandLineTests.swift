@@ -11,10 +11,11 @@ struct CommandLineTests {
         return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("datastream").path
     }
 
-    func run(_ arguments: [String], timeout: Double = 30) throws -> (status: Int32, stdout: String, stderr: String) {
+    func run(_ arguments: [String], timeout: Double = 30, environment: [String: String] = [:]) throws -> (status: Int32, stdout: String, stderr: String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.binary)
         p.arguments = arguments
+        if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
@@ -22,6 +23,24 @@ struct CommandLineTests {
         let output = PipeCollector(out), errors = PipeCollector(err)
         waitForExit(p, seconds: timeout)
         return (p.terminationStatus, output.all(), errors.all())
+    }
+
+    /// docs/CLI.md is the binary's own --help for every subcommand (scripts/cli-doc writes it):
+    /// a flag added, removed or reworded without regenerating it fails here.
+    @Test func cliReferenceMatchesHelp() throws {
+        let docs = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../docs/CLI.md").standardized.path
+        let text = try String(contentsOfFile: docs, encoding: .utf8)
+        for sub in ["", "serve", "send", "bench"] {
+            // The help wraps at the terminal width: scripts/cli-doc fixes it at 80 columns too.
+            let help = try run(sub.isEmpty ? ["--help"] : [sub, "--help"], environment: ["COLUMNS": "80"])
+            #expect(help.status == 0)
+            let heading = "## datastream" + (sub.isEmpty ? "" : " " + sub) + "\n\n```text\n"
+            guard let start = text.range(of: heading), let end = text.range(of: "```\n", range: start.upperBound..<text.endIndex) else {
+                Issue.record("docs/CLI.md has no section for \(sub.isEmpty ? "datastream" : sub); run scripts/cli-doc")
+                continue
+            }
+            #expect(String(text[start.upperBound..<end.lowerBound]) == help.stdout, "docs/CLI.md is stale for '\(sub)': run scripts/cli-doc")
+        }
     }
 
     @Test func binaryIsBuilt() {
