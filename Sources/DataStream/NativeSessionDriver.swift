@@ -33,12 +33,12 @@ final class NativeSessionDriver {
     private var finishMessage: UDPWire.Finish?
     private var writeInFlight = false
     private var closeRequested: Bool?
-    private var finishedAt: UInt64?
+    /// Idle and linger timeouts: decided by the clock.
+    private var clock: UDPSessionClock
     private var ended = false
     private var opening = false
     private var committing = false
     private var retired = false
-    private var startedAt: UInt64
 
     init(receiver: UDPReceiver, id: UInt64, source: SocketAddress, clientNonce: UInt64, file: FileHeader, chunkSize: Int, windowChunks: UInt32, newUploadRefusal: ProtocolError? = nil) {
         self.newUploadRefusal = newUploadRefusal
@@ -49,7 +49,7 @@ final class NativeSessionDriver {
         self.file = file
         self.chunkSize = chunkSize
         self.windowChunks = windowChunks
-        startedAt = UDPReceiver.microseconds()
+        clock = UDPSessionClock(idleTimeout: receiver.limits.idleTimeout, linger: receiver.limits.linger, now: UDPReceiver.microseconds())
     }
 
     private var server: Server { receiver.server }
@@ -85,6 +85,7 @@ final class NativeSessionDriver {
                 }
                 let now = UDPReceiver.microseconds()
                 machine = ReliableUDPReceiver(.init(chunkSize: chunkSize, totalBytes: file.size - held, windowChunks: windowChunks), now: now)
+                clock.opened()
                 if storedReceipt == nil {
                     ring = .allocate(byteCount: ringBytes, alignment: 4096)
                 } else {
@@ -143,20 +144,20 @@ final class NativeSessionDriver {
     }
 
     func tick(now: UInt64) {
-        guard let m = machine else {
-            if !ended, now - startedAt > UInt64(receiver.limits.idleTimeout * 1_000_000) { close(keepPartial: true) }
-            return
-        }
-        if m.isFinished {
-            if let f = finishedAt, now - f > UInt64(receiver.limits.linger * 1_000_000) { end() }
-            return
-        }
-        if now > m.lastActivity, now - m.lastActivity > UInt64(receiver.limits.idleTimeout * 1_000_000) {
-            server.logger.warning("udp upload idle for \(receiver.limits.idleTimeout) s; its partial stays resumable", metadata: ["upload": "\(file.uploadID)", "received": "\(m.cumulative) of \(m.chunkCount) chunks"])
+        guard !ended else { return }
+        switch clock.tick(now: now, lastActivity: machine?.lastActivity ?? 0) {
+        case .none:
+            break
+        case .endLinger:
+            end()
+        case .closeIdle:
+            if let m = machine {
+                server.logger.warning("udp upload idle for \(receiver.limits.idleTimeout) s; its partial stays resumable", metadata: ["upload": "\(file.uploadID)", "received": "\(m.cumulative) of \(m.chunkCount) chunks"])
+            }
             close(keepPartial: true)
-            return
+        case .poll:
+            perform(machine!.poll(now: now))
         }
-        perform(machine!.poll(now: now))
     }
 
     private func perform(_ actions: ReliableUDPReceiver.Actions) {
@@ -164,7 +165,7 @@ final class NativeSessionDriver {
         if let w = actions.write { write(w) }
         if actions.verify { verify() }
         if actions.sendStatus { sendStatus() }
-        if machine!.isFinished, finishedAt == nil { finished() }
+        if machine!.isFinished, !clock.hasFinished { finished() }
     }
 
     private func write(_ w: ReliableUDPReceiver.Write) {
@@ -270,7 +271,7 @@ final class NativeSessionDriver {
 
     /// The machine reached stored or failed: free the ring, drop a failed partial, linger.
     private func finished() {
-        finishedAt = UDPReceiver.microseconds()
+        clock.finished(now: UDPReceiver.microseconds())
         releaseRing()
         receiver.releaseSlot(self)
         guard machine!.phase == .failed else { return }

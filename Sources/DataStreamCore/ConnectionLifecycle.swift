@@ -42,13 +42,6 @@ public struct ConnectionLifecycle {
             self.drainThresholdWhenFew = drainThresholdWhenFew
             self.fewDrains = fewDrains
         }
-
-        /// A timeout in nanoseconds (nil: none), saturating for absurdly long ones.
-        fileprivate static func nanoseconds(_ seconds: Double) -> UInt64? {
-            guard seconds > 0 else { return nil }
-            let ns = seconds * 1e9
-            return ns < Double(UInt64.max) ? UInt64(ns) : UInt64.max
-        }
     }
 
     /// What the driver must do after a timer tick.
@@ -91,8 +84,8 @@ public struct ConnectionLifecycle {
 
     public init(configuration: Configuration, now: UInt64) {
         self.configuration = configuration
-        headerTimeout = Configuration.nanoseconds(configuration.headerTimeout)
-        idleTimeout = Configuration.nanoseconds(configuration.idleTimeout)
+        headerTimeout = TimeLimit.units(configuration.headerTimeout, perSecond: 1e9)
+        idleTimeout = TimeLimit.units(configuration.idleTimeout, perSecond: 1e9)
         phase = .awaitingUpload(since: now)
         lastActivity = now
     }
