@@ -21,7 +21,7 @@ for r in rows:
 def med(key, rs):
     return statistics.median(r[key] for r in rs)
 
-PEERS = ["datastream", "c-libuv", "c-sync", "nio", "node", "uvloop", "seed-py", "socat", "uftp", "discard"]
+PEERS = ["datastream", "baseline", "c-libuv", "c-sync", "nio", "node", "uvloop", "seed-py", "socat", "uftp", "discard"]
 TITLES = {
     "S1": "S1 one large upload", "S2": "S2 many concurrent 1 MiB uploads",
     "S3": "S3 many 4 KiB files over 100 connections at a time", "S4": "S4 very many concurrent 64 KiB uploads",
@@ -138,7 +138,7 @@ if sweep:
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     lines.append("")
 
-    colors = {"datastream": "#d62728", "c-libuv": "#1f77b4", "c-sync": "#17becf", "nio": "#ff7f0e", "node": "#2ca02c", "uvloop": "#9467bd", "seed-py": "#8c564b"}
+    colors = {"datastream": "#d62728", "baseline": "#e377c2", "c-libuv": "#1f77b4", "c-sync": "#17becf", "nio": "#ff7f0e", "node": "#2ca02c", "uvloop": "#9467bd", "seed-py": "#8c564b"}
     W, H, pad = 420, 260, 50
     def panel(x0, key, title):
         values = [med(key, by[(f"C{c}", p)]) for c in sweep for p in sweep_peers if (f"C{c}", p) in by]

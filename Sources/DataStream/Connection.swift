@@ -72,26 +72,8 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     private var storedReceipt: UploadReceipt?
     /// A seed upload's file once open (its descriptor belongs to `sink` until the commit takes it).
     private var seedPartial: Store.SeedPartial?
-    /// A small seed upload (stored in one work item at the end): the bytes of the server's
-    /// `smallUploadBytesInUse` it holds until freed (0: none in progress), and its declared size.
-    @exclusivity(unchecked) private var smallReserved = 0
-    @exclusivity(unchecked) private var smallDeclared = 0
-    /// Its bytes. When one read brought them all (the usual case), they stay in the receive
-    /// slab they landed in, which the connection retains until they are stored: no copy.
-    /// Otherwise they are copied into a block of `SmallBuffers` as they arrive, so no slab stays
-    /// pinned while a slow client sends the rest.
-    private var smallSlab: Slab?
-    @exclusivity(unchecked) private var smallSlabStart = 0
-    @exclusivity(unchecked) private var small: UnsafeMutableRawBufferPointer?
-    @exclusivity(unchecked) private var smallFilled = 0
-    /// The small buffer is being written by a work item: free it only when that completes.
-    @exclusivity(unchecked) private var smallStoring = false
-    /// The size of the small upload being stored (for the log line).
-    @exclusivity(unchecked) private var smallSize: UInt64 = 0
-    /// The machine finished a small upload during this read: it is stored once the rest of the
-    /// read is processed (bytes past the declared size in the same read cancel it, as they
-    /// cancel a large upload's commit while its last write is in flight).
-    private var smallFinish: (prefix: SeedDigits, size: UInt64)?
+    /// A small seed upload in progress (held in memory, stored in one work item at the end).
+    @exclusivity(unchecked) private var small: SmallUpload?
     private var finishCancelled = false
 
     /// The rest of a large upload, moving straight from the socket to the file (the lifecycle
@@ -220,8 +202,8 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     }
 
     private func startPendingSmallFinish() {
-        guard let f = smallFinish, smallReserved > 0, !closing else { return }
-        smallFinish = nil
+        guard let f = small?.pendingFinish, !closing else { return }
+        small!.pendingFinish = nil
         finishSmallSeed(prefix: f.prefix, size: f.size)
     }
 
@@ -252,23 +234,10 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
 
     private func queueFileBytes(_ slab: Slab, start: Int, count: Int, completingUpload: Bool) {
         guard coverSeedBytes(UInt64(count)) else { return }
-        if smallReserved > 0 {
-            guard smallFilled + count <= smallDeclared else {
+        if small != nil {
+            if !small!.append(slab, start: start, count: count, completing: completingUpload, pool: pool, blocks: server.smallBuffers) {
                 perform(machine.uploadFailed(.storageFailed(reason: "more bytes than the declared size")))
-                return
             }
-            if completingUpload && smallFilled == 0 {
-                // The whole upload in this one read: it is stored from where it landed.
-                pool.retain(slab)
-                smallSlab = slab
-                smallSlabStart = start
-                smallFilled = count
-                return
-            }
-            let block = small ?? server.smallBuffers.take(smallDeclared)
-            small = block
-            UnsafeMutableRawBufferPointer(rebasing: block[smallFilled...]).copyMemory(from: UnsafeRawBufferPointer(rebasing: slab.memory[start..<(start + count)]))
-            smallFilled += count
             return
         }
         guard let sink else { preconditionFailure("file data without an upload") }
@@ -295,7 +264,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
 
     /// Hands the rest of a large upload to a `SocketDrain` once its queued writes are done.
     private func considerDrain() {
-        guard !pauses.contains(.draining), !pauses.contains(.drainStarting), !closing, held == nil, smallReserved == 0, let sink, sink.fd != nil,
+        guard !pauses.contains(.draining), !pauses.contains(.drainStarting), !closing, held == nil, small == nil, let sink, sink.fd != nil,
               lifecycle.shouldDrainSocket(bytesExpected: machine.fileBytesExpected, splices: sink.digester == nil, drainsRunning: server.drainsRunning)
         else { return }
         pauses.insert(.drainStarting)
@@ -372,7 +341,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// What stopping now would do to the current upload's partial: kept for resume (native),
     /// deleted (seed), or nothing (no upload).
     var currentPartialDisposition: ConnectionStateMachine.PartialDisposition {
-        seedPartial != nil || smallReserved > 0 ? .discard : (nativeHeader != nil ? .keep : .none)
+        seedPartial != nil || small != nil ? .discard : (nativeHeader != nil ? .keep : .none)
     }
 
     // MARK: - Actions
@@ -408,9 +377,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
             log(.debug, "seed upload started", metadata: ["declared": "\(declared)"])
             if case .small(let capacity) = lifecycle.seedPath(declared: declared, smallBytesInUse: server.smallUploadBytesInUse) {
                 server.smallUploadBytesInUse += capacity
-                smallReserved = capacity
-                smallDeclared = Int(declared)
-                smallFilled = 0
+                small = SmallUpload(reserved: capacity, declared: Int(declared))
             } else {
                 startSeedSink()
             }
@@ -492,26 +459,19 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
 
     /// Stores a small seed upload (the prefix digits, then its bytes) in one work item.
     private func finishSmallSeed(prefix: SeedDigits, size: UInt64) {
-        let bytes: UnsafeRawBufferPointer
-        if let slab = smallSlab {
-            bytes = UnsafeRawBufferPointer(rebasing: slab.memory[smallSlabStart..<(smallSlabStart + smallFilled)])
-        } else if let small {
-            bytes = UnsafeRawBufferPointer(rebasing: small[0..<smallFilled])
-        } else {
-            bytes = UnsafeRawBufferPointer(start: nil, count: 0)  // no data bytes (an empty file, or all digits)
-        }
-        smallStoring = true
-        smallSize = size
-        store.storeSmall(prefix: prefix, bytes: bytes, owner: self)
+        small!.storing = true
+        small!.size = size
+        store.storeSmall(prefix: prefix, bytes: small!.bytes, owner: self)
     }
 
     func smallUploadDone(_ result: Result<SeedUploadName, UVOperationError>) {
-        smallStoring = false
+        let size = small?.size ?? 0
+        small?.storing = false
         freeSmall()
         switch result {
         case .success(let stored):
             server.statistics.uploadsStored += 1
-            log(.info, "stored seed upload", metadata: ["name": "\(stored)", "bytes": "\(smallSize)"])
+            log(.info, "stored seed upload", metadata: ["name": "\(stored)", "bytes": "\(size)"])
             perform(machine.seedStored())
         case .failure(let error):
             perform(machine.uploadFailed(.storage(error)))
@@ -521,23 +481,15 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// Gives back the small upload's bytes (block or slab) and its reservation (not while a
     /// work item still writes them).
     private func freeSmall() {
-        guard smallReserved > 0, !smallStoring else { return }
-        server.smallUploadBytesInUse -= smallReserved
-        smallReserved = 0
-        smallFilled = 0
-        if let block = small {
-            small = nil
-            server.smallBuffers.give(block)
-        }
-        if let slab = smallSlab {
-            smallSlab = nil
-            pool.release(slab)
-        }
+        guard small != nil, !small!.storing else { return }
+        server.smallUploadBytesInUse -= small!.reserved
+        small!.free(pool: pool, blocks: server.smallBuffers)
+        small = nil
     }
 
     private func finishSeed(prefix: SeedDigits, size: UInt64) {
-        if smallReserved > 0 {
-            smallFinish = (prefix, size)
+        if small != nil {
+            small!.pendingFinish = (prefix, size)
             return
         }
         if sink == nil { startSeedSink() }
