@@ -37,12 +37,8 @@ final class Store {
     /// Seed uploads are written into files without a name first (see `SeedPartial`); turned off
     /// when the file system refuses `O_TMPFILE`, and by tests to exercise the named partials.
     var unnamedSeedFiles = true
-    /// Small uploads waiting for the next work item (see `storeSmall`), and emptied batches kept
-    /// for reuse. `smallQueue` is read on every small upload; unchecked (see `Connection`):
-    /// assigned whole, and the batch it replaces is still held by the caller.
-    @exclusivity(unchecked) var smallQueue = SmallBatch()
-    var spareSmallBatches: [SmallBatch] = []
-    var smallBatchesInFlight = 0
+    /// Stores small seed uploads by group commit (see `storeSmall`).
+    let smallUploads = SmallUploadBatcher()
 
     /// Creates the directories if needed (at start-up, before the loop serves anything) and
     /// checks that the directory is writable.
@@ -68,6 +64,7 @@ final class Store {
         } catch {
             throw StoreError(path: directory, reason: error.description)
         }
+        smallUploads.store = self
     }
 
     deinit { try? BlockingFileSystem.close(directoryDescriptor) }
@@ -176,6 +173,12 @@ final class Store {
             closeQuietly(fd, partialPath)
             completion(.failure(error))
         }
+    }
+
+    /// Stores a small seed upload held in memory (see `SmallUploadBatcher.enqueue`) under the
+    /// next generated name.
+    func storeSmall(prefix: SeedDigits, bytes: UnsafeRawBufferPointer, owner: SmallUploadOwner) {
+        smallUploads.enqueue(prefix: prefix, bytes: bytes, owner: owner, name: nextSeedName(), partialNumber: nextSeedPartialNumber())
     }
 
     // MARK: - Small helpers

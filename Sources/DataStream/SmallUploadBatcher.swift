@@ -4,7 +4,22 @@ import UV
 
 /// Small seed uploads held in memory, stored by group commit: one threadpool work item takes
 /// every small upload that completed meanwhile.
-extension Store {
+///
+/// Owned by the `Store`, which attaches itself at its init; used on the loop thread, except the
+/// batch a work item is writing.
+final class SmallUploadBatcher {
+    /// The store that owns it (the place, fsync, the work items): set once by `Store.init`. A
+    /// batch in flight holds the store (as the store's own work items do).
+    weak var store: Store?
+    /// Small uploads waiting for the next work item, and emptied batches kept for reuse.
+    /// `queue` is read on every small upload; unchecked (see `Connection`): assigned whole, and
+    /// the batch it replaces is still held by the caller.
+    @exclusivity(unchecked) private var queue = SmallBatch()
+    private var spare: [SmallBatch] = []
+    private var inFlight = 0
+
+    init() {}
+
     /// Stores a small seed upload held in memory: write `prefix` then `bytes` into a file that
     /// has no name yet (`O_TMPFILE`), fsync it (if enabled), link it under a generated name (or
     /// `name-1`, ... if taken), close, fsync the directory (if enabled). A file without a name
@@ -12,21 +27,21 @@ extension Store {
     /// unlinked) and leaves nothing behind if anything fails or the process dies. Where the file
     /// system has no `O_TMPFILE`, a named partial and `commit`'s steps are used.
     ///
-    /// Group commit: at most `maxSmallBatches` threadpool work items store small uploads at a
+    /// Group commit: at most `maxBatches` threadpool work items store small uploads at a
     /// time; uploads that complete meanwhile wait and go together in the next item. An idle
     /// receiver stores each at once; a busy one pays one threadpool round trip (two thread
     /// wake-ups) per batch instead of per file. `bytes` must stay valid until the store calls
     /// `owner.smallUploadDone`, which it does exactly once; the store holds `owner` until then.
     /// Nothing is allocated per upload (no closure, array or name string).
-    func storeSmall(prefix: SeedDigits, bytes: UnsafeRawBufferPointer, owner: SmallUploadOwner) {
-        smallQueue.jobs.append(SmallJob(owner: owner, prefix: prefix, bytes: bytes, name: nextSeedName(), partialNumber: nextSeedPartialNumber()))
-        submitSmallBatch()
+    func enqueue(prefix: SeedDigits, bytes: UnsafeRawBufferPointer, owner: SmallUploadOwner, name: SeedUploadName, partialNumber: UInt64) {
+        queue.jobs.append(SmallJob(owner: owner, prefix: prefix, bytes: bytes, name: name, partialNumber: partialNumber))
+        submit()
     }
 
-    /// Threadpool work items storing small uploads at most at once (see `storeSmall`). One
+    /// Threadpool work items storing small uploads at most at once (see `enqueue`). One
     /// batch at a time means fewer, larger batches and fewer wake-ups; with fsync,
     /// batches overlap so one batch's fsyncs do not hold up the next.
-    var maxSmallBatches: Int { fsyncEnabled ? 4 : 1 }
+    private var maxBatches: Int { store?.fsyncEnabled == true ? 4 : 1 }
 
     /// One small upload in a batch. `owner` is only touched on the loop thread; the work item
     /// reads the rest and writes `result`.
@@ -41,7 +56,7 @@ extension Store {
         var result: Result<SeedUploadName, UVOperationError>? = nil
     }
 
-    /// The small uploads of one work item. The store fills one (`smallQueue`) on the loop
+    /// The small uploads of one work item. The batcher fills one (`queue`) on the loop
     /// thread; once submitted, only the work item touches it until it completes on the loop
     /// thread, which reports each upload and keeps the emptied batch (its array's storage) for
     /// reuse.
@@ -53,22 +68,22 @@ extension Store {
         @exclusivity(unchecked) var jobs: [SmallJob] = []
     }
 
-    func submitSmallBatch() {
-        guard smallBatchesInFlight < maxSmallBatches, !smallQueue.jobs.isEmpty else { return }
-        let batch = smallQueue
-        smallQueue = spareSmallBatches.popLast() ?? SmallBatch()
-        smallBatchesInFlight += 1
-        let place = SmallUploadPlace(directory: directory, descriptor: directoryDescriptor, partialDirectory: partialDirectory, pid: pid)
-        let sync = fsyncEnabled, unnamed = unnamedSeedFiles, directory = directory
+    private func submit() {
+        guard let store, inFlight < maxBatches, !queue.jobs.isEmpty else { return }
+        let batch = queue
+        queue = spare.popLast() ?? SmallBatch()
+        inFlight += 1
+        let place = SmallUploadPlace(directory: store.directory, descriptor: store.directoryDescriptor, partialDirectory: store.partialDirectory, pid: store.pid)
+        let sync = store.fsyncEnabled, unnamed = store.unnamedSeedFiles, directory = store.directory
         do throws(UVOperationError) {
-            try runBlocking({
+            try store.runBlocking({
                 // Group commit: each file is fsynced before its link (if enabled), the directory
                 // once for the whole batch, and no upload of the batch is reported stored before.
                 batch.jobs.withUnsafeMutableBufferPointer { jobs in
                     var anyStored = false
                     var names = SeedUploadName.Formatter()
                     for i in jobs.indices {
-                        let r = Store.storeSmallNow(jobs[i], place, sync: sync, unnamed: unnamed, names: &names)
+                        let r = SmallUploadBatcher.storeNow(jobs[i], place, sync: sync, unnamed: unnamed, names: &names)
                         if case .success = r { anyStored = true }
                         jobs[i].result = r
                     }
@@ -77,23 +92,24 @@ extension Store {
                         for i in jobs.indices { jobs[i].result = .failure(error) }
                     }
                 }
-            }, completion: { [self] (_: Void?) in
-                smallBatchesInFlight -= 1
-                finishSmallBatch(batch, failure: UVOperationError("queue_work", code: UVError.canceled.code))
-                submitSmallBatch()
+            }, completion: { [self, store] (_: Void?) in
+                _ = store  // held until the batch is reported
+                inFlight -= 1
+                finish(batch, failure: UVOperationError("queue_work", code: UVError.canceled.code))
+                submit()
             })
         } catch {
-            smallBatchesInFlight -= 1
-            finishSmallBatch(batch, failure: error)
+            inFlight -= 1
+            finish(batch, failure: error)
         }
     }
 
     /// Reports each upload of a batch (`failure` for those it has no result for) and keeps the
     /// batch for reuse.
-    func finishSmallBatch(_ batch: SmallBatch, failure: UVOperationError) {
+    private func finish(_ batch: SmallBatch, failure: UVOperationError) {
         for job in batch.jobs { job.owner.smallUploadDone(job.result ?? .failure(failure)) }
         batch.jobs.removeAll(keepingCapacity: true)
-        if spareSmallBatches.count < maxSmallBatches { spareSmallBatches.append(batch) }
+        if spare.count < maxBatches { spare.append(batch) }
     }
 
     /// Where small uploads go: the target directory (by path for messages, by descriptor for
@@ -105,15 +121,15 @@ extension Store {
         let pid: pid_t
     }
 
-    /// The blocking body of `storeSmall` for one upload (threadpool only).
-    static func storeSmallNow(_ job: SmallJob, _ place: SmallUploadPlace, sync: Bool, unnamed: Bool, names: inout SeedUploadName.Formatter) -> Result<SeedUploadName, UVOperationError> {
+    /// The blocking body of `enqueue` for one upload (threadpool only).
+    private static func storeNow(_ job: SmallJob, _ place: SmallUploadPlace, sync: Bool, unnamed: Bool, names: inout SeedUploadName.Formatter) -> Result<SeedUploadName, UVOperationError> {
         var fd: FileDescriptor
         var path: String?  // the named partial, if one is used
         do throws(UVOperationError) {
             guard unnamed else { throw UVOperationError("openat(O_TMPFILE)", target: place.directory, code: UVError.operationNotSupported.code) }
             fd = try BlockingFileSystem.openTemporary(in: ".", relativeTo: place.descriptor)
         } catch where [UVError.operationNotSupported, .isDirectory, .invalidArgument].contains(error.error) {
-            let named = seedPartialPath(place.partialDirectory, pid: place.pid, number: job.partialNumber)
+            let named = Store.seedPartialPath(place.partialDirectory, pid: place.pid, number: job.partialNumber)
             do throws(UVOperationError) {
                 fd = try BlockingFileSystem.open(named, flags: [.readWrite, .create, .truncate, .noFollow], mode: 0o600)
                 path = named
