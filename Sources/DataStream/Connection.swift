@@ -34,11 +34,8 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// Why the connection is not reading now (it reads while none holds and the protocol
     /// machine expects input).
     @exclusivity(unchecked) private var pauses: ReadPauses = []
-    /// Bytes of the disk budget held for the current upload (given back when it ends).
-    @exclusivity(unchecked) private var diskReservation: UInt64 = 0
-    /// Seed: file bytes received so far, and the longest reading of the size field.
-    @exclusivity(unchecked) private var seedBytesQueued: UInt64 = 0
-    @exclusivity(unchecked) private var seedDeclared: UInt64 = 0
+    /// The disk space the current upload holds in the server's budget (given back when it ends).
+    @exclusivity(unchecked) private var diskHold = DiskHold()
     /// The server's logger with this connection's id and peer, built when a message is first
     /// logged at an enabled level (`log`): setting metadata formats it, which is costly when
     /// every upload's debug and info lines build it.
@@ -220,15 +217,12 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// Seed uploads whose reservation is less than their longest reading: hold space for
     /// `n` more bytes, or fail the upload with "disk full". False if it failed.
     private func coverSeedBytes(_ n: UInt64) -> Bool {
-        guard nativeHeader == nil else { return true }
-        seedBytesQueued += n
-        guard seedBytesQueued > diskReservation else { return true }
-        let target = min(seedDeclared, max(seedBytesQueued, diskReservation + (16 << 20)))
-        if server.disk.reserve(target - diskReservation) != nil {
-            perform(machine.uploadFailed(.diskFull(reason: "\(seedBytesQueued) bytes received of a seed upload of up to \(seedDeclared), and no room for more (less \(server.disk.minimumFree) kept free and what other uploads hold)")))
+        guard let more = diskHold.bytesArrived(n) else { return true }
+        if server.disk.reserve(more) != nil {
+            perform(machine.uploadFailed(.diskFull(reason: "\(diskHold.received) bytes received of a seed upload of up to \(diskHold.limit), and no room for more (less \(server.disk.minimumFree) kept free and what other uploads hold)")))
             return false
         }
-        diskReservation = target
+        diskHold.grew(by: more)
         return true
     }
 
@@ -363,16 +357,14 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
             // refused only if even the shortest does not fit; then the space held grows with
             // the bytes that arrive (`coverSeedBytes`), failing as soon as they would not fit.
             let shortest = machine.seedSizeRange?.lowerBound ?? declared
-            seedBytesQueued = 0
-            seedDeclared = declared
             if server.disk.reserve(declared) == nil {
-                diskReservation = declared
+                diskHold.growing(upTo: declared, granted: declared)
             } else if let full = server.disk.reserve(shortest) {
                 log(.warning, "seed upload refused: \(full)")
                 perform(machine.uploadFailed(full))
                 return
             } else {
-                diskReservation = shortest
+                diskHold.growing(upTo: declared, granted: shortest)
             }
             log(.debug, "seed upload started", metadata: ["declared": "\(declared)"])
             if case .small(let capacity) = lifecycle.seedPath(declared: declared, smallBytesInUse: server.smallUploadBytesInUse) {
@@ -390,7 +382,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                 openNative(header, refusingNewWith: full)
                 return
             }
-            diskReservation = header.size
+            diskHold.fixed(header.size)
             openNative(header)
         case .verifyUpload:
             if let storedReceipt {
@@ -683,8 +675,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     }
 
     private func releaseDisk() {
-        server.disk.release(diskReservation)
-        diskReservation = 0
+        server.disk.release(diskHold.release())
     }
 
     /// Graceful shutdown: ends the connection now if no upload is in progress (native clients
