@@ -70,7 +70,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// A seed upload's file once open (its descriptor belongs to `sink` until the commit takes it).
     private var seedPartial: Store.SeedPartial?
     /// A small seed upload in progress (held in memory, stored in one work item at the end).
-    @exclusivity(unchecked) private var small: SmallUpload?
+    @exclusivity(unchecked) private var small = SmallUpload()
     private var finishCancelled = false
 
     /// The rest of a large upload, moving straight from the socket to the file (the lifecycle
@@ -199,8 +199,8 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     }
 
     private func startPendingSmallFinish() {
-        guard let f = small?.pendingFinish, !closing else { return }
-        small!.pendingFinish = nil
+        guard let f = small.pendingFinish, !closing else { return }
+        small.pendingFinish = nil
         finishSmallSeed(prefix: f.prefix, size: f.size)
     }
 
@@ -228,8 +228,8 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
 
     private func queueFileBytes(_ slab: Slab, start: Int, count: Int, completingUpload: Bool) {
         guard coverSeedBytes(UInt64(count)) else { return }
-        if small != nil {
-            if !small!.append(slab, start: start, count: count, completing: completingUpload, pool: pool, blocks: server.smallBuffers) {
+        if small.isActive {
+            if !small.append(slab, start: start, count: count, completing: completingUpload, pool: pool, blocks: server.smallBuffers) {
                 perform(machine.uploadFailed(.storageFailed(reason: "more bytes than the declared size")))
             }
             return
@@ -258,7 +258,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
 
     /// Hands the rest of a large upload to a `SocketDrain` once its queued writes are done.
     private func considerDrain() {
-        guard !pauses.contains(.draining), !pauses.contains(.drainStarting), !closing, held == nil, small == nil, let sink, sink.fd != nil,
+        guard !pauses.contains(.draining), !pauses.contains(.drainStarting), !closing, held == nil, !small.isActive, let sink, sink.fd != nil,
               lifecycle.shouldDrainSocket(bytesExpected: machine.fileBytesExpected, splices: sink.digester == nil, drainsRunning: server.drainsRunning)
         else { return }
         pauses.insert(.drainStarting)
@@ -335,7 +335,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// What stopping now would do to the current upload's partial: kept for resume (native),
     /// deleted (seed), or nothing (no upload).
     var currentPartialDisposition: ConnectionStateMachine.PartialDisposition {
-        seedPartial != nil || small != nil ? .discard : (nativeHeader != nil ? .keep : .none)
+        seedPartial != nil || small.isActive ? .discard : (nativeHeader != nil ? .keep : .none)
     }
 
     // MARK: - Actions
@@ -369,7 +369,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
             log(.debug, "seed upload started", metadata: ["declared": "\(declared)"])
             if case .small(let capacity) = lifecycle.seedPath(declared: declared, smallBytesInUse: server.smallUploadBytesInUse) {
                 server.smallUploadBytesInUse += capacity
-                small = SmallUpload(reserved: capacity, declared: Int(declared))
+                small.begin(reserved: capacity, declared: Int(declared))
             } else {
                 startSeedSink()
             }
@@ -451,14 +451,14 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
 
     /// Stores a small seed upload (the prefix digits, then its bytes) in one work item.
     private func finishSmallSeed(prefix: SeedDigits, size: UInt64) {
-        small!.storing = true
-        small!.size = size
-        store.storeSmall(prefix: prefix, bytes: small!.bytes, owner: self)
+        small.storing = true
+        small.size = size
+        store.storeSmall(prefix: prefix, bytes: small.bytes, owner: self)
     }
 
     func smallUploadDone(_ result: Result<SeedUploadName, UVOperationError>) {
-        let size = small?.size ?? 0
-        small?.storing = false
+        let size = small.size
+        small.storing = false
         freeSmall()
         switch result {
         case .success(let stored):
@@ -473,15 +473,13 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// Gives back the small upload's bytes (block or slab) and its reservation (not while a
     /// work item still writes them).
     private func freeSmall() {
-        guard small != nil, !small!.storing else { return }
-        server.smallUploadBytesInUse -= small!.reserved
-        small!.free(pool: pool, blocks: server.smallBuffers)
-        small = nil
+        guard small.isActive, !small.storing else { return }
+        server.smallUploadBytesInUse -= small.free(pool: pool, blocks: server.smallBuffers)
     }
 
     private func finishSeed(prefix: SeedDigits, size: UInt64) {
-        if small != nil {
-            small!.pendingFinish = (prefix, size)
+        if small.isActive {
+            small.pendingFinish = (prefix, size)
             return
         }
         if sink == nil { startSeedSink() }

@@ -6,12 +6,15 @@ import DataStreamCore
 /// they are copied into a block of `SmallBuffers` as they arrive, so no slab stays pinned while
 /// a slow client sends the rest.
 ///
-/// A value owned by its `Connection`; the slab and block it holds are given back by `free`.
+/// A value owned by its `Connection`, inactive between small uploads (a plain value, not an
+/// optional: reading a field of it then copies nothing); `begin` starts one, and `free` gives
+/// back the slab and block it holds.
 struct SmallUpload {
-    /// Bytes of the server's small-upload budget it holds (its block's capacity).
-    let reserved: Int
+    /// Bytes of the server's small-upload budget it holds (its block's capacity); 0 when no
+    /// small upload is in progress.
+    private(set) var reserved = 0
     /// The size the client declared.
-    let declared: Int
+    private(set) var declared = 0
     private var slab: Slab?
     private var slabStart = 0
     private var block: UnsafeMutableRawBufferPointer?
@@ -24,9 +27,17 @@ struct SmallUpload {
     /// rest of that read has been looked at (bytes past the declared size cancel it).
     var pendingFinish: (prefix: SeedDigits, size: UInt64)?
 
-    init(reserved: Int, declared: Int) {
+    /// Whether a small upload is in progress.
+    var isActive: Bool { reserved > 0 }
+
+    /// Starts a small upload of `declared` bytes holding `reserved` bytes of the budget.
+    mutating func begin(reserved: Int, declared: Int) {
+        precondition(!isActive && reserved > 0, "a small upload begun twice")
         self.reserved = reserved
         self.declared = declared
+        filled = 0
+        storing = false
+        pendingFinish = nil
     }
 
     /// Takes `count` bytes of the upload from `slab` at `start`. False if they go past the
@@ -55,9 +66,11 @@ struct SmallUpload {
         return UnsafeRawBufferPointer(start: nil, count: 0)  // no data bytes (an empty file, or all digits)
     }
 
-    /// Gives the slab and block back (the caller gives back `reserved`).
-    mutating func free(pool: BufferPool, blocks: SmallBuffers) {
+    /// Gives the slab and block back and ends the upload; returns the budget bytes it held.
+    mutating func free(pool: BufferPool, blocks: SmallBuffers) -> Int {
+        defer { reserved = 0 }
         filled = 0
+        pendingFinish = nil
         if let block {
             self.block = nil
             blocks.give(block)
@@ -66,5 +79,6 @@ struct SmallUpload {
             self.slab = nil
             pool.release(slab)
         }
+        return reserved
     }
 }

@@ -8,9 +8,15 @@ import UV
 /// Owned by the `Store`, which attaches itself at its init; used on the loop thread, except the
 /// batch a work item is writing.
 final class SmallUploadBatcher {
-    /// The store that owns it (the place, fsync, the work items): set once by `Store.init`. A
-    /// batch in flight holds the store (as the store's own work items do).
-    weak var store: Store?
+    /// The store that owns it (the place, the work items): set once by `Store.init`. Unowned
+    /// and unchecked: the batcher lives inside its store, and a batch in flight holds the store
+    /// (as the store's own work items do), so the store outlives every use. (A weak reference
+    /// would give the store a side table, and every retain of it a slow path.)
+    unowned(unsafe) var store: Store?
+    /// Threadpool work items storing small uploads at most at once (see `enqueue`). One
+    /// batch at a time means fewer, larger batches and fewer wake-ups; with fsync, batches
+    /// overlap so one batch's fsyncs do not hold up the next.
+    private let maxBatches: Int
     /// Small uploads waiting for the next work item, and emptied batches kept for reuse.
     /// `queue` is read on every small upload; unchecked (see `Connection`): assigned whole, and
     /// the batch it replaces is still held by the caller.
@@ -18,7 +24,7 @@ final class SmallUploadBatcher {
     private var spare: [SmallBatch] = []
     private var inFlight = 0
 
-    init() {}
+    init(fsync: Bool) { maxBatches = fsync ? 4 : 1 }
 
     /// Stores a small seed upload held in memory: write `prefix` then `bytes` into a file that
     /// has no name yet (`O_TMPFILE`), fsync it (if enabled), link it under a generated name (or
@@ -38,10 +44,6 @@ final class SmallUploadBatcher {
         submit()
     }
 
-    /// Threadpool work items storing small uploads at most at once (see `enqueue`). One
-    /// batch at a time means fewer, larger batches and fewer wake-ups; with fsync,
-    /// batches overlap so one batch's fsyncs do not hold up the next.
-    private var maxBatches: Int { store?.fsyncEnabled == true ? 4 : 1 }
 
     /// One small upload in a batch. `owner` is only touched on the loop thread; the work item
     /// reads the rest and writes `result`.
@@ -69,7 +71,7 @@ final class SmallUploadBatcher {
     }
 
     private func submit() {
-        guard let store, inFlight < maxBatches, !queue.jobs.isEmpty else { return }
+        guard inFlight < maxBatches, !queue.jobs.isEmpty, let store else { return }
         let batch = queue
         queue = spare.popLast() ?? SmallBatch()
         inFlight += 1

@@ -38,7 +38,7 @@ final class Store {
     /// when the file system refuses `O_TMPFILE`, and by tests to exercise the named partials.
     var unnamedSeedFiles = true
     /// Stores small seed uploads by group commit (see `storeSmall`).
-    let smallUploads = SmallUploadBatcher()
+    let smallUploads: SmallUploadBatcher
 
     /// Creates the directories if needed (at start-up, before the loop serves anything) and
     /// checks that the directory is writable.
@@ -46,6 +46,7 @@ final class Store {
         self.directory = directory
         self.partialDirectory = directory + "/.datastream/partial"
         self.fsyncEnabled = fsync
+        self.smallUploads = SmallUploadBatcher(fsync: fsync)
         self.fs = FileSystem(loop: loop)
         for d in [directory, directory + "/.datastream", partialDirectory] {
             if mkdir(d, 0o755) != 0 && errno != EEXIST {

@@ -21,17 +21,20 @@
 public struct ConnectionLifecycle {
     public struct Configuration: Sendable, Hashable {
         /// Seconds from ready-to-read until an upload must begin (0: no limit).
-        public var headerTimeout: Double
+        public let headerTimeout: Double
         /// Seconds of silence from the client while the server waits for it (0: no limit).
-        public var idleTimeout: Double
+        public let idleTimeout: Double
         /// Bytes of memory all small uploads may hold at once.
-        public var smallUploadBudget: Int
+        public let smallUploadBudget: Int
         /// An upload with at least this many bytes still to come is drained from the socket.
-        public var drainThreshold: UInt64
+        public let drainThreshold: UInt64
         /// ... and one with at least this many, when the drain splices or few drains run.
-        public var drainThresholdWhenFew: UInt64
+        public let drainThresholdWhenFew: UInt64
         /// "Few drains": fewer than this many running.
-        public var fewDrains: Int
+        public let fewDrains: Int
+        /// The timeouts in nanoseconds (nil: none), converted once for every connection.
+        fileprivate let headerLimit: UInt64?
+        fileprivate let idleLimit: UInt64?
 
         public init(headerTimeout: Double = 30, idleTimeout: Double = 60, smallUploadBudget: Int = 8 << 20,
                     drainThreshold: UInt64 = 4 << 20, drainThresholdWhenFew: UInt64 = 256 << 10, fewDrains: Int = 4) {
@@ -41,6 +44,8 @@ public struct ConnectionLifecycle {
             self.drainThreshold = drainThreshold
             self.drainThresholdWhenFew = drainThresholdWhenFew
             self.fewDrains = fewDrains
+            headerLimit = TimeLimit.units(headerTimeout, perSecond: 1e9)
+            idleLimit = TimeLimit.units(idleTimeout, perSecond: 1e9)
         }
     }
 
@@ -74,8 +79,6 @@ public struct ConnectionLifecycle {
     }
 
     public let configuration: Configuration
-    private let headerTimeout: UInt64?
-    private let idleTimeout: UInt64?
     private var phase: Phase
     /// When the client last sent a byte (or the server last resumed reading).
     private var lastActivity: UInt64
@@ -84,8 +87,6 @@ public struct ConnectionLifecycle {
 
     public init(configuration: Configuration, now: UInt64) {
         self.configuration = configuration
-        headerTimeout = TimeLimit.units(configuration.headerTimeout, perSecond: 1e9)
-        idleTimeout = TimeLimit.units(configuration.idleTimeout, perSecond: 1e9)
         phase = .awaitingUpload(since: now)
         lastActivity = now
     }
@@ -117,13 +118,13 @@ public struct ConnectionLifecycle {
         case .shutDown:
             return .none
         case .awaitingUpload(let since):
-            if let limit = headerTimeout, now > since, now - since > limit {
+            if let limit = configuration.headerLimit, now > since, now - since > limit {
                 return .timeOut(.headerTimeout(seconds: configuration.headerTimeout))
             }
         case .uploadBegun:
             break
         }
-        if waitingForClient, let limit = idleTimeout, now > lastActivity, now - lastActivity > limit {
+        if waitingForClient, let limit = configuration.idleLimit, now > lastActivity, now - lastActivity > limit {
             return .timeOut(.idleTimeout(seconds: configuration.idleTimeout))
         }
         return .none
@@ -192,24 +193,28 @@ public enum SmallUploadBlocks {
 }
 
 /// Why a connection is not reading from its socket: it reads only while none holds.
+///
+/// Frozen and inlinable: the connection asks it on every read, and each constant, were it a
+/// stored static across the module boundary, would cost a call to its lazy initialiser.
+@frozen
 public struct ReadPauses: OptionSet, Hashable, Sendable {
     public let rawValue: UInt8
-    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    @inlinable public init(rawValue: UInt8) { self.rawValue = rawValue }
 
     /// Its own bytes waiting for the disk passed their high water mark.
-    public static let flow = ReadPauses(rawValue: 1 << 0)
+    @inlinable public static var flow: ReadPauses { ReadPauses(rawValue: 1 << 0) }
     /// Every receive slab of the process is in use.
-    public static let buffer = ReadPauses(rawValue: 1 << 1)
+    @inlinable public static var buffer: ReadPauses { ReadPauses(rawValue: 1 << 1) }
     /// Input is held back until a file operation answers.
-    public static let heldInput = ReadPauses(rawValue: 1 << 2)
+    @inlinable public static var heldInput: ReadPauses { ReadPauses(rawValue: 1 << 2) }
     /// A socket drain is being set up (the upload's queued writes are flushing).
-    public static let drainStarting = ReadPauses(rawValue: 1 << 3)
+    @inlinable public static var drainStarting: ReadPauses { ReadPauses(rawValue: 1 << 3) }
     /// A socket drain owns the socket.
-    public static let draining = ReadPauses(rawValue: 1 << 4)
+    @inlinable public static var draining: ReadPauses { ReadPauses(rawValue: 1 << 4) }
     /// The client closed its side: nothing more to read.
-    public static let peerEnded = ReadPauses(rawValue: 1 << 5)
+    @inlinable public static var peerEnded: ReadPauses { ReadPauses(rawValue: 1 << 5) }
 
     /// The pauses that are the server's doing: while one holds, the client's silence is not
     /// held against it (a running drain listens to the client itself).
-    public static let serversOwn: ReadPauses = [.buffer, .heldInput, .drainStarting]
+    @inlinable public static var serversOwn: ReadPauses { [.buffer, .heldInput, .drainStarting] }
 }
