@@ -44,7 +44,7 @@ extension Server {
         do throws(UVOperationError) {
             let t = try Timer(loop: loop)
             drainTimer = t
-            try t.start(timeout: UInt64(max(0, deadline) * 1000)) { [unowned self] in endDrain() }
+            try t.start(timeout: TimeLimit.units(deadline, perSecond: 1000) ?? 0) { [unowned self] in endDrain() }
         } catch {
             logger.error("cannot arm the drain deadline: \(error); stopping now")
             endDrain()

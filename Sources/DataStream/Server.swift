@@ -109,7 +109,10 @@ public final class Server {
         }
         do throws(UVOperationError) {
             let t = try Timer(loop: loop)
-            let every = UInt64(max(50, min(1000, min(configuration.headerTimeout, configuration.idleTimeout) * 100)))  // a tenth of the shorter timeout
+            // A tenth of the shorter timeout, between 50 ms and a second (a limit that is not a
+            // finite positive number counts as none).
+            let shorter = min(TimeLimit.units(configuration.headerTimeout, perSecond: 100) ?? 1000, TimeLimit.units(configuration.idleTimeout, perSecond: 100) ?? 1000)
+            let every = max(50, min(1000, shorter))
             try t.start(timeout: every, repeat: every) { [unowned self] in sweep() }
             t.unref()  // the sweep alone does not keep the loop running
             sweepTimer = t

@@ -212,7 +212,8 @@ private func memcmpEqual(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointe
     return true
 }
 
-private extension String {
+/// Spaces around a value a user typed are not part of it.
+extension String {
     func trimmingSpaces() -> String {
         String(self.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
     }

@@ -19,6 +19,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// model of the ring: every chunk is stored in its own free slot, written once, in order,
     /// from that slot, and nothing past the file; verification comes only once all is on disk.
     case udpReceiver = "udp-receiver"
+    /// Command-line numbers (`FlagValue`): whatever the text, a value accepted lies in its range
+    /// and is finite, and nothing traps.
+    case flags
 
     /// Runs one input.
     public func run(_ data: UnsafeRawBufferPointer) {
@@ -28,7 +31,23 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .names: FuzzTarget.names(data)
         case .udpDatagrams: FuzzTarget.udp(data)
         case .udpReceiver: FuzzTarget.udpReceiver(data)
+        case .flags: FuzzTarget.flags(data)
         }
+    }
+
+    // MARK: - Command-line numbers
+
+    private static func flags(_ data: UnsafeRawBufferPointer) {
+        let text = String(decoding: data, as: UTF8.self)
+        if let v = try? FlagValue.integer(text, flag: "--n", in: -5...65_535) { precondition((-5...65_535).contains(v)) }
+        if let v = try? FlagValue.port(text, flag: "--port") { precondition((0...65_535).contains(v)) }
+        if let v = try? FlagValue.seconds(text, flag: "--t", in: 0.001...FlagValue.longestSeconds) {
+            precondition(v.isFinite && v >= 0.001 && v <= FlagValue.longestSeconds)
+            precondition(TimeLimit.units(v, perSecond: 1e9) != nil)  // converts without trapping
+        }
+        if let v = try? FlagValue.number(text, flag: "--r", in: 0...1e6, unit: "MB/s") { precondition(v.isFinite && v >= 0 && v <= 1e6) }
+        if let v = try? FlagValue.bytes(text, flag: "--b", in: 4096...(1 << 40)) { precondition(v >= 4096 && v <= 1 << 40) }
+        if let d = Double(text) { _ = TimeLimit.units(d, perSecond: 1e9) }  // any double, even inf or nan
     }
 
     // MARK: - The connection machine

@@ -21,10 +21,15 @@ extension Logger.Level: @retroactive ExpressibleByArgument {}
 
 /// `--to HOST:PORT` (IPv6 hosts in brackets), or a one-line error.
 func receiver(_ to: String) -> (host: String, port: Int) {
-    guard let colon = to.lastIndex(of: ":"), let port = Int(to[to.index(after: colon)...]), (1...65535).contains(port) else {
-        die("--to must be HOST:PORT, got \(to)")
-    }
+    guard let colon = to.lastIndex(of: ":") else { die("--to must be HOST:PORT, got \(to)") }
+    let port = flag { try FlagValue.port(String(to[to.index(after: colon)...]), flag: "--to's port", allowZero: false) }
     return (String(to[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]")), port)
+}
+
+/// The value of a numeric flag, parsed and range-checked by `parse` (a `FlagValue` call); a
+/// refused value ends the process with its one line.
+func flag<T>(_ parse: () throws -> T) -> T {
+    do { return try parse() } catch { die("\(error)") }
 }
 
 func die(_ message: String) -> Never {
@@ -50,78 +55,71 @@ struct Serve: ParsableCommand {
         """)
 
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
-    @Option(help: "TCP port (0 picks a free one and prints it).") var port = 9000
+    @Option(parsing: .unconditional, help: "TCP port (0 picks a free one and prints it).") var port = "9000"
     @Option(help: "Directory to store uploads in (created if missing).") var dir = "./received"
     @Option(help: "Require native clients to authenticate with this token.") var token: String?
     @Flag(help: "fsync each file before it is put into place, and the directory after (an acknowledged upload survives a power cut).") var fsync = false
-    @Option(help: "Largest file accepted (bytes, or with a unit: 64MiB, 1GiB); checked before a byte is written.") var maxFileSize = "1TiB"
-    @Option(help: "Free space to keep on the target file system (bytes, or 64MiB, 1GiB); an upload that would not fit, counting those in progress, is refused at its start.") var minFreeSpace = "64MiB"
-    @Option(help: "At start, remove native partial uploads not written to for this many seconds (default 7 days); the rest stay resumable. Receipts of uploads stored that long ago go too.") var partialMaxAge: Double = 7 * 86_400
-    @Option(help: "Longest file name accepted from native clients, in UTF-8 bytes.") var maxNameLength = NamePolicy.defaultMaxLength
-    @Option(help: "Connections at once; at the cap, accepting pauses until one closes (default: half of the descriptor limit less 128).") var maxConnections: Int?
-    @Option(help: "Connections at once from one IP address; more are refused with an error (0: no limit).") var maxConnectionsPerAddress = 0
-    @Option(help: "Seconds from connect until an upload begins (native HELLO to FILE, or the seed size field).") var headerTimeout: Double = 30
-    @Option(help: "Seconds without a byte from a client while the server waits for one (not a limit on an upload's total time).") var idleTimeout: Double = 60
-    @Option(help: "On SIGTERM or SIGINT, seconds that uploads in progress may take to finish before they are cut (native partials stay resumable); a second signal exits at once.") var drainTimeout: Double = 30
+    @Option(parsing: .unconditional, help: "Largest file accepted (bytes, or with a unit: 64MiB, 1GiB); checked before a byte is written.") var maxFileSize = "1TiB"
+    @Option(parsing: .unconditional, help: "Free space to keep on the target file system (bytes, or 64MiB, 1GiB); an upload that would not fit, counting those in progress, is refused at its start.") var minFreeSpace = "64MiB"
+    @Option(parsing: .unconditional, help: "At start, remove native partial uploads not written to for this many seconds (default 7 days); the rest stay resumable. Receipts of uploads stored that long ago go too.") var partialMaxAge = "604800"
+    @Option(parsing: .unconditional, help: "Longest file name accepted from native clients, in UTF-8 bytes.") var maxNameLength = "\(NamePolicy.defaultMaxLength)"
+    @Option(parsing: .unconditional, help: "Connections at once; at the cap, accepting pauses until one closes (default: half of the descriptor limit less 128).") var maxConnections: String?
+    @Option(parsing: .unconditional, help: "Connections at once from one IP address; more are refused with an error (0: no limit).") var maxConnectionsPerAddress = "0"
+    @Option(parsing: .unconditional, help: "Seconds from connect until an upload begins (native HELLO to FILE, or the seed size field).") var headerTimeout = "30"
+    @Option(parsing: .unconditional, help: "Seconds without a byte from a client while the server waits for one (not a limit on an upload's total time).") var idleTimeout = "60"
+    @Option(parsing: .unconditional, help: "On SIGTERM or SIGINT, seconds that uploads in progress may take to finish before they are cut (native partials stay resumable); a second signal exits at once.") var drainTimeout = "30"
     @Flag(help: "Allow listening on a non-loopback address without --token.") var allowAnonymous = false
     @Flag(help: "Accept the seed protocols (which cannot authenticate) on a non-loopback address.") var allowSeedProtocol = false
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: Logger.Level = .info
-    @Option(help: "UDP port (default: the TCP port's number).") var udpPort: Int?
+    @Option(parsing: .unconditional, help: "UDP port (default: the TCP port's number).") var udpPort: String?
     @Flag(help: "Do not receive UDP.") var noUdp = false
-    @Option(help: "UDP socket receive buffer to ask for, in bytes (past rmem_max when run as root).") var udpReceiveBuffer: Int32 = 32 << 20
-    @Option(help: "Seconds without a datagram before a UDP session is closed (native partials stay resumable).") var udpIdleTimeout: Double = 30
+    @Option(parsing: .unconditional, help: "UDP socket receive buffer to ask for (bytes, or 32MiB; past rmem_max when run as root).") var udpReceiveBuffer = "32MiB"
+    @Option(parsing: .unconditional, help: "Seconds without a datagram before a UDP session is closed (native partials stay resumable).") var udpIdleTimeout = "30"
     @Flag(help: "Do not let the kernel coalesce UDP datagrams into one receive (UDP_GRO).") var noUdpOffload = false
-    @Option(help: "Native UDP uploads at once (more get ABORT 'busy').") var udpMaxSessions = 256
-    @Option(help: "Native UDP uploads at once from one IP address.") var udpMaxSessionsPerAddress = 32
-    @Option(help: "Seed UDP uploads (sources) at once.") var udpMaxSeedSessions = 64
-    @Option(help: "Receive window memory per native UDP upload (bytes, or 16MiB).") var udpWindow = "16MiB"
-    @Option(help: "Receive window memory of all native UDP uploads together (bytes, or 512MiB); an upload that would exceed it gets ABORT 'busy'.") var udpMemory = "512MiB"
-    @Option(help: "Threads that write files (libuv's threadpool). Default: one per core (at least 2); with --fsync, which waits on the disk, twice that (at least libuv's 4). UV_THREADPOOL_SIZE in the environment is used if this is not given.") var threadpoolSize: Int?
+    @Option(parsing: .unconditional, help: "Native UDP uploads at once (more get ABORT 'busy').") var udpMaxSessions = "256"
+    @Option(parsing: .unconditional, help: "Native UDP uploads at once from one IP address.") var udpMaxSessionsPerAddress = "32"
+    @Option(parsing: .unconditional, help: "Seed UDP uploads (sources) at once.") var udpMaxSeedSessions = "64"
+    @Option(parsing: .unconditional, help: "Receive window memory per native UDP upload (bytes, or 16MiB).") var udpWindow = "16MiB"
+    @Option(parsing: .unconditional, help: "Receive window memory of all native UDP uploads together (bytes, or 512MiB); an upload that would exceed it gets ABORT 'busy'.") var udpMemory = "512MiB"
+    @Option(parsing: .unconditional, help: "Threads that write files (libuv's threadpool). Default: one per core (at least 2); with --fsync, which waits on the disk, twice that (at least libuv's 4). UV_THREADPOOL_SIZE in the environment is used if this is not given.") var threadpoolSize: String?
 
     func run() throws {
         UV.ignoreBrokenPipes()  // a peer closing first must not kill the process
         // Before anything starts libuv's threadpool (it reads the size once). Its work is copying
         // into the page cache, which is CPU work: more threads than cores only take turns.
-        if let threadpoolSize {
-            guard (1...Threadpool.maximum).contains(threadpoolSize) else { die("--threadpool-size must be between 1 and \(Threadpool.maximum)") }
-            Threadpool.setSize(threadpoolSize)
+        // Every number typed goes through FlagValue: one path, one kind of message.
+        let threadpool = threadpoolSize.map { t in flag { try FlagValue.integer(t, flag: "--threadpool-size", in: 1...Threadpool.maximum) } }
+        if let threadpool {
+            Threadpool.setSize(threadpool)
         } else if Threadpool.requestedSize == nil {
             Threadpool.setSize(fsync ? max(Threadpool.libuvDefault, 2 * Threadpool.cores) : max(2, Threadpool.cores))
         }
+        let longest = FlagValue.longestSeconds
         var configuration = Server.Configuration()
         configuration.udpEnabled = !noUdp
-        configuration.udpPort = udpPort
-        configuration.udpReceiveBuffer = udpReceiveBuffer
-        configuration.udpIdleTimeout = udpIdleTimeout
+        configuration.udpPort = udpPort.map { p in flag { try FlagValue.port(p, flag: "--udp-port") } }
+        configuration.udpReceiveBuffer = Int32(flag { try FlagValue.bytes(udpReceiveBuffer, flag: "--udp-receive-buffer", in: 4096...(1 << 30)) })
+        configuration.udpIdleTimeout = flag { try FlagValue.seconds(udpIdleTimeout, flag: "--udp-idle-timeout", in: 0.001...longest) }
         configuration.udpReceiveOffload = !noUdpOffload
-        guard udpMaxSessions >= 1, udpMaxSessionsPerAddress >= 1, udpMaxSeedSessions >= 0 else { die("--udp-max-sessions and --udp-max-sessions-per-address must be at least 1") }
-        configuration.udpMaxSessions = udpMaxSessions
-        configuration.udpMaxSessionsPerAddress = udpMaxSessionsPerAddress
-        configuration.udpMaxSeedSessions = udpMaxSeedSessions
-        do {
-            configuration.udpWindowBytes = Int(clamping: try ByteCount.parse(udpWindow))
-            configuration.udpMemoryBudget = Int(clamping: try ByteCount.parse(udpMemory))
-        } catch { die("--udp-window / --udp-memory: \(error)") }
-        guard configuration.udpWindowBytes >= 64 << 10, configuration.udpMemoryBudget >= configuration.udpWindowBytes else { die("--udp-window must be at least 64KiB and --udp-memory at least --udp-window") }
+        configuration.udpMaxSessions = flag { try FlagValue.integer(udpMaxSessions, flag: "--udp-max-sessions", in: 1...65_536) }
+        configuration.udpMaxSessionsPerAddress = flag { try FlagValue.integer(udpMaxSessionsPerAddress, flag: "--udp-max-sessions-per-address", in: 1...65_536) }
+        configuration.udpMaxSeedSessions = flag { try FlagValue.integer(udpMaxSeedSessions, flag: "--udp-max-seed-sessions", in: 0...65_536) }
+        configuration.udpWindowBytes = Int(flag { try FlagValue.bytes(udpWindow, flag: "--udp-window", in: (64 << 10)...(1 << 30)) })
+        configuration.udpMemoryBudget = Int(flag { try FlagValue.bytes(udpMemory, flag: "--udp-memory", in: UInt64(configuration.udpWindowBytes)...(1 << 40)) })
         configuration.host = host
-        configuration.port = port
+        configuration.port = flag { try FlagValue.port(port, flag: "--port") }
         configuration.directory = dir
         configuration.token = token
         configuration.fsync = fsync
-        do { configuration.maxFileSize = try ByteCount.parse(maxFileSize) } catch { die("--max-file-size: \(error)") }
-        do { configuration.minFreeSpace = try ByteCount.parse(minFreeSpace) } catch { die("--min-free-space: \(error)") }
-        guard (1...NamePolicy.defaultMaxLength).contains(maxNameLength) else { die("--max-name-length must be between 1 and \(NamePolicy.defaultMaxLength)") }
-        configuration.maxNameLength = maxNameLength
-        if let maxConnections, maxConnections < 1 { die("--max-connections must be at least 1") }
-        configuration.maxConnections = maxConnections
-        guard maxConnectionsPerAddress >= 0 else { die("--max-connections-per-address must be 0 (no limit) or more") }
-        configuration.maxConnectionsPerAddress = maxConnectionsPerAddress
-        guard partialMaxAge >= 0 else { die("--partial-max-age must be 0 or more") }
-        configuration.partialMaxAge = partialMaxAge
-        guard drainTimeout >= 0 else { die("--drain-timeout must be 0 or more") }
-        guard headerTimeout > 0, idleTimeout > 0 else { die("--header-timeout and --idle-timeout must be positive") }
-        configuration.headerTimeout = headerTimeout
-        configuration.idleTimeout = idleTimeout
+        configuration.maxFileSize = flag { try FlagValue.bytes(maxFileSize, flag: "--max-file-size", in: 1...(1 << 60)) }
+        configuration.minFreeSpace = flag { try FlagValue.bytes(minFreeSpace, flag: "--min-free-space", in: 0...(1 << 60)) }
+        configuration.maxNameLength = flag { try FlagValue.integer(maxNameLength, flag: "--max-name-length", in: 1...NamePolicy.defaultMaxLength) }
+        configuration.maxConnections = maxConnections.map { m in flag { try FlagValue.integer(m, flag: "--max-connections", in: 1...1_000_000) } }
+        configuration.maxConnectionsPerAddress = flag { try FlagValue.integer(maxConnectionsPerAddress, flag: "--max-connections-per-address", in: 0...1_000_000) }
+        configuration.partialMaxAge = flag { try FlagValue.seconds(partialMaxAge, flag: "--partial-max-age", in: 0...(100 * longest)) }
+        configuration.headerTimeout = flag { try FlagValue.seconds(headerTimeout, flag: "--header-timeout", in: 0.001...longest) }
+        configuration.idleTimeout = flag { try FlagValue.seconds(idleTimeout, flag: "--idle-timeout", in: 0.001...longest) }
+        let drainSeconds = flag { try FlagValue.seconds(self.drainTimeout, flag: "--drain-timeout", in: 0...longest) }
         configuration.allowAnonymous = allowAnonymous
         configuration.allowSeedProtocol = allowSeedProtocol
         let level = logLevel
@@ -164,7 +162,7 @@ struct Serve: ParsableCommand {
                         Glibc.exit(130)
                     }
                     stopping = true
-                    server.drain(deadline: drainTimeout) { outcome in
+                    server.drain(deadline: drainSeconds) { outcome in
                         let d = outcome
                         FileHandle.standardError.write(Data("datastream: drained; \(d.inProgressAtStart) uploads were in progress, \(d.storedWhileDraining) stored while draining, \(d.cutResumable) cut at the deadline and resumable, \(d.cutLost) seed uploads cut and lost\n".utf8))
                         for s in signals { s.close() }
@@ -197,9 +195,9 @@ struct Send: ParsableCommand {
     @Flag(help: "Speak the seed protocol (size digits, then bytes; one connection per file).") var seedProtocol = false
     @Option(help: "Digest: xxh3-128 or sha256.") var digest = "xxh3-128"
     @Flag(help: "Send over UDP: native reliable UDP, or the seed's UDP client with --seed-protocol.") var udp = false
-    @Option(help: "UDP: payload bytes per datagram (512-16384; 1200 is safe on the internet, 8192 suits loopback and jumbo frames).") var chunkSize = 1200
-    @Option(help: "UDP: cap on the sending rate in MB/s (default: none; the rate is found by probing).") var maxRate: Double?
-    @Option(help: "UDP seed protocol: pause after each datagram, in milliseconds (the seed client's is 1).") var seedPause: Double = 1
+    @Option(parsing: .unconditional, help: "UDP: payload bytes per datagram (512-16384; 1200 is safe on the internet, 8192 suits loopback and jumbo frames).") var chunkSize = "1200"
+    @Option(parsing: .unconditional, help: "UDP: cap on the sending rate in MB/s (default: none; the rate is found by probing).") var maxRate: String?
+    @Option(parsing: .unconditional, help: "UDP seed protocol: pause after each datagram, in milliseconds (the seed client's is 1).") var seedPause = "1"
 
     func run() throws {
         UV.ignoreBrokenPipes()  // a peer closing first must not kill the process
@@ -210,10 +208,9 @@ struct Send: ParsableCommand {
         options.seedProtocol = seedProtocol
         options.digest = algorithm
 
-        guard (UDPWire.minimumChunkSize...UDPWire.maximumChunkSize).contains(chunkSize) else {
-            die("--chunk-size must be between \(UDPWire.minimumChunkSize) and \(UDPWire.maximumChunkSize), got \(chunkSize)")
-        }
-        if let maxRate, maxRate <= 0 { die("--max-rate must be positive") }
+        let chunkSize = flag { try FlagValue.integer(self.chunkSize, flag: "--chunk-size", in: UDPWire.minimumChunkSize...UDPWire.maximumChunkSize) }
+        let maxRate = self.maxRate.map { r in flag { try FlagValue.number(r, flag: "--max-rate", in: 0.001...1_000_000, unit: "MB/s") } }
+        let seedPause = flag { try FlagValue.number(self.seedPause, flag: "--seed-pause", in: 0...60_000, unit: "milliseconds") }
         let loop: Loop
         do { loop = try Loop() } catch { die("\(error)") }
         let sendFiles: (@escaping ([Sender.Outcome]) -> Void) -> Void
@@ -334,28 +331,29 @@ struct Bench: ParsableCommand {
 
     @Option(help: "Receiver as HOST:PORT.") var to: String
     @Option(name: .customLong("protocol"), help: "seed (size digits, bytes, close), native (DataStream's protocol), udp-native (its reliable UDP) or udp-seed (the seed's UDP framing: no acknowledgement, so only --verify tells what arrived).") var wireProtocol = "seed"
-    @Option(help: "Uploads in flight at once (one connection each).") var concurrency = 16
-    @Option(help: "Uploads in all (default 100, or unlimited with --duration).") var uploads: UInt64?
-    @Option(help: "Stop starting uploads after this many seconds.") var duration: Double?
+    @Option(parsing: .unconditional, help: "Uploads in flight at once (one connection each).") var concurrency = "16"
+    @Option(parsing: .unconditional, help: "Uploads in all (default 100, or unlimited with --duration).") var uploads: String?
+    @Option(parsing: .unconditional, help: "Stop starting uploads after this many seconds.") var duration: String?
     @Option(help: "Upload size: 1MiB, 4KiB-64KiB, or 4KiB,1MiB,16MiB.") var size = "1MiB"
-    @Option(help: "Seed of the content and of the sizes.") var seed: UInt64 = 1
+    @Option(parsing: .unconditional, help: "Seed of the content and of the sizes.") var seed = "1"
     @Option(help: "Token, if the receiver requires one (native protocol).") var token: String?
     @Option(help: "After the run, check every file in this directory (the receiver's) against what was sent.") var verify: String?
-    @Option(help: "Fail an upload that makes no progress for this many seconds.") var timeout: Double = 30
-    @Option(help: "For a 127.x.x.x target: spread connections over this many source addresses 127.0.0.1... (1: the kernel's choice).") var sourceAddresses = 16
+    @Option(parsing: .unconditional, help: "Fail an upload that makes no progress for this many seconds.") var timeout = "30"
+    @Option(parsing: .unconditional, help: "For a 127.x.x.x target: spread connections over this many source addresses 127.0.0.1... (1: the kernel's choice).") var sourceAddresses = "16"
     @Flag(help: "Print the report as one JSON object.") var json = false
 
     func run() throws {
         UV.ignoreBrokenPipes()  // a peer closing first must not kill the process
         let (host, port) = receiver(to)
-        guard (1...254).contains(sourceAddresses) else { die("--source-addresses must be between 1 and 254") }
+        let sourceAddresses = flag { try FlagValue.integer(self.sourceAddresses, flag: "--source-addresses", in: 1...254) }
         guard let wire = LoadGenerator.WireProtocol(rawValue: wireProtocol) else {
             die("--protocol must be one of \(LoadGenerator.WireProtocol.allCases.map(\.rawValue).joined(separator: ", ")), got \(wireProtocol)")
         }
-        guard concurrency >= 1 else { die("--concurrency must be at least 1") }
-        if let duration, duration <= 0 { die("--duration must be positive") }
-        if let uploads, uploads == 0 { die("--uploads must be at least 1") }
-        guard timeout > 0 else { die("--timeout must be positive") }
+        let concurrency = flag { try FlagValue.integer(self.concurrency, flag: "--concurrency", in: 1...1_000_000) }
+        let duration = self.duration.map { d in flag { try FlagValue.seconds(d, flag: "--duration", in: 0.001...FlagValue.longestSeconds) } }
+        let uploads = self.uploads.map { u in UInt64(flag { try FlagValue.integer(u, flag: "--uploads", in: 1...Int.max) }) }
+        let timeout = flag { try FlagValue.seconds(self.timeout, flag: "--timeout", in: 0.001...FlagValue.longestSeconds) }
+        let seed = UInt64(flag { try FlagValue.integer(self.seed, flag: "--seed", in: 0...Int.max) })
         let sizes: SizeDistribution
         do { sizes = try SizeDistribution(parsing: size) } catch { die("--size: \(error)") }
         var options = LoadGenerator.Options(host: host, port: port)

@@ -110,7 +110,7 @@ struct CommandLineTests {
         #expect(try threadsAfterAnUpload([], shellPrefix: "export UV_THREADPOOL_SIZE=5") == one + 4)
         let bad = try run(["serve", "--port", "0", "--threadpool-size", "0"])
         #expect(bad.status != 0)
-        #expect(bad.stderr.contains("--threadpool-size must be between 1 and 1024"))
+        #expect(bad.stderr.contains("--threadpool-size must be a whole number from 1 to 1024, got '0'"))
     }
 
     @Test func sendWithJSONAndExitStatus() throws {
@@ -162,7 +162,7 @@ struct CommandLineTests {
         #expect(server.storedFiles().compactMap(server.contents).allSatisfy { $0 == bytes })
         let badChunk = try run(["send", "--udp", "--chunk-size", "100", a, "--to", "127.0.0.1:\(server.port)"])
         #expect(badChunk.status == 1)
-        #expect(badChunk.stderr.contains("--chunk-size must be between 512 and 16384"))
+        #expect(badChunk.stderr.contains("--chunk-size must be a whole number from 512 to 16384, got '100'"))
     }
 
     @Test func servePrintsTheUDPLineUnlessUDPIsOff() throws {
@@ -237,14 +237,57 @@ struct CommandLineTests {
             (["--to", "127.0.0.1:9", "--size", "64KiB-4KiB"], "the low end is above the high end"),
             (["--to", "127.0.0.1:9", "--size", "12 parsecs"], "unknown unit"),
             (["--to", "127.0.0.1:9", "--protocol", "carrier-pigeon"], "--protocol must be one of seed, native"),
-            (["--to", "127.0.0.1:9", "--concurrency", "0"], "--concurrency must be at least 1"),
-            (["--to", "127.0.0.1:9", "--source-addresses", "0"], "--source-addresses must be between 1 and 254"),
+            (["--to", "127.0.0.1:9", "--concurrency", "0"], "--concurrency must be a whole number from 1 to"),
+            (["--to", "127.0.0.1:9", "--source-addresses", "0"], "--source-addresses must be a whole number from 1 to 254"),
+            (["--to", "127.0.0.1:70000"], "--to's port must be a whole number from 1 to 65535, got '70000'"),
         ]
         for (arguments, message) in cases {
             let r = try run(["bench"] + arguments)
             #expect(r.status == 1, "\(arguments)")
             #expect(r.stderr.contains(message), "\(arguments): \(r.stderr)")
             #expect(r.stderr.split(separator: "\n").count == 1, "\(arguments): \(r.stderr)")
+        }
+    }
+
+    /// Every numeric flag of every subcommand goes through one validation path: a port that would
+    /// wrap, a time that is infinite, huge or not a number, a negative count: each is refused at
+    /// start with one line naming the flag and exit status 1, never accepted to trap later.
+    @Test func everyNumericFlagIsRangeChecked() throws {
+        let serve = ["--port", "--udp-port", "--max-name-length", "--max-connections", "--max-connections-per-address",
+                     "--header-timeout", "--idle-timeout", "--drain-timeout", "--partial-max-age", "--udp-idle-timeout",
+                     "--udp-max-sessions", "--udp-max-sessions-per-address", "--udp-max-seed-sessions", "--threadpool-size",
+                     "--udp-receive-buffer", "--udp-window", "--udp-memory", "--max-file-size", "--min-free-space"]
+        let send = ["--chunk-size", "--max-rate", "--seed-pause"]
+        let bench = ["--concurrency", "--uploads", "--duration", "--seed", "--timeout", "--source-addresses"]
+        let dir = BackgroundServer.temporaryDirectory()
+        let file = writeTemporaryFile([1], name: "flags.bin")
+        var checked = 0
+        for value in ["inf", "nan", "1e300", "-1", "70000000000000000000", "12abc"] {
+            for flagName in serve {
+                let r = try run(["serve", "--dir", dir, flagName, value])
+                #expect(r.status == 1, "serve \(flagName) \(value): \(r.stderr)")
+                #expect(r.stderr.hasPrefix("datastream: \(flagName) must be ") && r.stderr.hasSuffix("got '\(value)'\n"), "serve \(flagName) \(value): \(r.stderr)")
+                checked += 1
+            }
+            for flagName in send {
+                let r = try run(["send", file, "--to", "127.0.0.1:9", "--udp", flagName, value])
+                #expect(r.status == 1, "send \(flagName) \(value): \(r.stderr)")
+                #expect(r.stderr.hasPrefix("datastream: \(flagName) must be "), "send \(flagName) \(value): \(r.stderr)")
+                checked += 1
+            }
+            for flagName in bench {
+                let r = try run(["bench", "--to", "127.0.0.1:9", flagName, value])
+                #expect(r.status == 1, "bench \(flagName) \(value): \(r.stderr)")
+                #expect(r.stderr.hasPrefix("datastream: \(flagName) must be "), "bench \(flagName) \(value): \(r.stderr)")
+                checked += 1
+            }
+        }
+        #expect(checked == 6 * 28)
+        // Ports do not wrap: 65536 and 70000 are refused, not bound as 0 or 4464.
+        for port in ["65536", "70000"] {
+            let r = try run(["serve", "--dir", dir, "--port", port])
+            #expect(r.status == 1)
+            #expect(r.stderr == "datastream: --port must be a whole number from 0 to 65535, got '\(port)'\n")
         }
     }
 
