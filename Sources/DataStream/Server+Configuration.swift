@@ -77,6 +77,8 @@ extension Server {
         public var udpMaxSessions = 256
         public var udpMaxSessionsPerAddress = 32
         public var udpMaxSeedSessions = 64
+        /// Seed UDP sources at once from one IP address (one host cannot take every slot).
+        public var udpMaxSeedSessionsPerAddress = 16
         public init() {}
     }
 }

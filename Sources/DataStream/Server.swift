@@ -171,6 +171,7 @@ public final class Server {
         admission.maxSessions = configuration.udpMaxSessions
         admission.maxSessionsPerAddress = configuration.udpMaxSessionsPerAddress
         admission.maxSeedSessions = configuration.udpMaxSeedSessions
+        admission.maxSeedSessionsPerAddress = configuration.udpMaxSeedSessionsPerAddress
         admission.maxFileSize = configuration.maxFileSize
         admission.seedProtocolAllowed = seedProtocolAllowed
         admission.token = configuration.token

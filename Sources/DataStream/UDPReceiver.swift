@@ -179,13 +179,14 @@ final class UDPReceiver: UDPSocketReceiver {
 
     private func startSeed(size: UInt64, from source: SocketAddress) {
         guard !closing else { return }
-        if let refusal = admission.seedStart(size: size, seedSessions: seedSessions.count, draining: server.isDraining) {
+        if let refusal = admission.seedStart(size: size, host: hostKey(source), draining: server.isDraining) {
             // Seed UDP cannot answer: the log is where the sender's operator learns of it.
             server.statistics.udpSessionsRefused += 1
             logger.warning("udp seed upload refused: \(refusal)", metadata: ["source": "\(source)", "declared": "\(size)"])
             return
         }
         if let full = server.disk.reserve(size) {
+            admission.seedEnded(host: hostKey(source))
             server.statistics.udpSessionsRefused += 1
             logger.warning("udp seed upload refused: \(full)", metadata: ["source": "\(source)"])
             return
@@ -197,7 +198,10 @@ final class UDPReceiver: UDPSocketReceiver {
     }
 
     func seedSessionEnded(_ s: SeedSessionDriver) {
-        if seedSessions[s.source] === s { seedSessions[s.source] = nil }
+        if seedSessions[s.source] === s {
+            seedSessions[s.source] = nil
+            admission.seedEnded(host: hostKey(s.source))
+        }
         if !s.diskReleased {
             s.diskReleased = true
             server.disk.release(s.declaredSize)

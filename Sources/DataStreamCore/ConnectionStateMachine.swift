@@ -88,7 +88,8 @@ public struct ConnectionStateMachine {
         case awaitingFirstByte
         case seedSize(digits: SeedDigits)
         case seedReceiving(SeedFraming)
-        case seedFinishing
+        /// Every byte is in; `size` is the file's (storing it).
+        case seedFinishing(size: UInt64)
         case awaitingHello
         case authenticating(nonce: [UInt8])
         case awaitingHeader
@@ -233,14 +234,14 @@ public struct ConnectionStateMachine {
             }
             framing.dataReceived(UInt64(n))
             if framing.isCompleteWithoutEOF {
-                state = .seedFinishing
+                state = .seedFinishing(size: framing.fileSize!)
                 return Step(consumed: n, fileBytes: n, action: .finishSeedUpload(filePrefix: framing.fileDigitsPrefix!, size: framing.fileSize!))
             }
             state = .seedReceiving(framing)
             return Step(consumed: n, fileBytes: n)
 
-        case .seedFinishing:
-            return fail(.trailingBytes(declared: 0, received: UInt64(input.count)), partial: .discard, reply: false, consumed: input.count)
+        case .seedFinishing(let size):
+            return fail(.trailingBytes(declared: size, received: size + UInt64(input.count)), partial: .discard, reply: false, consumed: input.count)
 
         case .receiving(let header, let remaining):
             let n = Int(min(UInt64(input.count), remaining))
@@ -288,7 +289,7 @@ public struct ConnectionStateMachine {
         case .seedReceiving(var framing):
             framing.dataReceived(n)
             if framing.isCompleteWithoutEOF {
-                state = .seedFinishing
+                state = .seedFinishing(size: framing.fileSize!)
                 return .finishSeedUpload(filePrefix: framing.fileDigitsPrefix!, size: framing.fileSize!)
             }
             state = .seedReceiving(framing)
@@ -512,7 +513,7 @@ public struct ConnectionStateMachine {
         guard let prefix = framing.fileDigitsPrefix, let size = framing.fileSize else {
             return fail(.unexpectedEndOfStream(received: framing.received, expected: framing.declaredSize), partial: .discard, reply: false)
         }
-        state = .seedFinishing
+        state = .seedFinishing(size: size)
         return .finishSeedUpload(filePrefix: prefix, size: size)
     }
 

@@ -51,6 +51,9 @@ public enum ProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The file does not fit: the disk is full (ENOSPC, EDQUOT), or an announced size is more
     /// than the free space left after the minimum kept free and the uploads in progress.
     case diskFull(reason: String)
+    /// The server holds as many uploads as it allows (in all, from this address, or in receive
+    /// memory): try again later.
+    case serverBusy(reason: String)
 
     /// The number sent in an ERROR frame (see docs/PROTOCOL.md, "Error codes").
     public var code: UInt16 {
@@ -78,6 +81,7 @@ public enum ProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
         case .seedProtocolDisabled: return 21
         case .shuttingDown: return 22
         case .diskFull: return 23
+        case .serverBusy: return 24
         }
     }
 
@@ -106,6 +110,7 @@ public enum ProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
         case .seedProtocolDisabled: return "the seed protocol is off on this address (it cannot authenticate; --allow-seed-protocol turns it on)"
         case .shuttingDown: return "the server is shutting down; try again later (a native upload can resume)"
         case .diskFull(let reason): return "disk full: \(reason)"
+        case .serverBusy(let reason): return "server busy: \(reason)"
         }
     }
 }

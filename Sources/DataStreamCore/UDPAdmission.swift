@@ -11,6 +11,7 @@ public struct UDPAdmission {
         public var maxSessions = 256
         public var maxSessionsPerAddress = 32
         public var maxSeedSessions = 64
+        public var maxSeedSessionsPerAddress = 16
         /// Ring bytes per native session (smaller for small files).
         public var windowBytes = 16 << 20
         /// Ring bytes of all native sessions together.
@@ -31,13 +32,15 @@ public struct UDPAdmission {
         case shuttingDown
         case seedProtocolDisabled
         case tooManySeedSessions(Int)
+        case tooManySeedSessionsFromAddress(Int)
         case fileTooLarge(size: UInt64, limit: UInt64)
 
         public var description: String {
             switch self {
             case .shuttingDown: return "the server is shutting down"
             case .seedProtocolDisabled: return ProtocolError.seedProtocolDisabled.description
-            case .tooManySeedSessions(let n): return "\(n) seed sessions at once"
+            case .tooManySeedSessions(let n): return "\(n) seed sessions at once, the server's limit"
+            case .tooManySeedSessionsFromAddress(let n): return "\(n) seed sessions at once from this address, its limit"
             case .fileTooLarge(let size, let limit): return ProtocolError.fileTooLarge(size: size, limit: limit).description
             }
         }
@@ -71,6 +74,9 @@ public struct UDPAdmission {
     /// Native sessions held, lingering ones included.
     private var nativeSessions = 0
     private var ringBytesInUse = 0
+    /// Seed sources open, in all and per host.
+    private var seedSessions = 0
+    private var seedPerAddress: [[UInt8]: Int] = [:]
 
     public init(limits: Limits, cookies: HandshakeCookie = HandshakeCookie()) {
         self.limits = limits
@@ -82,13 +88,26 @@ public struct UDPAdmission {
 
     // MARK: - Seed
 
-    /// A seed source announced `size` bytes, with `seedSessions` seed sources open.
-    public func seedStart(size: UInt64, seedSessions: Int, draining: Bool) -> SeedRefusal? {
+    /// A seed source on `host` announced `size` bytes. Admitting counts it against the caps
+    /// until `seedEnded(host:)`.
+    public mutating func seedStart(size: UInt64, host: [UInt8], draining: Bool) -> SeedRefusal? {
         if draining { return .shuttingDown }
         guard limits.seedProtocolAllowed else { return .seedProtocolDisabled }
         guard seedSessions < limits.maxSeedSessions else { return .tooManySeedSessions(seedSessions) }
+        let fromHost = seedPerAddress[host, default: 0]
+        guard fromHost < limits.maxSeedSessionsPerAddress else { return .tooManySeedSessionsFromAddress(fromHost) }
         guard size <= limits.maxFileSize else { return .fileTooLarge(size: size, limit: limits.maxFileSize) }
+        seedSessions += 1
+        seedPerAddress[host] = fromHost + 1
         return nil
+    }
+
+    /// An admitted seed source ended (stored, failed, or timed out). Once per source.
+    public mutating func seedEnded(host: [UInt8]) {
+        precondition(seedSessions > 0, "a seed source ended twice")
+        seedSessions -= 1
+        seedPerAddress[host, default: 1] -= 1
+        if seedPerAddress[host] == 0 { seedPerAddress[host] = nil }
     }
 
     // MARK: - Native
@@ -129,13 +148,18 @@ public struct UDPAdmission {
         else {
             return .refuse(.malformedFrame(type: UDPWire.Kind.start.rawValue, detail: "chunk size \(chunkSize) does not fit this file"))
         }
-        guard activeNative < limits.maxSessions, nativeSessions < limits.lingeringFactor * limits.maxSessions,
-              perAddress[host, default: 0] < limits.maxSessionsPerAddress
-        else { return .refuse(.uploadBusy) }
+        guard activeNative < limits.maxSessions, nativeSessions < limits.lingeringFactor * limits.maxSessions else {
+            return .refuse(.serverBusy(reason: "\(limits.maxSessions) UDP uploads at once, the server's limit"))
+        }
+        guard perAddress[host, default: 0] < limits.maxSessionsPerAddress else {
+            return .refuse(.serverBusy(reason: "\(limits.maxSessionsPerAddress) UDP uploads at once from this address, its limit"))
+        }
         let chunks = Int((start.file.size + UInt64(chunkSize) - 1) / UInt64(chunkSize)) + 1
         let windowChunks = UInt32(max(64, min(limits.windowBytes / chunkSize, chunks)))
         let ringBytes = Int(windowChunks) * chunkSize
-        guard ringBytesInUse + ringBytes <= limits.memoryBudget else { return .refuse(.uploadBusy) }
+        guard ringBytesInUse + ringBytes <= limits.memoryBudget else {
+            return .refuse(.serverBusy(reason: "no UDP receive memory left for another upload (\(limits.memoryBudget) bytes in all)"))
+        }
         perAddress[host, default: 0] += 1
         activeNative += 1
         nativeSessions += 1

@@ -79,6 +79,7 @@ struct Serve: ParsableCommand {
     @Option(parsing: .unconditional, help: "Native UDP uploads at once (more get ABORT 'busy').") var udpMaxSessions = "256"
     @Option(parsing: .unconditional, help: "Native UDP uploads at once from one IP address.") var udpMaxSessionsPerAddress = "32"
     @Option(parsing: .unconditional, help: "Seed UDP uploads (sources) at once.") var udpMaxSeedSessions = "64"
+    @Option(parsing: .unconditional, help: "Seed UDP uploads (sources) at once from one IP address.") var udpMaxSeedSessionsPerAddress = "16"
     @Option(parsing: .unconditional, help: "Receive window memory per native UDP upload (bytes, or 16MiB).") var udpWindow = "16MiB"
     @Option(parsing: .unconditional, help: "Receive window memory of all native UDP uploads together (bytes, or 512MiB); an upload that would exceed it gets ABORT 'busy'.") var udpMemory = "512MiB"
     @Option(parsing: .unconditional, help: "Threads that write files (libuv's threadpool). Default: one per core (at least 2); with --fsync, which waits on the disk, twice that (at least libuv's 4). UV_THREADPOOL_SIZE in the environment is used if this is not given.") var threadpoolSize: String?
@@ -104,6 +105,7 @@ struct Serve: ParsableCommand {
         configuration.udpMaxSessions = flag { try FlagValue.integer(udpMaxSessions, flag: "--udp-max-sessions", in: 1...65_536) }
         configuration.udpMaxSessionsPerAddress = flag { try FlagValue.integer(udpMaxSessionsPerAddress, flag: "--udp-max-sessions-per-address", in: 1...65_536) }
         configuration.udpMaxSeedSessions = flag { try FlagValue.integer(udpMaxSeedSessions, flag: "--udp-max-seed-sessions", in: 0...65_536) }
+        configuration.udpMaxSeedSessionsPerAddress = flag { try FlagValue.integer(udpMaxSeedSessionsPerAddress, flag: "--udp-max-seed-sessions-per-address", in: 0...65_536) }
         configuration.udpWindowBytes = Int(flag { try FlagValue.bytes(udpWindow, flag: "--udp-window", in: (64 << 10)...(1 << 30)) })
         configuration.udpMemoryBudget = Int(flag { try FlagValue.bytes(udpMemory, flag: "--udp-memory", in: UInt64(configuration.udpWindowBytes)...(1 << 40)) })
         configuration.host = host

@@ -53,6 +53,15 @@ struct ConnectionStateMachineTests {
         #expect(m.endOfStream() == .none)
     }
 
+    /// Bytes past a complete seed upload name the declared size and what arrived, not 0.
+    @Test func bytesPastACompleteSeedUploadNameTheDeclaredSize() {
+        var m = M(configuration: .init())
+        let steps = feed(&m, Array("3abcdef".utf8))
+        #expect(steps.contains { $0.action == .finishSeedUpload(filePrefix: [], size: 3) })
+        #expect(steps.last?.action == .close(reply: nil, reason: .trailingBytes(declared: 3, received: 6), partial: .discard))
+        #expect(ProtocolError.trailingBytes(declared: 3, received: 6).description == "received 6 bytes, more than the declared 3")
+    }
+
     @Test func seedDigitsSplitAcrossReads() {
         var m = M(configuration: .init())
         #expect(feed(&m, Array("1".utf8)).last?.action == M.Action.none)
@@ -329,7 +338,7 @@ struct ConnectionStateMachineTests {
         let steps = feed(&m, Array("y".utf8))
         guard case .close(_, let reason, let partial) = steps.last?.action else { Issue.record("no close"); return }
         #expect(partial == .discard)
-        #expect(reason == .trailingBytes(declared: 0, received: 1))
+        #expect(reason == .trailingBytes(declared: 100, received: 101))
     }
 
     @Test func nativeBytesMovedDirectlyLeadToAwaitingEnd() {

@@ -83,9 +83,9 @@ struct UDPAdmissionTests {
         var a = A(limits: limits { $0.maxSessions = 3; $0.maxSessionsPerAddress = 2 })
         func admit(_ host: [UInt8]) -> A.Decision { a.start(start(a, source: host), nameBytes: Array("x".utf8), host: host, draining: false) }
         guard case .admit = admit(alice), case .admit = admit(alice) else { Issue.record("refused under the caps"); return }
-        #expect(admit(alice) == .refuse(.uploadBusy))  // per address
+        #expect(admit(alice) == .refuse(.serverBusy(reason: "2 UDP uploads at once from this address, its limit")))  // per address
         guard case .admit = admit(bob) else { Issue.record("another address refused"); return }
-        #expect(admit(bob) == .refuse(.uploadBusy))  // in all
+        #expect(admit(bob) == .refuse(.serverBusy(reason: "3 UDP uploads at once, the server's limit")))  // in all
         a.slotReleased(host: alice)
         guard case .admit = admit(alice) else { Issue.record("a released slot was not given back"); return }
     }
@@ -97,7 +97,7 @@ struct UDPAdmissionTests {
         a.slotReleased(host: alice)  // finished, lingering
         guard case .admit = admit() else { Issue.record("refused"); return }
         a.slotReleased(host: alice)
-        #expect(admit() == .refuse(.uploadBusy))  // two held, lingering
+        #expect(admit() == .refuse(.serverBusy(reason: "1 UDP uploads at once, the server's limit")))  // two held, lingering
         a.sessionRemoved()
         guard case .admit = admit() else { Issue.record("a removed session still counted"); return }
     }
@@ -108,7 +108,10 @@ struct UDPAdmissionTests {
             Issue.record("refused")
             return
         }
-        #expect(a.start(start(a, source: bob), nameBytes: Array("x".utf8), host: bob, draining: false) == .refuse(.uploadBusy))
+        guard case .refuse(.serverBusy) = a.start(start(a, source: bob), nameBytes: Array("x".utf8), host: bob, draining: false) else {
+            Issue.record("admitted past the ring budget")
+            return
+        }
         a.ringReleased(g.ringBytes)
         guard case .admit = a.start(start(a, source: bob), nameBytes: Array("x".utf8), host: bob, draining: false) else {
             Issue.record("released ring memory was not given back")
@@ -116,13 +119,36 @@ struct UDPAdmissionTests {
         }
     }
 
-    @Test func seedSourcesAreCheckedInOrder() {
-        let a = A(limits: limits { $0.maxSeedSessions = 2; $0.maxFileSize = 100 })
-        #expect(a.seedStart(size: 10, seedSessions: 0, draining: true) == .shuttingDown)
-        #expect(a.seedStart(size: 10, seedSessions: 2, draining: false) == .tooManySeedSessions(2))
-        #expect(a.seedStart(size: 101, seedSessions: 0, draining: false) == .fileTooLarge(size: 101, limit: 100))
-        #expect(a.seedStart(size: 100, seedSessions: 1, draining: false) == nil)
-        let off = A(limits: limits { $0.seedProtocolAllowed = false })
-        #expect(off.seedStart(size: 1, seedSessions: 0, draining: false) == .seedProtocolDisabled)
+    @Test func seedSourcesAreCheckedInOrderAndCappedPerAddress() {
+        var a = A(limits: limits { $0.maxSeedSessions = 3; $0.maxSeedSessionsPerAddress = 2; $0.maxFileSize = 100 })
+        #expect(a.seedStart(size: 10, host: alice, draining: true) == .shuttingDown)
+        #expect(a.seedStart(size: 101, host: alice, draining: false) == .fileTooLarge(size: 101, limit: 100))
+        #expect(a.seedStart(size: 100, host: alice, draining: false) == nil)
+        #expect(a.seedStart(size: 100, host: alice, draining: false) == nil)
+        // One host cannot take every slot: its third is refused, another host's is not.
+        #expect(a.seedStart(size: 1, host: alice, draining: false) == .tooManySeedSessionsFromAddress(2))
+        #expect(a.seedStart(size: 1, host: bob, draining: false) == nil)
+        #expect(a.seedStart(size: 1, host: bob, draining: false) == .tooManySeedSessions(3))
+        a.seedEnded(host: alice)
+        #expect(a.seedStart(size: 1, host: alice, draining: false) == nil)
+        var off = A(limits: limits { $0.seedProtocolAllowed = false })
+        #expect(off.seedStart(size: 1, host: alice, draining: false) == .seedProtocolDisabled)
+    }
+
+    @Test func aRefusalSaysWhichCapWasReached() {
+        var a = A(limits: limits { $0.maxSessions = 2; $0.maxSessionsPerAddress = 1 })
+        guard case .admit = a.start(start(a, source: alice), nameBytes: Array("x".utf8), host: alice, draining: false) else { Issue.record("refused"); return }
+        guard case .refuse(.serverBusy(let perAddress)) = a.start(start(a, source: alice), nameBytes: Array("x".utf8), host: alice, draining: false) else {
+            Issue.record("not refused as busy")
+            return
+        }
+        #expect(perAddress.contains("from this address"))
+        guard case .admit = a.start(start(a, source: bob), nameBytes: Array("x".utf8), host: bob, draining: false) else { Issue.record("refused"); return }
+        guard case .refuse(.serverBusy(let inAll)) = a.start(start(a, source: [127, 0, 0, 3]), nameBytes: Array("x".utf8), host: [127, 0, 0, 3], draining: false) else {
+            Issue.record("not refused as busy")
+            return
+        }
+        #expect(inAll.contains("the server's limit"))
+        #expect(ProtocolError.serverBusy(reason: inAll).code == 24)
     }
 }

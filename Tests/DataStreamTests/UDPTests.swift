@@ -12,10 +12,17 @@ import UV
 final class BlockingUDP {
     let fd: Int32
 
-    init(port: Int, timeout: Double = 0.3) throws {
+    /// `from`: the loopback address to send from (another 127.x.x.x is another host to the server).
+    init(port: Int, timeout: Double = 0.3, from: String? = nil) throws {
         fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
         var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - Double(Int(timeout))) * 1e6))
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        if let from {
+            var source = loopbackAddress(port: 0)
+            source.sin_addr.s_addr = inet_addr(from)
+            let bound = withUnsafePointer(to: &source) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            guard bound == 0 else { throw TestError("bind \(from): \(String(cString: strerror(errno)))") }
+        }
         try connectLoopback(fd, port: port)
     }
 
@@ -306,6 +313,29 @@ private func statusPhase(_ d: [UInt8]) -> UInt8? { kind(d) == 0x06 && d.count > 
         #expect(server.partials().isEmpty)
     }
 
+    /// One host cannot take every seed UDP slot: past its per-address cap a new source is
+    /// refused (and the log says which cap), while another host's source is still admitted.
+    @Test func oneHostCannotTakeEverySeedSlot() throws {
+        let server = try BackgroundServer { $0.udpMaxSeedSessionsPerAddress = 2; $0.udpMaxSeedSessions = 64 }
+        let held = try (0..<2).map { _ in try BlockingUDP(port: server.port) }
+        for s in held { s.send(Array("1000".utf8)) }  // two sources from 127.0.0.1, left open
+        #expect(server.waitForStatistics { $0.udpDatagramsReceived == 2 })
+        let third = try BlockingUDP(port: server.port)
+        third.send(Array("1000".utf8))
+        #expect(server.waitForStatistics { $0.udpSessionsRefused == 1 })
+        #expect(server.log.lines.contains { $0.contains("udp seed upload refused: 2 seed sessions at once from this address, its limit") }, "\(server.log.lines)")
+        // Another host (127.0.0.2) is admitted and its upload stored.
+        let bytes = content(12, count: 3000)
+        let other = try BlockingUDP(port: server.port, from: "127.0.0.2")
+        other.send(Array(String(bytes.count).utf8))
+        for offset in stride(from: 0, to: bytes.count, by: 1024) { other.send(Array(bytes[offset..<min(offset + 1024, bytes.count)])) }
+        other.send(Array("EOF".utf8))
+        #expect(server.eventually { server.storedFiles().count == 1 })
+        server.stop()
+        #expect(server.statistics.udpSessionsRefused == 1)
+        #expect(server.storedFiles().first.flatMap(server.contents) == bytes)
+    }
+
     @Test func theSeedSenderModeIsUnderstood() throws {
         let server = try BackgroundServer()
         let bytes = content(6, count: 50_000)
@@ -464,6 +494,30 @@ private func statusPhase(_ d: [UInt8]) -> UInt8? { kind(d) == 0x06 && d.count > 
         #expect(server.partials().isEmpty)
         #expect(server.statistics.udpDatagramsIgnored >= 4)
         #expect(server.statistics.udpDatagramsSent == 1)
+    }
+
+    /// Over the per-address cap a START is refused as "server busy" naming that cap, not as an
+    /// upload id in use (the id is fresh); the upload in progress goes on.
+    @Test func aSTARTOverThePerAddressCapIsRefusedAsBusyFromThisAddress() throws {
+        let server = try BackgroundServer { $0.udpMaxSessionsPerAddress = 1 }
+        let big = writeTemporaryFile(content(13, count: 4 << 20), name: "cap-a.bin")
+        let small = writeTemporaryFile(content(14, count: 10_000), name: "cap-b.bin")
+        let loop = try Loop()
+        var outcomes: [String: Sender.Outcome] = [:]
+        var slow = UDPSender.Options(host: "127.0.0.1", port: server.port)
+        slow.maxRate = 4e6  // about a second: still in progress when the second START comes
+        let first = UDPSender(loop: loop, options: slow)
+        first.send([big]) { outcomes["a"] = $0.first }
+        let second = UDPSender(loop: loop, options: UDPSender.Options(host: "127.0.0.1", port: server.port))
+        second.send([small]) { outcomes["b"] = $0.first }
+        loop.run()
+        try loop.close()
+        server.stop()
+        let results = Array(outcomes.values)
+        #expect(results.filter(\.succeeded).count == 1, "\(results.map(\.message))")
+        let refused = results.first { !$0.succeeded }
+        #expect(refused?.message.contains("server busy: 1 UDP uploads at once from this address, its limit") == true, "\(results.map(\.message))")
+        #expect(server.statistics.udpSessionsRefused == 1)
     }
 
     @Test func aTokenIsRequiredWhenTheServerHasOne() throws {
