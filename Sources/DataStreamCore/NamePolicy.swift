@@ -1,8 +1,17 @@
+// Foundation for Unicode normalisation only (NFC); nothing here touches a file or the clock.
+import Foundation
+
 /// How client-given names become names inside the target directory. Pure functions.
 ///
 /// A sanitised name is always a single path component: separators and control characters
 /// become `_`, leading dots become `_` (no hidden files, no `.` or `..`, nothing can reach the
 /// server's own `.datastream` folder). It can never escape the target directory.
+///
+/// Names that look alike are made alike: the name is normalised to NFC (so `café` typed
+/// precomposed or decomposed is one name, and the second upload gets `café-1`), and invisible
+/// format characters (bidirectional overrides such as U+202E, zero-width characters, the byte
+/// order mark) become `_` like control characters, so `photo\u{202E}gnp.exe` cannot pass for
+/// `photoexe.png`.
 public enum NamePolicy {
     /// The longest client name accepted, in UTF-8 bytes (leaves room for a unique suffix under NAME_MAX 255).
     public static let defaultMaxLength = 240
@@ -11,13 +20,15 @@ public enum NamePolicy {
     public static func sanitise(_ raw: [UInt8], maxLength: Int = defaultMaxLength) throws(ProtocolError) -> String {
         guard !raw.isEmpty else { throw .invalidName(reason: "empty") }
         guard raw.count <= maxLength else { throw .invalidName(reason: "\(raw.count) bytes, the limit is \(maxLength)") }
-        guard let text = String(validating: raw, as: UTF8.self) else { throw .invalidName(reason: "not valid UTF-8") }
+        guard let decoded = String(validating: raw, as: UTF8.self) else { throw .invalidName(reason: "not valid UTF-8") }
+        let text = decoded.precomposedStringWithCanonicalMapping
         var out = ""
         out.reserveCapacity(raw.count)
         var leading = true
         for scalar in text.unicodeScalars {
             let v = scalar.value
             let bad = v < 0x20 || v == 0x7F || (v >= 0x80 && v < 0xA0) || scalar == "/" || scalar == "\\" || v == 0x2028 || v == 0x2029
+                || scalar.properties.generalCategory == .format
             if bad || (leading && scalar == ".") {
                 out.unicodeScalars.append("_")
             } else {
@@ -25,6 +36,8 @@ public enum NamePolicy {
             }
             if !(leading && scalar == ".") { leading = false }
         }
+        // Normalising can lengthen a name (a few characters never recompose).
+        guard out.utf8.count <= maxLength else { throw .invalidName(reason: "\(out.utf8.count) bytes once normalised, the limit is \(maxLength)") }
         return out
     }
 

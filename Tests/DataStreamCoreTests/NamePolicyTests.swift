@@ -22,6 +22,20 @@ struct NamePolicyTests {
         #expect(!name.hasPrefix("."))
     }
 
+    /// Look-alike names are made alike: NFC and NFD spellings are one name, and invisible
+    /// format characters (bidi overrides, zero-width, BOM) are replaced like control characters.
+    @Test func lookAlikeNamesAreNormalisedAndInvisibleCharactersReplaced() throws {
+        let nfc = try NamePolicy.sanitise(Array("caf\u{E9}.txt".utf8))
+        let nfd = try NamePolicy.sanitise(Array("cafe\u{301}.txt".utf8))
+        #expect(Array(nfc.utf8) == Array(nfd.utf8))
+        #expect(Array(nfd.utf8) == Array("caf\u{E9}.txt".utf8))
+        #expect(try NamePolicy.sanitise(Array("photo\u{202E}gnp.exe".utf8)) == "photo_gnp.exe")
+        #expect(try NamePolicy.sanitise(Array("a\u{200B}b\u{200D}c\u{FEFF}d\u{2066}e".utf8)) == "a_b_c_d_e")
+        #expect(try NamePolicy.sanitise(Array("\u{FEFF}report.pdf".utf8)) == "_report.pdf")
+        // Ordinary letters of other scripts are kept as they are.
+        #expect(try NamePolicy.sanitise(Array("отчёт 報告 تقرير.pdf".utf8)) == "отчёт 報告 تقرير.pdf")
+    }
+
     @Test func refusesEmptyLongAndInvalidNames() {
         #expect(throws: ProtocolError.self) { try NamePolicy.sanitise([]) }
         #expect(throws: ProtocolError.self) { try NamePolicy.sanitise(Array(repeating: 0x61, count: 241)) }

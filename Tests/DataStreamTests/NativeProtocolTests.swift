@@ -26,6 +26,30 @@ struct NativeProtocolTests {
         #expect(server.eventually { server.partials().isEmpty })
     }
 
+    /// The same name spelled precomposed (NFC) and decomposed (NFD) is one name on disk: the
+    /// second upload is stored beside the first as `café-1.txt`, not as a second `café.txt`
+    /// that looks the same. A bidi override never reaches the directory.
+    @Test func lookAlikeNamesAreStoredUnderOneSpelling() throws {
+        let server = try BackgroundServer()
+        defer { server.stop() }
+        var stored: [String] = []
+        for (i, name) in ["caf\u{E9}.txt", "cafe\u{301}.txt", "photo\u{202E}gnp.exe"].enumerated() {
+            let data = content(30 + i, count: 100)
+            let client = try BlockingClient(port: server.port)
+            try client.handshake()
+            let header = FileHeader(uploadID: .random(), size: UInt64(data.count), digest: .xxh3_128, name: name)
+            #expect(try client.announce(header) == 0)
+            client.send(data)
+            client.send(Wire.end(digest: Digests.compute(.xxh3_128, data)))
+            let result = try client.result()
+            #expect(result.status == .stored)
+            stored.append(result.storedName)
+        }
+        let nfc = "caf\u{E9}"
+        #expect(stored.map { Array($0.utf8) } == [Array("\(nfc).txt".utf8), Array("\(nfc)-1.txt".utf8), Array("photo_gnp.exe".utf8)])
+        #expect(Set(server.storedFiles().map { Array($0.utf8) }) == Set(stored.map { Array($0.utf8) }))
+    }
+
     @Test func digestMismatchIsRefusedAndNothingIsStored() throws {
         let server = try BackgroundServer()
         defer { server.stop() }
