@@ -462,6 +462,16 @@ public struct ConnectionStateMachine {
             }
             let version = payload[payload.startIndex + 4]
             guard version == Wire.version else { return fail(.unsupportedVersion(version), partial: .none, reply: true) }
+            // Version 1 defines no flags and no more payload: anything else is refused, so a
+            // later version can give them a meaning without old servers silently ignoring it.
+            guard payload.count == Wire.helloLength else {
+                return fail(.malformedFrame(type: type, detail: "HELLO of \(payload.count) bytes, version 1 has \(Wire.helloLength)"), partial: .none, reply: true)
+            }
+            let flags = payload[payload.startIndex + 5]
+            let reserved = UInt16(payload[payload.startIndex + 6]) << 8 | UInt16(payload[payload.startIndex + 7])
+            guard flags == 0, reserved == 0 else {
+                return fail(.malformedFrame(type: type, detail: "HELLO flags 0x\(String(flags, radix: 16)) and reserved 0x\(String(reserved, radix: 16)): version 1 defines none"), partial: .none, reply: true)
+            }
             if configuration.token != nil {
                 let nonce = Authentication.nonce()
                 state = .authenticating(nonce: nonce)

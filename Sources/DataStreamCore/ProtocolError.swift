@@ -89,7 +89,7 @@ public enum ProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
         switch self {
         case .malformedFrame(let type, let detail): return "malformed frame 0x\(String(type, radix: 16)): \(detail)"
         case .badMagic: return "bad magic in HELLO"
-        case .unsupportedVersion(let v): return "unsupported protocol version \(v)"
+        case .unsupportedVersion(let v): return "unsupported protocol version \(v); this server speaks version \(Wire.version)"
         case .unexpectedFrame(let type, let state): return "unexpected frame 0x\(String(type, radix: 16)) while \(state)"
         case .frameTooLarge(let length, let limit): return "frame of \(length) bytes exceeds the limit of \(limit)"
         case .authenticationRequired: return "authentication required"

@@ -40,6 +40,9 @@ public enum Wire {
         return out
     }
 
+    /// HELLO's payload in version 1: magic, version, flags, reserved.
+    public static let helloLength = 8
+
     public static func hello(flags: UInt8 = 0) -> [UInt8] {
         frame(.hello, magic + [version, flags, 0, 0])
     }

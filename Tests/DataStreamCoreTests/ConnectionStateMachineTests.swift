@@ -251,6 +251,29 @@ struct ConnectionStateMachineTests {
 
     // MARK: malformed input
 
+    /// HELLO is as strict as PROTOCOL.md says: unknown flags, reserved bits or trailing bytes
+    /// are refused (ERROR 1), never answered WELCOME.
+    @Test func helloWithUnknownFlagsReservedBitsOrTrailingBytesIsRefused() {
+        let cases: [[UInt8]] = [
+            Wire.hello(flags: 0x80),
+            Wire.frame(.hello, Wire.magic + [Wire.version, 0, 0, 1]),
+            Wire.frame(.hello, Wire.magic + [Wire.version, 0, 0, 0] + [UInt8](repeating: 7, count: 60_000)),
+            Wire.frame(.hello, Wire.magic + [Wire.version, 0, 0]),
+        ]
+        for hello in cases {
+            var m = M(configuration: .init())
+            let steps = feed(&m, hello)
+            guard case .close(let reply?, .malformedFrame(let type, _)?, .none) = steps.last?.action else {
+                Issue.record("HELLO of \(hello.count) bytes not refused: \(String(describing: steps.last?.action))")
+                continue
+            }
+            #expect(type == Wire.FrameType.hello.rawValue)
+            #expect(reply.first == Wire.FrameType.error.rawValue)
+        }
+        var ok = M(configuration: .init())
+        #expect(feed(&ok, Wire.hello()).last?.action == .send(Wire.welcome(nonce: nil)))
+    }
+
     @Test func badMagicAndVersion() {
         var m = M(configuration: .init())
         var steps = feed(&m, [0x01, 0, 0, 0, 8] + Array("XXXX".utf8) + [1, 0, 0, 0])
