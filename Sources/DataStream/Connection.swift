@@ -72,6 +72,8 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// A small seed upload in progress (held in memory, stored in one work item at the end).
     @exclusivity(unchecked) private var small = SmallUpload()
     private var finishCancelled = false
+    /// The file operation that failed the upload, for the log line (the reply does not name it).
+    private var failedFile: UVOperationError?
 
     /// The rest of a large upload, moving straight from the socket to the file (the lifecycle
     /// machine decides when; `pauses` holds `.drainStarting`, then `.draining`).
@@ -170,7 +172,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     func sinkFailed(_ error: UVOperationError) {
         // Otherwise a flush is waiting on the sink and reports the failure itself.
         if machine.isReceivingFileBytes {
-            perform(machine.uploadFailed(.storage(error)))
+            storageFailed(error)
         }
     }
 
@@ -267,7 +269,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
             pauses.remove(.drainStarting)
             guard !closing, closeAfterDrain == nil else { return }
             if let error {
-                perform(machine.uploadFailed(.storage(error)))
+                storageFailed(error)
                 return
             }
             let remaining = machine.fileBytesExpected
@@ -317,7 +319,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         case .endOfStream:
             perform(machine.endOfStream())
         case .failed(let error) where error.operation == "pwrite":
-            perform(machine.uploadFailed(.storage(error)))
+            storageFailed(error)
         case .failed(let error):
             perform(machine.connectionFailed(error.description))
         case .cancelled:
@@ -393,7 +395,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
             guard let sink else { preconditionFailure("verify without an upload") }
             sink.flush { [self] error in
                 if let error {
-                    perform(machine.uploadFailed(.storage(error)))
+                    storageFailed(error)
                 } else {
                     perform(machine.digestComputed(sink.digester!.finish()))
                 }
@@ -420,6 +422,14 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         case .close(let reply, let reason, let partial):
             closeConnection(reply: reply, reason: reason, partial: partial)
         }
+    }
+
+    /// A file operation failed: the client hears the operation and the error, never the
+    /// server's path (`ProtocolError.storage`); the log line when the connection ends names
+    /// the file (`failedFile`).
+    private func storageFailed(_ error: UVOperationError) {
+        failedFile = error
+        perform(machine.uploadFailed(.storage(error)))
     }
 
     private func send(_ bytes: [UInt8]) {
@@ -466,7 +476,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
             log(.info, "stored seed upload", metadata: ["name": "\(stored)", "bytes": "\(size)"])
             perform(machine.seedStored())
         case .failure(let error):
-            perform(machine.uploadFailed(.storage(error)))
+            storageFailed(error)
         }
     }
 
@@ -486,7 +496,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         guard let sink else { return }
         sink.flush { [self] error in
             if let error {
-                perform(machine.uploadFailed(.storage(error)))
+                storageFailed(error)
                 return
             }
             guard !finishCancelled, let written = seedPartial, sink.takeDescriptor() != nil else { return }
@@ -501,7 +511,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                         log(.info, "stored seed upload", metadata: ["name": "\(stored)", "bytes": "\(size)"])
                         perform(machine.seedStored())
                     case .failure(let error):
-                        perform(machine.uploadFailed(.storage(error)))
+                        storageFailed(error)
                     }
                 }
             }
@@ -514,7 +524,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                     case .success(let rewritten): commit(rewritten)
                     case .failure(let error):
                         seedPartial = nil
-                        perform(machine.uploadFailed(.storage(error)))
+                        storageFailed(error)
                     }
                 }
             }
@@ -582,7 +592,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
             case .failure(let error):
                 // The partial and its metadata stay: a retry resumes with every byte held.
                 log(.error, "cannot store upload: \(error)", metadata: ["upload": "\(header.uploadID)"])
-                perform(machine.uploadFailed(.storage(error)))
+                storageFailed(error)
             }
             resumeHeld()
         }
@@ -613,9 +623,9 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
             case .headerTimeout, .idleTimeout, .shuttingDown:
                 log(.warning, "connection closed: \(reason)", metadata: ["partial": "\(partial)"])
             case .diskFull:
-                log(.error, "upload failed: \(reason)", metadata: ["partial": "\(partial)"])
+                log(.error, "upload failed: \(reason)\(failedFile.map { " (\($0))" } ?? "")", metadata: ["partial": "\(partial)"])
             case .unexpectedEndOfStream, .trailingBytes, .storageFailed, .connectionFailed:
-                log(.warning, "broken upload: \(reason)", metadata: ["partial": "\(partial)"])
+                log(.warning, "broken upload: \(reason)\(failedFile.map { " (\($0))" } ?? "")", metadata: ["partial": "\(partial)"])
             default:
                 log(.warning, "connection refused: \(reason)")
             }

@@ -134,7 +134,7 @@ extension Store {
             return
         }
         guard let recorded = PartialMetadata(decoding: bytes) else {
-            done(.failure(.storageFailed(reason: "unreadable metadata \(metaPath(header.uploadID))")))
+            done(.failure(.storageFailed(reason: "the metadata of this upload is unreadable")))
             return
         }
         let held = recorded.header
@@ -153,10 +153,15 @@ extension Store {
         let record = PartialMetadata(header).encoded
         writeSmallFile(meta, record) { [self] e in
             if let e { completion(.failure(.storage(e))); return }
-            submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { completion(.failure(.storage(e))) } }) { [fs] () throws(UVOperationError) in
+            // No partial, no metadata: a refused open leaves nothing behind.
+            let refused: (UVOperationError) -> Void = { [self] e in
+                unlinkQuietly(meta)
+                completion(.failure(.storage(e)))
+            }
+            submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { refused(e) } }) { [fs] () throws(UVOperationError) in
                 try fs.open(part, flags: [.writeOnly, .create, .truncate, .noFollow], mode: 0o600) { r in
                     switch r {
-                    case .failure(let e): completion(.failure(.storage(e)))
+                    case .failure(let e): refused(e)
                     case .success(let fd): completion(.success(.partial(NativePartial(fd: fd, path: part, metaPath: meta, held: 0, digester: Digester(header.digest)))))
                     }
                 }

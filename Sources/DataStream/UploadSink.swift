@@ -191,9 +191,12 @@ final class UploadSink {
 }
 
 extension ProtocolError {
-    /// A failed file operation as the client hears it: disk full (ENOSPC, EDQUOT) says so.
+    /// A failed file operation as the client hears it: the operation and the error, never the
+    /// server's path (the client knows its upload by its id); disk full (ENOSPC, EDQUOT) says so.
+    /// The server's own log lines name the file.
     static func storage(_ error: UVOperationError) -> ProtocolError {
-        if error.error == .noSpace || error.error.code == -EDQUOT { return .diskFull(reason: error.description) }
-        return .storageFailed(reason: error.description)
+        let reason = "\(error.operation) failed: \(error.error)"
+        if error.error == .noSpace || error.error.code == -EDQUOT { return .diskFull(reason: reason) }
+        return .storageFailed(reason: reason)
     }
 }

@@ -241,8 +241,13 @@ struct NativeProtocolTests {
         client.send(Wire.file(FileHeader(uploadID: id, size: 3, digest: .xxh3_128, name: "p.txt")))
         let answer = try #require(client.readFrame())
         #expect(answer.type == .result)
-        #expect(try Wire.decodeResult(answer.payload).status != .stored)
+        let refused = try Wire.decodeResult(answer.payload)
+        #expect(refused.status != .stored)
         #expect(FileManager.default.contents(atPath: outside) == Data("untouched".utf8))
+        // The reply names the failure, not the server's paths; no metadata is left behind.
+        #expect(refused.message.contains("ELOOP"), "\(refused.message)")
+        #expect(!refused.message.contains("/") && !refused.message.contains(server.directory), "\(refused.message)")
+        #expect(!FileManager.default.fileExists(atPath: server.directory + "/.datastream/partial/\(id.hex).meta"))
     }
 
     @Test func malformedInputGetsAClearErrorAndOthersContinue() throws {
