@@ -98,7 +98,7 @@ public final class Sender {
 
     private func connect(_ then: @escaping () -> Void) {
         do {
-            let address = try SocketAddress(host: options.host, port: options.port)
+            let address = try SocketAddress.resolve(options.host, port: options.port, on: loop)
             try TCPStream.connect(loop: loop, to: address) { [self] result in
                 switch result {
                 case .success(let s):

@@ -129,7 +129,7 @@ public final class Server {
             guard configuration.udpEnabled else { return bound }
             let port = configuration.udpPort ?? bound.port
             do throws(UVOperationError) {
-                try startUDP(try SocketAddress(host: configuration.host, port: port))
+                try startUDP(try SocketAddress.resolve(configuration.host, port: port, on: loop))
                 return bound
             } catch {
                 if let listener {
@@ -145,7 +145,7 @@ public final class Server {
 
     private func startTCP() throws(ServerError) -> SocketAddress {
         do throws(UVOperationError) {
-            let address = try SocketAddress(host: configuration.host, port: configuration.port)
+            let address = try SocketAddress.resolve(configuration.host, port: configuration.port, on: loop)
             let listener = try TCPListener(loop: loop)
             do throws(UVOperationError) {
                 try listener.bind(address)

@@ -128,7 +128,7 @@ public final class UDPSender {
         self.completion = completion
         outcomes = sources.map { Sender.Outcome(path: $0.label) }
         do throws(UVOperationError) {
-            let address = try SocketAddress(host: options.host, port: options.port)
+            let address = try SocketAddress.resolve(options.host, port: options.port, on: loop)
             let s = try UDPSocket(loop: loop)
             socket = s
             try s.connect(address)

@@ -118,7 +118,7 @@ public final class LoadGenerator {
     /// Starts the run; `progress` gets a snapshot every second, `completion` the final report.
     public func run(progress: ((Report) -> Void)? = nil, completion: @escaping (Report) -> Void) throws(UVOperationError) {
         ignoreBrokenPipes()
-        let target = try SocketAddress(host: options.host, port: options.port)
+        let target = try SocketAddress.resolve(options.host, port: options.port, on: loop)
         address = target
         if !target.isIPv6, target.isLoopback, options.sourceAddresses > 1 {
             sources = try (1...min(options.sourceAddresses, 254)).map { (i) throws(UVOperationError) in try SocketAddress(host: "127.0.0.\(i)", port: 0) }

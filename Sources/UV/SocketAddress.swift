@@ -21,6 +21,47 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
 
     init(storage: sockaddr_storage) { self.storage = storage }
 
+    /// The address of `host` (a numeric IPv4 or IPv6 address, brackets allowed: `[::1]`, or a
+    /// name such as `localhost`, looked up once) and `port`. A name is resolved synchronously
+    /// (`uv_getaddrinfo` without a callback): call it before the loop serves anything, as at
+    /// start-up, never from a callback. The first address the resolver returns is used.
+    /// The libuv function is `uv_getaddrinfo`.
+    public static func resolve(_ host: String, port: Int, on loop: Loop) throws(UVOperationError) -> SocketAddress {
+        var name = host
+        if name.hasPrefix("["), name.hasSuffix("]") { name = String(name.dropFirst().dropLast()) }
+        if let numeric = try? SocketAddress(host: name, port: port) { return numeric }
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        let request = UnsafeMutablePointer<uv_getaddrinfo_t>.allocate(capacity: 1)
+        defer { request.deallocate() }
+        let status = uv_getaddrinfo(loop.uv, request, nil, name, nil, &hints)
+        if status < 0 { throw UVOperationError("getaddrinfo", target: host, code: status) }
+        defer { uv_freeaddrinfo(request.pointee.addrinfo) }
+        var entry = request.pointee.addrinfo
+        while let e = entry {
+            if let found = SocketAddress(e.pointee.ai_addr) {
+                var address = found
+                address.setPort(port)
+                return address
+            }
+            entry = e.pointee.ai_next
+        }
+        throw UVOperationError("getaddrinfo", target: host, code: UV_EAI_NONAME.rawValue)
+    }
+
+    private mutating func setPort(_ port: Int) {
+        let p = UInt16(truncatingIfNeeded: port).bigEndian
+        let v6 = isIPv6
+        withUnsafeMutablePointer(to: &storage) { s in
+            if v6 {
+                s.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_port = p }
+            } else {
+                s.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_port = p }
+            }
+        }
+    }
+
     init?(_ sa: UnsafePointer<sockaddr>?) {
         guard let sa else { return nil }
         var storage = sockaddr_storage()

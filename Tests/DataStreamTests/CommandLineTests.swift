@@ -291,6 +291,31 @@ struct CommandLineTests {
         }
     }
 
+    /// `--host` takes names and bracketed IPv6: `localhost` is resolved, and on `[::1]` every
+    /// transport works end to end (seed and native TCP, native and seed UDP), each file stored
+    /// byte for byte.
+    @Test func hostNamesAndIPv6ForEveryTransport() throws {
+        let named = try ServeProcess(arguments: ["--host", "localhost"])
+        #expect(named.stop()?.status == 0)
+        let server = try ServeProcess(arguments: ["--host", "[::1]", "--log-level", "warning"], udp: true)
+        let to = "[::1]:\(server.port)"
+        var expected: [String: [UInt8]] = [:]
+        for (i, mode) in [[], ["--seed-protocol"], ["--udp"], ["--udp", "--seed-protocol", "--seed-pause", "0.05"]].enumerated() {
+            let data = content(60 + i, count: 50_000 + i)
+            let path = writeTemporaryFile(data, name: "v6-\(i).bin")
+            let r = try run(["send", path, "--to", to] + mode)
+            #expect(r.status == 0, "\(mode): \(r.stderr) \(r.stdout)")
+            expected["v6-\(i).bin"] = data
+        }
+        #expect(server.eventually { server.storedFiles().count == 4 })
+        let stored = server.storedFiles().compactMap(server.contents)
+        #expect(Set(stored) == Set(expected.values))
+        // The native uploads kept their names.
+        #expect(server.contents("v6-0.bin") == expected["v6-0.bin"])
+        #expect(server.contents("v6-2.bin") == expected["v6-2.bin"])
+        #expect(server.stop()?.status == 0)
+    }
+
     /// A receiver that hangs up on every upload: the generator's writes hit closed sockets. The
     /// process must count the failures and exit 1, not die of SIGPIPE.
     @Test func benchSurvivesAReceiverThatHangsUp() throws {
