@@ -139,13 +139,6 @@ struct Serve: ParsableCommand {
         let address: SocketAddress
         do { address = try server.start() } catch { die("\(error)") }
         Logger(label: "datastream").info("file threads: \(Threadpool.requestedSize.map(String.init) ?? "libuv's default") (UV_THREADPOOL_SIZE)")
-        print("listening tcp \(address)")
-        if let udp = server.udpAddress {
-            print("listening udp \(udp)")
-            Logger(label: "datastream").info("udp receive buffer: kernel granted \(server.udpReceiveBufferGranted) bytes (getsockopt); receive offload \(server.udpReceiveOffloadEnabled ? "on" : "off")")
-        }
-        fflush(stdout)
-
         // A parent may have spawned us with these signals blocked (Foundation's Process does):
         // unblock them, or SIGINT/SIGTERM would never reach the loop.
         var unblock = sigset_t()
@@ -173,6 +166,14 @@ struct Serve: ParsableCommand {
                 signals.append(s)
             } catch { die("\(error)") }
         }
+        // Announced once SIGTERM and SIGINT drain: a script that signals as soon as it reads
+        // these lines gets a drain, never the default action.
+        print("listening tcp \(address)")
+        if let udp = server.udpAddress {
+            print("listening udp \(udp)")
+            Logger(label: "datastream").info("udp receive buffer: kernel granted \(server.udpReceiveBufferGranted) bytes (getsockopt); receive offload \(server.udpReceiveOffloadEnabled ? "on" : "off")")
+        }
+        fflush(stdout)
         loop.run()
         let s = server.statistics
         FileHandle.standardError.write(Data("datastream: stopped; \(s.uploadsStored) uploads stored\(s.uploadsAlreadyStored > 0 ? " (and \(s.uploadsAlreadyStored) sent again, already stored)" : ""), \(s.uploadsFailed) failed, \(s.connectionsAccepted) connections (\(s.connectionsTimedOut) timed out, \(s.connectionsRefused) refused), \(s.uploadsDrained) drained\n".utf8))
