@@ -99,20 +99,10 @@ struct DrainTests {
             first.send(Array(data[0..<(9 << 20)]))
             #expect(waitUntil { server.hasRead(first) })
         } // dropped here
-        var offset: UInt64 = 0
-        var status: Wire.ResultStatus?
-        let resumed = server.eventually {
-            guard let c = try? BlockingClient(port: server.port), (try? c.handshake()) != nil,
-                  let o = try? c.announce(header) else { return false }
-            offset = o
-            c.send(Array(data[Int(o)...]))
-            c.send(Wire.end(digest: Digests.compute(.xxh3_128, data)))
-            status = (try? c.result())?.status
-            return true
-        }
+        let resumed = server.resume(header, data)
+        let offset = resumed?.offset ?? 0
         server.stop()
-        #expect(resumed)
-        #expect(status == .stored)
+        #expect(resumed?.status == .stored)
         #expect(offset > (4 << 20) && offset <= (9 << 20), "resumed at \(offset)")
         #expect(server.contents("drained.bin") == data)
         #expect(server.partials().isEmpty)

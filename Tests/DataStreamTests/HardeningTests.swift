@@ -350,19 +350,10 @@ struct AbruptClientTests {
         #expect(broken.allSatisfy { $0.contains(reset ? "ECONNRESET" : "closed after") }, "\(broken)")
         // The server may still be closing the broken upload's partial: its id is busy until
         // then (the protocol's answer to an early retry), so the client retries as one would.
-        var offset: UInt64 = 0
-        var status: Wire.ResultStatus?
-        #expect(server.eventually {
-            guard let again = try? BlockingClient(port: server.port), (try? again.handshake()) != nil,
-                  let o = try? again.announce(header) else { return false }
-            offset = o
-            again.send(Array(data[Int(o)...]))
-            again.send(Wire.end(digest: Digests.compute(.xxh3_128, data)))
-            status = (try? again.result())?.status
-            return true
-        })
+        let resumed = server.resume(header, data)
+        let offset = resumed?.offset ?? 0
         #expect(offset > 0 && offset <= 300_000)
-        #expect(status == .stored)
+        #expect(resumed?.status == .stored)
         server.stop()
         #expect(server.contents("vanish.bin") == data)
         #expect(server.storedFiles().count == 2)

@@ -86,20 +86,10 @@ struct NativeProtocolTests {
             #expect(try first.announce(header) == 0)
             first.send(Array(data[0..<2_000_000]))
         } // dropped here
-        var offset: UInt64 = 0
-        var status: Wire.ResultStatus?
         // The server may still be writing what it received: the id is busy until then.
-        let resumed = server.eventually {
-            guard let c = try? BlockingClient(port: server.port), (try? c.handshake()) != nil,
-                  let o = try? c.announce(header) else { return false }
-            offset = o
-            c.send(Array(data[Int(o)...]))
-            c.send(Wire.end(digest: Digests.compute(.xxh3_128, data)))
-            status = (try? c.result())?.status
-            return true
-        }
-        #expect(resumed)
-        #expect(status == .stored)
+        let resumed = server.resume(header, data)
+        let offset = resumed?.offset ?? 0
+        #expect(resumed?.status == .stored)
         #expect(offset > 0 && offset <= 2_000_000, "resumed at \(offset)")
         #expect(server.contents("resumed.bin") == data)
         #expect(server.eventually { server.partials().isEmpty })

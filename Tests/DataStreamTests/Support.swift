@@ -96,6 +96,23 @@ final class BackgroundServer: @unchecked Sendable {
         kernelQueuedBytes(serverPort: port, clientPort: client.localPort) == 0
     }
 
+    /// Resumes the native upload `header` of `data` the way a client retries: announce it, send
+    /// the rest from the offset the server holds, END, RESULT; again while the id is still busy
+    /// (the server may still be closing the broken connection's partial). Nil if no attempt
+    /// got through in time.
+    func resume(_ header: FileHeader, _ data: [UInt8]) -> (offset: UInt64, status: Wire.ResultStatus?)? {
+        var outcome: (offset: UInt64, status: Wire.ResultStatus?)?
+        _ = eventually {
+            guard let c = try? BlockingClient(port: port), (try? c.handshake()) != nil,
+                  let o = try? c.announce(header) else { return false }
+            c.send(Array(data[Int(o)...]))
+            c.send(Wire.end(digest: Digests.compute(header.digest, data)))
+            outcome = (o, (try? c.result())?.status)
+            return true
+        }
+        return outcome
+    }
+
     /// Waits (bounded) until `condition` holds of the running server's statistics.
     func waitForStatistics(_ seconds: Double = 10, _ condition: @escaping (Server.Statistics) -> Bool) -> Bool {
         waitUntil(seconds) { onLoop { condition($0.statistics) } }
