@@ -153,10 +153,10 @@ extension Store {
         let record = PartialMetadata(header).encoded
         writeSmallFile(meta, record) { [self] e in
             if let e { completion(.failure(.storage(e))); return }
-            // No partial, no metadata: a refused open leaves nothing behind.
-            let refused: (UVOperationError) -> Void = { [self] e in
-                unlinkQuietly(meta)
-                completion(.failure(.storage(e)))
+            // No partial, no metadata: a refused open leaves nothing behind, and the client
+            // hears of the refusal only once the metadata is gone.
+            let refused: (UVOperationError) -> Void = { [fs] e in
+                do { try fs.unlink(meta) { _ in completion(.failure(.storage(e))) } } catch { completion(.failure(.storage(e))) }
             }
             submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { refused(e) } }) { [fs] () throws(UVOperationError) in
                 try fs.open(part, flags: [.writeOnly, .create, .truncate, .noFollow], mode: 0o600) { r in
