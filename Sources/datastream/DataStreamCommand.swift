@@ -76,12 +76,12 @@ struct Serve: ParsableCommand {
     @Option(parsing: .unconditional, help: "UDP socket receive buffer to ask for (bytes, or 32MiB; past rmem_max when run as root).") var udpReceiveBuffer = "32MiB"
     @Option(parsing: .unconditional, help: "Seconds without a datagram before a UDP session is closed (native partials stay resumable).") var udpIdleTimeout = "30"
     @Flag(help: "Do not let the kernel coalesce UDP datagrams into one receive (UDP_GRO).") var noUdpOffload = false
-    @Option(parsing: .unconditional, help: "Native UDP uploads at once (more get ABORT 'busy').") var udpMaxSessions = "256"
+    @Option(parsing: .unconditional, help: "Native UDP uploads at once (more get ABORT 'server busy').") var udpMaxSessions = "256"
     @Option(parsing: .unconditional, help: "Native UDP uploads at once from one IP address.") var udpMaxSessionsPerAddress = "32"
     @Option(parsing: .unconditional, help: "Seed UDP uploads (sources) at once.") var udpMaxSeedSessions = "64"
     @Option(parsing: .unconditional, help: "Seed UDP uploads (sources) at once from one IP address.") var udpMaxSeedSessionsPerAddress = "16"
     @Option(parsing: .unconditional, help: "Receive window memory per native UDP upload (bytes, or 16MiB).") var udpWindow = "16MiB"
-    @Option(parsing: .unconditional, help: "Receive window memory of all native UDP uploads together (bytes, or 512MiB); an upload that would exceed it gets ABORT 'busy'.") var udpMemory = "512MiB"
+    @Option(parsing: .unconditional, help: "Receive window memory of all native UDP uploads together (bytes, or 512MiB); an upload that would exceed it gets ABORT 'server busy'.") var udpMemory = "512MiB"
     @Option(parsing: .unconditional, help: "Threads that write files (libuv's threadpool). Default: one per core (at least 2); with --fsync, which waits on the disk, twice that (at least libuv's 4). UV_THREADPOOL_SIZE in the environment is used if this is not given.") var threadpoolSize: String?
 
     func run() throws {
