@@ -78,7 +78,7 @@ final class SeedSessionDriver {
     }
 
     func tick(now: UInt64) {
-        apply(machine.tick(now: now, timeout: TimeLimit.units(receiver.limits.idleTimeout, perSecond: 1e6) ?? .max), nil)
+        apply(machine.tick(now: now, timeout: receiver.idleTimeoutMicroseconds), nil)
     }
 
     func shutdown() { apply(machine.shutdown(), nil) }

@@ -25,6 +25,8 @@ final class UDPReceiver: UDPSocketReceiver {
     unowned let server: Server
     let socket: UDPSocket
     let limits: Limits
+    /// `limits.idleTimeout` in microseconds, converted once: seed sessions ask on every tick.
+    let idleTimeoutMicroseconds: UInt64
     private let logger: Logger
     private let store: Store
     /// Decides who may start an upload, and counts what admitted sessions hold.
@@ -58,6 +60,7 @@ final class UDPReceiver: UDPSocketReceiver {
         self.store = server.store
         self.logger = server.logger
         self.limits = limits
+        self.idleTimeoutMicroseconds = TimeLimit.units(limits.idleTimeout, perSecond: 1e6) ?? .max
         self.admission = UDPAdmission(limits: admission)
         socket = try UDPSocket(loop: server.loop, batchedReceive: true)
         do throws(UVOperationError) {
