@@ -7,12 +7,12 @@ import UV
 /// FINISH with the digest) or like the seed's UDP client (size datagram, 1024-byte datagrams
 /// with a pause, `EOF`; no feedback exists in that protocol).
 ///
-/// What it sends are `Source`s: files (memory-mapped) or, for the load generator, uploads whose
-/// bytes derive from a `BenchContent` (sent straight from its shared pattern).
+/// What it sends are `Source`s: files (read ahead into a bounded ring on libuv's threadpool, see
+/// `FileReadAhead`) or, for the load generator, uploads whose bytes derive from a `BenchContent`
+/// (sent straight from its shared pattern).
 ///
-/// Runs on a loop the caller owns and runs; owns its socket, its pacing timer and the read-only
-/// memory mapping of the file being sent (page faults on the mapping happen on this loop, which
-/// serves only this sender).
+/// Runs on a loop the caller owns and runs; owns its socket, its pacing timer and the reader of
+/// the file being sent.
 public final class UDPSender {
     public struct Options: Sendable {
         public var host: String
@@ -57,7 +57,7 @@ public final class UDPSender {
     private var timer: UV.Timer?
     /// One upload's bytes.
     public enum Source: Sendable {
-        /// A regular file, memory-mapped while it is sent; stored under its last path component.
+        /// A regular file, stored under its last path component.
         case file(String)
         /// Upload `index` of a bench run: its bytes derive from `content` (header, then the
         /// shared pattern); stored as `bench-SEED-INDEX.bin` under the given upload id.
@@ -84,7 +84,10 @@ public final class UDPSender {
     private var sendTimes = [UInt64](repeating: 0, count: 1 << 16)
 
     // The file being sent.
-    private var mapping: UnsafeRawBufferPointer?
+    private lazy var fs = FileSystem(loop: loop)
+    private var reader: FileReadAhead?
+    /// Resuming: units of the prefix the receiver holds that have been hashed.
+    private var prefixHashed: UInt64 = 0
     private var fileSize: UInt64 = 0
     private var uploadID = UploadID(bytes: [UInt8](repeating: 0, count: 16))
     private var clientNonce: UInt64 = 0
@@ -105,7 +108,14 @@ public final class UDPSender {
     private var seedOffset: UInt64 = 0
     private var seedNext: UInt64 = 0
 
-    private enum State { case idle, awaitingCookie, awaitingAccept, sending, seed, done }
+    private enum State { case idle, opening, awaitingCookie, awaitingAccept, hashingPrefix, sending, seed, done }
+
+    /// The most of a file read ahead of the native sender: the window in flight comes from here.
+    private static let readAheadBytes = 16 << 20
+    /// Reads of a file are at most this long.
+    private static let readBytes = 1 << 20
+    /// The seed sender, which sends a datagram per pause, reads less ahead.
+    private static let seedReadAheadBytes = 1 << 20
 
     public init(loop: Loop, options: Options) {
         self.loop = loop
@@ -154,7 +164,7 @@ public final class UDPSender {
     /// receiver finds out by its idle timeout, as after a crash.
     public func cancel(reason: String = "cancelled", tellReceiver: Bool = true) {
         guard state != .done else { return }
-        if tellReceiver, state == .sending {
+        if tellReceiver, state == .sending || state == .hashingPrefix {
             sendControl(UDPWire.encodeAbort(code: 0, message: reason, session: session, packet: nextPacket()))
         }
         for i in index..<outcomes.count where !outcomes[i].succeeded { outcomes[i].message = reason }
@@ -164,28 +174,32 @@ public final class UDPSender {
     // MARK: - Files
 
     private func nextFile() {
-        unmap()
+        closeSource()
         guard index < sources.count else { finishAll(); return }
         switch sources[index] {
         case .file(let path):
-            let fd = open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { fail("cannot open: \(String(cString: strerror(errno)))"); return }
-            defer { close(fd) }
-            var st = stat()
-            guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { fail("not a regular file"); return }
-            fileSize = UInt64(st.st_size)
-            if fileSize > 0 {
-                guard let p = mmap(nil, Int(fileSize), PROT_READ, MAP_SHARED, fd, 0), p != MAP_FAILED else {
-                    fail("cannot map: \(String(cString: strerror(errno)))")
-                    return
+            guard let (size, id) = Sender.identity(of: path) else {
+                fail("cannot read \(path): \(errno == 0 ? "not a regular file" : String(cString: strerror(errno)))")
+                return
+            }
+            fileSize = size
+            uploadID = id
+            state = .opening
+            do {
+                try fs.open(path, flags: [.readOnly]) { [weak self] result in
+                    guard let self, state == .opening else {
+                        if case .success(let fd) = result, let fs = self?.fs { try? fs.close(fd) }
+                        return
+                    }
+                    switch result {
+                    case .failure(let e): fail(e.description)
+                    case .success(let fd): opened(fd, path: path)
+                    }
                 }
-                _ = madvise(p, Int(fileSize), MADV_SEQUENTIAL)
-                mapping = UnsafeRawBufferPointer(start: p, count: Int(fileSize))
+            } catch {
+                fail(error.description)
             }
-            if !options.seedProtocol {
-                guard let (_, id) = Sender.identity(of: path) else { fail("cannot read the file's identity"); return }
-                uploadID = id
-            }
+            return
         case .bench(let content, let i, let size, let id):
             fileSize = size
             bench = (content, i)
@@ -196,12 +210,27 @@ public final class UDPSender {
             }
             uploadID = id
         }
+        begin()
+    }
+
+    private func opened(_ fd: FileDescriptor, path: String) {
+        let r = FileReadAhead(fs: fs, fd: fd, path: path, fileSize: fileSize)
+        r.onReady = { [weak self] in self?.readAheadReady() }
+        r.onFailure = { [weak self] message in self?.readFailed(message) }
+        reader = r
+        begin()
+    }
+
+    /// The source is ready to be read: announce it.
+    private func begin() {
         outcomes[index].size = fileSize
         lastHeard = now()
         if options.seedProtocol {
             state = .seed
             seedOffset = 0
             seedNext = now()
+            let unit = options.seedDatagramSize
+            reader?.begin(ReadAheadWindow(start: 0, end: fileSize, unitSize: unit, capacity: max(1, Self.seedReadAheadBytes / unit), maxReadBytes: Self.readBytes))
             sendControl(Array(String(fileSize).utf8))
             return
         }
@@ -210,18 +239,37 @@ public final class UDPSender {
         sendInitial()
     }
 
-    /// `count` bytes of the current upload from `offset` (`count` at most 64 KiB), valid until
-    /// the next upload starts.
-    private func bytes(at offset: Int, count: Int) -> UnsafeRawBufferPointer {
-        if let mapping { return UnsafeRawBufferPointer(rebasing: mapping[offset..<(offset + count)]) }
+    /// More of the file is in the ring.
+    private func readAheadReady() {
+        switch state {
+        case .hashingPrefix: hashPrefix()
+        case .sending: pace()
+        case .seed: seedPace(now())
+        default: return
+        }
+    }
+
+    /// The file cannot be read further (it shrank, or the read failed): the upload fails, and a
+    /// native receiver is told, so that it ends the session at once.
+    private func readFailed(_ message: String) {
+        guard state != .done, state != .idle else { return }
+        if state == .sending || state == .hashingPrefix {
+            sendControl(UDPWire.encodeAbort(code: 0, message: "the sender could not read the file", session: session, packet: nextPacket()))
+        }
+        fail(message)
+    }
+
+    /// `count` bytes of a bench upload from `offset` (`count` at most 64 KiB), valid until the
+    /// next upload starts.
+    private func benchBytes(at offset: Int, count: Int) -> UnsafeRawBufferPointer {
         guard let bench else { return UnsafeRawBufferPointer(start: nil, count: 0) }
         if offset + count <= benchPrefix.count { return UnsafeRawBufferPointer(rebasing: benchPrefix[offset..<(offset + count)]) }
         return bench.content.window(of: bench.index, offset: UInt64(offset), count: count)
     }
 
-    private func unmap() {
-        if let m = mapping, let b = m.baseAddress { munmap(UnsafeMutableRawPointer(mutating: b), m.count) }
-        mapping = nil
+    private func closeSource() {
+        reader?.close()
+        reader = nil
         bench = nil
     }
 
@@ -240,7 +288,7 @@ public final class UDPSender {
     }
 
     private func finishAll() {
-        unmap()
+        closeSource()
         state = .done
         timer?.close()
         timer = nil
@@ -294,6 +342,9 @@ public final class UDPSender {
         case (.sending, .status):
             guard h.session == session, let s = UDPWire.decodeStatus(d) else { return }
             status(s)
+        case (.hashingPrefix, .abort):
+            let reason = UDPWire.decodeAbort(d)?.message ?? "refused"
+            fail("refused by the receiver: \(reason)")
         default:
             return
         }
@@ -313,14 +364,38 @@ public final class UDPSender {
         rate = RateController(rc)
         budget = 0
         lastPace = now()
-        let d = Digester(options.digest)
-        var at = 0
-        while at < Int(base) {
-            let n = min(Int(base) - at, 64 * 1024)
-            d.update(bytes(at: at, count: n))
-            at += n
+        digester = Digester(options.digest)
+        guard let reader else {
+            // A bench upload: its bytes are at hand.
+            var at = 0
+            while at < Int(base) {
+                let n = min(Int(base) - at, 64 * 1024)
+                digester?.update(benchBytes(at: at, count: n))
+                at += n
+            }
+            startSending()
+            return
         }
-        digester = d
+        // The digest covers the whole file: hash what the receiver already holds first.
+        state = .hashingPrefix
+        prefixHashed = 0
+        reader.begin(ReadAheadWindow(start: 0, end: base, unitSize: Self.readBytes, capacity: 2, maxReadBytes: Self.readBytes))
+        hashPrefix()
+    }
+
+    private func hashPrefix() {
+        guard let reader else { return }
+        while let b = reader.bytes(of: prefixHashed) {
+            digester?.update(b)
+            prefixHashed += 1
+        }
+        reader.release(below: prefixHashed)
+        guard prefixHashed >= reader.window.unitCount else { return }
+        reader.begin(ReadAheadWindow(start: base, end: fileSize, unitSize: chunkSize, capacity: max(1, Self.readAheadBytes / chunkSize), maxReadBytes: Self.readBytes))
+        startSending()
+    }
+
+    private func startSending() {
         state = .sending
         pace()
     }
@@ -346,6 +421,7 @@ public final class UDPSender {
             advance()
         case .receiving, .verifying:
             scheduler.status(s)
+            reader?.release(below: UInt64(scheduler.cumulative))
             pace()
         }
     }
@@ -369,9 +445,13 @@ public final class UDPSender {
         case .sending:
             if t - lastHeard > UInt64(options.silenceTimeout * 1_000_000) { fail("the receiver stopped answering"); return }
             pace()
+        case .hashingPrefix:
+            // The receiver expects data soon; reading the prefix is local work, so it is not
+            // timed here: a failed read ends it.
+            return
         case .seed:
             seedPace(t)
-        case .idle, .done:
+        case .idle, .opening, .done:
             return
         }
     }
@@ -389,15 +469,26 @@ public final class UDPSender {
             guard let n = try? socket.send(batch), n > 0 else { return }
         }
         let largest = UDPWire.dataHeaderLength + chunkSize
+        var next: (chunk: UInt32, retransmission: Bool)
         while budget >= datagramBytes {
             if batch.isFull(for: largest) {
                 _ = try? socket.send(batch)
                 if batch.count > 0 { return }  // the kernel is full: the rest goes next time
             }
-            guard let (chunk, retransmission) = scheduler.next() else { break }
-            let offset = Int(base) + Int(chunk) * chunkSize
-            let length = Int(min(UInt64(chunkSize), fileSize - UInt64(offset)))
-            let payload = bytes(at: offset, count: length)
+            let payload: UnsafeRawBufferPointer
+            if let reader {
+                guard let (chunk, retransmission) = scheduler.next(readyBelow: UInt32(clamping: reader.window.ready)),
+                      let bytes = reader.bytes(of: UInt64(chunk)) else { break }
+                payload = bytes
+                next = (chunk, retransmission)
+            } else {
+                guard let (chunk, retransmission) = scheduler.next() else { break }
+                let offset = Int(base) + Int(chunk) * chunkSize
+                payload = benchBytes(at: offset, count: Int(min(UInt64(chunkSize), fileSize - UInt64(offset))))
+                next = (chunk, retransmission)
+            }
+            let (chunk, retransmission) = next
+            let length = payload.count
             if !retransmission {
                 digester?.update(payload)
                 totalSent += UInt64(length)
@@ -434,8 +525,16 @@ public final class UDPSender {
         var sentNow = 0
         while seedOffset < fileSize, t >= seedNext, sentNow < 4096 {
             let n = Int(min(size, fileSize - seedOffset))
-            let payload = bytes(at: Int(seedOffset), count: n)
+            let unit = seedOffset / size
+            let payload: UnsafeRawBufferPointer
+            if let reader {
+                guard let bytes = reader.bytes(of: unit) else { return }  // not read yet
+                payload = bytes
+            } else {
+                payload = benchBytes(at: Int(seedOffset), count: n)
+            }
             guard (try? socket.trySend(payload, UnsafeRawBufferPointer(start: nil, count: 0), to: nil)) != nil else { return }
+            reader?.release(below: unit + 1)
             seedOffset += UInt64(n)
             totalSent += UInt64(n)
             outcomes[index].bytesSent += UInt64(n)

@@ -37,8 +37,9 @@ public struct UDPSendScheduler: Sendable {
         }
     }
 
-    /// The next chunk to send and whether it is a retransmission, or nil when nothing may be sent now.
-    public mutating func next() -> (chunk: UInt32, retransmission: Bool)? {
+    /// The next chunk to send and whether it is a retransmission, or nil when nothing may be sent
+    /// now. New chunks come only from below `readyBelow` (what the sender has read of its file).
+    public mutating func next(readyBelow: UInt32 = .max) -> (chunk: UInt32, retransmission: Bool)? {
         while head < queue.count {
             let (first, count) = queue[head]
             if count == 0 || first < cumulative && first + count <= cumulative {
@@ -51,7 +52,7 @@ public struct UDPSendScheduler: Sendable {
             retransmitted += 1
             return (chunk, true)
         }
-        guard nextNew < chunkCount, nextNew < windowLimit else { return nil }
+        guard nextNew < chunkCount, nextNew < windowLimit, nextNew < readyBelow else { return nil }
         defer { nextNew += 1 }
         return (nextNew, false)
     }

@@ -361,3 +361,36 @@ struct AbruptClientTests {
         #expect(server.partials().isEmpty)
     }
 }
+
+/// The UDP sender reads its file in bounded pieces, never mapping it (issue 21, item 13).
+struct SenderFileTests {
+    /// A file truncated by another process while it is sent over UDP (a log being rotated)
+    /// fails with a message that says so: the sender neither dies of SIGBUS nor reports success,
+    /// and the receiver stores nothing.
+    @Test(arguments: [false, true])
+    func aFileTruncatedWhileSentOverUDPFailsWithAClearMessage(seedProtocol: Bool) throws {
+        let server = try ServeProcess(arguments: ["--log-level", "debug", "--udp-idle-timeout", "1"], udp: true)
+        // Native at 16 MB/s, seed at its 1 KiB per millisecond: either takes seconds.
+        let size = seedProtocol ? 8 << 20 : 96 << 20
+        let path = writeTemporaryFile(content(131, count: size), name: "rotated-\(seedProtocol).log")
+        let sender = Process()
+        sender.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
+        sender.arguments = ["send", path, "--to", "127.0.0.1:\(server.port)", "--udp"] + (seedProtocol ? ["--seed-protocol"] : ["--max-rate", "16"])
+        let out = Pipe()
+        sender.standardOutput = out
+        sender.standardError = FileHandle.nullDevice
+        try sender.run()
+        let output = PipeCollector(out)
+        #expect(server.waitForLog(seedProtocol ? "udp seed upload started" : "udp upload opened"))
+        #expect(truncate(path, 4096) == 0)
+        waitForExit(sender, seconds: 60)
+        #expect(sender.terminationReason == .exit, "the sender died of signal \(sender.terminationStatus)")
+        #expect(sender.terminationStatus == 1)
+        let text = output.all()
+        #expect(text.contains("FAILED  \(path): \(path) was truncated while it was being sent: it had \(size) bytes"), "\(text)")
+        // The receiver hears of it (native: ABORT) or times the upload out (seed), and stores nothing.
+        #expect(server.waitForLog(seedProtocol ? "broken udp seed upload" : "udp upload abandoned by the sender"))
+        #expect(server.storedFiles().isEmpty)
+        #expect(server.stop()?.status == 0)
+    }
+}
