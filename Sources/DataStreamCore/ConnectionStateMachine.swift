@@ -210,6 +210,17 @@ public struct ConnectionStateMachine {
             return bytesReceived(input)
 
         case .seedSize(var digits):
+            if !digits.isEmpty {
+                var j = 0
+                while j < input.count, isDigit(input[j]) { j += 1 }
+                if j < input.count {
+                    // The reads so far held digits only, and this one holds more than digits:
+                    // the client wrote its size apart from the file, as the seed client does.
+                    // The size is those digits, this read begins the file, and a shorter
+                    // split would be a cut-short upload.
+                    return startSeed(digits, sizeEndsTheRun: true, consumed: 0)
+                }
+            }
             var i = 0
             while i < input.count, !digits.isFull, isDigit(input[i]) {
                 digits.append(input[i])
@@ -219,13 +230,8 @@ public struct ConnectionStateMachine {
                 state = .seedSize(digits: digits)
                 return Step(consumed: i)
             }
-            do {
-                let framing = try SeedFraming(digits: digits, maxFileSize: configuration.maxFileSize)
-                state = .seedReceiving(framing)
-                return Step(consumed: i, action: .startSeedUpload(declaredSize: framing.declaredSize))
-            } catch {
-                return fail(error, partial: .none, reply: false, consumed: i)
-            }
+            // The run ended inside this read (or filled the field): the split rule decides.
+            return startSeed(digits, sizeEndsTheRun: false, consumed: i)
 
         case .seedReceiving(var framing):
             let n = Int(min(UInt64(input.count), framing.remainingCapacity))
@@ -340,6 +346,7 @@ public struct ConnectionStateMachine {
             state = .closed
             return .close(reply: nil, reason: nil, partial: .none)
         case .seedSize(let digits):
+            // Only digits came: the size and a file of digits, or a size and nothing.
             guard let framing = try? SeedFraming(digits: digits, maxFileSize: configuration.maxFileSize) else {
                 return fail(.invalidSeedSize(digits: String(decoding: digits, as: UTF8.self)), partial: .none, reply: false)
             }
@@ -516,6 +523,16 @@ public struct ConnectionStateMachine {
 
         default:
             return fail(.unexpectedFrame(type: type, state: stateName), partial: currentUpload == nil ? .none : .keep, reply: true)
+        }
+    }
+
+    private mutating func startSeed(_ digits: SeedDigits, sizeEndsTheRun: Bool, consumed: Int) -> Step {
+        do {
+            let framing = try SeedFraming(digits: digits, maxFileSize: configuration.maxFileSize, sizeEndsTheRun: sizeEndsTheRun)
+            state = .seedReceiving(framing)
+            return Step(consumed: consumed, action: .startSeedUpload(declaredSize: framing.declaredSize))
+        } catch {
+            return fail(error, partial: .none, reply: false, consumed: consumed)
         }
     }
 

@@ -8,7 +8,12 @@
 /// in k, so at most one split fits any n: the upload is stored only if some split fits exactly,
 /// and it never is otherwise. The longest split (k = D) needs the most data: when n reaches it,
 /// every shorter split is already overshot, so the upload is complete at once (the server does
-/// not wait for the client's close). A value; it touches nothing.
+/// not wait for the client's close).
+///
+/// When the stream itself shows where the size ends (the digits came alone in the first read,
+/// as the seed client writes them, and the next read begins the file), only the longest split
+/// is plausible: `sizeEndsTheRun` keeps the others out, so a cut-short upload cannot pass for a
+/// shorter one. A value; it touches nothing.
 public struct SeedFraming: Hashable, Sendable {
     /// The most digits the size field can have (UInt64.max has 20).
     public static let maxDigits = SeedDigits.capacity
@@ -27,17 +32,21 @@ public struct SeedFraming: Hashable, Sendable {
     public let smallestSize: UInt64
     /// The index (k - 1) of the longest valid split: the one a complete upload used.
     private let longestSplit: Int
+    /// The whole digit run is the size: no shorter split is considered.
+    public let sizeEndsTheRun: Bool
     /// Data bytes received after the digit run.
     public private(set) var received: UInt64 = 0
 
     /// Validates the digit run. Throws if no split declares a size within `maxFileSize`.
     /// One pass over the digits; the values every read or the end of the upload asks for are kept.
-    public init(digits: SeedDigits, maxFileSize: UInt64) throws(ProtocolError) {
+    /// With `sizeEndsTheRun`, the run is the size field and nothing else.
+    public init(digits: SeedDigits, maxFileSize: UInt64, sizeEndsTheRun: Bool = false) throws(ProtocolError) {
         precondition(!digits.isEmpty && digits.count <= SeedFraming.maxDigits)
         self.digits = digits
         self.maxFileSize = maxFileSize
+        self.sizeEndsTheRun = sizeEndsTheRun
         var longest = -1, maxData: UInt64 = 0, smallest = UInt64.max
-        SeedFraming.forEachSplit(digits, maxFileSize: maxFileSize) { i, need in
+        SeedFraming.forEachSplit(digits, maxFileSize: maxFileSize, onlyLongest: sizeEndsTheRun) { i, need in
             longest = i
             maxData = need
             smallest = min(smallest, need + UInt64(digits.count - i - 1))
@@ -55,7 +64,7 @@ public struct SeedFraming: Hashable, Sendable {
     /// is the data bytes it takes after the digit run. Nothing is stored per split: a pass is at
     /// most 20 steps, made at the start of an upload (and at its end if the stream ends early).
     @inline(__always)
-    private static func forEachSplit(_ digits: SeedDigits, maxFileSize: UInt64, _ body: (Int, UInt64) -> Void) {
+    private static func forEachSplit(_ digits: SeedDigits, maxFileSize: UInt64, onlyLongest: Bool, _ body: (Int, UInt64) -> Void) {
         var value: UInt64? = 0
         let d = UInt64(digits.count)
         digits.withUnsafeBytes { bytes in
@@ -66,6 +75,7 @@ public struct SeedFraming: Hashable, Sendable {
                     value = (o1 || o2) ? nil : a
                 }
                 let k = UInt64(i + 1)
+                if onlyLongest && k < d { continue }
                 if let s = value, s <= maxFileSize, s >= d - k { body(i, s - (d - k)) }
             }
         }
@@ -88,7 +98,7 @@ public struct SeedFraming: Hashable, Sendable {
     public var fileDigitsPrefix: SeedDigits? {
         if received == maxData { return digits.droppingFirst(longestSplit + 1) }
         var split: Int? = nil
-        SeedFraming.forEachSplit(digits, maxFileSize: maxFileSize) { i, need in
+        SeedFraming.forEachSplit(digits, maxFileSize: maxFileSize, onlyLongest: sizeEndsTheRun) { i, need in
             if split == nil && need == received { split = i }
         }
         return split.map { digits.droppingFirst($0 + 1) }

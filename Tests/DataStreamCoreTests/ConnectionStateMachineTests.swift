@@ -62,14 +62,67 @@ struct ConnectionStateMachineTests {
         #expect(ProtocolError.trailingBytes(declared: 3, received: 6).description == "received 6 bytes, more than the declared 3")
     }
 
+    /// Digits alone in a read are the size, whole: a read that holds more than digits begins
+    /// the file. A client that wrote "1" and then "2abcdefghijkl" sent size 1 and 13 bytes.
     @Test func seedDigitsSplitAcrossReads() {
         var m = M(configuration: .init())
         #expect(feed(&m, Array("1".utf8)).last?.action == M.Action.none)
         #expect(m.stateName == "seedSize")
         let steps = feed(&m, Array("2abcdefghijkl".utf8))
+        #expect(steps[0].action == .startSeedUpload(declaredSize: 1))
+        #expect(steps.last?.action == .close(reply: nil, reason: .trailingBytes(declared: 1, received: 13), partial: .discard))
+    }
+
+    /// The seed client writes its size apart from the file. When the digits end with a read and
+    /// the next read begins with a non-digit, the size is the whole run: "25" then "h" then the
+    /// client's end is an upload of 25 cut short, not a whole "5h" (issue 21, item 3).
+    @Test func aSizeThatEndedItsReadIsTheWholeRunSoACutShortUploadIsBroken() {
+        var m = M(configuration: .init())
+        #expect(feed(&m, Array("25".utf8)).last?.action == M.Action.none)
+        let steps = feed(&m, Array("h".utf8))
+        #expect(steps[0] == M.Step(consumed: 0, action: .startSeedUpload(declaredSize: 25)))
+        #expect(steps[1].fileBytes == 1)
+        #expect(m.seedSizeRange == 25...25)
+        #expect(m.endOfStream() == .close(reply: nil, reason: .unexpectedEndOfStream(received: 1, expected: 25), partial: .discard))
+    }
+
+    /// The same bytes in one read cannot be told apart from a whole 2-byte "5h": stored as
+    /// that, as docs/PROTOCOL.md §1.1 says.
+    @Test func aSizeAndFileInOneReadStillFollowTheSplitRule() {
+        var m = M(configuration: .init())
+        #expect(feed(&m, Array("25h".utf8)).first?.action == .startSeedUpload(declaredSize: 25))
+        #expect(m.endOfStream() == .finishSeedUpload(filePrefix: SeedDigits("5".utf8), size: 2))
+    }
+
+    /// The size ends with the reads that held digits only, however many: the read that holds
+    /// more than digits begins the file, even when the file begins with digits (a log file's
+    /// timestamp). So a cut-short log file is not stored either.
+    @Test func theSizeEndsWithTheReadsThatHeldDigitsOnly() {
+        var m = M(configuration: .init())
+        _ = feed(&m, Array("1".utf8))
+        _ = feed(&m, Array("2".utf8))
+        let steps = feed(&m, Array("abcdefghijkl".utf8))
         #expect(steps[0].action == .startSeedUpload(declaredSize: 12))
-        #expect(steps[1].fileBytes == 12)
         #expect(steps[1].action == .finishSeedUpload(filePrefix: [], size: 12))
+        var log = M(configuration: .init())
+        _ = feed(&log, Array("6".utf8))
+        let logSteps = feed(&log, Array("123abc".utf8))
+        #expect(logSteps.last?.action == .finishSeedUpload(filePrefix: [], size: 6))
+        // "10250" then 1,024 bytes of a log: as one read the split "1025" fits (a 1,025-byte
+        // file); with the size alone in its read, it is an upload of 10,250 cut short.
+        let block = Array(String(repeating: "2026-12-02 12:00:00 log line\n", count: 40).utf8.prefix(1024))
+        var cut = M(configuration: .init())
+        _ = feed(&cut, Array("10250".utf8))
+        _ = feed(&cut, block)
+        #expect(cut.endOfStream() == .close(reply: nil, reason: .unexpectedEndOfStream(received: 1024, expected: 10250), partial: .discard))
+        var together = M(configuration: .init())
+        _ = feed(&together, Array("10250".utf8) + block)
+        #expect(together.endOfStream() == .finishSeedUpload(filePrefix: SeedDigits("02026".utf8), size: 1025))
+        // Digits only, then the end: the split rule, as a file of digits needs.
+        var digitsOnly = M(configuration: .init())
+        _ = feed(&digitsOnly, Array("3".utf8))
+        _ = feed(&digitsOnly, Array("123".utf8))
+        #expect(digitsOnly.endOfStream() == .finishSeedUpload(filePrefix: SeedDigits("123".utf8), size: 3))
     }
 
     @Test func seedFileStartingWithDigitsWaitsForEOF() {

@@ -28,6 +28,19 @@ struct SeedFramingTests {
         #expect(f.fileSize == 5)
     }
 
+    @Test func aRunKnownToBeTheSizeHasNoShorterSplit() throws {
+        // "25" then "h": the shorter split (size 2, file "5h") is not considered.
+        var f = try SeedFraming(digits: SeedDigits("25".utf8), maxFileSize: 1 << 40, sizeEndsTheRun: true)
+        #expect(f.declaredSize == 25 && f.smallestSize == 25)
+        f.dataReceived(1)
+        #expect(f.fileDigitsPrefix == nil)
+        f.dataReceived(24)
+        #expect(f.isCompleteWithoutEOF && f.fileSize == 25)
+        // Over the limit with no shorter split to fall back on: refused.
+        #expect(throws: ProtocolError.self) { try SeedFraming(digits: SeedDigits("25".utf8), maxFileSize: 24, sizeEndsTheRun: true) }
+        #expect(try framing("25", max: 24).declaredSize == 2)
+    }
+
     @Test func noSplitFitsMeansBroken() throws {
         var f = try framing("512")
         f.dataReceived(4)

@@ -53,6 +53,36 @@ struct SeedProtocolTests {
         #expect(stored == Set(cases))
     }
 
+    /// The seed client killed mid-upload: it wrote its size alone, the server read it alone,
+    /// and the file then stopped. A shorter split would fit these bytes ("25" + "h" as the file
+    /// "5h"; "10250" + 1,024 bytes as a 1,025-byte file), but the read boundary says where the
+    /// size ended, so nothing is stored (issue 21, item 3).
+    @Test(arguments: SmallUploadPath.allCases)
+    func aCutShortUploadWhoseSizeCameAloneIsNeverStored(path: SmallUploadPath) throws {
+        let server = try BackgroundServer(configure: path.configure)
+        defer { server.stop() }
+        for (size, sent) in [("25", Array("h".utf8)), ("10250", Array("x".utf8) + content(11, count: 1023))] {
+            let client = try BlockingClient(port: server.port)
+            client.send(Array(size.utf8))
+            #expect(waitUntil { server.hasRead(client) })
+            client.send(sent)
+            client.shutdownWrite()
+            #expect(client.readUntilEOF() != nil, "the server closes a broken upload")
+        }
+        // The server goes on serving; only the whole upload is stored.
+        let whole = Array("h".utf8) + content(12, count: 24)
+        let client = try BlockingClient(port: server.port)
+        client.send(Array("25".utf8))
+        #expect(waitUntil { server.hasRead(client) })
+        client.send(whole)
+        client.shutdownWrite()
+        #expect(client.readUntilEOF() != nil)
+        #expect(server.eventually { !server.storedFiles().isEmpty })
+        #expect(server.storedFiles().map { server.contents($0)?.count ?? -1 } == [whole.count])
+        #expect(server.storedFiles().map { server.contents($0) == whole } == [true])
+        #expect(server.eventually { server.partials().isEmpty })
+    }
+
     @Test(arguments: SmallUploadPath.allCases)
     func brokenUploadsNeverAppearUnderAFinalName(path: SmallUploadPath) throws {
         let server = try BackgroundServer(configure: path.configure)
