@@ -92,6 +92,10 @@ public final class Server {
     /// The connection cap in effect (see `Configuration.maxConnections`).
     public let maxConnections: Int
     private var connectionsPerHost: [[UInt8]: Int] = [:]
+    /// Connections refused at accept, waiting for their first byte (see `RefusedConnection`).
+    private var refusing: [ObjectIdentifier: RefusedConnection] = [:]
+    /// The most refused connections kept waiting at once; past it they are closed at once.
+    static let maxRefusing = 256
     private var sweepTimer: Timer?
     var descriptorRetryTimer: Timer?
     /// Connections that may read again, served at the start of the next loop iteration (`readSoon`).
@@ -221,6 +225,7 @@ public final class Server {
             }
         }
         for connection in connections { connection.abort() }
+        for refusal in refusing.values { refusal.cancel() }
         finishStopIfDone()
     }
 
@@ -244,8 +249,11 @@ public final class Server {
                     statistics.connectionsRefused += 1
                     let error = ProtocolError.tooManyConnections(limit: configuration.maxConnectionsPerAddress)
                     logger.warning("connection refused: \(error)", metadata: ["peer": "\(peer)"])
-                    try? stream.write(Wire.error(error))
-                    if (try? stream.shutdown { _ in stream.close() }) == nil { stream.close() }
+                    // The reply waits for the client's first byte: a seed client gets none.
+                    guard refusing.count < Self.maxRefusing else { stream.close(); return }
+                    let refusal = RefusedConnection(stream: stream, error: error, server: self)
+                    refusing[ObjectIdentifier(refusal)] = refusal
+                    refusal.start(timeout: configuration.headerTimeout)
                     return
                 }
                 connectionsPerHost[key, default: 0] += 1
@@ -288,6 +296,12 @@ public final class Server {
         }
         readSoonQueue.removeAll(keepingCapacity: true)
         readSoonIdle?.stop()
+    }
+
+    /// A refused connection's stream is closed: it is let go.
+    func refusalEnded(_ refusal: RefusedConnection) {
+        refusing[ObjectIdentifier(refusal)] = nil
+        finishStopIfDone()
     }
 
     func connectionClosed(_ connection: Connection) {
@@ -345,7 +359,7 @@ public final class Server {
     }
 
     func finishStopIfDone() {
-        guard let callback = stopCallback, listenerClosed, udpClosed, connections.isEmpty else { return }
+        guard let callback = stopCallback, listenerClosed, udpClosed, connections.isEmpty, refusing.isEmpty else { return }
         stopCallback = nil
         callback()
     }

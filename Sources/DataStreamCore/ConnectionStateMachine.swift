@@ -195,6 +195,12 @@ public struct ConnectionStateMachine {
         }
     }
 
+    /// What a connection refused before its first byte is told once that byte arrives: the
+    /// ERROR frame, unless the byte begins a seed upload (a digit), whose protocol has no reply.
+    public static func refusal(_ error: ProtocolError, firstByte: UInt8) -> [UInt8]? {
+        firstByte >= 0x30 && firstByte <= 0x39 ? nil : Wire.error(error)
+    }
+
     // MARK: - Events
 
     /// Bytes arrived. Call again with the rest of the input while `consumed` is less than its

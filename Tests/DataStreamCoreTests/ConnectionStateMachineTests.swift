@@ -64,6 +64,15 @@ struct ConnectionStateMachineTests {
 
     /// Digits alone in a read are the size, whole: a read that holds more than digits begins
     /// the file. A client that wrote "1" and then "2abcdefghijkl" sent size 1 and 13 bytes.
+    /// A connection refused before it spoke is answered by its first byte: a native client gets
+    /// the ERROR frame, a seed client nothing (its protocol has no reply).
+    @Test func aRefusalRepliesOnlyToNativeClients() {
+        let error = ProtocolError.tooManyConnections(limit: 1)
+        #expect(M.refusal(error, firstByte: UInt8(ascii: "5")) == nil)
+        #expect(M.refusal(error, firstByte: UInt8(ascii: "0")) == nil)
+        #expect(M.refusal(error, firstByte: Wire.hello()[0]) == Wire.error(error))
+    }
+
     @Test func seedDigitsSplitAcrossReads() {
         var m = M(configuration: .init())
         #expect(feed(&m, Array("1".utf8)).last?.action == M.Action.none)

@@ -146,17 +146,28 @@ struct ConnectionLimitTests {
     }
 
     @Test func perAddressCapRefusesWithAnError() throws {
-        let server = try BackgroundServer { $0.maxConnectionsPerAddress = 1 }
+        let server = try BackgroundServer { $0.maxConnectionsPerAddress = 1; $0.headerTimeout = 0.5 }
         let first = try BlockingClient(port: server.port)
         first.send(Wire.hello())
         #expect(first.readFrame()?.type == .welcome)
         let second = try BlockingClient(port: server.port)
+        second.send(Wire.hello())
         let frame = second.readFrame()
         #expect(frame?.type == .error)
         #expect(frame.map { Wire.decodeError($0.payload).code } == ProtocolError.tooManyConnections(limit: 1).code)
         #expect(second.readUntilEOF() != nil)
+        // A seed client over the cap gets what its protocol knows: the close, no bytes
+        // (issue 21, item 8).
+        let seed = try BlockingClient(port: server.port)
+        seed.send(Array("5hello".utf8))
+        seed.shutdownWrite()
+        #expect(seed.readUntilEOF() == [])
+        // One that says nothing is closed at the header timeout, also without bytes.
+        let silent = try BlockingClient(port: server.port)
+        #expect(silent.readUntilEOF() == [])
         server.stop()
-        #expect(server.statistics.connectionsRefused == 1)
+        #expect(server.statistics.connectionsRefused == 3)
+        #expect(server.storedFiles().isEmpty)
     }
 }
 
