@@ -405,11 +405,11 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
             commitNative()
         case .discardUpload(let reply):
             if storedReceipt != nil, let header = nativeHeader {
-                // The client's file is not the one stored under this id: the stored file stays,
-                // and the receipt goes, so that sending it again stores it anew.
-                log(.warning, "upload refused: digest mismatch with the upload stored under this id; its receipt is dropped", metadata: ["upload": "\(header.uploadID)", "name": "\(header.name)"])
+                // The client's file is not the one stored under this id: the stored file and
+                // its receipt stay, so whoever knows an id cannot make its owner's resend a
+                // second copy.
+                log(.warning, "upload refused: digest mismatch with the upload stored under this id", metadata: ["upload": "\(header.uploadID)", "name": "\(header.name)"])
                 server.statistics.uploadsFailed += 1
-                store.forgetStored(header.uploadID)
                 store.release(header.uploadID)
             } else if let native, let header = nativeHeader {
                 log(.warning, "upload refused: digest mismatch", metadata: ["upload": "\(header.uploadID)", "name": "\(header.name)"])

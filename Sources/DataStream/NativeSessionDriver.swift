@@ -255,10 +255,9 @@ final class NativeSessionDriver {
         if matches {
             server.statistics.uploadsAlreadyStored += 1
             server.logger.info("udp upload already stored", metadata: ["upload": "\(file.uploadID)", "name": "\(receipt.storedName)", "source": "\(source)"])
-        } else {
-            server.store.forgetStored(file.uploadID)
         }
-        perform(machine!.verified(matches, detail: "digest mismatch with the upload stored under this id: stored \(receipt.digest.hexString), sender announced \(f.digest.hexString)"))
+        // A mismatch leaves the stored file and its receipt as they are (see Connection).
+        perform(machine!.verified(matches, detail: "digest mismatch with the upload stored under this id"))
         if matches { perform(machine!.committed(.success(receipt.storedName))) }
     }
 

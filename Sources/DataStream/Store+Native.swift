@@ -57,9 +57,15 @@ extension Store {
                 done(.failure(.storage(e)))
             case .success(let found)?:
                 guard let bytes = found.receipt else { ifNotStored(found.meta, done); return }
-                guard let receipt = UploadReceipt(decoding: bytes), receipt.header == header else {
+                guard let receipt = UploadReceipt(decoding: bytes) else {
                     unlinkQuietly(receiptPath)
                     ifNotStored(found.meta, done)
+                    return
+                }
+                guard receipt.header == header else {
+                    // Another file under a stored upload's id: refused, and the receipt stays,
+                    // so whoever knows an id cannot make its owner's resend a second copy.
+                    done(.failure(.resumeMismatch(detail: "this upload id belongs to another file, already stored")))
                     return
                 }
                 storedFileMatches(receipt) { [self] matches in
@@ -123,9 +129,6 @@ extension Store {
         }
     }
 
-    /// Forgets that an upload was stored (its receipt): the client's digest did not match it.
-    func forgetStored(_ id: UploadID) { unlinkQuietly(receiptPath(id)) }
-
     /// Resumes the partial its metadata (`meta`, as read) describes, if it matches `header`;
     /// creates one if there is no metadata.
     func openPartial(_ header: FileHeader, meta bytes: [UInt8]?, _ done: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
@@ -139,7 +142,8 @@ extension Store {
         }
         let held = recorded.header
         guard held == header else {
-            done(.failure(.resumeMismatch(detail: "held upload is \(held.size) bytes, \(held.digest.name), \"\(held.name)\"; announced \(header.size) bytes, \(header.digest.name), \"\(header.name)\"")))
+            // Nothing of the held upload is told: the id is all the client showed.
+            done(.failure(.resumeMismatch(detail: "this upload id is held by another file (its size, digest or name differ)")))
             return
         }
         resumeNative(header, done)
@@ -183,7 +187,7 @@ extension Store {
                             storage(e)
                         case .success(let size) where size > header.size:
                             closeQuietly(fd, part)
-                            completion(.failure(.resumeMismatch(detail: "partial holds \(size) bytes, more than the announced \(header.size)")))
+                            completion(.failure(.resumeMismatch(detail: "the partial holds more bytes than announced")))
                         case .success(let size):
                             // Hash what is held so the final digest covers the whole file.
                             let digester = Digester(header.digest)

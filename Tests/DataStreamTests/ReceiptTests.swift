@@ -137,7 +137,11 @@ struct ReceiptTests {
         #expect(server.contents("kept-2.bin") == data)
     }
 
-    @Test func aDifferentFileUnderTheSameIdIsRefusedOnceThenStoredAnew() throws {
+    /// Someone who learned a stored upload's id cannot undo it (issue 21, item 4): other bytes
+    /// under the same header get digestMismatch, another header gets a refusal that tells
+    /// nothing of the stored upload, and either way the receipt stays, so the owner's resend is
+    /// answered with its name instead of stored twice.
+    @Test func anotherFileUnderAStoredIdIsRefusedAndTheOwnersReceiptStays() throws {
         let server = try BackgroundServer()
         defer { server.stop() }
         let data = content(53, count: 10_000), changed = content(54, count: 10_000)
@@ -151,12 +155,20 @@ struct ReceiptTests {
         let refused = try client.result()
         #expect(refused.status == .digestMismatch)
         #expect(refused.storedName.isEmpty)
+        // Same id, another header: refused without the stored upload's size, digest or name.
+        let other = FileHeader(uploadID: header.uploadID, size: 7, digest: .xxh3_128, name: "probe.bin")
+        let probe = try BlockingClient(port: server.port)
+        try probe.handshake()
+        probe.send(Wire.file(other))
+        let answer = try probe.result()
+        #expect(answer.status == .rejected)
+        #expect(!answer.message.contains("10000") && !answer.message.contains("same-id") && !answer.message.contains("sha256"), "\(answer.message)")
+        #expect(answer.message.contains("another file"))
+        #expect(server.receipts() == [header.uploadID.hex + ".done"])
+        // The owner sends its file again: its name, no second copy.
+        #expect(try upload(header, data, port: server.port, expectOffset: UInt64(data.count)).storedName == "same-id.bin")
+        #expect(server.storedFiles() == ["same-id.bin"])
         #expect(server.contents("same-id.bin") == data)
-        #expect(server.eventually { server.receipts().isEmpty })
-        // Sent again it is a new upload: stored beside the old file, which stays as it was.
-        #expect(try upload(header, changed, port: server.port).storedName == "same-id-1.bin")
-        #expect(server.contents("same-id.bin") == data)
-        #expect(server.contents("same-id-1.bin") == changed)
     }
 
     /// The crash this guards against most: the partial linked into place, the process killed
