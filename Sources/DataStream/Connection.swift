@@ -534,7 +534,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// Opens (or resumes) the upload through the store; with `refusal`, only an upload stored
     /// before is accepted and anything else gets `refusal`.
     private func openNative(_ header: FileHeader, refusingNewWith refusal: ProtocolError? = nil) {
-        store.openNative(header, refusingNewWith: refusal) { [self] result in
+        store.openNative(header, owner: peer?.hostIdentityBytes ?? [], refusingNewWith: refusal) { [self] result in
             switch result {
             case .success(.stored(let receipt)):
                 if closing {
@@ -650,6 +650,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                     if let native { store.discard(nil, path: native.path, metaPath: native.metaPath) }
                 case .keep, .none:
                     if let seedPath { store.unlinkQuietly(seedPath) } // a seed partial is never resumable
+                    if let native, let header { store.letGo(header.uploadID, path: native.path, metaPath: native.metaPath, bytes: sink.writeOffset) }
                 }
                 if let header { store.release(header.uploadID) }
             }

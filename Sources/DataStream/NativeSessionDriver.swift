@@ -32,6 +32,8 @@ final class NativeSessionDriver {
     private var acceptDatagram: [UInt8]?
     private var finishMessage: UDPWire.Finish?
     private var writeInFlight = false
+    /// The partial holds its bytes up to here (what was there at open, and every write since).
+    private var writtenEnd: UInt64 = 0
     private var closeRequested: Bool?
     /// Idle and linger timeouts: decided by the clock.
     private var clock: UDPSessionClock
@@ -57,7 +59,7 @@ final class NativeSessionDriver {
 
     func open() {
         opening = true
-        server.store.openNative(file, refusingNewWith: newUploadRefusal) { [self] result in
+        server.store.openNative(file, owner: source.hostIdentityBytes, refusingNewWith: newUploadRefusal) { [self] result in
             opening = false
             guard !ended else {
                 if case .success(let found) = result {
@@ -79,6 +81,7 @@ final class NativeSessionDriver {
                 case .partial(let p):
                     partial = p
                     held = p.held
+                    writtenEnd = p.held
                 case .stored(let receipt):
                     storedReceipt = receipt
                     held = file.size
@@ -199,12 +202,14 @@ final class NativeSessionDriver {
                 case .failure(let e):
                     failed(e.error == .noSpace ? "disk full (\(e))" : e.description)
                 case .success(let n) where n < total:
+                    writtenEnd = max(writtenEnd, offset + UInt64(n))
                     // A short write: write the rest.
                     let restA = n < a.count ? UnsafeRawBufferPointer(rebasing: a[n...]) : UnsafeRawBufferPointer(rebasing: b[(n - a.count)...])
                     let restB = n < a.count ? b : UnsafeRawBufferPointer(start: nil, count: 0)
                     issueWrite(partial, restA, restB, offset: offset + UInt64(n))
-                case .success:
+                case .success(let n):
                     writeInFlight = false
+                    writtenEnd = max(writtenEnd, offset + UInt64(n))
                     if let keep = closeRequested { close(keepPartial: keep); return }
                     guard !ended else { retireIfDone(); return }
                     perform(machine!.writeCompleted(now: UDPReceiver.microseconds()))
@@ -284,6 +289,7 @@ final class NativeSessionDriver {
                 server.store.discard(partial.fd, path: partial.path, metaPath: partial.metaPath)
             } else {
                 server.store.closeQuietly(partial.fd, partial.path)
+                server.store.letGo(file.uploadID, path: partial.path, metaPath: partial.metaPath, bytes: writtenEnd)
             }
             server.store.release(file.uploadID)
         }
@@ -307,6 +313,7 @@ final class NativeSessionDriver {
             self.partial = nil
             if keepPartial {
                 server.store.closeQuietly(partial.fd, partial.path)
+                server.store.letGo(file.uploadID, path: partial.path, metaPath: partial.metaPath, bytes: writtenEnd)
             } else {
                 server.store.discard(partial.fd, path: partial.path, metaPath: partial.metaPath)
             }

@@ -21,6 +21,10 @@ extension Server {
         /// seed partials of ended processes always), and receipts of uploads stored that long
         /// ago (a client sending one again after that gets a second copy). Default 7 days.
         public var partialMaxAge: Double = 7 * 86_400
+        /// Caps on the unfinished native uploads (partials) one address and the whole server
+        /// may hold, in count and bytes; a new upload past a cap is refused ("server busy",
+        /// code 24). Partials left empty by their connection are removed at once.
+        public var partialLimits = PartialLedger.Limits()
         /// Connections at once; at the cap the server stops accepting (new ones wait in the
         /// kernel's backlog) and resumes below it. nil: half the descriptor limit
         /// (`RLIMIT_NOFILE`) less 128, since a connection with an upload holds its socket and

@@ -57,7 +57,7 @@ public final class Server {
         } catch {
             throw .directory(path: error.path, reason: error.reason)
         }
-        partialSweep = store.sweepPartials(maxAge: configuration.partialMaxAge)
+        partialSweep = store.sweepPartials(maxAge: configuration.partialMaxAge, limits: configuration.partialLimits)
         if partialSweep.seedRemoved + partialSweep.staleRemoved + partialSweep.receiptsRemoved > 0 || partialSweep.kept > 0 {
             logger.notice("partials at start: \(partialSweep.kept) kept for resume, \(partialSweep.staleRemoved) stale removed (older than \(configuration.partialMaxAge) s or incomplete), \(partialSweep.seedRemoved) seed partials of ended processes removed, \(partialSweep.receiptsRemoved) receipts of stored uploads removed (older than \(configuration.partialMaxAge) s)")
         }

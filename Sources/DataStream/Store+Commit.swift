@@ -88,5 +88,23 @@ extension Store {
         if let fd { closeQuietly(fd, path) }
         unlinkQuietly(path)
         if let metaPath { unlinkQuietly(metaPath) }
+        if metaPath != nil, let id = nativeID(ofPartial: path) { partials.remove(id) }
+    }
+
+    /// A native upload's connection or session let its partial go holding `bytes`: an empty
+    /// one is removed (there is nothing to resume, and a client that only announces uploads
+    /// must not leave files behind); others stay, counted against their owner.
+    func letGo(_ id: UploadID, path: String, metaPath: String, bytes: UInt64) {
+        if bytes == 0 {
+            discard(nil, path: path, metaPath: metaPath)
+        } else {
+            partials.held(id, bytes: bytes)
+        }
+    }
+
+    /// The upload id of a native partial's path (`ID.part`).
+    private func nativeID(ofPartial path: String) -> UploadID? {
+        guard path.hasSuffix(".part"), let slash = path.lastIndex(of: "/") else { return nil }
+        return UploadID(hex: String(path[path.index(after: slash)...].dropLast(5)))
     }
 }

@@ -34,10 +34,10 @@ extension Store {
     /// else creates one. With `refusal` (the disk has no room for a new upload) only an upload
     /// stored before is answered, and anything else fails with `refusal`. The upload id is
     /// marked busy until `release(_:)`.
-    func openNative(_ header: FileHeader, refusingNewWith refusal: ProtocolError? = nil, completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
+    func openNative(_ header: FileHeader, owner: [UInt8], refusingNewWith refusal: ProtocolError? = nil, completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
         // Not stored before: given the partial's metadata as read (nil if there is none).
         let ifNotStored: (_ meta: [UInt8]?, _ done: @escaping (Result<NativeOpening, ProtocolError>) -> Void) -> Void = { [self] meta, done in
-            if let refusal { done(.failure(refusal)) } else { openPartial(header, meta: meta, done) }
+            if let refusal { done(.failure(refusal)) } else { openPartial(header, owner: owner, meta: meta, done) }
         }
         guard !activeUploads.contains(header.uploadID) else {
             completion(.failure(.uploadBusy))
@@ -131,9 +131,13 @@ extension Store {
 
     /// Resumes the partial its metadata (`meta`, as read) describes, if it matches `header`;
     /// creates one if there is no metadata.
-    func openPartial(_ header: FileHeader, meta bytes: [UInt8]?, _ done: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
+    func openPartial(_ header: FileHeader, owner: [UInt8], meta bytes: [UInt8]?, _ done: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
         guard let bytes else {
-            createNative(header, done)
+            if case .refuse(let reason) = partials.admit(owner: owner) {
+                done(.failure(.serverBusy(reason: reason)))
+                return
+            }
+            createNative(header, owner: owner, done)
             return
         }
         guard let recorded = PartialMetadata(decoding: bytes) else {
@@ -152,9 +156,15 @@ extension Store {
     /// Marks the upload id free again (its connection is done with it).
     func release(_ id: UploadID) { activeUploads.remove(id) }
 
-    func createNative(_ header: FileHeader, _ completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
+    func createNative(_ header: FileHeader, owner: [UInt8], _ completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
         let meta = metaPath(header.uploadID), part = partialPath(header.uploadID)
-        let record = PartialMetadata(header).encoded
+        let record = PartialMetadata(header, owner: owner).encoded
+        // Counted from now, so uploads opened at the same moment cannot pass the cap together.
+        partials.add(header.uploadID, owner: owner, bytes: 0)
+        let completion: (Result<NativeOpening, ProtocolError>) -> Void = { [self] r in
+            if case .failure = r { partials.remove(header.uploadID) }
+            completion(r)
+        }
         writeSmallFile(meta, record) { [self] e in
             if let e { completion(.failure(.storage(e))); return }
             // No partial, no metadata: a refused open leaves nothing behind, and the client

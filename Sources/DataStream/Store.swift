@@ -39,6 +39,8 @@ final class Store {
     var unnamedSeedFiles = true
     /// Stores small seed uploads by group commit (see `storeSmall`).
     let smallUploads: SmallUploadBatcher
+    /// The native partials held, by owner, against their caps (filled by `sweepPartials`).
+    var partials = PartialLedger(limits: .init())
 
     /// Creates the directories if needed (at start-up, before the loop serves anything) and
     /// checks that the directory is writable.
@@ -86,7 +88,8 @@ final class Store {
     /// seed partials whose process is gone, native partials whose data or metadata file is
     /// missing, and native partials not written to for `maxAge` seconds; keeps the rest for resume.
     /// Receipts of stored uploads (`ID.done`) older than `maxAge` go too.
-    func sweepPartials(maxAge: Double) -> PartialSweep {
+    func sweepPartials(maxAge: Double, limits: PartialLedger.Limits = .init()) -> PartialSweep {
+        partials = PartialLedger(limits: limits)
         var sweep = PartialSweep()
         guard let dir = opendir(partialDirectory) else { return sweep }
         var names: [String] = []
@@ -128,6 +131,9 @@ final class Store {
                 sweep.staleRemoved += 1
             } else {
                 sweep.kept += 1
+                // Counted against its owner's cap (read once, at start-up, before serving).
+                let owner = (try? Store.readSmallNow(partialDirectory + "/" + meta)).flatMap { $0 }.flatMap(PartialMetadata.init(decoding:))?.owner ?? []
+                if let id = UploadID(hex: base) { partials.add(id, owner: owner, bytes: UInt64(max(0, st.st_size))) }
             }
         }
         return sweep
@@ -165,11 +171,15 @@ final class Store {
     /// that announces the upload again gets this name instead of a second copy.
     func commit(_ fd: FileDescriptor, partialPath: String, metaPath: String?, name: String, receipt: (header: FileHeader, digest: [UInt8])? = nil, completion: @escaping (Result<String, UVOperationError>) -> Void) {
         let directory = directory, sync = fsyncEnabled
+        let id = receipt?.header.uploadID
         let receipt = receipt.map { ($0.header, $0.digest, receiptPath($0.header.uploadID)) }
         do throws(UVOperationError) {
             try runBlocking({
                 Store.commitNow(fd, partialPath: partialPath, metaPath: metaPath, name: name, directory: directory, sync: sync, receipt: receipt).map { NamePolicy.candidate(name, attempt: $0) }
-            }, completion: completion)
+            }, completion: { [self] (r: Result<String, UVOperationError>) in
+                if case .success = r, let id { partials.remove(id) }
+                completion(r)
+            })
         } catch {
             closeQuietly(fd, partialPath)
             completion(.failure(error))

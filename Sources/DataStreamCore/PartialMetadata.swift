@@ -3,18 +3,25 @@
 public struct PartialMetadata: Hashable, Sendable {
     /// What the client announced (with the sanitised name).
     public var header: FileHeader
+    /// The client's host (its address bytes), which the partial counts against
+    /// (`PartialLedger`); empty when unknown (metadata written before it was recorded).
+    public var owner: [UInt8]
 
-    public init(_ header: FileHeader) { self.header = header }
+    public init(_ header: FileHeader, owner: [UInt8] = []) {
+        self.header = header
+        self.owner = owner
+    }
 
-    /// The encoded file: `datastream-partial 1`, then `id`, `size`, `digest`, `name` (hex of UTF-8) lines.
+    /// The encoded file: `datastream-partial 1`, then `id`, `size`, `digest`, `name` (hex of
+    /// UTF-8) lines, and an `owner` (hex) line when the owner is known.
     public var encoded: [UInt8] {
-        Array(("datastream-partial 1\n" + Self.headerLines(header)).utf8)
+        Array(("datastream-partial 1\n" + Self.headerLines(header) + (owner.isEmpty ? "" : "owner \(owner.hexString)\n")).utf8)
     }
 
     /// Parses `encoded`; nil for anything else.
     public init?(decoding bytes: [UInt8]) {
         guard let fields = Self.fields(bytes, magic: "datastream-partial 1"), let header = Self.header(fields) else { return nil }
-        self.init(header)
+        self.init(header, owner: fields["owner"].flatMap { [UInt8](hex: String($0)) } ?? [])
     }
 
     static func headerLines(_ header: FileHeader) -> String {

@@ -62,6 +62,10 @@ struct Serve: ParsableCommand {
     @Option(parsing: .unconditional, help: "Largest file accepted (bytes, or with a unit: 64MiB, 1GiB); checked before a byte is written.") var maxFileSize = "1TiB"
     @Option(parsing: .unconditional, help: "Free space to keep on the target file system (bytes, or 64MiB, 1GiB); an upload that would not fit, counting those in progress, is refused at its start.") var minFreeSpace = "64MiB"
     @Option(parsing: .unconditional, help: "At start, remove native partial uploads not written to for this many seconds (default 7 days); the rest stay resumable. Receipts of uploads stored that long ago go too.") var partialMaxAge = "604800"
+    @Option(parsing: .unconditional, help: "Unfinished native uploads (partials) one IP address may hold; past it a new upload is refused (0: no cap).") var maxPartialsPerAddress = "1000"
+    @Option(parsing: .unconditional, help: "Bytes the partials of one IP address may hold (0: no cap).") var maxPartialBytesPerAddress = "64GiB"
+    @Option(parsing: .unconditional, help: "Unfinished native uploads the server may hold in all (0: no cap).") var maxPartials = "100000"
+    @Option(parsing: .unconditional, help: "Bytes all partials may hold (0: no cap).") var maxPartialBytes = "0"
     @Option(parsing: .unconditional, help: "Longest file name accepted from native clients, in UTF-8 bytes.") var maxNameLength = "\(NamePolicy.defaultMaxLength)"
     @Option(parsing: .unconditional, help: "Connections at once; at the cap, accepting pauses until one closes (default: half of the descriptor limit less 128).") var maxConnections: String?
     @Option(parsing: .unconditional, help: "Connections at once from one IP address; more are refused with an error (0: no limit).") var maxConnectionsPerAddress = "0"
@@ -119,6 +123,10 @@ struct Serve: ParsableCommand {
         configuration.maxConnections = maxConnections.map { m in flag { try FlagValue.integer(m, flag: "--max-connections", in: 1...1_000_000) } }
         configuration.maxConnectionsPerAddress = flag { try FlagValue.integer(maxConnectionsPerAddress, flag: "--max-connections-per-address", in: 0...1_000_000) }
         configuration.partialMaxAge = flag { try FlagValue.seconds(partialMaxAge, flag: "--partial-max-age", in: 0...(100 * longest)) }
+        configuration.partialLimits.perAddress = flag { try FlagValue.integer(maxPartialsPerAddress, flag: "--max-partials-per-address", in: 0...10_000_000) }
+        configuration.partialLimits.bytesPerAddress = flag { try FlagValue.bytes(maxPartialBytesPerAddress, flag: "--max-partial-bytes-per-address", in: 0...(1 << 60)) }
+        configuration.partialLimits.total = flag { try FlagValue.integer(maxPartials, flag: "--max-partials", in: 0...10_000_000) }
+        configuration.partialLimits.totalBytes = flag { try FlagValue.bytes(maxPartialBytes, flag: "--max-partial-bytes", in: 0...(1 << 60)) }
         configuration.headerTimeout = flag { try FlagValue.seconds(headerTimeout, flag: "--header-timeout", in: 0.001...longest) }
         configuration.idleTimeout = flag { try FlagValue.seconds(idleTimeout, flag: "--idle-timeout", in: 0.001...longest) }
         let drainSeconds = flag { try FlagValue.seconds(self.drainTimeout, flag: "--drain-timeout", in: 0...longest) }

@@ -256,7 +256,8 @@ struct CommandLineTests {
         let serve = ["--port", "--udp-port", "--max-name-length", "--max-connections", "--max-connections-per-address",
                      "--header-timeout", "--idle-timeout", "--drain-timeout", "--partial-max-age", "--udp-idle-timeout",
                      "--udp-max-sessions", "--udp-max-sessions-per-address", "--udp-max-seed-sessions", "--udp-max-seed-sessions-per-address", "--threadpool-size",
-                     "--udp-receive-buffer", "--udp-window", "--udp-memory", "--max-file-size", "--min-free-space"]
+                     "--udp-receive-buffer", "--udp-window", "--udp-memory", "--max-file-size", "--min-free-space",
+                     "--max-partials-per-address", "--max-partial-bytes-per-address", "--max-partials", "--max-partial-bytes"]
         let send = ["--chunk-size", "--max-rate", "--seed-pause"]
         let bench = ["--concurrency", "--uploads", "--duration", "--seed", "--timeout", "--source-addresses"]
         let dir = BackgroundServer.temporaryDirectory()
@@ -282,7 +283,7 @@ struct CommandLineTests {
                 checked += 1
             }
         }
-        #expect(checked == 6 * 29)
+        #expect(checked == 6 * 33)
         // Ports do not wrap: 65536 and 70000 are refused, not bound as 0 or 4464.
         for port in ["65536", "70000"] {
             let r = try run(["serve", "--dir", dir, "--port", port])

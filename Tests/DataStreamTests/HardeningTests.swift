@@ -405,3 +405,68 @@ struct SenderFileTests {
         #expect(server.stop()?.status == 0)
     }
 }
+
+/// What unfinished native uploads one address can leave behind (issue 21, item 5).
+struct PartialCapTests {
+    /// Announces `header` and sends `bytes` of it, then closes without END.
+    private func leave(_ header: FileHeader, sending bytes: [UInt8], port: Int) throws -> UInt64 {
+        let client = try BlockingClient(port: port)
+        try client.handshake()
+        let offset = try client.announce(header)
+        client.send(bytes)
+        client.shutdownWrite()
+        _ = client.readUntilEOF()
+        return offset
+    }
+
+    @Test func announcingAndClosingLeavesNothingBehind() throws {
+        let server = try BackgroundServer()
+        defer { server.stop() }
+        for i in 0..<100 {
+            let header = FileHeader(uploadID: .random(), size: 1_000, digest: .sha256, name: "empty-\(i).bin")
+            #expect(try leave(header, sending: [], port: server.port) == 0)
+        }
+        #expect(server.eventually { server.onLoop { $0.connectionCount } == 0 && server.partials().isEmpty }, "\(server.partials().count) files left")
+    }
+
+    @Test func anAddressPastItsCapIsRefusedUntilOneIsFinished() throws {
+        let server = try BackgroundServer { $0.partialLimits.perAddress = 3 }
+        defer { server.stop() }
+        let data = content(71, count: 2_000)
+        let headers = (0..<4).map { FileHeader(uploadID: .random(), size: UInt64(data.count), digest: .sha256, name: "held-\($0).bin") }
+        for h in headers.prefix(3) { _ = try leave(h, sending: Array(data.prefix(100)), port: server.port) }
+        #expect(server.eventually { server.onLoop { $0.connectionCount } == 0 && server.partials().count == 6 })
+        // A fourth new upload from this address is refused, and says why.
+        let client = try BlockingClient(port: server.port)
+        try client.handshake()
+        client.send(Wire.file(headers[3]))
+        let refused = try client.result()
+        #expect(refused.status == .rejected)
+        #expect(refused.message.contains("unfinished uploads") && refused.message.contains("--max-partials-per-address"), "\(refused.message)")
+        // Resuming one it holds is not new: allowed, and finishing it frees a place.
+        #expect(try client.announce(headers[0]) == 100)
+        client.send(Array(data[100...]))
+        client.send(Wire.end(digest: Digests.compute(.sha256, data)))
+        #expect(try client.result().status == .stored)
+        #expect(try client.announce(headers[3]) == 0)
+        #expect(server.partials().count == 6)
+        #expect(server.storedFiles() == ["held-0.bin"])
+    }
+
+    @Test func partialsFoundAtStartCountAgainstTheirOwner() throws {
+        let directory = BackgroundServer.temporaryDirectory()
+        let first = try BackgroundServer(directory: directory)
+        let header = FileHeader(uploadID: .random(), size: 1_000, digest: .sha256, name: "kept.bin")
+        _ = try leave(header, sending: content(72, count: 10), port: first.port)
+        #expect(first.eventually { first.onLoop { $0.connectionCount } == 0 })
+        first.stop()
+        let meta = try String(contentsOfFile: directory + "/.datastream/partial/\(header.uploadID.hex).meta", encoding: .utf8)
+        #expect(meta.contains("owner 047f000001"), "\(meta)")  // family, then the IPv4 address
+        let second = try BackgroundServer(directory: directory) { $0.partialLimits.perAddress = 1 }
+        defer { second.stop() }
+        let client = try BlockingClient(port: second.port)
+        try client.handshake()
+        client.send(Wire.file(FileHeader(uploadID: .random(), size: 5, digest: .sha256, name: "new.bin")))
+        #expect(try client.result().status == .rejected)
+    }
+}

@@ -463,6 +463,22 @@ private func statusPhase(_ d: [UInt8]) -> UInt8? { kind(d) == 0x06 && d.count > 
         #expect(server.contents("fin.bin") == bytes)
     }
 
+    /// A START followed by silence (no DATA ever arrives) leaves no partial once the session
+    /// times out: an empty partial has nothing to resume (issue 21, item 5).
+    @Test func aSTARTFollowedBySilenceLeavesNoPartial() throws {
+        let server = try BackgroundServer { $0.udpIdleTimeout = 0.5 }
+        let relay = try LossyRelay(serverPort: server.port, rates: .init(loss: 0, reorder: 0, duplicate: 0)) { d, bytes in
+            d == .toServer && kind(bytes) == 0x05  // every DATA datagram is lost
+        }
+        let (outcomes, _) = try sendUDP([writeTemporaryFile(content(31, count: 50_000), name: "silent.bin")], port: relay.port) { $0.silenceTimeout = 1 }
+        #expect(outcomes.first?.succeeded == false)
+        #expect(server.eventually { server.onLoop { $0.udpSessionCount } == 0 })
+        relay.stop()
+        #expect(server.eventually { server.partials().isEmpty }, "\(server.partials())")
+        server.stop()
+        #expect(server.storedFiles().isEmpty)
+    }
+
     @Test func spoofedUnknownAndUnverifiedDatagramsGetNoReplyAndChangeNothing() throws {
         let server = try BackgroundServer()
         let s = try BlockingUDP(port: server.port)
