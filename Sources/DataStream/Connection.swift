@@ -626,6 +626,8 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                 log(.error, "upload failed: \(reason)\(failedFile.map { " (\($0))" } ?? "")", metadata: ["partial": "\(partial)"])
             case .unexpectedEndOfStream, .trailingBytes, .storageFailed, .connectionFailed:
                 log(.warning, "broken upload: \(reason)\(failedFile.map { " (\($0))" } ?? "")", metadata: ["partial": "\(partial)"])
+            case .authenticationFailed:
+                server.authenticationFailed(from: peer)
             default:
                 log(.warning, "connection refused: \(reason)")
             }

@@ -17,6 +17,8 @@ extension Server {
         /// Connections closed at once for `maxConnectionsPerAddress`, and times accepting paused
         /// at `maxConnections`.
         public var connectionsRefused: UInt64 = 0
+        /// Native clients whose AUTH did not match the token.
+        public var authenticationFailures: UInt64 = 0
         public var acceptPauses: UInt64 = 0
         /// Accepts that failed (out of descriptors: accepting pauses, see `acceptPauses`).
         public var acceptErrors: UInt64 = 0

@@ -92,6 +92,10 @@ public final class Server {
     /// The connection cap in effect (see `Configuration.maxConnections`).
     public let maxConnections: Int
     private var connectionsPerHost: [[UInt8]: Int] = [:]
+    /// Addresses that keep failing authentication, and how long each must wait.
+    private var authenticationBackoff = AuthenticationBackoff()
+    /// Kinds of log line a hostile client can make the server write at will: rate-limited.
+    private var noisyLines = LogRateLimit<NoisyLine>()
     /// Connections refused at accept, waiting for their first byte (see `RefusedConnection`).
     private var refusing: [ObjectIdentifier: RefusedConnection] = [:]
     /// The most refused connections kept waiting at once; past it they are closed at once.
@@ -241,22 +245,23 @@ public final class Server {
         case .success(let stream):
             nextConnectionID += 1
             statistics.connectionsAccepted += 1
-            // The peer is looked up only for the per-address cap (log lines look it up themselves).
-            let peer = configuration.maxConnectionsPerAddress > 0 ? try? stream.peerAddress() : nil
+            // The peer is looked up only for the per-address cap and the authentication
+            // backoff (log lines look it up themselves).
+            let backoff = configuration.token != nil && authenticationBackoff.count > 0
+            let peer = configuration.maxConnectionsPerAddress > 0 || backoff ? try? stream.peerAddress() : nil
             if let peer {
                 let key = peer.hostIdentityBytes
-                if connectionsPerHost[key, default: 0] >= configuration.maxConnectionsPerAddress {
-                    statistics.connectionsRefused += 1
-                    let error = ProtocolError.tooManyConnections(limit: configuration.maxConnectionsPerAddress)
-                    logger.warning("connection refused: \(error)", metadata: ["peer": "\(peer)"])
-                    // The reply waits for the client's first byte: a seed client gets none.
-                    guard refusing.count < Self.maxRefusing else { stream.close(); return }
-                    let refusal = RefusedConnection(stream: stream, error: error, server: self)
-                    refusing[ObjectIdentifier(refusal)] = refusal
-                    refusal.start(timeout: configuration.headerTimeout)
+                var refusal: ProtocolError?
+                if configuration.maxConnectionsPerAddress > 0, connectionsPerHost[key, default: 0] >= configuration.maxConnectionsPerAddress {
+                    refusal = .tooManyConnections(limit: configuration.maxConnectionsPerAddress)
+                } else if backoff, let wait = authenticationBackoff.wait(for: key, now: monotonicNanoseconds()) {
+                    refusal = .serverBusy(reason: "too many failed authentications from this address; try again in \((wait + 999_999_999) / 1_000_000_000) s")
+                }
+                if let refusal {
+                    refuse(stream, peer: peer, refusal)
                     return
                 }
-                connectionsPerHost[key, default: 0] += 1
+                if configuration.maxConnectionsPerAddress > 0 { connectionsPerHost[key, default: 0] += 1 }
             }
             let connection = Connection(id: nextConnectionID, server: self, stream: stream, acceptedPeer: peer)
             connections.insert(connection)
@@ -296,6 +301,37 @@ public final class Server {
         }
         readSoonQueue.removeAll(keepingCapacity: true)
         readSoonIdle?.stop()
+    }
+
+    /// Refuses a connection at accept. The reply waits for the client's first byte: a seed
+    /// client gets none.
+    private func refuse(_ stream: TCPStream, peer: SocketAddress, _ error: ProtocolError) {
+        statistics.connectionsRefused += 1
+        noisy(.connectionRefused, .warning, "connection refused: \(error)", metadata: ["peer": "\(peer)"])
+        guard refusing.count < Self.maxRefusing else { stream.close(); return }
+        let refusal = RefusedConnection(stream: stream, error: error, server: self)
+        refusing[ObjectIdentifier(refusal)] = refusal
+        refusal.start(timeout: configuration.headerTimeout)
+    }
+
+    /// A client at `peer` failed to authenticate: its address waits longer before the next try.
+    func authenticationFailed(from peer: SocketAddress?) {
+        statistics.authenticationFailures += 1
+        if let peer { authenticationBackoff.failed(peer.hostIdentityBytes, now: monotonicNanoseconds()) }
+        noisy(.authenticationFailed, .warning, "connection refused: authentication failed", metadata: ["peer": "\(peer.map { "\($0)" } ?? "?")"])
+    }
+
+    /// Writes a line of a kind a hostile client can provoke at will, within the rate limit; the
+    /// first line after a suppressed run says how many were left out.
+    func noisy(_ kind: NoisyLine, _ level: Logger.Level, _ message: @autoclosure () -> String, metadata: @autoclosure () -> Logger.Metadata? = nil) {
+        guard logLevel <= level else { return }
+        switch noisyLines.line(kind, now: monotonicNanoseconds()) {
+        case .suppress:
+            return
+        case .write(let suppressed):
+            let note = suppressed > 0 ? " (\(suppressed) similar lines suppressed)" : ""
+            logger.log(level: level, "\(message())\(note)", metadata: metadata())
+        }
     }
 
     /// A refused connection's stream is closed: it is let go.
@@ -363,6 +399,11 @@ public final class Server {
         stopCallback = nil
         callback()
     }
+}
+
+/// Kinds of log line a hostile client can provoke at will (see `Server.noisy`).
+enum NoisyLine: Hashable, Sendable {
+    case connectionRefused, authenticationFailed, udpRefused, udpSeedRefused
 }
 
 /// Why a server could not start: one clear line each.

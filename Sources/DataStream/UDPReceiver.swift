@@ -185,13 +185,13 @@ final class UDPReceiver: UDPSocketReceiver {
         if let refusal = admission.seedStart(size: size, host: hostKey(source), draining: server.isDraining) {
             // Seed UDP cannot answer: the log is where the sender's operator learns of it.
             server.statistics.udpSessionsRefused += 1
-            logger.warning("udp seed upload refused: \(refusal)", metadata: ["source": "\(source)", "declared": "\(size)"])
+            server.noisy(.udpSeedRefused, .warning, "udp seed upload refused: \(refusal)", metadata: ["source": "\(source)", "declared": "\(size)"])
             return
         }
         if let full = server.disk.reserve(size) {
             admission.seedEnded(host: hostKey(source))
             server.statistics.udpSessionsRefused += 1
-            logger.warning("udp seed upload refused: \(full)", metadata: ["source": "\(source)"])
+            server.noisy(.udpSeedRefused, .warning, "udp seed upload refused: \(full)", metadata: ["source": "\(source)"])
             return
         }
         let session = SeedSessionDriver(receiver: self, source: source, declaredSize: size, now: Self.microseconds())
@@ -271,7 +271,7 @@ final class UDPReceiver: UDPSocketReceiver {
         }
         let refuse: (ProtocolError) -> Void = { [self] error in
             server.statistics.udpSessionsRefused += 1
-            logger.warning("udp upload refused: \(error)", metadata: ["source": "\(source)"])
+            server.noisy(.udpRefused, .warning, "udp upload refused: \(error)", metadata: ["source": "\(source)"])
             send(UDPWire.encodeAbort(code: error.code, message: error.description, session: 0, packet: nextPacket()), to: source)
         }
         let decision = admission.start(start, nameBytes: UDPWire.startNameBytes(d) ?? [], host: hostKey(source), draining: server.isDraining)

@@ -172,6 +172,39 @@ struct NativeProtocolTests {
         #expect(server.storedFiles() == ["t.txt"])
     }
 
+    /// An address that keeps failing authentication is held back (issue 21, item 6): three
+    /// failures are free, then its next connection is refused with "server busy" and the wait,
+    /// until the wait is over; another address is not held back; and the log says it in a
+    /// few lines, not one per attempt.
+    @Test func repeatedFailedAuthenticationIsBackedOffAndLoggedSparingly() throws {
+        let server = try BackgroundServer { $0.token = "s3cret" }
+        defer { server.stop() }
+        func attempt(_ token: String) -> UInt16? {
+            guard let c = try? BlockingClient(port: server.port) else { return nil }
+            c.send(Wire.hello())
+            guard let (type, payload) = c.readFrame() else { return nil }
+            if type == .error { return Wire.decodeError(payload).code }
+            guard type == .welcome, let nonce = try? Wire.decodeWelcome(payload).nonce else { return nil }
+            c.send(Wire.auth(mac: Authentication.response(token: token, nonce: nonce)))
+            guard let (t, p) = c.readFrame() else { return nil }
+            return t == .error ? Wire.decodeError(p).code : 0
+        }
+        var codes: [UInt16?] = []
+        for _ in 0..<40 { codes.append(attempt("guess")) }
+        let failed = ProtocolError.authenticationFailed.code, busy = ProtocolError.serverBusy(reason: "").code
+        // The wait starts at a second and doubles: the first four fail to authenticate, and
+        // nearly all the rest are refused before they can try.
+        #expect(codes.prefix(4).allSatisfy { $0 == failed }, "\(codes)")
+        #expect(codes.filter { $0 == busy }.count >= 30, "\(codes)")
+        #expect(server.waitForStatistics { $0.authenticationFailures >= 4 && $0.connectionsRefused >= 30 })
+        // The right token from the same address waits too; from another address it does not.
+        #expect(attempt("s3cret") == busy)
+        let other = try BlockingClient(port: server.port, source: "127.0.0.2")
+        try other.handshake(token: "s3cret")
+        let lines = server.log.lines.filter { $0.contains("connection refused") }
+        #expect(lines.count <= 12, "\(lines.count) lines: \(lines)")
+    }
+
     /// Names that try to escape or hide (counted in docs/RELIABILITY.md).
     static let hostileNames = [
         "../../escape.txt", "/etc/passwd", "..", ".", "a/b/c", ".datastream", "x\u{0}y",
