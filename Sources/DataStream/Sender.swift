@@ -17,6 +17,8 @@ public final class Sender {
         public var digest: DigestAlgorithm = .xxh3_128
         /// Bytes per file read and socket write.
         public var chunkSize = 256 * 1024
+        /// Gives the files their upload ids (default: the secret of the default state directory).
+        public var identity: UploadIdentity?
         public init(host: String, port: Int) {
             self.host = host
             self.port = port
@@ -40,6 +42,7 @@ public final class Sender {
 
     public let loop: Loop
     public let options: Options
+    private var identity: UploadIdentity { options.identity ?? .standard }
     private var stream: TCPStream?
     private var paths: [String] = []
     private var outcomes: [Outcome] = []
@@ -198,27 +201,15 @@ public final class Sender {
     private func openNextFile(finished: () -> Void, start: @escaping (String, UInt64, UploadID) -> Void) {
         while index < paths.count {
             let path = paths[index]
-            if let (size, id) = Sender.identity(of: path) {
+            if let (size, id) = identity.identity(of: path) {
                 outcomes[index].size = size
                 openFile(path, size: size) { start(path, size, id) }
                 return
             }
-            outcomes[index].message = "cannot read \(path): \(String(cString: strerror(errno)))"
+            outcomes[index].message = "cannot read \(path): \(errno == 0 ? "not a regular file" : String(cString: strerror(errno)))"
             index += 1
         }
         finished()
-    }
-
-    /// The file's size, and an upload id derived from its path, size and modification time, so a
-    /// later run of the sender resumes the same upload.
-    static func identity(of path: String) -> (UInt64, UploadID)? {
-        var st = stat()
-        guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
-        var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let absolute = realpath(path, &resolved) != nil ? String(decoding: resolved.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self) : path
-        let key = "\(absolute)\n\(st.st_size)\n\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)"
-        let digest = Array(SHA256.hash(data: Array(key.utf8)))
-        return (UInt64(st.st_size), UploadID(bytes: Array(digest.prefix(Wire.uploadIDLength))))
     }
 
     private func openFile(_ path: String, size: UInt64, then: @escaping () -> Void) {

@@ -30,6 +30,8 @@ public final class UDPSender {
         public var seedPause: Double = 0.001
         /// Give up when the receiver has said nothing for this long (seconds).
         public var silenceTimeout: Double = 10
+        /// Gives the files their upload ids (default: the secret of the default state directory).
+        public var identity: UploadIdentity?
         public init(host: String, port: Int) {
             self.host = host
             self.port = port
@@ -178,7 +180,7 @@ public final class UDPSender {
         guard index < sources.count else { finishAll(); return }
         switch sources[index] {
         case .file(let path):
-            guard let (size, id) = Sender.identity(of: path) else {
+            guard let (size, id) = (options.identity ?? .standard).identity(of: path) else {
                 fail("cannot read \(path): \(errno == 0 ? "not a regular file" : String(cString: strerror(errno)))")
                 return
             }

@@ -193,7 +193,8 @@ struct Send: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Send files to a DataStream receiver (native protocol: several files on one connection, resume, digests).",
         discussion: """
-        The upload id derives from the file's path, size and modification time, so running the
+        The upload id derives from the file's path, size and modification time, keyed with a
+        secret kept in the state directory (so no one else can compute it), so running the
         same command again after an interruption resumes from the bytes the server holds, and
         running it after the file was stored stores nothing twice (the server answers from its
         receipt with the stored name). Exit status 1 if any file failed.
@@ -209,12 +210,21 @@ struct Send: ParsableCommand {
     @Option(parsing: .unconditional, help: "UDP: payload bytes per datagram (512-16384; 1200 is safe on the internet, 8192 suits loopback and jumbo frames).") var chunkSize = "1200"
     @Option(parsing: .unconditional, help: "UDP: cap on the sending rate in MB/s (default: none; the rate is found by probing).") var maxRate: String?
     @Option(parsing: .unconditional, help: "UDP seed protocol: pause after each datagram, in milliseconds (the seed client's is 1).") var seedPause = "1"
+    @Option(help: "Where the sender keeps the secret its upload ids are keyed with (default: $DATASTREAM_STATE_DIR, else $XDG_STATE_HOME/datastream, else ~/.local/state/datastream).") var stateDir: String?
 
     func run() throws {
         UV.ignoreBrokenPipes()  // a peer closing first must not kill the process
         let (host, port) = receiver(to)
         guard let algorithm = DigestAlgorithm(name: digest) else { die("unknown digest \(digest) (xxh3-128 or sha256)") }
+        let identity: UploadIdentity
+        do {
+            identity = try UploadIdentity(stateDirectory: stateDir ?? UploadIdentity.defaultStateDirectory)
+        } catch {
+            FileHandle.standardError.write(Data("datastream: \(error); uploads cut short now cannot be resumed by a later run\n".utf8))
+            identity = .ephemeral()
+        }
         var options = Sender.Options(host: host, port: port)
+        options.identity = identity
         options.token = token
         options.seedProtocol = seedProtocol
         options.digest = algorithm
@@ -229,6 +239,7 @@ struct Send: ParsableCommand {
         var udpStatistics: () -> UDPSender.TransferStatistics? = { nil }
         if udp {
             var u = UDPSender.Options(host: host, port: port)
+            u.identity = identity
             u.token = token
             u.digest = algorithm
             u.chunkSize = chunkSize
