@@ -414,7 +414,8 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
             } else if let native, let header = nativeHeader {
                 log(.warning, "upload refused: digest mismatch", metadata: ["upload": "\(header.uploadID)", "name": "\(header.name)"])
                 server.statistics.uploadsFailed += 1
-                store.discard(sink?.takeDescriptor(), path: native.path, metaPath: native.metaPath)
+                store.mismatched(header.uploadID, fd: sink?.takeDescriptor(), path: native.path, metaPath: native.metaPath,
+                                 heldAtOpen: native.held, heldNow: sink?.writeOffset ?? native.held)
                 store.release(header.uploadID)
             }
             clearUpload()

@@ -283,10 +283,11 @@ final class NativeSessionDriver {
         server.logger.warning("udp upload failed: \(machine!.finalMessage ?? "?")", metadata: ["upload": "\(file.uploadID)", "source": "\(source)"])
         if let partial, !writeInFlight {
             self.partial = nil
-            // A digest mismatch means the bytes are wrong: start over next time. Other failures
-            // (a write error) leave a correct prefix that a later try resumes.
+            // A digest mismatch means the bytes this session added are wrong: they go (see
+            // `MismatchedPartial`). Other failures (a write error) leave a correct prefix that a
+            // later try resumes.
             if finishMessage != nil, machine!.cumulative == machine!.chunkCount {
-                server.store.discard(partial.fd, path: partial.path, metaPath: partial.metaPath)
+                server.store.mismatched(file.uploadID, fd: partial.fd, path: partial.path, metaPath: partial.metaPath, heldAtOpen: partial.held, heldNow: writtenEnd)
             } else {
                 server.store.closeQuietly(partial.fd, partial.path)
                 server.store.letGo(file.uploadID, path: partial.path, metaPath: partial.metaPath, bytes: writtenEnd)

@@ -91,6 +91,27 @@ extension Store {
         if metaPath != nil, let id = nativeID(ofPartial: path) { partials.remove(id) }
     }
 
+    /// A native upload failed verification: its partial is cut back or deleted, as
+    /// `MismatchedPartial` decides. Takes `fd` (closed here).
+    func mismatched(_ id: UploadID, fd: FileDescriptor?, path: String, metaPath: String, heldAtOpen: UInt64, heldNow: UInt64) {
+        switch MismatchedPartial.decide(heldAtOpen: heldAtOpen, heldNow: heldNow) {
+        case .discard:
+            discard(fd, path: path, metaPath: metaPath)
+        case .rollBack(let length):
+            partials.held(id, bytes: length)
+            guard let fd else { discard(nil, path: path, metaPath: metaPath); return }
+            do {
+                try fs.truncate(fd, to: Int64(length), target: path) { [self] error in
+                    closeQuietly(fd, path)
+                    // A partial that cannot be cut back cannot be trusted either.
+                    if error != nil { discard(nil, path: path, metaPath: metaPath) }
+                }
+            } catch {
+                discard(fd, path: path, metaPath: metaPath)
+            }
+        }
+    }
+
     /// A native upload's connection or session let its partial go holding `bytes`: an empty
     /// one is removed (there is nothing to resume, and a client that only announces uploads
     /// must not leave files behind); others stay, counted against their owner.

@@ -95,3 +95,17 @@ public struct PartialLedger: Sendable {
         totalBytes -= e.bytes
     }
 }
+
+/// What becomes of a native partial whose digest did not match at the end of an upload.
+public enum MismatchedPartial: Equatable, Sendable {
+    /// Cut back to the bytes it held when this connection opened it: the bytes this connection
+    /// added are the suspect ones, and whoever sent the earlier ones keeps them. So a client
+    /// that only knows an upload's id cannot destroy what its owner holds by sending wrong bytes.
+    case rollBack(to: UInt64)
+    /// Deleted: this connection added nothing, so the bytes held before are wrong.
+    case discard
+
+    public static func decide(heldAtOpen: UInt64, heldNow: UInt64) -> MismatchedPartial {
+        heldNow > heldAtOpen && heldAtOpen > 0 ? .rollBack(to: heldAtOpen) : .discard
+    }
+}

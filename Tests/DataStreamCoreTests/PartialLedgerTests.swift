@@ -60,3 +60,13 @@ import Testing
         #expect(l.count == 2)
     }
 }
+
+@Suite struct MismatchedPartialTests {
+    @Test func onlyTheBytesTheFailingConnectionAddedGo() {
+        #expect(MismatchedPartial.decide(heldAtOpen: 100, heldNow: 2_000) == .rollBack(to: 100))
+        // Nothing held before: nothing of anyone else's to keep.
+        #expect(MismatchedPartial.decide(heldAtOpen: 0, heldNow: 2_000) == .discard)
+        // Nothing added: the bytes held before are the wrong ones.
+        #expect(MismatchedPartial.decide(heldAtOpen: 2_000, heldNow: 2_000) == .discard)
+    }
+}

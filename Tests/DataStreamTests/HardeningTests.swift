@@ -470,3 +470,41 @@ struct PartialCapTests {
         #expect(try client.result().status == .rejected)
     }
 }
+
+/// What a second client that knows an upload's id can do to it (issue 21, item 4).
+struct ForeignConnectionTests {
+    /// Wrong bytes and a wrong END sent under someone else's id fail that connection, and cut
+    /// the partial back to what it held: the owner resumes from there and stores its file.
+    @Test func aFailedVerificationByAnotherConnectionKeepsWhatTheOwnerHeld() throws {
+        let server = try BackgroundServer()
+        defer { server.stop() }
+        let data = content(91, count: 20_000)
+        let header = FileHeader(uploadID: .random(), size: UInt64(data.count), digest: .sha256, name: "owned.bin")
+        // The owner sends a part and is cut off.
+        let owner = try BlockingClient(port: server.port)
+        try owner.handshake()
+        #expect(try owner.announce(header) == 0)
+        owner.send(Array(data.prefix(5_000)))
+        owner.shutdownWrite()
+        _ = owner.readUntilEOF()
+        #expect(server.eventually { server.onLoop { $0.connectionCount } == 0 })
+        // Someone else, with the id and the header: the rest as garbage, then a wrong END.
+        let other = try BlockingClient(port: server.port)
+        try other.handshake()
+        #expect(try other.announce(header) == 5_000)
+        let garbage = content(92, count: 15_000)
+        other.send(garbage)
+        other.send(Wire.end(digest: Digests.compute(.sha256, data)))  // not the digest of what it sent
+        let frame = other.readFrame()
+        #expect(frame?.type == .result, "\(String(describing: frame?.type)) \(frame.map { String(decoding: $0.payload, as: UTF8.self) } ?? "")")
+        #expect(frame.flatMap { try? Wire.decodeResult($0.payload) }?.status == .digestMismatch)
+        // The owner comes back: the server still holds its 5,000 bytes.
+        let back = try BlockingClient(port: server.port)
+        try back.handshake()
+        #expect(try back.announce(header) == 5_000)
+        back.send(Array(data[5_000...]))
+        back.send(Wire.end(digest: Digests.compute(.sha256, data)))
+        #expect(try back.result().status == .stored)
+        #expect(server.contents("owned.bin") == data)
+    }
+}
