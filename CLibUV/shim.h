@@ -2,9 +2,9 @@
 // that glibc declares only under _GNU_SOURCE or that Swift cannot call (variadic), reached
 // through syscall(2): batched UDP send (sendmmsg, with a layout-identical struct), accept4
 // (the listener accepts itself, to handle running out of descriptors; see TCPListener),
-// splice (socket to pipe to file without a copy in user space; see BlockingSocketMove) and
+// splice (socket to pipe to file without a copy in user space; see BlockingSocketMove),
 // openat with O_PATH (files created relative to a directory descriptor; see
-// BlockingFileSystem).
+// BlockingFileSystem) and ioctl(FIONREAD) (bytes waiting in a socket; see receiveQueueBytes).
 #ifndef DATASTREAM_CLIBUV_SHIM_H
 #define DATASTREAM_CLIBUV_SHIM_H
 #include <uv.h>
@@ -12,12 +12,19 @@
 #include <sys/syscall.h>
 #include <netinet/in.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
 
 /// The same layout as glibc's `struct mmsghdr`.
 struct datastream_mmsghdr {
     struct msghdr msg_hdr;
     unsigned int msg_len;
 };
+
+/// ioctl(FIONREAD): the bytes waiting to be read from a socket, or -1 with errno set.
+static inline int datastream_queued_bytes(int fd) {
+    int n = 0;
+    return ioctl(fd, FIONREAD, &n) == 0 ? n : -1;
+}
 
 /// sendmmsg(2): returns the number of messages sent, or -1 with errno set.
 static inline int datastream_sendmmsg(int fd, struct datastream_mmsghdr *messages, unsigned int count, int flags) {

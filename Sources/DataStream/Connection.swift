@@ -53,6 +53,8 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     }
     private let pool: BufferPool
     private let store: Store
+    /// The bytes a running drain had waiting at the last timeout check.
+    private var drainWaitingSeen = 0
 
     /// Input the machine could not take yet (`.wait`): fed again once the pending file
     /// operation answers (`pauses` holds `.heldInput` meanwhile).
@@ -311,6 +313,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
 
     private func drainEnded(_ end: SocketDrain.End) {
         drain = nil
+        drainWaitingSeen = 0
         pauses.remove(.draining)
         server.drainsRunning -= 1
         switch end {
@@ -677,6 +680,13 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// The server's sweep: the lifecycle machine decides whether a timeout ran out.
     func checkTimeouts(now: UInt64) {
         guard !closing, closeAfterDrain == nil else { return }
+        // A drain is woken only once enough bytes wait: bytes that arrived since the last
+        // check are the client sending, slowly, not silence.
+        if let drain {
+            let waiting = drain.waitingBytes
+            if waiting > drainWaitingSeen { lifecycle.clientSent(now: now) }
+            drainWaitingSeen = waiting
+        }
         // While the server withholds reading (no buffer free, input held back), the client
         // cannot be blamed for silence: neither clock runs out then.
         let listening = pauses.contains(.draining) || (stream.isReading && pauses.isDisjoint(with: ReadPauses.serversOwn))

@@ -103,6 +103,10 @@ final class SocketDrain {
         runWork()
     }
 
+    /// The bytes waiting in the socket, which the drain has not been woken for yet (it asks to
+    /// be woken only once `wakeBytes` wait): a slow client's bytes are counted as it sends them.
+    var waitingBytes: Int { receiveQueueBytes(socket) ?? 0 }
+
     /// Ends the drain as soon as no work item is running (`onEnd(.cancelled)`).
     func cancel() {
         cancelled = true

@@ -60,6 +60,34 @@ struct TimeoutTests {
     /// Slow but alive: an upload sent a byte at a time for longer than the idle timeout
     /// finishes. "Longer" is an event, not a pause: a silent connection opened beside it times
     /// out meanwhile; each byte is sent once the server has read the one before.
+    /// A client that slows to a trickle while its upload is drained from the socket (the drain
+    /// is woken only once 512 KiB wait) is not taken for silent: the bytes waiting in the
+    /// socket count as the client sending, and the upload outlives several idle timeouts.
+    @Test func aSlowClientOfADrainedUploadIsNotIdle() throws {
+        let server = try BackgroundServer { $0.idleTimeout = 2; $0.headerTimeout = 0.5 }
+        defer { server.stop() }
+        let data = content(93, count: 4 << 20)
+        let header = FileHeader(uploadID: .random(), size: UInt64(data.count), digest: .sha256, name: "trickle.bin")
+        let client = try BlockingClient(port: server.port)
+        try client.handshake()
+        #expect(try client.announce(header) == 0)
+        client.send(Array(data.prefix(1 << 20)))
+        #expect(server.waitForStatistics { $0.uploadsDrained == 1 })
+        var sent = 1 << 20
+        // Eight silent connections closed by the header timeout, one after another, mark the
+        // time (about four seconds: two idle timeouts); the client sends 4 KiB after each.
+        for _ in 0..<8 {
+            let clock = try BlockingClient(port: server.port)
+            #expect(clock.readUntilEOF() != nil)
+            client.send(Array(data[sent..<(sent + 4096)]))
+            sent += 4096
+        }
+        client.send(Array(data[sent...]))
+        client.send(Wire.end(digest: Digests.compute(.sha256, data)))
+        #expect(try client.result().status == .stored)
+        #expect(server.contents("trickle.bin") == data)
+    }
+
     @Test func slowButAliveUploadsFinish() throws {
         let server = try BackgroundServer { $0.idleTimeout = 0.5; $0.headerTimeout = 0.5 }
         let data = content(73, count: 100_000)

@@ -21,6 +21,13 @@ public func setReceiveLowWaterMark(_ socket: Int32, bytes: Int) throws(UVOperati
     }
 }
 
+/// The bytes waiting to be read from `socket` (received by the kernel, not yet read), or nil
+/// if it cannot tell. Never blocks.
+public func receiveQueueBytes(_ socket: Int32) -> Int? {
+    let n = datastream_queued_bytes(socket)
+    return n >= 0 ? Int(n) : nil
+}
+
 /// Socket-to-file moves that block on the file (never on the socket): for the threadpool only
 /// (inside `Loop.queueWork`).
 public enum BlockingSocketMove {
