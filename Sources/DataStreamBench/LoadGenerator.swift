@@ -48,6 +48,10 @@ public final class LoadGenerator {
         /// among thousands in TIME_WAIT for every connection, which costs the generator a large
         /// share of its CPU when uploads are small. Other targets: the kernel's choice.
         public var sourceAddresses = 16
+        /// Open model: start this many uploads per second on schedule, whether or not earlier
+        /// ones finished (`concurrency` still caps those in flight). nil: closed model, a new
+        /// upload as soon as one ends.
+        public var rate: Double?
         public init(host: String, port: Int) {
             self.host = host
             self.port = port
@@ -82,6 +86,13 @@ public final class LoadGenerator {
         public var sampleMessages: [String] = []
         /// Completion latency (connect to the receiver's confirmation), microseconds.
         public var latency = Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
+        /// Open model: latency from when each upload was due, microseconds (coordinated omission
+        /// corrected: an upload held up by the cap or the generator still counts its wait).
+        public var correctedLatency: Histogram<UInt64>?
+        /// Open model: the most an upload started after it was due, and how many started more
+        /// than a millisecond late.
+        public var maxScheduleLagMicroseconds: UInt64 = 0
+        public var lateStarts: UInt64 = 0
         /// The indices of the uploads the receiver confirmed.
         public var succeeded: [UInt64] = []
 
@@ -102,6 +113,9 @@ public final class LoadGenerator {
     private var progress: ((Report) -> Void)?
     private var timer: Timer?
     private var address: SocketAddress?
+    /// Open model: when each upload is due (see `OpenLoadSchedule`), and the timer that starts them.
+    private var schedule: OpenLoadSchedule?
+    private var pacer: Timer?
     private var sources: [SocketAddress] = []
     /// Every upload reads into this (one loop thread; each read is handled before the next).
     /// Small: seed framing gets only end of stream, the native protocol a few short frames.
@@ -129,6 +143,14 @@ public final class LoadGenerator {
         let t = try Timer(loop: loop)
         timer = t
         try t.start(timeout: 1000, repeat: 1000) { [unowned self] in tick() }
+        if let rate = options.rate {
+            schedule = OpenLoadSchedule(rate: rate, start: startedAt)
+            report.correctedLatency = Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
+            // libuv's timers tick in milliseconds: each tick starts every upload due by then.
+            let p = try Timer(loop: loop)
+            pacer = p
+            try p.start(timeout: 1, repeat: 1) { [unowned self] in fill() }
+        }
         fill()
         finishIfDone()
     }
@@ -152,20 +174,30 @@ public final class LoadGenerator {
     }
 
     private func fill() {
-        while active.count < options.concurrency, mayStartMore, let address {
+        let now = monotonicNanoseconds()
+        var due = schedule?.dueCount(now: now) ?? .max
+        while due > 0, active.count < options.concurrency, mayStartMore, let address {
+            due -= 1
             let index = nextIndex
             nextIndex += 1
+            let dueAt = schedule?.startNext(now: now).dueAt
             let size = options.sizes.size(of: index, seed: options.seed)
             switch options.wireProtocol {
             case .seed, .native:
                 let upload = BenchUpload(generator: self, index: index, size: size)
+                upload.dueAt = dueAt ?? upload.startedAt
                 active[ObjectIdentifier(upload)] = upload
                 upload.start(address, from: sources.isEmpty ? nil : sources[Int(index % UInt64(sources.count))])
             case .udpNative, .udpSeed:
                 let upload = BenchUDPUpload(generator: self, index: index, size: size)
+                upload.dueAt = dueAt ?? upload.startedAt
                 active[ObjectIdentifier(upload)] = upload
                 upload.start()
             }
+        }
+        if !mayStartMore, let p = pacer {
+            p.close()
+            pacer = nil
         }
     }
 
@@ -192,7 +224,9 @@ public final class LoadGenerator {
         } else {
             report.completed += 1
             report.succeeded.append(upload.index)
-            _ = report.latency.record((monotonicNanoseconds() - upload.startedAt) / 1000)
+            let (corrected, uncorrected) = OpenLoadSchedule.latency(dueAt: upload.dueAt, startedAt: upload.startedAt, finishedAt: monotonicNanoseconds())
+            _ = report.latency.record(uncorrected / 1000)
+            _ = report.correctedLatency?.record(corrected / 1000)
         }
         fill()
         finishIfDone()
@@ -203,8 +237,14 @@ public final class LoadGenerator {
         self.completion = nil
         var final = snapshot
         final.succeeded.sort()
+        if let schedule {
+            final.maxScheduleLagMicroseconds = schedule.maxLag / 1000
+            final.lateStarts = schedule.lateStarts
+        }
         timer?.close()
         timer = nil
+        pacer?.close()
+        pacer = nil
         completion(final)
     }
 }
@@ -213,6 +253,8 @@ public final class LoadGenerator {
 protocol BenchTransfer: AnyObject {
     var index: UInt64 { get }
     var startedAt: UInt64 { get }
+    /// When it was due (open model), else when it started.
+    var dueAt: UInt64 { get }
     /// When the upload last moved (monotonic nanoseconds).
     var lastProgress: UInt64 { get }
     /// Gives up on the upload (the generator's stall timeout).
@@ -227,6 +269,7 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
     let index: UInt64
     let size: UInt64
     let startedAt = monotonicNanoseconds()
+    var dueAt: UInt64 = 0
     /// When the upload last moved: connected, had bytes taken, or got an answer.
     private(set) var lastProgress = monotonicNanoseconds()
     private var stream: TCPStream?
@@ -445,6 +488,7 @@ final class BenchUDPUpload: BenchTransfer {
     let index: UInt64
     let size: UInt64
     let startedAt = monotonicNanoseconds()
+    var dueAt: UInt64 = 0
     private var sender: UDPSender?
     private var ended = false
     private var lastSent: UInt64 = 0

@@ -362,6 +362,7 @@ struct Bench: ParsableCommand {
     @Option(help: "After the run, check every file in this directory (the receiver's) against what was sent.") var verify: String?
     @Option(parsing: .unconditional, help: "Fail an upload that makes no progress for this many seconds.") var timeout = "30"
     @Option(parsing: .unconditional, help: "For a 127.x.x.x target: spread connections over this many source addresses 127.0.0.1... (1: the kernel's choice).") var sourceAddresses = "16"
+    @Option(parsing: .unconditional, help: "Open model: start this many uploads per second on schedule, whether or not earlier ones finished (--concurrency still caps those in flight); latency is also reported from when each upload was due (coordinated omission corrected). Default: closed model, a new upload as soon as one ends.") var rate: String?
     @Flag(help: "Print the report as one JSON object.") var json = false
 
     func run() throws {
@@ -376,6 +377,7 @@ struct Bench: ParsableCommand {
         let uploads = self.uploads.map { u in UInt64(flag { try FlagValue.integer(u, flag: "--uploads", in: 1...Int.max) }) }
         let timeout = flag { try FlagValue.seconds(self.timeout, flag: "--timeout", in: 0.001...FlagValue.longestSeconds) }
         let seed = UInt64(flag { try FlagValue.integer(self.seed, flag: "--seed", in: 0...Int.max) })
+        let rate = self.rate.map { r in flag { try FlagValue.number(r, flag: "--rate", in: 0.001...10_000_000, unit: "uploads per second") } }
         let sizes: SizeDistribution
         do { sizes = try SizeDistribution(parsing: size) } catch { die("--size: \(error)") }
         var options = LoadGenerator.Options(host: host, port: port)
@@ -388,6 +390,7 @@ struct Bench: ParsableCommand {
         options.token = token
         options.stallTimeout = timeout
         options.sourceAddresses = sourceAddresses
+        options.rate = rate
 
         let loop: Loop
         do { loop = try Loop() } catch { die("\(error)") }
@@ -414,21 +417,28 @@ struct Bench: ParsableCommand {
     private func render(_ r: LoadGenerator.Report, verification v: BenchVerification?, options: LoadGenerator.Options) -> String {
         let p = { (q: Double) in r.completed > 0 ? Double(r.latency.valueAtPercentile(q)) / 1000 : 0 }
         let maxLatency = r.completed > 0 ? Double(r.latency.max) / 1000 : 0
+        let corrected = r.correctedLatency.flatMap { h in
+            r.completed > 0 ? (p50: Double(h.valueAtPercentile(50)) / 1000, p90: Double(h.valueAtPercentile(90)) / 1000, p99: Double(h.valueAtPercentile(99)) / 1000, max: Double(h.max) / 1000) : nil
+        }
         if json {
             struct Latency: Codable { var p50: Double; var p90: Double; var p99: Double; var max: Double }
             struct Verification: Codable { var filesChecked: Int; var verified: Int; var mismatches: [String]; var missing: [UInt64]; var unconfirmed: Int; var foreign: Int; var ok: Bool }
+            struct Schedule: Codable { var rate: Double; var maxLagMilliseconds: Double; var lateStarts: UInt64 }
             struct Report: Codable {
                 var target: String; var wireProtocol: String; var concurrency: Int; var sizes: String; var seed: UInt64
                 var uploadsCompleted: UInt64; var uploadsFailed: UInt64; var bytes: UInt64; var seconds: Double
                 var megabytesPerSecond: Double; var gigabitsPerSecond: Double; var uploadsPerSecond: Double
                 var latencyMilliseconds: Latency; var errors: [String: UInt64]; var errorSamples: [String]
                 var verification: Verification?
+                var correctedLatencyMilliseconds: Latency?; var schedule: Schedule?
             }
             let out = Report(target: to, wireProtocol: options.wireProtocol.rawValue, concurrency: options.concurrency, sizes: options.sizes.description, seed: options.seed,
                              uploadsCompleted: r.completed, uploadsFailed: r.failed, bytes: r.bytes, seconds: r.seconds,
                              megabytesPerSecond: r.megabytesPerSecond, gigabitsPerSecond: r.gigabitsPerSecond, uploadsPerSecond: r.uploadsPerSecond,
                              latencyMilliseconds: Latency(p50: p(50), p90: p(90), p99: p(99), max: maxLatency), errors: r.failures, errorSamples: r.sampleMessages,
-                             verification: v.map { Verification(filesChecked: $0.filesChecked, verified: $0.verified, mismatches: $0.mismatches, missing: $0.missing, unconfirmed: $0.unconfirmed, foreign: $0.foreign, ok: $0.ok) })
+                             verification: v.map { Verification(filesChecked: $0.filesChecked, verified: $0.verified, mismatches: $0.mismatches, missing: $0.missing, unconfirmed: $0.unconfirmed, foreign: $0.foreign, ok: $0.ok) },
+                             correctedLatencyMilliseconds: corrected.map { Latency(p50: $0.p50, p90: $0.p90, p99: $0.p99, max: $0.max) },
+                             schedule: options.rate.map { Schedule(rate: $0, maxLagMilliseconds: Double(r.maxScheduleLagMicroseconds) / 1000, lateStarts: r.lateStarts) })
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
             return String(decoding: (try? encoder.encode(out)) ?? Data(), as: UTF8.self)
@@ -439,6 +449,14 @@ struct Bench: ParsableCommand {
             String(format: "throughput    %.1f MB/s (%.2f Gbit/s), %.1f MB sent", r.megabytesPerSecond, r.gigabitsPerSecond, Double(r.bytes) / 1e6),
             String(format: "latency ms    p50 %.2f  p90 %.2f  p99 %.2f  max %.2f", p(50), p(90), p(99), maxLatency),
         ]
+        if let rate = options.rate {
+            lines[0] += String(format: ", open model at %.1f uploads/s", rate)
+            lines[3] += "  (from each upload's start)"
+            if let c = corrected {
+                lines.append(String(format: "corrected ms  p50 %.2f  p90 %.2f  p99 %.2f  max %.2f  (from when each was due)", c.p50, c.p90, c.p99, c.max))
+            }
+            lines.append(String(format: "schedule      at most %.2f ms behind; %llu uploads started more than 1 ms late", Double(r.maxScheduleLagMicroseconds) / 1000, r.lateStarts))
+        }
         if r.failures.isEmpty {
             lines.append("errors        none")
         } else {

@@ -164,6 +164,34 @@ struct LoadGeneratorTests {
         #expect(report.completed == 0)
     }
 
+    /// Open model: every scheduled upload runs and is counted; the corrected latency (from
+    /// when each was due) is never below the uncorrected one, percentile by percentile; the
+    /// schedule's lag is reported. No assertion on time itself.
+    @Test func anOpenModelRunStartsEveryUploadAndCorrectsItsLatency() throws {
+        let server = try BackgroundServer()
+        let (report, content) = try runBench(port: server.port) {
+            $0.uploads = 200
+            $0.rate = 2_000
+            $0.concurrency = 2  // few: uploads wait for a place, so the correction matters
+            $0.sizes = .fixed(8_000)
+        }
+        server.stop()
+        #expect(report.completed == 200 && report.failed == 0, "\(report.sampleMessages)")
+        let corrected = try #require(report.correctedLatency)
+        #expect(corrected.totalCount == 200 && report.latency.totalCount == 200)
+        for q in [50.0, 90.0, 99.0, 100.0] {
+            #expect(corrected.valueAtPercentile(q) >= report.latency.valueAtPercentile(q), "p\(q)")
+        }
+        #expect(report.lateStarts <= 200)
+        let v = BenchVerifier.verify(directory: server.directory, content: content, sizes: .fixed(8_000), confirmed: report.succeeded)
+        #expect(v.ok && v.verified == 200)
+        // The closed model reports no corrected latency.
+        let closed = try BackgroundServer()
+        let (plain, _) = try runBench(port: closed.port) { $0.uploads = 5; $0.sizes = .fixed(100) }
+        closed.stop()
+        #expect(plain.correctedLatency == nil)
+    }
+
     @Test func aDurationEndsTheRun() throws {
         let server = try BackgroundServer()
         let (report, _) = try runBench(port: server.port) {
