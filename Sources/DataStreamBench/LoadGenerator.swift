@@ -52,6 +52,13 @@ public final class LoadGenerator {
         /// ones finished (`concurrency` still caps those in flight). nil: closed model, a new
         /// upload as soon as one ends.
         public var rate: Double?
+        /// This generator's share of a run split over threads (`LoadGroup`): its uploads are
+        /// `indexOffset`, `indexOffset + indexStride`, ... (`uploads` counts them), so every
+        /// upload of the run has its own index, content and id. Its schedule starts
+        /// `scheduleOffset` seconds late, so the shares interleave.
+        public var indexOffset: UInt64 = 0
+        public var indexStride: UInt64 = 1
+        public var scheduleOffset: Double = 0
         public init(host: String, port: Int) {
             self.host = host
             self.port = port
@@ -95,6 +102,32 @@ public final class LoadGenerator {
         public var lateStarts: UInt64 = 0
         /// The indices of the uploads the receiver confirmed.
         public var succeeded: [UInt64] = []
+
+        public init() {}
+
+        /// One report of a run split over threads: counts, bytes and histograms added, the
+        /// longest time and lag, the confirmed indices together.
+        public static func merged(_ parts: [Report]) -> Report {
+            var r = Report()
+            for p in parts {
+                r.completed += p.completed
+                r.failed += p.failed
+                r.inFlight += p.inFlight
+                r.bytes += p.bytes
+                r.seconds = max(r.seconds, p.seconds)
+                r.failures.merge(p.failures, uniquingKeysWith: +)
+                r.sampleMessages += p.sampleMessages.prefix(max(0, 5 - r.sampleMessages.count))
+                r.latency.add(p.latency)
+                if let c = p.correctedLatency {
+                    if r.correctedLatency == nil { r.correctedLatency = c } else { r.correctedLatency!.add(c) }
+                }
+                r.maxScheduleLagMicroseconds = max(r.maxScheduleLagMicroseconds, p.maxScheduleLagMicroseconds)
+                r.lateStarts += p.lateStarts
+                r.succeeded += p.succeeded
+            }
+            r.succeeded.sort()
+            return r
+        }
 
         public var megabytesPerSecond: Double { seconds > 0 ? Double(bytes) / seconds / 1e6 : 0 }
         public var gigabitsPerSecond: Double { seconds > 0 ? Double(bytes) * 8 / seconds / 1e9 : 0 }
@@ -144,7 +177,7 @@ public final class LoadGenerator {
         timer = t
         try t.start(timeout: 1000, repeat: 1000) { [unowned self] in tick() }
         if let rate = options.rate {
-            schedule = OpenLoadSchedule(rate: rate, start: startedAt)
+            schedule = OpenLoadSchedule(rate: rate, start: startedAt + UInt64(options.scheduleOffset * 1e9))
             report.correctedLatency = Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
             // libuv's timers tick in milliseconds: each tick starts every upload due by then.
             let p = try Timer(loop: loop)
@@ -178,7 +211,7 @@ public final class LoadGenerator {
         var due = schedule?.dueCount(now: now) ?? .max
         while due > 0, active.count < options.concurrency, mayStartMore, let address {
             due -= 1
-            let index = nextIndex
+            let index = options.indexOffset + options.indexStride * nextIndex
             nextIndex += 1
             let dueAt = schedule?.startNext(now: now).dueAt
             let size = options.sizes.size(of: index, seed: options.seed)

@@ -98,6 +98,24 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         return h.hasPrefix("127.") || h == "::1"
     }
 
+    /// Whether the host is this machine: a loopback address or one of its interfaces' (libuv's
+    /// `uv_interface_addresses`).
+    public var isOnThisMachine: Bool {
+        if isLoopback { return true }
+        var list: UnsafeMutablePointer<uv_interface_address_t>?
+        var count: Int32 = 0
+        guard uv_interface_addresses(&list, &count) == 0, let list else { return false }
+        defer { uv_free_interface_addresses(list, count) }
+        let mine = host
+        for i in 0..<Int(count) {
+            var a = list[i].address
+            var buffer = [CChar](repeating: 0, count: 64)
+            _ = withUnsafePointer(to: &a) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { uv_ip_name($0, &buffer, buffer.count) } }
+            if String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self) == mine { return true }
+        }
+        return false
+    }
+
     public var description: String { isIPv6 ? "[\(host)]:\(port)" : "\(host):\(port)" }
 
     /// Family and IP address without the port: what identifies the host (per-address limits).

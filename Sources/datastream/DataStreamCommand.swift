@@ -363,11 +363,13 @@ struct Bench: ParsableCommand {
     @Option(parsing: .unconditional, help: "Fail an upload that makes no progress for this many seconds.") var timeout = "30"
     @Option(parsing: .unconditional, help: "For a 127.x.x.x target: spread connections over this many source addresses 127.0.0.1... (1: the kernel's choice).") var sourceAddresses = "16"
     @Option(parsing: .unconditional, help: "Open model: start this many uploads per second on schedule, whether or not earlier ones finished (--concurrency still caps those in flight); latency is also reported from when each upload was due (coordinated omission corrected). Default: closed model, a new upload as soon as one ends.") var rate: String?
+    @Option(parsing: .unconditional, help: "Loops on as many threads, each with its share of the uploads, connections and rate; one report (default: 1 for a receiver on this machine, which needs the cores itself; else one per core).") var threads: String?
     @Flag(help: "Print the report as one JSON object.") var json = false
 
     func run() throws {
         UV.ignoreBrokenPipes()  // a peer closing first must not kill the process
         let (host, port) = receiver(to)
+        let threads = self.threads.map { t in flag { try FlagValue.integer(t, flag: "--threads", in: 1...1024) } }
         let sourceAddresses = flag { try FlagValue.integer(self.sourceAddresses, flag: "--source-addresses", in: 1...254) }
         guard let wire = LoadGenerator.WireProtocol(rawValue: wireProtocol) else {
             die("--protocol must be one of \(LoadGenerator.WireProtocol.allCases.map(\.rawValue).joined(separator: ", ")), got \(wireProtocol)")
@@ -392,29 +394,47 @@ struct Bench: ParsableCommand {
         options.sourceAddresses = sourceAddresses
         options.rate = rate
 
-        let loop: Loop
-        do { loop = try Loop() } catch { die("\(error)") }
-        let generator = LoadGenerator(loop: loop, options: options)
-        let live = isatty(2) == 1 && !json
-        var final: LoadGenerator.Report?
-        do {
-            try generator.run(progress: { r in
-                guard live else { return }
-                let total = options.uploads.map { " of \($0)" } ?? ""
-                let line = String(format: "\r%llu%@ uploads done, %d in flight, %.1f MB/s, %llu errors ", r.completed, total, r.inFlight, r.megabytesPerSecond, r.failed)
-                FileHandle.standardError.write(Data(line.utf8))
-            }) { final = $0 }
-        } catch { die("\(error)") }
-        loop.run()
-        try? loop.close()
-        if live { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
-        guard let report = final else { die("the run did not finish") }
-        let verification = verify.map { BenchVerifier.verify(directory: $0, content: generator.content, sizes: sizes, confirmed: report.succeeded) }
-        print(render(report, verification: verification, options: options))
+        let threadCount: Int
+        if let threads {
+            threadCount = threads
+        } else {
+            let local: Bool = {
+                guard let loop = try? Loop() else { return true }
+                defer { try? loop.close() }
+                return (try? SocketAddress.resolve(host, port: port, on: loop))?.isOnThisMachine ?? true
+            }()
+            threadCount = local ? 1 : max(1, ProcessInfo.processInfo.activeProcessorCount)
+        }
+        let report: LoadGenerator.Report
+        let content: BenchContent
+        if threadCount > 1 {
+            do { (report, content) = try LoadGroup.run(options, threads: threadCount) } catch { die("\(error)") }
+        } else {
+            let loop: Loop
+            do { loop = try Loop() } catch { die("\(error)") }
+            let generator = LoadGenerator(loop: loop, options: options)
+            let live = isatty(2) == 1 && !json
+            var final: LoadGenerator.Report?
+            do {
+                try generator.run(progress: { r in
+                    guard live else { return }
+                    let total = options.uploads.map { " of \($0)" } ?? ""
+                    let line = String(format: "\r%llu%@ uploads done, %d in flight, %.1f MB/s, %llu errors ", r.completed, total, r.inFlight, r.megabytesPerSecond, r.failed)
+                    FileHandle.standardError.write(Data(line.utf8))
+                }) { final = $0 }
+            } catch { die("\(error)") }
+            loop.run()
+            try? loop.close()
+            if live { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+            guard let done = final else { die("the run did not finish") }
+            (report, content) = (done, generator.content)
+        }
+        let verification = verify.map { BenchVerifier.verify(directory: $0, content: content, sizes: sizes, confirmed: report.succeeded) }
+        print(render(report, verification: verification, options: options, threads: threadCount))
         if report.failed > 0 || verification.map({ !$0.ok }) == true { throw ExitCode(1) }
     }
 
-    private func render(_ r: LoadGenerator.Report, verification v: BenchVerification?, options: LoadGenerator.Options) -> String {
+    private func render(_ r: LoadGenerator.Report, verification v: BenchVerification?, options: LoadGenerator.Options, threads: Int) -> String {
         let p = { (q: Double) in r.completed > 0 ? Double(r.latency.valueAtPercentile(q)) / 1000 : 0 }
         let maxLatency = r.completed > 0 ? Double(r.latency.max) / 1000 : 0
         let corrected = r.correctedLatency.flatMap { h in
@@ -425,14 +445,14 @@ struct Bench: ParsableCommand {
             struct Verification: Codable { var filesChecked: Int; var verified: Int; var mismatches: [String]; var missing: [UInt64]; var unconfirmed: Int; var foreign: Int; var ok: Bool }
             struct Schedule: Codable { var rate: Double; var maxLagMilliseconds: Double; var lateStarts: UInt64 }
             struct Report: Codable {
-                var target: String; var wireProtocol: String; var concurrency: Int; var sizes: String; var seed: UInt64
+                var target: String; var wireProtocol: String; var concurrency: Int; var threads: Int; var sizes: String; var seed: UInt64
                 var uploadsCompleted: UInt64; var uploadsFailed: UInt64; var bytes: UInt64; var seconds: Double
                 var megabytesPerSecond: Double; var gigabitsPerSecond: Double; var uploadsPerSecond: Double
                 var latencyMilliseconds: Latency; var errors: [String: UInt64]; var errorSamples: [String]
                 var verification: Verification?
                 var correctedLatencyMilliseconds: Latency?; var schedule: Schedule?
             }
-            let out = Report(target: to, wireProtocol: options.wireProtocol.rawValue, concurrency: options.concurrency, sizes: options.sizes.description, seed: options.seed,
+            let out = Report(target: to, wireProtocol: options.wireProtocol.rawValue, concurrency: options.concurrency, threads: threads, sizes: options.sizes.description, seed: options.seed,
                              uploadsCompleted: r.completed, uploadsFailed: r.failed, bytes: r.bytes, seconds: r.seconds,
                              megabytesPerSecond: r.megabytesPerSecond, gigabitsPerSecond: r.gigabitsPerSecond, uploadsPerSecond: r.uploadsPerSecond,
                              latencyMilliseconds: Latency(p50: p(50), p90: p(90), p99: p(99), max: maxLatency), errors: r.failures, errorSamples: r.sampleMessages,
@@ -444,7 +464,7 @@ struct Bench: ParsableCommand {
             return String(decoding: (try? encoder.encode(out)) ?? Data(), as: UTF8.self)
         }
         var lines = [
-            "target        \(to) (\(options.wireProtocol.rawValue)), \(options.concurrency) at once, sizes \(options.sizes)",
+            "target        \(to) (\(options.wireProtocol.rawValue)), \(options.concurrency) at once\(threads > 1 ? " on \(threads) threads" : ""), sizes \(options.sizes)",
             String(format: "uploads       %llu done, %llu failed in %.2f s (%.1f uploads/s)", r.completed, r.failed, r.seconds, r.uploadsPerSecond),
             String(format: "throughput    %.1f MB/s (%.2f Gbit/s), %.1f MB sent", r.megabytesPerSecond, r.gigabitsPerSecond, Double(r.bytes) / 1e6),
             String(format: "latency ms    p50 %.2f  p90 %.2f  p99 %.2f  max %.2f", p(50), p(90), p(99), maxLatency),

@@ -192,6 +192,65 @@ struct LoadGeneratorTests {
         #expect(plain.correctedLatency == nil)
     }
 
+    /// Threads split a run: every upload index once, the connections and the rate shared out.
+    @Test func aRunSplitOverThreadsSharesEverythingOnce() {
+        var o = LoadGenerator.Options(host: "127.0.0.1", port: 1)
+        o.uploads = 10
+        o.concurrency = 5
+        o.rate = 300
+        let shares = (0..<3).map { LoadGroup.share(of: o, thread: $0, of: 3) }
+        var indices: [UInt64] = []
+        for s in shares { indices += (0..<(s.uploads ?? 0)).map { s.indexOffset + s.indexStride * $0 } }
+        #expect(indices.sorted() == Array(0..<10))
+        #expect(shares.map(\.uploads) == [4, 3, 3])
+        #expect(shares.map(\.concurrency).reduce(0, +) == 5)
+        let rates: [Double] = shares.compactMap(\.rate)
+        #expect(rates == [100, 100, 100])
+        // Thread k's uploads fall due where they would in one schedule: k/R later.
+        let offsets: [Double] = shares.map(\.scheduleOffset)
+        let expected: [Double] = [0, 1.0 / 300, 2.0 / 300]
+        #expect(offsets == expected)
+    }
+
+    /// The merged report is the sum of its parts.
+    @Test func theMergedReportIsTheSumOfItsParts() throws {
+        let server = try BackgroundServer()
+        var parts: [LoadGenerator.Report] = []
+        for k in 0..<2 {
+            var o = LoadGenerator.Options(host: "127.0.0.1", port: server.port)
+            o.uploads = 31
+            o.concurrency = 4
+            o.sizes = .fixed(3_000)
+            parts.append(try runBench(port: server.port) { $0 = LoadGroup.share(of: o, thread: k, of: 2) }.0)
+        }
+        server.stop()
+        let merged = LoadGenerator.Report.merged(parts)
+        #expect(merged.completed == parts[0].completed + parts[1].completed)
+        #expect(merged.completed == 31)
+        #expect(merged.bytes == parts[0].bytes + parts[1].bytes)
+        #expect(merged.latency.totalCount == parts[0].latency.totalCount + parts[1].latency.totalCount)
+        #expect(merged.latency.max == max(parts[0].latency.max, parts[1].latency.max))
+        #expect(merged.seconds == max(parts[0].seconds, parts[1].seconds))
+        #expect(merged.succeeded == (parts[0].succeeded + parts[1].succeeded).sorted())
+        #expect(merged.succeeded == Array(0..<31))
+    }
+
+    /// A run on two threads stores and verifies every upload, as one thread would.
+    @Test func aRunOnTwoThreadsStoresEveryUpload() throws {
+        let server = try BackgroundServer()
+        var o = LoadGenerator.Options(host: "127.0.0.1", port: server.port)
+        o.uploads = 101
+        o.concurrency = 6
+        o.sizes = try SizeDistribution(parsing: "1KiB-40KiB")
+        o.seed = 33
+        let (report, content) = try LoadGroup.run(o, threads: 2)
+        server.stop()
+        #expect(report.completed == 101 && report.failed == 0, "\(report.sampleMessages)")
+        #expect(report.succeeded == Array(0..<101))
+        let v = BenchVerifier.verify(directory: server.directory, content: content, sizes: o.sizes, confirmed: report.succeeded)
+        #expect(v.ok && v.verified == 101)
+    }
+
     @Test func aDurationEndsTheRun() throws {
         let server = try BackgroundServer()
         let (report, _) = try runBench(port: server.port) {

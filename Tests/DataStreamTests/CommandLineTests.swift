@@ -259,7 +259,7 @@ struct CommandLineTests {
                      "--udp-receive-buffer", "--udp-window", "--udp-memory", "--max-file-size", "--min-free-space",
                      "--max-partials-per-address", "--max-partial-bytes-per-address", "--max-partials", "--max-partial-bytes"]
         let send = ["--chunk-size", "--max-rate", "--seed-pause"]
-        let bench = ["--concurrency", "--uploads", "--duration", "--seed", "--timeout", "--source-addresses", "--rate"]
+        let bench = ["--concurrency", "--uploads", "--duration", "--seed", "--timeout", "--source-addresses", "--rate", "--threads"]
         let dir = BackgroundServer.temporaryDirectory()
         let file = writeTemporaryFile([1], name: "flags.bin")
         var checked = 0
@@ -283,7 +283,7 @@ struct CommandLineTests {
                 checked += 1
             }
         }
-        #expect(checked == 6 * 34)
+        #expect(checked == 6 * 35)
         // Ports do not wrap: 65536 and 70000 are refused, not bound as 0 or 4464.
         for port in ["65536", "70000"] {
             let r = try run(["serve", "--dir", dir, "--port", port])
