@@ -100,6 +100,19 @@ public final class LoadGenerator {
         /// than a millisecond late.
         public var maxScheduleLagMicroseconds: UInt64 = 0
         public var lateStarts: UInt64 = 0
+        /// Once a second, and at the end: seconds since the start, bytes and uploads done by then.
+        public var timeline: [Sample] = []
+
+        public struct Sample: Sendable, Equatable {
+            public var seconds: Double
+            public var bytes: UInt64
+            public var completed: UInt64
+            public init(seconds: Double, bytes: UInt64, completed: UInt64) {
+                self.seconds = seconds
+                self.bytes = bytes
+                self.completed = completed
+            }
+        }
         /// The indices of the uploads the receiver confirmed.
         public var succeeded: [UInt64] = []
 
@@ -124,6 +137,16 @@ public final class LoadGenerator {
                 r.maxScheduleLagMicroseconds = max(r.maxScheduleLagMicroseconds, p.maxScheduleLagMicroseconds)
                 r.lateStarts += p.lateStarts
                 r.succeeded += p.succeeded
+                // Threads sample on their own clocks, each second: added sample by sample.
+                for (i, sample) in p.timeline.enumerated() {
+                    if i < r.timeline.count {
+                        r.timeline[i].seconds = max(r.timeline[i].seconds, sample.seconds)
+                        r.timeline[i].bytes += sample.bytes
+                        r.timeline[i].completed += sample.completed
+                    } else {
+                        r.timeline.append(sample)
+                    }
+                }
             }
             r.succeeded.sort()
             return r
@@ -243,7 +266,9 @@ public final class LoadGenerator {
             guard now > last, now - last > limit else { continue }
             upload.fail(.timeout, "no progress for \(options.stallTimeout) s")
         }
-        progress?(snapshot)
+        let s = snapshot
+        report.timeline.append(.init(seconds: s.seconds, bytes: s.bytes, completed: s.completed))
+        progress?(s)
         finishIfDone()
     }
 
@@ -269,6 +294,7 @@ public final class LoadGenerator {
         guard active.isEmpty, !mayStartMore || stopping, let completion else { return }
         self.completion = nil
         var final = snapshot
+        final.timeline.append(.init(seconds: final.seconds, bytes: final.bytes, completed: final.completed))
         final.succeeded.sort()
         if let schedule {
             final.maxScheduleLagMicroseconds = schedule.maxLag / 1000

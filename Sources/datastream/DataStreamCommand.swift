@@ -364,6 +364,7 @@ struct Bench: ParsableCommand {
     @Option(parsing: .unconditional, help: "For a 127.x.x.x target: spread connections over this many source addresses 127.0.0.1... (1: the kernel's choice).") var sourceAddresses = "16"
     @Option(parsing: .unconditional, help: "Open model: start this many uploads per second on schedule, whether or not earlier ones finished (--concurrency still caps those in flight); latency is also reported from when each upload was due (coordinated omission corrected). Default: closed model, a new upload as soon as one ends.") var rate: String?
     @Option(parsing: .unconditional, help: "Loops on as many threads, each with its share of the uploads, connections and rate; one report (default: 1 for a receiver on this machine, which needs the cores itself; else one per core).") var threads: String?
+    @Option(help: "Also write the latency percentile curve and the throughput of each second as an SVG picture to this file.") var report: String?
     @Flag(help: "Print the report as one JSON object.") var json = false
 
     func run() throws {
@@ -428,6 +429,10 @@ struct Bench: ParsableCommand {
             if live { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
             guard let done = final else { die("the run did not finish") }
             (report, content) = (done, generator.content)
+        }
+        if let path = self.report {
+            let title = "datastream bench \(options.wireProtocol.rawValue): \(report.completed) uploads of \(options.sizes), \(options.concurrency) at once" + (options.rate.map { ", \($0) per second" } ?? "")
+            do { try BenchChart.svg(report, title: title).write(toFile: path, atomically: true, encoding: .utf8) } catch { die("--report \(path): \(error.localizedDescription)") }
         }
         let verification = verify.map { BenchVerifier.verify(directory: $0, content: content, sizes: sizes, confirmed: report.succeeded) }
         print(render(report, verification: verification, options: options, threads: threadCount))

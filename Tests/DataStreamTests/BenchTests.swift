@@ -2,6 +2,9 @@ import DataStream
 import DataStreamBench
 import DataStreamCore
 import Foundation
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
 import Glibc
 import Testing
 import UV
@@ -249,6 +252,33 @@ struct LoadGeneratorTests {
         #expect(report.succeeded == Array(0..<101))
         let v = BenchVerifier.verify(directory: server.directory, content: content, sizes: o.sizes, confirmed: report.succeeded)
         #expect(v.ok && v.verified == 101)
+    }
+
+    /// The picture of a run is well-formed SVG with a latency curve per histogram (two in an
+    /// open-model run) and the throughput of each second, drawn inside the plot.
+    @Test func theReportPictureDrawsTheLatencyCurvesAndTheThroughput() throws {
+        let server = try BackgroundServer()
+        let (report, _) = try runBench(port: server.port) {
+            $0.uploads = 300
+            $0.rate = 3_000
+            $0.concurrency = 4
+            $0.sizes = .fixed(2_000)
+        }
+        server.stop()
+        #expect(report.timeline.last?.completed == 300)
+        let svg = BenchChart.svg(report, title: "a <test> & run")
+        let parsed = XMLParser(data: Data(svg.utf8))
+        #expect(parsed.parse(), "not well-formed: \(String(describing: parsed.parserError))")
+        #expect(svg.components(separatedBy: "class=\"latency\"").count - 1 == 2)
+        #expect(svg.components(separatedBy: "class=\"throughput\"").count - 1 == 1)
+        #expect(svg.contains("a &lt;test&gt; &amp; run"))
+        // Every point lies inside the picture.
+        for polyline in svg.components(separatedBy: "points=\"").dropFirst() {
+            for point in polyline.prefix(while: { $0 != "\"" }).split(separator: " ") {
+                let xy = point.split(separator: ",").compactMap { Double($0) }
+                #expect(xy.count == 2 && xy[0] >= 70 && xy[0] <= 700 && xy[1] >= 40 && xy[1] <= 630, "\(point)")
+            }
+        }
     }
 
     @Test func aDurationEndsTheRun() throws {
