@@ -329,6 +329,8 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
     let size: UInt64
     let startedAt = monotonicNanoseconds()
     var dueAt: UInt64 = 0
+    /// The kernel took a byte of it, or the receiver sent one: the connection was made.
+    private var connected = false
     /// When the upload last moved: connected, had bytes taken, or got an answer.
     private(set) var lastProgress = monotonicNanoseconds()
     private var stream: TCPStream?
@@ -357,22 +359,20 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
 
     private var options: LoadGenerator.Options { generator.options }
 
+    /// Connects without waiting for the handshake (`TCPStream.connectNow`): the first bytes are
+    /// written at once and go out as soon as the kernel allows, which saves the system calls of
+    /// a connect callback. A connection that fails shows as the first write's or read's error,
+    /// and counts as `connect` while nothing has been written.
     func start(_ address: SocketAddress, from source: SocketAddress?) {
         do {
-            try TCPStream.connect(loop: generator.loop, to: address, from: source) { [self] result in
-                switch result {
-                case .failure(let e):
-                    end(.connect, e.description)
-                case .success(let s):
-                    lastProgress = monotonicNanoseconds()
-                    stream = s
-                    do { try s.startReading(self) } catch { end(.connection, "\(error)"); return }
-                    begin()
-                }
-            }
+            let s = try TCPStream.connectNow(loop: generator.loop, to: address, from: source)
+            stream = s
+            try s.startReading(self)
         } catch {
             end(.connect, "\(error)")
+            return
         }
+        begin()
     }
 
     private func begin() {
@@ -434,6 +434,7 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
     private func wrote(_ n: Int, _ error: UVOperationError?) {
         writesInFlight -= 1
         if let error { end(.connection, error.description); return }
+        connected = true
         lastProgress = monotonicNanoseconds()
         sent += UInt64(n)
         pump()
@@ -461,6 +462,7 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
         switch event {
         case .data(let count):
             lastProgress = monotonicNanoseconds()
+            connected = true
             guard options.wireProtocol == .native else {
                 end(.protocolError, "the receiver sent bytes to a seed-framing upload")
                 return
@@ -519,6 +521,8 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
     private func end(_ failure: LoadGenerator.FailureKind?, _ message: String) {
         guard !ended else { return }
         ended = true
+        // Before the kernel took a byte or the receiver said one, the connection was never made.
+        let failure = (failure == .connection || failure == .closedEarly) && !connected ? .connect : failure
         if let stream {
             stream.stopReading()
             stream.close()

@@ -48,7 +48,8 @@ public final class TCPStream: Handle {
         super.init(loop: loop, initialisedHandle: raw)
     }
 
-    /// A stream for a socket `accept4` returned (non-blocking, close-on-exec), which it now owns.
+    /// A stream for a socket `accept4` returned (non-blocking, close-on-exec), or one
+    /// `connectNow` made, which it now owns.
     convenience init(loop: Loop, accepted descriptor: Int32) throws(UVOperationError) {
         try self.init(loop: loop)
         unopenedDescriptor = descriptor
@@ -110,6 +111,43 @@ public final class TCPStream: Handle {
             freeForLibuv(req)
             stream.close()
             throw UVOperationError("tcp_connect", target: address.description, code: status)
+        }
+    }
+
+    /// Starts connecting to `address` and returns the stream at once, without waiting for the
+    /// handshake: the first write goes out as soon as the kernel allows (libuv polls for
+    /// writability only if it has to wait), and a failed connection shows as the first read's
+    /// or write's error (`ECONNREFUSED`, ...). For a load generator, where every system call of
+    /// a connection counts: one `socket(2)` non-blocking from the start, an optional source
+    /// (as in `connect(loop:to:from:completion:)`, without `uv_tcp_bind`'s `SO_REUSEADDR`),
+    /// `connect(2)`, and no `getsockopt(SO_ERROR)` or poll for the connect itself. libuv 1.44
+    /// still makes one `ioctl(FIONBIO)` when it takes the socket (`uv_tcp_open`).
+    public static func connectNow(loop: Loop, to address: SocketAddress, from source: SocketAddress? = nil) throws(UVOperationError) -> TCPStream {
+        let fd = socket(address.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if fd < 0 { throw UVOperationError("socket", target: address.description, code: -errno) }
+        if let source {
+            var on: Int32 = 1
+            if !source.isIPv6 {
+                _ = setsockopt(fd, Int32(IPPROTO_IP), LinuxConstants.ipBindAddressNoPort, &on, socklen_t(MemoryLayout<Int32>.size))
+            }
+            let bound = source.withSockAddr { Glibc.bind(fd, $0, socklen_t(source.isIPv6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size)) }
+            if bound != 0 {
+                let code = -errno
+                Glibc.close(fd)
+                throw UVOperationError("bind", target: source.description, code: code)
+            }
+        }
+        let started = address.withSockAddr { Glibc.connect(fd, $0, socklen_t(address.isIPv6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size)) }
+        if started != 0 && errno != EINPROGRESS {
+            let code = -errno
+            Glibc.close(fd)
+            throw UVOperationError("connect", target: address.description, code: code)
+        }
+        do {
+            return try TCPStream(loop: loop, accepted: fd)
+        } catch {
+            Glibc.close(fd)
+            throw error
         }
     }
 
