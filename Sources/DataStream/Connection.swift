@@ -418,8 +418,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                 log(.warning, "upload refused: digest mismatch", metadata: ["upload": "\(header.uploadID)", "name": "\(header.name)"])
                 server.statistics.uploadsFailed += 1
                 store.mismatched(header.uploadID, fd: sink?.takeDescriptor(), path: native.path, metaPath: native.metaPath,
-                                 heldAtOpen: native.held, heldNow: sink?.writeOffset ?? native.held)
-                store.release(header.uploadID)
+                                 heldAtOpen: native.held, heldNow: sink?.writeOffset ?? native.held) { [store] in store.release(header.uploadID) }
             }
             clearUpload()
             send(reply)
@@ -656,7 +655,10 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                     if let native { store.discard(nil, path: native.path, metaPath: native.metaPath) }
                 case .keep, .none:
                     if let seedPath { store.unlinkQuietly(seedPath) } // a seed partial is never resumable
-                    if let native, let header { store.letGo(header.uploadID, path: native.path, metaPath: native.metaPath, bytes: sink.writeOffset) }
+                    if let native, let header {
+                        store.letGo(header.uploadID, path: native.path, metaPath: native.metaPath, bytes: sink.writeOffset) { store.release(header.uploadID) }
+                        return
+                    }
                 }
                 if let header { store.release(header.uploadID) }
             }

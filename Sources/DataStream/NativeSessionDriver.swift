@@ -287,12 +287,13 @@ final class NativeSessionDriver {
             // `MismatchedPartial`). Other failures (a write error) leave a correct prefix that a
             // later try resumes.
             if finishMessage != nil, machine!.cumulative == machine!.chunkCount {
-                server.store.mismatched(file.uploadID, fd: partial.fd, path: partial.path, metaPath: partial.metaPath, heldAtOpen: partial.held, heldNow: writtenEnd)
+                let store = server.store, id = file.uploadID
+                store.mismatched(id, fd: partial.fd, path: partial.path, metaPath: partial.metaPath, heldAtOpen: partial.held, heldNow: writtenEnd) { store.release(id) }
             } else {
                 server.store.closeQuietly(partial.fd, partial.path)
-                server.store.letGo(file.uploadID, path: partial.path, metaPath: partial.metaPath, bytes: writtenEnd)
+                let store = server.store, id = file.uploadID
+                store.letGo(id, path: partial.path, metaPath: partial.metaPath, bytes: writtenEnd) { store.release(id) }
             }
-            server.store.release(file.uploadID)
         }
     }
 
@@ -314,11 +315,12 @@ final class NativeSessionDriver {
             self.partial = nil
             if keepPartial {
                 server.store.closeQuietly(partial.fd, partial.path)
-                server.store.letGo(file.uploadID, path: partial.path, metaPath: partial.metaPath, bytes: writtenEnd)
+                let store = server.store, id = file.uploadID
+                store.letGo(id, path: partial.path, metaPath: partial.metaPath, bytes: writtenEnd) { store.release(id) }
             } else {
                 server.store.discard(partial.fd, path: partial.path, metaPath: partial.metaPath)
+                server.store.release(file.uploadID)
             }
-            server.store.release(file.uploadID)
         } else if storedReceipt != nil {
             storedReceipt = nil
             server.store.release(file.uploadID)

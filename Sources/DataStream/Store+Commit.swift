@@ -93,21 +93,25 @@ extension Store {
 
     /// A native upload failed verification: its partial is cut back or deleted, as
     /// `MismatchedPartial` decides. Takes `fd` (closed here).
-    func mismatched(_ id: UploadID, fd: FileDescriptor?, path: String, metaPath: String, heldAtOpen: UInt64, heldNow: UInt64) {
+    /// `then` runs once the partial is cut back (the caller frees the upload id there).
+    func mismatched(_ id: UploadID, fd: FileDescriptor?, path: String, metaPath: String, heldAtOpen: UInt64, heldNow: UInt64, then: @escaping () -> Void) {
         switch MismatchedPartial.decide(heldAtOpen: heldAtOpen, heldNow: heldNow) {
         case .discard:
             discard(fd, path: path, metaPath: metaPath)
+            then()
         case .rollBack(let length):
             partials.held(id, bytes: length)
-            guard let fd else { discard(nil, path: path, metaPath: metaPath); return }
+            guard let fd else { discard(nil, path: path, metaPath: metaPath); then(); return }
             do {
                 try fs.truncate(fd, to: Int64(length), target: path) { [self] error in
                     closeQuietly(fd, path)
                     // A partial that cannot be cut back cannot be trusted either.
                     if error != nil { discard(nil, path: path, metaPath: metaPath) }
+                    then()
                 }
             } catch {
                 discard(fd, path: path, metaPath: metaPath)
+                then()
             }
         }
     }
@@ -115,11 +119,26 @@ extension Store {
     /// A native upload's connection or session let its partial go holding `bytes`: an empty
     /// one is removed (there is nothing to resume, and a client that only announces uploads
     /// must not leave files behind); others stay, counted against their owner.
-    func letGo(_ id: UploadID, path: String, metaPath: String, bytes: UInt64) {
-        if bytes == 0 {
-            discard(nil, path: path, metaPath: metaPath)
-        } else {
+    /// `then` runs once that is done (the caller frees the upload id there, so a client that
+    /// comes straight back finds the partial either kept or gone, never half removed).
+    func letGo(_ id: UploadID, path: String, metaPath: String, bytes: UInt64, then: @escaping () -> Void) {
+        guard bytes == 0 else {
             partials.held(id, bytes: bytes)
+            then()
+            return
+        }
+        partials.remove(id)
+        unlinkInTurn([path, metaPath], then: then)
+    }
+
+    /// Removes `paths` one after another (missing ones are no error), then calls `then`.
+    private func unlinkInTurn(_ paths: [String], then: @escaping () -> Void) {
+        guard let first = paths.first else { then(); return }
+        let rest = Array(paths.dropFirst())
+        do {
+            try fs.unlink(first) { [self] _ in unlinkInTurn(rest, then: then) }
+        } catch {
+            unlinkInTurn(rest, then: then)
         }
     }
 
