@@ -431,7 +431,7 @@ struct Bench: ParsableCommand {
             (report, content) = (done, generator.content)
         }
         if let path = self.report {
-            let title = "datastream bench \(options.wireProtocol.rawValue): \(report.completed) uploads of \(options.sizes), \(options.concurrency) at once" + (options.rate.map { ", \($0) per second" } ?? "")
+            let title = "bench (\(options.wireProtocol.rawValue)): \(report.completed) × \(options.sizes), \(options.concurrency) at once" + (options.rate.map { String(format: ", %g/s", $0) } ?? "")
             do { try BenchChart.svg(report, title: title).write(toFile: path, atomically: true, encoding: .utf8) } catch { die("--report \(path): \(error.localizedDescription)") }
         }
         let verification = verify.map { BenchVerifier.verify(directory: $0, content: content, sizes: sizes, confirmed: report.succeeded) }
