@@ -108,10 +108,11 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         defer { uv_free_interface_addresses(list, count) }
         let mine = host
         for i in 0..<Int(count) {
-            var a = list[i].address
-            var buffer = [CChar](repeating: 0, count: 64)
-            _ = withUnsafePointer(to: &a) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { uv_ip_name($0, &buffer, buffer.count) } }
-            if String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self) == mine { return true }
+            var storage = sockaddr_storage()
+            withUnsafeBytes(of: list[i].address) { from in
+                withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: from.prefix($0.count))) }
+            }
+            if SocketAddress(storage: storage).host == mine { return true }
         }
         return false
     }

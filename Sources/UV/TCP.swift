@@ -123,13 +123,8 @@ public final class TCPStream: Handle {
     /// `connect(2)`, and no `getsockopt(SO_ERROR)` or poll for the connect itself. libuv 1.44
     /// still makes one `ioctl(FIONBIO)` when it takes the socket (`uv_tcp_open`).
     public static func connectNow(loop: Loop, to address: SocketAddress, from source: SocketAddress? = nil) throws(UVOperationError) -> TCPStream {
-        let fd = socket(address.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        if fd < 0 { throw UVOperationError("socket", target: address.description, code: -errno) }
+        let fd = try clientSocket(ipv6: address.isIPv6, source: source, target: address.description)
         if let source {
-            var on: Int32 = 1
-            if !source.isIPv6 {
-                _ = setsockopt(fd, Int32(IPPROTO_IP), LinuxConstants.ipBindAddressNoPort, &on, socklen_t(MemoryLayout<Int32>.size))
-            }
             let bound = source.withSockAddr { Glibc.bind(fd, $0, socklen_t(source.isIPv6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size)) }
             if bound != 0 {
                 let code = -errno
@@ -151,16 +146,23 @@ public final class TCPStream: Handle {
         }
     }
 
+    /// A non-blocking, close-on-exec TCP socket made in one call; with an IPv4 `source`, marked
+    /// so that binding it picks no port (`IP_BIND_ADDRESS_NO_PORT`: the port is chosen at
+    /// connect time, per destination).
+    private static func clientSocket(ipv6: Bool, source: SocketAddress?, target: String) throws(UVOperationError) -> Int32 {
+        let fd = socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if fd < 0 { throw UVOperationError("socket", target: target, code: -errno) }
+        if let source, !source.isIPv6 {
+            var on: Int32 = 1
+            _ = setsockopt(fd, Int32(IPPROTO_IP), LinuxConstants.ipBindAddressNoPort, &on, socklen_t(MemoryLayout<Int32>.size))
+        }
+        return fd
+    }
+
     private func bindSource(_ source: SocketAddress) throws(UVOperationError) {
         // The option must be set between socket(2) and bind(2), and uv_tcp_bind does both at
         // once: so the socket is made here, given to libuv (uv_tcp_open), then bound.
-        let family = source.isIPv6 ? AF_INET6 : AF_INET
-        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        if fd < 0 { throw UVOperationError("socket", target: source.description, code: -errno) }
-        var on: Int32 = 1
-        if !source.isIPv6 {
-            _ = setsockopt(fd, Int32(IPPROTO_IP), LinuxConstants.ipBindAddressNoPort, &on, socklen_t(MemoryLayout<Int32>.size))
-        }
+        let fd = try TCPStream.clientSocket(ipv6: source.isIPv6, source: source, target: source.description)
         let opened = uv_tcp_open(tcp, fd)
         if opened < 0 {
             Glibc.close(fd)
