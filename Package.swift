@@ -64,6 +64,6 @@ let package = Package(
         .testTarget(name: "DataStreamCoreTests", dependencies: ["DataStreamCore", "DataStreamFuzzing", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(
             name: "DataStreamTests",
-            dependencies: ["DataStream", "DataStreamBench", "DataStreamCore", "UV", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["DataStream", "DataStreamBench", "DataStreamCore", "UV", "CLibUV", .product(name: "Logging", package: "swift-log")]),
     ]
 )

@@ -29,6 +29,10 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// The peer for log lines: looked up only when a line is logged (one `getpeername` less
     /// per connection otherwise).
     private var peer: SocketAddress? { acceptedPeer ?? (try? stream.peerAddress()) }
+    /// The peer for events (`Server.onEvent`): looked up once, only when a handler is set.
+    private lazy var peerText: String = peer?.description ?? "?"
+    /// The size the seed upload in progress announced, for events.
+    private var seedDeclared: UInt64 = 0
     /// Timeouts, the server's drain and the choice of path: decided by the machine.
     @exclusivity(unchecked) private var lifecycle: ConnectionLifecycle
     /// Why the connection is not reading now (it reads while none holds and the protocol
@@ -372,6 +376,8 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                 diskHold.growing(upTo: declared, granted: shortest)
             }
             log(.debug, "seed upload started", metadata: ["declared": "\(declared)"])
+            seedDeclared = declared
+            server.emit(.started(.init(transport: .seedTCP, peer: peerText, size: declared)))
             if case .small(let capacity) = lifecycle.seedPath(declared: declared, smallBytesInUse: server.smallUploadBytesInUse) {
                 server.smallUploadBytesInUse += capacity
                 small.begin(reserved: capacity, declared: Int(declared))
@@ -413,10 +419,12 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                 // second copy.
                 log(.warning, "upload refused: digest mismatch with the upload stored under this id", metadata: ["upload": "\(header.uploadID)", "name": "\(header.name)"])
                 server.statistics.uploadsFailed += 1
+                server.emit(.failed(.native(header, transport: .tcp, peer: peerText), reason: "digest mismatch with the upload stored under this id", code: ProtocolError.resumeMismatch(detail: "").code, resumable: false))
                 store.release(header.uploadID)
             } else if let native, let header = nativeHeader {
                 log(.warning, "upload refused: digest mismatch", metadata: ["upload": "\(header.uploadID)", "name": "\(header.name)"])
                 server.statistics.uploadsFailed += 1
+                server.emit(.failed(.native(header, transport: .tcp, peer: peerText), reason: "digest mismatch", code: ProtocolError.resumeMismatch(detail: "").code, resumable: native.held > 0))
                 store.mismatched(header.uploadID, fd: sink?.takeDescriptor(), path: native.path, metaPath: native.metaPath,
                                  heldAtOpen: native.held, heldNow: sink?.writeOffset ?? native.held) { [store] in store.release(header.uploadID) }
             }
@@ -477,6 +485,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         case .success(let stored):
             server.statistics.uploadsStored += 1
             log(.info, "stored seed upload", metadata: ["name": "\(stored)", "bytes": "\(size)"])
+            server.emit(server.seedStored(transport: .seedTCP, peer: peerText, size: size, storedName: "\(stored)"))
             perform(machine.seedStored())
         case .failure(let error):
             storageFailed(error)
@@ -512,6 +521,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                         seedPartial = nil
                         server.statistics.uploadsStored += 1
                         log(.info, "stored seed upload", metadata: ["name": "\(stored)", "bytes": "\(size)"])
+                        server.emit(server.seedStored(transport: .seedTCP, peer: peerText, size: size, storedName: "\(stored)"))
                         perform(machine.seedStored())
                     case .failure(let error):
                         storageFailed(error)
@@ -560,6 +570,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                 self.sink = sink
                 sink.opened(partial.fd)
                 log(.debug, "upload opened", metadata: ["upload": "\(header.uploadID)", "name": "\(header.name)", "size": "\(header.size)", "held": "\(partial.held)"])
+                server.emit(.started(.native(header, transport: .tcp, peer: peerText)))
                 perform(machine.uploadOpened(heldBytes: partial.held))
             case .failure(let error):
                 guard !closing else { return }
@@ -591,6 +602,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
             case .success(let stored):
                 server.statistics.uploadsStored += 1
                 log(.info, "stored upload", metadata: ["upload": "\(header.uploadID)", "name": "\(stored)", "bytes": "\(header.size)"])
+                server.emit(server.nativeStored(header, transport: .tcp, peer: peerText, storedName: stored, digest: digest))
                 perform(machine.uploadCommitted(storedName: stored))
             case .failure(let error):
                 // The partial and its metadata stay: a retry resumes with every byte held.
@@ -622,6 +634,11 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         releaseDisk()
         if let reason {
             server.statistics.uploadsFailed += (partial == .none ? 0 : 1)
+            if partial != .none, server.onEvent != nil {
+                let upload = nativeHeader.map { UploadDescription.native($0, transport: .tcp, peer: peerText) }
+                    ?? UploadDescription(transport: .seedTCP, peer: peerText, size: seedDeclared)
+                server.emit(.failed(upload, reason: reason.description, code: reason.code, resumable: partial == .keep))
+            }
             switch reason {
             case .headerTimeout, .idleTimeout, .shuttingDown:
                 log(.warning, "connection closed: \(reason)", metadata: ["partial": "\(partial)"])
@@ -668,6 +685,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         // The peer is looked up only for log lines, and not at all once the socket is closed:
         // lines that can follow the close (a small upload stored) need it looked up now.
         if server.logLevel <= .info { _ = logger }
+        if server.onEvent != nil { _ = peerText }
         stream.stopReading()
         // uv_close would cancel a queued reply: close once the writes queued so far are done.
         if stream.writeQueueSize > 0 || reply != nil {

@@ -98,6 +98,7 @@ final class NativeSessionDriver {
                 acceptDatagram = accept
                 receiver.send(accept, to: source)
                 machine!.sent(bytes: accept.count)
+                if storedReceipt == nil { server.emit(.started(.native(file, transport: .udp, peer: source.description))) }
                 server.logger.debug("udp upload opened", metadata: ["upload": "\(file.uploadID)", "name": "\(file.name)", "size": "\(file.size)", "held": "\(held)", "chunk": "\(chunkSize)"])
             }
         }
@@ -241,6 +242,7 @@ final class NativeSessionDriver {
             case .success(let stored):
                 server.statistics.uploadsStored += 1
                 server.logger.info("stored udp upload", metadata: ["upload": "\(file.uploadID)", "name": "\(stored)", "bytes": "\(file.size)", "source": "\(source)"])
+                server.emit(server.nativeStored(file, transport: .udp, peer: source.description, storedName: stored, digest: digest))
                 perform(machine!.committed(.success(stored)))
             case .failure(let e):
                 server.logger.error("cannot store udp upload: \(e)", metadata: ["upload": "\(file.uploadID)"])
@@ -281,6 +283,9 @@ final class NativeSessionDriver {
         guard machine!.phase == .failed else { return }
         server.statistics.uploadsFailed += 1
         server.logger.warning("udp upload failed: \(machine!.finalMessage ?? "?")", metadata: ["upload": "\(file.uploadID)", "source": "\(source)"])
+        let mismatch = finishMessage != nil && machine!.cumulative == machine!.chunkCount
+        server.emit(.failed(.native(file, transport: .udp, peer: source.description), reason: machine!.finalMessage ?? "failed",
+                            code: (mismatch ? ProtocolError.resumeMismatch(detail: "") : .connectionFailed(reason: "")).code, resumable: partial != nil && (!mismatch || partial!.held > 0)))
         if let partial, !writeInFlight {
             self.partial = nil
             // A digest mismatch means the bytes this session added are wrong: they go (see

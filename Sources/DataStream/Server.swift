@@ -15,6 +15,9 @@ public final class Server {
     public let configuration: Configuration
     let store: Store
     @exclusivity(unchecked) public internal(set) var statistics = Statistics()
+    /// Called on the loop thread when an upload starts, is stored or fails (`UploadEvent`).
+    /// Set it before `start`, or at any time on the loop thread.
+    public var onEvent: ((UploadEvent) -> Void)?
     let logger: Logger
     /// `logger.logLevel`, read once: connections check it before every debug line, and the
     /// logger's handler answers through an existential each time.

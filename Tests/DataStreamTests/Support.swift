@@ -2,6 +2,7 @@ import DataStream
 import DataStreamCore
 import Dispatch
 import Foundation
+import CLibUV
 import Glibc
 import Logging
 import UV
@@ -26,8 +27,19 @@ final class BackgroundServer: @unchecked Sendable {
     /// Every line the server logged at warning level or above.
     let log = LogRecorder()
 
-    init(directory: String? = nil, configure: (inout Server.Configuration) -> Void = { _ in }) throws {
+    /// Runs on the loop thread before `start` (an embedder's hooks: `onEvent`).
+    private let prepare: (Server) -> Void
+    /// The loop is a `uv_loop_t` this object made with `uv_loop_init` and lends to the server,
+    /// as an embedding program does (otherwise the server's `Loop` owns one).
+    private let borrowedLoop: Bool
+    /// `uv_loop_close`'s status for a borrowed loop, after `stop`.
+    private(set) var borrowedLoopCloseStatus: Int32?
+
+    init(directory: String? = nil, borrowedLoop: Bool = false, configure: (inout Server.Configuration) -> Void = { _ in },
+         prepare: @escaping (Server) -> Void = { _ in }) throws {
         self.directory = directory ?? BackgroundServer.temporaryDirectory()
+        self.prepare = prepare
+        self.borrowedLoop = borrowedLoop
         var configuration = Server.Configuration()
         configuration.port = 0
         configuration.directory = self.directory
@@ -46,10 +58,27 @@ final class BackgroundServer: @unchecked Sendable {
     }
 
     private func run(_ configuration: Server.Configuration) {
+        if borrowedLoop {
+            let raw = UnsafeMutablePointer<uv_loop_t>.allocate(capacity: 1)
+            defer { raw.deallocate() }
+            guard uv_loop_init(raw) == 0 else { ready.signal(); done.signal(); return }
+            run(configuration, on: Loop(borrowing: UnsafeMutableRawPointer(raw)))
+            borrowedLoopCloseStatus = uv_loop_close(raw)
+        } else if let loop = try? Loop() {
+            run(configuration, on: loop)
+            loopClosedCleanly = (try? loop.close()) != nil
+        } else {
+            ready.signal()
+        }
+        done.signal()
+    }
+
+    private func run(_ configuration: Server.Configuration, on loop: Loop) {
         let recorder = log
         let logger = Logger(label: "datastream") { _ in recorder.handler }
-        guard let loop = try? Loop(), let server = try? Server(loop: loop, configuration: configuration, logger: logger),
-              let address = try? server.start() else { ready.signal(); done.signal(); return }
+        guard let server = try? Server(loop: loop, configuration: configuration, logger: logger) else { ready.signal(); return }
+        prepare(server)
+        guard let address = try? server.start() else { ready.signal(); return }
         port = address.port
         queryWakeup = try? AsyncWakeup(loop: loop) { [self] in
             // Taken under the lock: the test thread set it (uv_async_send orders nothing TSan sees).
@@ -69,8 +98,6 @@ final class BackgroundServer: @unchecked Sendable {
         ready.signal()
         loop.run()
         statistics = server.statistics
-        loopClosedCleanly = (try? loop.close()) != nil
-        done.signal()
     }
 
     func stop() {

@@ -1,0 +1,96 @@
+import DataStream
+import DataStreamCore
+import Foundation
+import Testing
+import UV
+
+/// The server on a `uv_loop_t` its host made and owns (issue 20), with upload events.
+struct EmbeddingTests {
+    final class EventRecorder: @unchecked Sendable {
+        private let lock = NSLock()
+        private var recorded: [UploadEvent] = []
+        func append(_ event: UploadEvent) { lock.withLock { recorded.append(event) } }
+        var events: [UploadEvent] { lock.withLock { recorded } }
+        var stored: [StoredUpload] { events.compactMap { if case .stored(let s) = $0 { s } else { nil } } }
+        var started: [UploadDescription] { events.compactMap { if case .started(let s) = $0 { s } else { nil } } }
+        var failed: [(UploadDescription, String, Bool)] {
+            events.compactMap { if case .failed(let u, let reason, _, let resumable) = $0 { (u, reason, resumable) } else { nil } }
+        }
+    }
+
+    @Test func everyTransportReportsStartedAndStoredOnABorrowedLoop() throws {
+        let recorder = EventRecorder()
+        let server = try BackgroundServer(borrowedLoop: true, prepare: { $0.onEvent = recorder.append })
+        let native = content(1, count: 300_000), nativeUDP = content(2, count: 200_000)
+        let seed = content(3, count: 70_000), seedUDP = content(4, count: 5_000)
+        let nativePath = writeTemporaryFile(native, name: "native.bin")
+        let udpPath = writeTemporaryFile(nativeUDP, name: "over-udp.bin")
+        #expect(try sendFiles([nativePath], port: server.port).allSatisfy(\.succeeded))
+        #expect(try sendUDP([udpPath], port: server.port).0.allSatisfy(\.succeeded))
+        let client = try BlockingClient(port: server.port)
+        client.send(Array(String(seed.count).utf8) + seed)
+        client.shutdownWrite()
+        #expect(client.readUntilEOF() != nil)
+        try seedUDPUpload(seedUDP, port: server.port)
+        #expect(waitUntil { recorder.stored.count == 4 })
+        server.stop()
+        #expect(server.borrowedLoopCloseStatus == 0, "every handle the server opened is closed: uv_loop_close succeeds")
+
+        let byTransport = Dictionary(uniqueKeysWithValues: recorder.stored.map { ($0.upload.transport, $0) })
+        #expect(Set(byTransport.keys) == Set(UploadTransport.allCases))
+        let expected: [UploadTransport: [UInt8]] = [.tcp: native, .udp: nativeUDP, .seedTCP: seed, .seedUDP: seedUDP]
+        for (transport, stored) in byTransport {
+            #expect(stored.path == server.directory + "/" + stored.storedName)
+            #expect(FileManager.default.contents(atPath: stored.path).map(Array.init) == expected[transport], "\(transport)")
+            #expect(stored.upload.size == UInt64(expected[transport]!.count))
+            #expect(stored.upload.peer.hasPrefix("127.0.0.1:"))
+        }
+        #expect(byTransport[.tcp]?.digest == xxh3(native) && byTransport[.tcp]?.digestAlgorithm == "xxh3-128")
+        #expect(byTransport[.udp]?.digest == xxh3(nativeUDP))
+        #expect(byTransport[.tcp]?.upload.clientName == "native.bin" && byTransport[.udp]?.upload.clientName == "over-udp.bin")
+        #expect(byTransport[.seedTCP]?.digest == [] && byTransport[.seedTCP]?.digestAlgorithm == nil)
+        // Each upload started once, before it was stored.
+        #expect(recorder.started.map(\.transport).sorted { $0.rawValue < $1.rawValue } == UploadTransport.allCases)
+        for s in recorder.stored {
+            let startedAt = recorder.events.firstIndex(of: .started(s.upload))
+            let storedAt = recorder.events.firstIndex(of: .stored(s))
+            #expect(startedAt != nil && startedAt! < storedAt!, "\(s.upload.transport)")
+        }
+        #expect(recorder.failed.isEmpty)
+    }
+
+    @Test func brokenUploadsReportFailedWithTheReasonAndWhetherTheyResume() throws {
+        let recorder = EventRecorder()
+        let server = try BackgroundServer(borrowedLoop: true, prepare: { $0.onEvent = recorder.append })
+        // A seed upload that stops short.
+        let short = try BlockingClient(port: server.port)
+        short.send(Array("5000".utf8) + content(5, count: 1_000))
+        short.shutdownWrite()
+        #expect(short.readUntilEOF() != nil)
+        // A native upload cut after some of its bytes: its partial stays for resume.
+        let data = content(6, count: 100_000)
+        let header = FileHeader(uploadID: .random(), size: UInt64(data.count), digest: .xxh3_128, name: "cut.bin")
+        do {
+            let cut = try BlockingClient(port: server.port)
+            try cut.handshake()
+            #expect(try cut.announce(header) == 0)
+            cut.send(Array(data[0..<40_000]))
+            cut.shutdownWrite()
+            _ = cut.readUntilEOF()
+        }
+        // A seed UDP upload with a datagram missing.
+        try seedUDPUpload(content(7, count: 8_000), port: server.port, skipDatagram: 3)
+        #expect(waitUntil { recorder.failed.count == 3 })
+        server.stop()
+        #expect(server.borrowedLoopCloseStatus == 0)
+
+        let failed = Dictionary(uniqueKeysWithValues: recorder.failed.map { ($0.0.transport, $0) })
+        #expect(failed[.seedTCP]?.0.size == 5000 && failed[.seedTCP]?.2 == false)
+        #expect(failed[.seedTCP]?.1.contains("1000") == true, "the reason says how much came: \(failed[.seedTCP]?.1 ?? "")")
+        #expect(failed[.tcp]?.0.clientName == "cut.bin" && failed[.tcp]?.0.uploadID == "\(header.uploadID)")
+        #expect(failed[.tcp]?.2 == true, "a native partial stays resumable")
+        #expect(failed[.seedUDP]?.2 == false && failed[.seedUDP]?.0.size == 8_000)
+        #expect(recorder.stored.isEmpty)
+        #expect(server.storedFiles().isEmpty)
+    }
+}
