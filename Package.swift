@@ -5,6 +5,7 @@
 //   CLibUV (C)  <-  UV (the only importer of CLibUV)
 //   DataStreamCore (pure Swift: wire formats, state machines, name policy)
 //   DataStream (drivers, store, sender: imports UV and DataStreamCore)
+//   DataStreamCAPI (the C API of include/datastream.h over DataStream: libdatastream)
 //   DataStreamBench (the load generator and verifier of `datastream bench`: imports DataStream)
 //   DataStreamFuzzing (fuzz targets over DataStreamCore's parsers; libFuzzer executables in fuzz/)
 //   datastream (the command line)
@@ -17,6 +18,10 @@ let package = Package(
         .library(name: "DataStream", targets: ["DataStream"]),
         .library(name: "UV", targets: ["UV"]),
         .library(name: "DataStreamBench", targets: ["DataStreamBench"]),
+        // The C API (include/datastream.h): scripts/install-lib installs these as
+        // libdatastream.so and libdatastream.a with a pkg-config file.
+        .library(name: "datastream-shared", type: .dynamic, targets: ["DataStreamCAPI"]),
+        .library(name: "datastream-static", type: .static, targets: ["DataStreamCAPI"]),
         // The fuzz targets, for the libFuzzer package in fuzz/ (and the corpus replay test).
         .library(name: "DataStreamFuzzing", targets: ["DataStreamFuzzing"]),
     ],
@@ -44,6 +49,12 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // include/datastream.h as a module, so the Swift side fills the very structs C reads.
+        .systemLibrary(name: "CDataStreamHeader", path: "include"),
+        .target(
+            name: "DataStreamCAPI",
+            dependencies: ["DataStream", "DataStreamCore", "CDataStreamHeader", .product(name: "Logging", package: "swift-log")],
+            linkerSettings: [.unsafeFlags(["-Xlinker", "-soname=libdatastream.so"])]),
         .target(
             name: "DataStreamBench",
             dependencies: [

@@ -49,6 +49,15 @@ public enum FlagValue {
         try integer(text, flag: flag, in: (allowZero ? 0 : 1)...65_535)
     }
 
+    /// A yes or no: `true`/`false`, `yes`/`no`, `on`/`off`, `1`/`0`.
+    public static func boolean(_ text: String, flag: String) throws(Invalid) -> Bool {
+        switch trimmed(text).lowercased() {
+        case "true", "yes", "on", "1": return true
+        case "false", "no", "off", "0": return false
+        default: throw Invalid(flag, text, expected: "true or false (yes/no, on/off, 1/0)")
+        }
+    }
+
     private static func trimmed(_ text: String) -> String { text.trimmingSpaces() }
 
     private static func format(_ value: Double) -> String {

@@ -101,37 +101,25 @@ struct Serve: ParsableCommand {
         }
         let longest = FlagValue.longestSeconds
         var configuration = Server.Configuration()
-        configuration.udpEnabled = !noUdp
-        configuration.udpPort = udpPort.map { p in flag { try FlagValue.port(p, flag: "--udp-port") } }
-        configuration.udpReceiveBuffer = Int32(flag { try FlagValue.bytes(udpReceiveBuffer, flag: "--udp-receive-buffer", in: 4096...(1 << 30)) })
-        configuration.udpIdleTimeout = flag { try FlagValue.seconds(udpIdleTimeout, flag: "--udp-idle-timeout", in: 0.001...longest) }
-        configuration.udpReceiveOffload = !noUdpOffload
-        configuration.udpMaxSessions = flag { try FlagValue.integer(udpMaxSessions, flag: "--udp-max-sessions", in: 1...65_536) }
-        configuration.udpMaxSessionsPerAddress = flag { try FlagValue.integer(udpMaxSessionsPerAddress, flag: "--udp-max-sessions-per-address", in: 1...65_536) }
-        configuration.udpMaxSeedSessions = flag { try FlagValue.integer(udpMaxSeedSessions, flag: "--udp-max-seed-sessions", in: 0...65_536) }
-        configuration.udpMaxSeedSessionsPerAddress = flag { try FlagValue.integer(udpMaxSeedSessionsPerAddress, flag: "--udp-max-seed-sessions-per-address", in: 0...65_536) }
-        configuration.udpWindowBytes = Int(flag { try FlagValue.bytes(udpWindow, flag: "--udp-window", in: (64 << 10)...(1 << 30)) })
-        configuration.udpMemoryBudget = Int(flag { try FlagValue.bytes(udpMemory, flag: "--udp-memory", in: UInt64(configuration.udpWindowBytes)...(1 << 40)) })
-        configuration.host = host
-        configuration.port = flag { try FlagValue.port(port, flag: "--port") }
-        configuration.directory = dir
-        configuration.token = token
-        configuration.fsync = fsync
-        configuration.maxFileSize = flag { try FlagValue.bytes(maxFileSize, flag: "--max-file-size", in: 1...(1 << 60)) }
-        configuration.minFreeSpace = flag { try FlagValue.bytes(minFreeSpace, flag: "--min-free-space", in: 0...(1 << 60)) }
-        configuration.maxNameLength = flag { try FlagValue.integer(maxNameLength, flag: "--max-name-length", in: 1...NamePolicy.defaultMaxLength) }
-        configuration.maxConnections = maxConnections.map { m in flag { try FlagValue.integer(m, flag: "--max-connections", in: 1...1_000_000) } }
-        configuration.maxConnectionsPerAddress = flag { try FlagValue.integer(maxConnectionsPerAddress, flag: "--max-connections-per-address", in: 0...1_000_000) }
-        configuration.partialMaxAge = flag { try FlagValue.seconds(partialMaxAge, flag: "--partial-max-age", in: 0...(100 * longest)) }
-        configuration.partialLimits.perAddress = flag { try FlagValue.integer(maxPartialsPerAddress, flag: "--max-partials-per-address", in: 0...10_000_000) }
-        configuration.partialLimits.bytesPerAddress = flag { try FlagValue.bytes(maxPartialBytesPerAddress, flag: "--max-partial-bytes-per-address", in: 0...(1 << 60)) }
-        configuration.partialLimits.total = flag { try FlagValue.integer(maxPartials, flag: "--max-partials", in: 0...10_000_000) }
-        configuration.partialLimits.totalBytes = flag { try FlagValue.bytes(maxPartialBytes, flag: "--max-partial-bytes", in: 0...(1 << 60)) }
-        configuration.headerTimeout = flag { try FlagValue.seconds(headerTimeout, flag: "--header-timeout", in: 0.001...longest) }
-        configuration.idleTimeout = flag { try FlagValue.seconds(idleTimeout, flag: "--idle-timeout", in: 0.001...longest) }
+        // Every setting goes through Server.Configuration.set: the ranges the C API checks too.
+        var settings: [(String, String)] = [
+            ("host", host), ("port", port), ("dir", dir), ("fsync", "\(fsync)"), ("max-file-size", maxFileSize),
+            ("min-free-space", minFreeSpace), ("max-name-length", maxNameLength), ("max-connections-per-address", maxConnectionsPerAddress),
+            ("partial-max-age", partialMaxAge), ("max-partials-per-address", maxPartialsPerAddress),
+            ("max-partial-bytes-per-address", maxPartialBytesPerAddress), ("max-partials", maxPartials), ("max-partial-bytes", maxPartialBytes),
+            ("header-timeout", headerTimeout), ("idle-timeout", idleTimeout), ("allow-anonymous", "\(allowAnonymous)"),
+            ("allow-seed-protocol", "\(allowSeedProtocol)"), ("udp", "\(!noUdp)"), ("udp-receive-buffer", udpReceiveBuffer),
+            ("udp-idle-timeout", udpIdleTimeout), ("udp-offload", "\(!noUdpOffload)"), ("udp-max-sessions", udpMaxSessions),
+            ("udp-max-sessions-per-address", udpMaxSessionsPerAddress), ("udp-max-seed-sessions", udpMaxSeedSessions),
+            ("udp-max-seed-sessions-per-address", udpMaxSeedSessionsPerAddress), ("udp-window", udpWindow), ("udp-memory", udpMemory),
+        ]
+        if let token { settings.append(("token", token)) }
+        if let udpPort { settings.append(("udp-port", udpPort)) }
+        if let maxConnections { settings.append(("max-connections", maxConnections)) }
+        for (name, value) in settings {
+            flag { try configuration.set(name, value, flag: "--" + name) }
+        }
         let drainSeconds = flag { try FlagValue.seconds(self.drainTimeout, flag: "--drain-timeout", in: 0...longest) }
-        configuration.allowAnonymous = allowAnonymous
-        configuration.allowSeedProtocol = allowSeedProtocol
         let level = logLevel
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
