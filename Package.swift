@@ -69,12 +69,14 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // docs/EMBEDDING.md's Swift example: the server on a loop its host made.
+        .executableTarget(name: "swift-host", dependencies: ["DataStream", "UV", "CLibUV"], path: "examples/swift-host"),
         // Fuzz targets over the pure parsers (libFuzzer executables live in fuzz/, a separate package).
         .target(name: "DataStreamFuzzing", dependencies: ["DataStreamCore"]),
         .testTarget(name: "UVTests", dependencies: ["UV", "CLibUV"]),
         .testTarget(name: "DataStreamCoreTests", dependencies: ["DataStreamCore", "DataStreamFuzzing", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(
             name: "DataStreamTests",
-            dependencies: ["DataStream", "DataStreamBench", "DataStreamCore", "UV", "CLibUV", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["DataStream", "DataStreamBench", "DataStreamCore", "UV", .product(name: "Logging", package: "swift-log")]),
     ]
 )

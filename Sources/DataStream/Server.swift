@@ -118,6 +118,19 @@ public final class Server {
         if !Server.isLoopback(configuration.host), configuration.token == nil, !configuration.allowAnonymous {
             throw .anonymousNonLoopback(host: configuration.host)
         }
+        do {
+            return try startHandles()
+        } catch {
+            // Nothing stays open on the loop after a failed start (its owner may close the loop).
+            sweepTimer?.close()
+            sweepTimer = nil
+            readSoonIdle?.close()
+            readSoonIdle = nil
+            throw error
+        }
+    }
+
+    private func startHandles() throws(ServerError) -> SocketAddress {
         do throws(UVOperationError) {
             let t = try Timer(loop: loop)
             // A tenth of the shorter timeout, between 50 ms and a second (a limit that is not a

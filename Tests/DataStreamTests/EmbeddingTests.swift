@@ -94,3 +94,21 @@ struct EmbeddingTests {
         #expect(server.storedFiles().isEmpty)
     }
 }
+
+/// Options by flag name: the ranges the command line and the C API share.
+struct ConfigurationOptionTests {
+    @Test func everyOptionTakesItsDefaultAndRefusesNonsense() throws {
+        var c = Server.Configuration()
+        try c.set("max-file-size", "64MiB")
+        try c.set("header-timeout", "2.5")
+        try c.set("udp", "off")
+        try c.set("port", "0")
+        #expect(c.maxFileSize == 64 << 20 && c.headerTimeout == 2.5 && !c.udpEnabled && c.port == 0)
+        for (name, bad) in [("port", "70000"), ("header-timeout", "inf"), ("max-file-size", "0"), ("fsync", "perhaps"),
+                            ("udp-window", "1KiB"), ("max-connections", "0")] {
+            #expect(throws: (any Error).self, "\(name) \(bad)") { try c.set(name, bad) }
+        }
+        #expect(throws: Server.Configuration.UnknownOption.self) { try c.set("colour", "blue") }
+        #expect(Server.Configuration.optionNames.count == 30)
+    }
+}

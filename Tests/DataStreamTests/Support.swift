@@ -2,7 +2,6 @@ import DataStream
 import DataStreamCore
 import Dispatch
 import Foundation
-import CLibUV
 import Glibc
 import Logging
 import UV
@@ -32,7 +31,7 @@ final class BackgroundServer: @unchecked Sendable {
     /// The loop is a `uv_loop_t` this object made with `uv_loop_init` and lends to the server,
     /// as an embedding program does (otherwise the server's `Loop` owns one).
     private let borrowedLoop: Bool
-    /// `uv_loop_close`'s status for a borrowed loop, after `stop`.
+    /// `uv_loop_close`'s status for a borrowed loop, after `stop` (0: every handle was closed).
     private(set) var borrowedLoopCloseStatus: Int32?
 
     init(directory: String? = nil, borrowedLoop: Bool = false, configure: (inout Server.Configuration) -> Void = { _ in },
@@ -59,11 +58,15 @@ final class BackgroundServer: @unchecked Sendable {
 
     private func run(_ configuration: Server.Configuration) {
         if borrowedLoop {
-            let raw = UnsafeMutablePointer<uv_loop_t>.allocate(capacity: 1)
-            defer { raw.deallocate() }
-            guard uv_loop_init(raw) == 0 else { ready.signal(); done.signal(); return }
-            run(configuration, on: Loop(borrowing: UnsafeMutableRawPointer(raw)))
-            borrowedLoopCloseStatus = uv_loop_close(raw)
+            // The test owns the uv_loop_t (`host`); the server gets only its pointer.
+            guard let host = try? Loop() else { ready.signal(); done.signal(); return }
+            run(configuration, on: Loop(borrowing: host.rawPointer))
+            do {
+                try host.close()
+                borrowedLoopCloseStatus = 0
+            } catch {
+                borrowedLoopCloseStatus = error.error.code
+            }
         } else if let loop = try? Loop() {
             run(configuration, on: loop)
             loopClosedCleanly = (try? loop.close()) != nil
