@@ -220,9 +220,14 @@ public final class Server {
     public var connectionCount: Int { connections.count }
 
     /// Stops accepting, ends every connection (native partials stay resumable) and calls
-    /// `completion` once every handle of the server is closed.
+    /// `completion` once every handle of the server is closed. Called again before that, it
+    /// calls back both, in order; called after, it calls back at once.
     public func stop(_ completion: @escaping () -> Void = {}) {
-        stopCallback = completion
+        if let earlier = stopCallback {
+            stopCallback = { earlier(); completion() }
+        } else {
+            stopCallback = completion
+        }
         sweepTimer?.close()
         sweepTimer = nil
         readSoonIdle?.close()

@@ -112,3 +112,57 @@ struct ConfigurationOptionTests {
         #expect(Server.Configuration.optionNames.count == 30)
     }
 }
+
+/// A host that stops the server from inside an event (after the first file, at the first
+/// failure, or as soon as an upload starts): every handle still closes.
+struct StopFromEventTests {
+    enum Upload: String, CaseIterable { case seed, native, udp, seedUDP, brokenSeed, cutNative }
+    enum When: String, CaseIterable { case started, ended }
+
+    @Test(arguments: Upload.allCases, When.allCases)
+    func stopInsideAnEventClosesEverything(upload: Upload, when: When) throws {
+        let recorder = EmbeddingTests.EventRecorder()
+        let stopped = LockedFlag()
+        let server = try BackgroundServer(borrowedLoop: true, prepare: { server in
+            server.onEvent = { [unowned server] event in
+                recorder.append(event)
+                switch (event, when) {
+                case (.started, .started), (.stored, .ended), (.failed, .ended): server.stop { stopped.set() }
+                default: break
+                }
+            }
+        })
+        let data = content(11, count: 200_000)
+        switch upload {
+        case .seed, .brokenSeed:
+            let client = try BlockingClient(port: server.port)
+            client.send(Array(String(data.count).utf8) + (upload == .seed ? data : Array(data[0..<1000])))
+            client.shutdownWrite()
+            _ = client.readUntilEOF()
+        case .native:
+            _ = try sendFiles([writeTemporaryFile(data, name: "a.bin")], port: server.port)
+        case .udp:
+            _ = try sendUDP([writeTemporaryFile(data, name: "b.bin")], port: server.port) { $0.silenceTimeout = 2 }
+        case .seedUDP:
+            try seedUDPUpload(data, port: server.port)
+        case .cutNative:
+            let client = try BlockingClient(port: server.port)
+            try client.handshake()
+            _ = try? client.announce(FileHeader(uploadID: .random(), size: UInt64(data.count), digest: .xxh3_128, name: "cut.bin"))  // no answer when stopped at its start
+            client.send(Array(data[0..<5000]))
+            client.shutdownWrite()
+            _ = client.readUntilEOF()
+        }
+        #expect(waitUntil { stopped.isSet })
+        server.stop()
+        #expect(server.borrowedLoopCloseStatus == 0)
+        #expect(server.storedFiles().count <= 1)
+    }
+}
+
+final class LockedFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.withLock { value = true } }
+    var isSet: Bool { lock.withLock { value } }
+}
