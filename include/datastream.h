@@ -11,8 +11,8 @@
  *   make the call from its callback. ds_config_* calls may come from any thread, one at a time
  *   per config.
  * - The server opens its own handles on your loop (TCP and UDP sockets, timers, an idle handle)
- *   and closes all of them before stop's callback runs. It never touches loop->data, your
- *   handles, or uv_walk's view of them beyond its own.
+ *   and closes all of them before stop's callback runs. It never touches loop->data or your
+ *   handles, and never runs, stops or closes the loop.
  * - Process-wide effects: ds_server_start sets SIGPIPE to be ignored (a client closing first
  *   must not end the process). File operations run on libuv's threadpool, which every loop in
  *   the process shares: its size is read once, from UV_THREADPOOL_SIZE, when the first work is

@@ -34,6 +34,8 @@ int main(int argc, char **argv) {
     const char *dir = argc > 1 ? argv[1] : "/tmp/datastream-bad-calls";
     uv_loop_t loop;
     uv_loop_init(&loop);
+    int sentinel;
+    loop.data = &sentinel; /* the host's: the server must leave it alone */
 
     /* NULL handles and arguments. */
     CHECK(refused(ds_config_set(NULL, "port", "0"), DS_ERR_INVALID, "NULL"), "set on a NULL config");
@@ -103,6 +105,7 @@ int main(int argc, char **argv) {
     CHECK(ds_server_free(server) == DS_OK, "free third");
     ds_config_free(config);
 
+    CHECK(loop.data == &sentinel, "loop->data untouched");
     int closed = uv_loop_close(&loop);
     CHECK(closed == 0, "uv_loop_close");
     printf("%s: %d failed checks\n", failures ? "FAIL" : "ok", failures);
