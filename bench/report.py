@@ -90,8 +90,8 @@ for scenario in ["S1", "S2", "S3", "S4", "U1", "U2"]:
     base = max(cs, key=lambda rs: med(metric, rs)) if cs else None
     base_name = base[0]["peer"] if base else "-"
     gen = any(r.get("generatorCpuSeconds") is not None for p in peers for r in by[(scenario, p)])
-    lines.append(f"| peer | {unit} | ratio to {base_name} | p99 latency ms | peak RSS MiB | CPU s |{' load generator CPU s |' if gen else ''} failed | verified |")
-    lines.append("|---|---|---|---|---|---|---|---|" + ("---|" if gen else ""))
+    lines.append(f"| peer | {unit} | ratio to {base_name} | p99 latency ms | peak RSS MiB | CPU s | CPU per upload µs |{' load generator CPU s |' if gen else ''} failed | verified |")
+    lines.append("|---|---|---|---|---|---|---|---|---|" + ("---|" if gen else ""))
     for p in peers:
         rs = by[(scenario, p)]
         value = med(metric, rs)
@@ -105,7 +105,8 @@ for scenario in ["S1", "S2", "S3", "S4", "U1", "U2"]:
         if gen:
             g = [r["generatorCpuSeconds"] for r in rs if r.get("generatorCpuSeconds") is not None]
             gen_cell = f" {statistics.median(g):.2f} |" if g else " - |"
-        lines.append(f"| {p} | {value:,.1f} | {ratio} | {med('p99ms', rs):,.1f} | {med('rssMiB', rs):,.1f} | {med('cpuSeconds', rs):.2f} |{gen_cell} {failed} | {verified} |")
+        per_upload = med("cpuSeconds", rs) / (med("completed", rs) or 1) * 1e6
+        lines.append(f"| {p} | {value:,.1f} | {ratio} | {med('p99ms', rs):,.1f} | {med('rssMiB', rs):,.1f} | {med('cpuSeconds', rs):.2f} | {per_upload:,.0f} |{gen_cell} {failed} | {verified} |")
     lines.append("")
     dr = by.get((scenario, "discard"))
     if dr:
