@@ -424,7 +424,8 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
             } else if let native, let header = nativeHeader {
                 log(.warning, "upload refused: digest mismatch", metadata: ["upload": "\(header.uploadID)", "name": "\(header.name)"])
                 server.statistics.uploadsFailed += 1
-                server.emit(.failed(.native(header, transport: .tcp, peer: peerText), reason: "digest mismatch", code: ProtocolError.resumeMismatch(detail: "").code, resumable: native.held > 0))
+                server.emit(.failed(.native(header, transport: .tcp, peer: peerText), reason: "digest mismatch", code: ProtocolError.resumeMismatch(detail: "").code,
+                                    resumable: MismatchedPartial.decide(heldAtOpen: native.held, heldNow: sink?.writeOffset ?? native.held).keepsPartial))
                 store.mismatched(header.uploadID, fd: sink?.takeDescriptor(), path: native.path, metaPath: native.metaPath,
                                  heldAtOpen: native.held, heldNow: sink?.writeOffset ?? native.held) { [store] in store.release(header.uploadID) }
             }

@@ -285,7 +285,7 @@ final class NativeSessionDriver {
         server.logger.warning("udp upload failed: \(machine!.finalMessage ?? "?")", metadata: ["upload": "\(file.uploadID)", "source": "\(source)"])
         let mismatch = finishMessage != nil && machine!.cumulative == machine!.chunkCount
         server.emit(.failed(.native(file, transport: .udp, peer: source.description), reason: machine!.finalMessage ?? "failed",
-                            code: (mismatch ? ProtocolError.resumeMismatch(detail: "") : .connectionFailed(reason: "")).code, resumable: partial != nil && (!mismatch || partial!.held > 0)))
+                            code: (mismatch ? ProtocolError.resumeMismatch(detail: "") : .connectionFailed(reason: "")).code, resumable: partial.map { !mismatch || MismatchedPartial.decide(heldAtOpen: $0.held, heldNow: writtenEnd).keepsPartial } ?? false))
         if let partial, !writeInFlight {
             self.partial = nil
             // A digest mismatch means the bytes this session added are wrong: they go (see

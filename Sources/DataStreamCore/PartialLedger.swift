@@ -108,4 +108,7 @@ public enum MismatchedPartial: Equatable, Sendable {
     public static func decide(heldAtOpen: UInt64, heldNow: UInt64) -> MismatchedPartial {
         heldNow > heldAtOpen && heldAtOpen > 0 ? .rollBack(to: heldAtOpen) : .discard
     }
+
+    /// Whether a partial stays for the client to resume.
+    public var keepsPartial: Bool { self != .discard }
 }

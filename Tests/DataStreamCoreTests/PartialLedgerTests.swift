@@ -68,5 +68,8 @@ import Testing
         #expect(MismatchedPartial.decide(heldAtOpen: 0, heldNow: 2_000) == .discard)
         // Nothing added: the bytes held before are the wrong ones.
         #expect(MismatchedPartial.decide(heldAtOpen: 2_000, heldNow: 2_000) == .discard)
+        // What an upload event tells the host: resumable only when something is kept.
+        #expect(MismatchedPartial.decide(heldAtOpen: 100, heldNow: 2_000).keepsPartial)
+        #expect(!MismatchedPartial.decide(heldAtOpen: 0, heldNow: 2_000).keepsPartial)
     }
 }

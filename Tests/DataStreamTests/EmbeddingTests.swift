@@ -93,6 +93,48 @@ struct EmbeddingTests {
         #expect(recorder.stored.isEmpty)
         #expect(server.storedFiles().isEmpty)
     }
+
+    /// A digest mismatch is a failure; the event says whether bytes stay for resume, as the
+    /// store decides (`MismatchedPartial`): wrong bytes added by a resume go and what was held
+    /// before stays; a connection that added nothing before its wrong END leaves nothing.
+    @Test func aDigestMismatchSaysWhetherAnythingStays() throws {
+        let recorder = EventRecorder()
+        let server = try BackgroundServer(borrowedLoop: true, prepare: { $0.onEvent = recorder.append })
+        let data = content(12, count: 50_000)
+        let header = FileHeader(uploadID: .random(), size: UInt64(data.count), digest: .xxh3_128, name: "m.bin")
+        /// Resumes `header`: sends the bytes from the offset held up to `upTo`, then a wrong END
+        /// (or closes, without END). Returns the offset the server held.
+        func attempt(upTo end: Int, wrongEnd: Bool) throws -> UInt64? {
+            let client = try BlockingClient(port: server.port)
+            try client.handshake()
+            var offset: UInt64?
+            _ = waitUntil { offset = try? client.announce(header); return offset != nil }
+            guard let offset else { return nil }
+            client.send(Array(data[Int(offset)..<end]))
+            if wrongEnd {
+                client.send(Wire.end(digest: [UInt8](repeating: 7, count: 16)))
+                _ = try? client.result()  // the mismatch; the connection stays for more files
+            } else {
+                client.shutdownWrite()
+                _ = client.readUntilEOF()
+            }
+            return offset
+        }
+        #expect(try attempt(upTo: 20_000, wrongEnd: false) == 0)
+        #expect(waitUntil { recorder.failed.count == 1 })
+        #expect(try attempt(upTo: 50_000, wrongEnd: true) == 20_000)
+        #expect(waitUntil { recorder.failed.count == 2 })
+        #expect(try attempt(upTo: 50_000, wrongEnd: false) == 20_000, "the wrong bytes went, the first 20,000 stayed")
+        #expect(waitUntil { recorder.failed.count == 3 })
+        #expect(try attempt(upTo: 50_000, wrongEnd: true) == 50_000)
+        #expect(waitUntil { recorder.failed.count == 4 })
+        server.stop()
+        let resumable = recorder.failed.map(\.2)
+        #expect(resumable == [true, true, true, false], "\(recorder.failed.map(\.1))")
+        #expect(recorder.failed[1].1.contains("digest") && recorder.failed[3].1.contains("digest"))
+        #expect(server.partials().isEmpty, "the last mismatch, which added nothing, deleted the partial")
+        #expect(server.storedFiles().isEmpty)
+    }
 }
 
 /// Options by flag name: the ranges the command line and the C API share.
