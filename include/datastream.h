@@ -16,8 +16,9 @@
  * - Process-wide effects: ds_server_start sets SIGPIPE to be ignored (a client closing first
  *   must not end the process). File operations run on libuv's threadpool, which every loop in
  *   the process shares: its size is read once, from UV_THREADPOOL_SIZE, when the first work is
- *   queued (set it before that; the default of 4 suits most hosts). Large uploads keep one
- *   buffer per threadpool thread, freed when the thread ends.
+ *   queued (set it before that; the default of 4 suits most hosts). A threadpool thread that
+ *   moves a large upload from its socket to its file keeps a buffer and a pipe for it,
+ *   freed when the thread ends.
  * - Nothing aborts the process on a bad call: each function returns DS_OK or an error code,
  *   and ds_last_error() then says what went wrong.
  */
