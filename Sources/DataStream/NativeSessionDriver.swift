@@ -283,6 +283,7 @@ final class NativeSessionDriver {
         guard machine!.phase == .failed else { return }
         server.statistics.uploadsFailed += 1
         server.logger.warning("udp upload failed: \(machine!.finalMessage ?? "?")", metadata: ["upload": "\(file.uploadID)", "source": "\(source)"])
+        // Every chunk came and FINISH was read: it failed on its digest.
         let mismatch = finishMessage != nil && machine!.cumulative == machine!.chunkCount
         server.emit(.failed(.native(file, transport: .udp, peer: source.description), reason: machine!.finalMessage ?? "failed",
                             code: (mismatch ? ProtocolError.resumeMismatch(detail: "") : .connectionFailed(reason: "")).code, resumable: partial.map { !mismatch || MismatchedPartial.decide(heldAtOpen: $0.held, heldNow: writtenEnd).keepsPartial } ?? false))
@@ -291,7 +292,7 @@ final class NativeSessionDriver {
             // A digest mismatch means the bytes this session added are wrong: they go (see
             // `MismatchedPartial`). Other failures (a write error) leave a correct prefix that a
             // later try resumes.
-            if finishMessage != nil, machine!.cumulative == machine!.chunkCount {
+            if mismatch {
                 let store = server.store, id = file.uploadID
                 store.mismatched(id, fd: partial.fd, path: partial.path, metaPath: partial.metaPath, heldAtOpen: partial.held, heldNow: writtenEnd) { store.release(id) }
             } else {

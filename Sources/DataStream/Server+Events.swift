@@ -76,21 +76,16 @@ extension Server {
         if let onEvent { onEvent(event()) }
     }
 
-    /// The path of a stored file.
-    func storedPath(_ storedName: String) -> String {
-        configuration.directory.hasSuffix("/") ? configuration.directory + storedName : configuration.directory + "/" + storedName
-    }
-
     /// A `.stored` event for a native upload.
     func nativeStored(_ header: FileHeader, transport: UploadTransport, peer: String, storedName: String, digest: [UInt8]) -> UploadEvent {
         .stored(StoredUpload(upload: .native(header, transport: transport, peer: peer), storedName: storedName,
-                             path: storedPath(storedName), digest: digest, digestAlgorithm: header.digest.name))
+                             path: store.finalPath(storedName), digest: digest, digestAlgorithm: header.digest.name))
     }
 
     /// A `.stored` event for a seed upload.
     func seedStored(transport: UploadTransport, peer: String, size: UInt64, storedName: String) -> UploadEvent {
         .stored(StoredUpload(upload: .init(transport: transport, peer: peer, size: size), storedName: storedName,
-                             path: storedPath(storedName), digest: [], digestAlgorithm: nil))
+                             path: store.finalPath(storedName), digest: [], digestAlgorithm: nil))
     }
 }
 

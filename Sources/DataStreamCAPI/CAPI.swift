@@ -40,25 +40,20 @@ public func dsLastError() -> UnsafePointer<CChar> {
 
 // MARK: - Configuration
 
-/// A `ds_config`: the settings and the host's callbacks.
-final class HostConfiguration {
-    var settings = Server.Configuration()
+/// What a `ds_config` holds: the settings and the host's callbacks. A value: the server takes
+/// its own copy, so the host may change or free the config afterwards.
+struct HostSettings {
+    var server = Server.Configuration()
     var onEvent: ds_event_cb?
     var eventUserData: UnsafeMutableRawPointer?
     var onLog: ds_log_cb?
     var logLevel = DS_LOG_INFO
     var logUserData: UnsafeMutableRawPointer?
+}
 
-    func copy() -> HostConfiguration {
-        let c = HostConfiguration()
-        c.settings = settings
-        c.onEvent = onEvent
-        c.eventUserData = eventUserData
-        c.onLog = onLog
-        c.logLevel = logLevel
-        c.logUserData = logUserData
-        return c
-    }
+/// A `ds_config` handle.
+final class HostConfiguration {
+    var settings = HostSettings()
 }
 
 private func configuration(_ handle: OpaquePointer?) -> HostConfiguration? {
@@ -81,7 +76,7 @@ public func dsConfigSet(_ handle: OpaquePointer?, _ name: UnsafePointer<CChar>?,
     guard let config = configuration(handle) else { return fail(DS_ERR_INVALID, "ds_config_set: the config is NULL") }
     guard let name, let value else { return fail(DS_ERR_INVALID, "ds_config_set: the name or the value is NULL") }
     do {
-        try config.settings.set(String(cString: name), String(cString: value))
+        try config.settings.server.set(String(cString: name), String(cString: value))
     } catch {
         return fail(DS_ERR_INVALID, "ds_config_set: \(error)")
     }
@@ -106,15 +101,15 @@ public func dsConfigSetDirectory(_ handle: OpaquePointer?, _ path: UnsafePointer
 @_cdecl("ds_config_set_token")
 public func dsConfigSetToken(_ handle: OpaquePointer?, _ token: UnsafePointer<CChar>?) -> Int32 {
     guard let config = configuration(handle) else { return fail(DS_ERR_INVALID, "ds_config_set_token: the config is NULL") }
-    config.settings.token = token.map { String(cString: $0) }
+    config.settings.server.token = token.map { String(cString: $0) }
     return succeed()
 }
 
 @_cdecl("ds_config_set_event_callback")
 public func dsConfigSetEventCallback(_ handle: OpaquePointer?, _ callback: ds_event_cb?, _ userData: UnsafeMutableRawPointer?) -> Int32 {
     guard let config = configuration(handle) else { return fail(DS_ERR_INVALID, "ds_config_set_event_callback: the config is NULL") }
-    config.onEvent = callback
-    config.eventUserData = userData
+    config.settings.onEvent = callback
+    config.settings.eventUserData = userData
     return succeed()
 }
 
@@ -124,9 +119,9 @@ public func dsConfigSetLogCallback(_ handle: OpaquePointer?, _ callback: ds_log_
     guard (DS_LOG_TRACE.rawValue...DS_LOG_CRITICAL.rawValue).contains(level.rawValue) else {
         return fail(DS_ERR_INVALID, "ds_config_set_log_callback: level must be DS_LOG_TRACE to DS_LOG_CRITICAL, got \(level.rawValue)")
     }
-    config.onLog = callback
-    config.logLevel = level
-    config.logUserData = userData
+    config.settings.onLog = callback
+    config.settings.logLevel = level
+    config.settings.logUserData = userData
     return succeed()
 }
 
@@ -136,11 +131,11 @@ public func dsConfigSetLogCallback(_ handle: OpaquePointer?, _ callback: ds_log_
 /// Retained by the handle from `ds_server_new` until `ds_server_free`.
 final class HostedServer {
     let server: Server
-    let configuration: HostConfiguration
+    let configuration: HostSettings
     var lifecycle = HostedServerLifecycle()
     var tcpPort: Int32 = 0
 
-    init(server: Server, configuration: HostConfiguration) {
+    init(server: Server, configuration: HostSettings) {
         self.server = server
         self.configuration = configuration
     }
@@ -169,7 +164,7 @@ final class HostedServer {
             upload = s.upload
             e.stored_name = c(s.storedName)
             e.path = c(s.path)
-            e.digest_hex = s.digest.isEmpty ? nil : c(s.digest.map { String($0, radix: 16).leftPadded(2) }.joined())
+            e.digest_hex = s.digest.isEmpty ? nil : c(s.digest.hexString)
             e.digest_algorithm = c(s.digestAlgorithm)
         case .failed(let u, let reason, let code, let resumable):
             e.kind = DS_EVENT_FAILED
@@ -185,10 +180,6 @@ final class HostedServer {
         e.size = upload.size
         callback(&e, configuration.eventUserData)
     }
-}
-
-extension String {
-    fileprivate func leftPadded(_ width: Int) -> String { count >= width ? self : String(repeating: "0", count: width - count) + self }
 }
 
 private func hosted(_ handle: OpaquePointer?) -> HostedServer? {
@@ -224,7 +215,7 @@ extension Logger.Level {
 @_cdecl("ds_server_new")
 public func dsServerNew(_ loop: UnsafeMutableRawPointer?, _ configHandle: OpaquePointer?, _ out: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
     guard let loop else { return fail(DS_ERR_INVALID, "ds_server_new: the loop is NULL") }
-    guard let config = configuration(configHandle)?.copy() else { return fail(DS_ERR_INVALID, "ds_server_new: the config is NULL") }
+    guard let config = configuration(configHandle)?.settings else { return fail(DS_ERR_INVALID, "ds_server_new: the config is NULL") }
     guard let out else { return fail(DS_ERR_INVALID, "ds_server_new: out is NULL") }
     out.pointee = nil
     let logger: Logger
@@ -236,7 +227,7 @@ public func dsServerNew(_ loop: UnsafeMutableRawPointer?, _ configHandle: Opaque
     }
     let server: Server
     do {
-        server = try Server(loop: Loop(borrowing: loop), configuration: config.settings, logger: logger)
+        server = try Server(loop: Loop(borrowing: loop), configuration: config.server, logger: logger)
     } catch {
         switch error {
         case .directory: return fail(DS_ERR_DIRECTORY, "ds_server_new: \(error)")

@@ -34,7 +34,7 @@ struct EmbeddingTests {
         try seedUDPUpload(seedUDP, port: server.port)
         #expect(waitUntil { recorder.stored.count == 4 })
         server.stop()
-        #expect(server.borrowedLoopCloseStatus == 0, "every handle the server opened is closed: uv_loop_close succeeds")
+        #expect(server.loopClosedCleanly, "every handle the server opened is closed: uv_loop_close succeeds")
 
         let byTransport = Dictionary(uniqueKeysWithValues: recorder.stored.map { ($0.upload.transport, $0) })
         #expect(Set(byTransport.keys) == Set(UploadTransport.allCases))
@@ -82,7 +82,7 @@ struct EmbeddingTests {
         try seedUDPUpload(content(7, count: 8_000), port: server.port, skipDatagram: 3)
         #expect(waitUntil { recorder.failed.count == 3 })
         server.stop()
-        #expect(server.borrowedLoopCloseStatus == 0)
+        #expect(server.loopClosedCleanly)
 
         let failed = Dictionary(uniqueKeysWithValues: recorder.failed.map { ($0.0.transport, $0) })
         #expect(failed[.seedTCP]?.0.size == 5000 && failed[.seedTCP]?.2 == false)
@@ -197,7 +197,7 @@ struct StopFromEventTests {
         }
         #expect(waitUntil { stopped.isSet })
         server.stop()
-        #expect(server.borrowedLoopCloseStatus == 0)
+        #expect(server.loopClosedCleanly)
         #expect(server.storedFiles().count <= 1)
     }
 }
