@@ -3,6 +3,7 @@
 //
 // Layers (a lower one never imports a higher one):
 //   CLibUV (C)  <-  UV (the only importer of CLibUV)
+//   CHTTPParser (C)  <-  HTTPParsing (the only importer of CHTTPParser; builds Core's request heads)
 //   DataStreamCore (pure Swift: wire formats, state machines, name policy)
 //   DataStream (drivers, store, sender: imports UV and DataStreamCore)
 //   DataStreamCAPI (the C API of include/datastream.h over DataStream: libdatastream)
@@ -30,6 +31,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"4.0.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         .systemLibrary(
@@ -38,16 +41,22 @@ let package = Package(
         .systemLibrary(
             name: "CXXHash", path: "CXXHash", pkgConfig: "libxxhash",
             providers: [.apt(["libxxhash-dev"])]),
+        .systemLibrary(
+            name: "CHTTPParser", path: "CHTTPParser",
+            providers: [.apt(["libhttp-parser-dev"])]),
         .target(name: "UV", dependencies: ["CLibUV"]),
+        .target(name: "HTTPParsing", dependencies: ["CHTTPParser", "DataStreamCore"]),
         .target(
             name: "DataStreamCore",
             dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "DataStream",
             dependencies: [
-                "UV", "DataStreamCore", "CXXHash",
+                "UV", "DataStreamCore", "CXXHash", "HTTPParsing",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]),
         // include/datastream.h as a module, so the Swift side fills the very structs C reads.
         .systemLibrary(name: "CDataStreamHeader", path: "include"),
@@ -72,8 +81,9 @@ let package = Package(
         // docs/EMBEDDING.md's Swift example: the server on a loop its host made.
         .executableTarget(name: "swift-host", dependencies: ["DataStream", "UV", "CLibUV"], path: "examples/swift-host"),
         // Fuzz targets over the pure parsers (libFuzzer executables live in fuzz/, a separate package).
-        .target(name: "DataStreamFuzzing", dependencies: ["DataStreamCore"]),
+        .target(name: "DataStreamFuzzing", dependencies: ["DataStreamCore", "HTTPParsing"]),
         .testTarget(name: "UVTests", dependencies: ["UV", "CLibUV"]),
+        .testTarget(name: "HTTPParsingTests", dependencies: ["HTTPParsing", "DataStreamCore"]),
         .testTarget(name: "DataStreamCoreTests", dependencies: ["DataStreamCore", "DataStreamFuzzing", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(
             name: "DataStreamTests",
