@@ -1,0 +1,320 @@
+/// The state of one HTTP/1.1 connection: parsed requests and completed file operations in,
+/// actions out. Requests are taken one at a time (a pipelined request waits in the driver's
+/// input until the one before it is answered), so responses go out in order.
+///
+/// A value that touches no socket and no file, with time passed in. The driver parses bytes
+/// (`HTTPParsing.HTTPRequestParser`) and feeds the machine what the parser found.
+///
+/// States: awaitingHead → (a resource) responding → awaitingHead …
+///                      → (PUT) opening → receiving → storing → responding → awaitingHead …
+/// Any state → closed.
+public struct HTTPConnectionMachine {
+    public struct Configuration: Sendable {
+        /// The largest body stored (413 past it, before a byte is written when the length is known).
+        public var maxFileSize: UInt64
+        /// The longest name, in UTF-8 bytes.
+        public var maxNameLength: Int
+        /// Nanoseconds from a head's first byte to its end (408 past it).
+        public var headTimeout: UInt64
+        /// Nanoseconds a kept-alive connection may wait for a next request, and a body may go
+        /// without a byte.
+        public var idleTimeout: UInt64
+
+        public init(maxFileSize: UInt64 = 1 << 40, maxNameLength: Int = NamePolicy.defaultMaxLength,
+                    headTimeout: UInt64 = 30_000_000_000, idleTimeout: UInt64 = 60_000_000_000) {
+            self.maxFileSize = maxFileSize
+            self.maxNameLength = maxNameLength
+            self.headTimeout = headTimeout
+            self.idleTimeout = idleTimeout
+        }
+    }
+
+    /// What the driver builds a response for itself (it needs the server's state).
+    public enum Resource: Hashable, Sendable {
+        case health, ready, metrics
+    }
+
+    public enum Action: Hashable, Sendable {
+        case none
+        /// Send these bytes (`100 Continue`) and go on reading.
+        case send([UInt8])
+        /// Write this response (only its head if `headOnly`), then call `responseSent`.
+        case respond(HTTPResponse, headOnly: Bool)
+        /// Build the resource's response, write it, then call `responseSent`.
+        case serve(Resource, headOnly: Bool)
+        /// Reserve room for the body and open a file without a name for it; then call
+        /// `uploadOpened` or `uploadRefused`. `name` is sanitised; nil: generate one.
+        case openUpload(name: String?, declaredSize: UInt64?)
+        /// Every body byte is in: store the file under its name, then call `uploadStored` or `uploadFailed`.
+        case commitUpload(size: UInt64)
+        /// Delete the upload's file, write the response if any, and close.
+        case abortUpload(HTTPResponse?)
+        /// Close the connection now.
+        case close
+    }
+
+    struct Upload: Hashable {
+        var keepAlive: Bool
+        var expectsContinue: Bool
+        var received: UInt64 = 0
+    }
+
+    enum State: Hashable {
+        /// Waiting for a request; `began` is when its first byte came.
+        case awaitingHead(since: UInt64, began: UInt64?)
+        case opening(Upload)
+        case receiving(Upload)
+        case storing(Upload)
+        /// A response is being written; `close`: the connection ends after it.
+        case responding(close: Bool)
+        case closed
+    }
+
+    public let configuration: Configuration
+    private(set) var state: State
+    private var lastInput: UInt64
+    private var draining = false
+    private var peerEnded = false
+
+    public init(configuration: Configuration, now: UInt64) {
+        self.configuration = configuration
+        state = .awaitingHead(since: now, began: nil)
+        lastInput = now
+    }
+
+    /// A short name of the state, for logs and tests.
+    public var stateName: String {
+        switch state {
+        case .awaitingHead: "awaitingHead"
+        case .opening: "opening"
+        case .receiving: "receiving"
+        case .storing: "storing"
+        case .responding: "responding"
+        case .closed: "closed"
+        }
+    }
+
+    /// Whether the driver should parse input now (false while a file operation or a response
+    /// is pending: what follows waits, which keeps pipelined answers in order).
+    public var takesInput: Bool {
+        switch state {
+        case .awaitingHead, .receiving: true
+        default: false
+        }
+    }
+
+    /// An upload has begun and is not yet answered (a draining server lets it finish).
+    public var hasUploadInProgress: Bool {
+        switch state {
+        case .opening, .receiving, .storing: true
+        default: false
+        }
+    }
+
+    public var isClosed: Bool { state == .closed }
+
+    // MARK: - Events
+
+    /// Bytes arrived (before they are parsed).
+    public mutating func inputArrived(now: UInt64) {
+        lastInput = now
+        if case .awaitingHead(let since, nil) = state { state = .awaitingHead(since: since, began: now) }
+    }
+
+    /// A request's head is complete.
+    public mutating func headReceived(_ head: HTTPRequestHead) -> Action {
+        guard case .awaitingHead = state else { return closeNow() }
+        // A body the route does not read cannot be skipped safely: answer, then close.
+        let keepAlive = head.keepAlive && !draining
+        let headOnly = head.method == .head
+        func refuse(_ status: Int, _ message: String, headers: [HTTPHeader] = []) -> Action {
+            state = .responding(close: !keepAlive || head.hasBody)
+            return .respond(.error(status, message, headers: headers), headOnly: headOnly)
+        }
+        guard head.versionMajor == 1 else { return refuse(505, "HTTP/1.x only") }
+        if head.upgrade { return refuse(501, "protocol upgrades are not served on this route") }
+        switch HTTPRoute.route(head) {
+        case .health, .ready, .metrics:
+            if head.hasBody { return refuse(400, "this route takes no body") }
+            state = .responding(close: !keepAlive)
+            let resource: Resource = switch HTTPRoute.route(head) {
+            case .health: .health
+            case .ready: .ready
+            default: .metrics
+            }
+            return .serve(resource, headOnly: headOnly)
+        case .put(let raw):
+            var name: String?
+            if let raw {
+                do throws(ProtocolError) { name = try NamePolicy.sanitise(raw, maxLength: configuration.maxNameLength) } catch {
+                    return refuse(400, error.description)
+                }
+            }
+            let declared = head.chunked ? nil : (head.contentLength ?? 0)
+            if let declared, declared > configuration.maxFileSize {
+                return refuse(413, ProtocolError.fileTooLarge(size: declared, limit: configuration.maxFileSize).description)
+            }
+            state = .opening(Upload(keepAlive: keepAlive, expectsContinue: head.expectsContinue))
+            return .openUpload(name: name, declaredSize: declared)
+        case .notFound:
+            return refuse(404, "no such route: \(head.method.name) \(head.path)")
+        case .methodNotAllowed(let allow):
+            return refuse(405, "\(head.method.name) is not allowed here", headers: [HTTPHeader("Allow", allow)])
+        case .badTarget:
+            return refuse(400, "malformed request target")
+        }
+    }
+
+    /// The upload's file is open and its room reserved: its body may come.
+    public mutating func uploadOpened() -> Action {
+        switch state {
+        case .opening(let upload):
+            state = .receiving(upload)
+            return upload.expectsContinue ? .send(HTTPResponse.continueBytes) : .none
+        case .closed:
+            return .abortUpload(nil)  // the client left while the file was opening
+        default:
+            return unexpected()
+        }
+    }
+
+    /// The upload could not begin (no room, too large, the file would not open).
+    public mutating func uploadRefused(_ error: ProtocolError) -> Action {
+        guard case .opening = state else { return state == .closed ? .none : unexpected() }
+        state = .responding(close: true)  // its body, if sent, is not read
+        return .respond(.error(HTTPConnectionMachine.status(for: error), error.description), headOnly: false)
+    }
+
+    /// `count` body bytes arrived (decoded from chunks); the driver queued them for the file.
+    public mutating func bodyReceived(_ count: Int) -> Action {
+        guard case .receiving(var upload) = state else { return count == 0 ? .none : unexpected() }
+        upload.received += UInt64(count)
+        if upload.received > configuration.maxFileSize {
+            state = .closed
+            return .abortUpload(.error(413, ProtocolError.fileTooLarge(size: upload.received, limit: configuration.maxFileSize).description))
+        }
+        state = .receiving(upload)
+        return .none
+    }
+
+    /// The request's body is complete.
+    public mutating func messageComplete() -> Action {
+        switch state {
+        case .receiving(let upload):
+            state = .storing(upload)
+            return .commitUpload(size: upload.received)
+        case .responding, .closed:
+            return .none  // a request without a body, already being answered
+        default:
+            return unexpected()
+        }
+    }
+
+    /// The upload is under its final name.
+    public mutating func uploadStored(name: String) -> Action {
+        guard case .storing(let upload) = state else { return state == .closed ? .none : unexpected() }
+        state = .responding(close: !upload.keepAlive || draining || peerEnded)
+        let location = "/" + HTTPRoute.percentEncoded(name)
+        return .respond(.json(201, [("name", .string(name)), ("size", .number(upload.received))], headers: [HTTPHeader("Location", location)]), headOnly: false)
+    }
+
+    /// Storing failed; the file is gone.
+    public mutating func uploadFailed(_ error: ProtocolError) -> Action {
+        guard case .storing = state else { return state == .closed ? .none : unexpected() }
+        state = .responding(close: true)
+        return .respond(.error(HTTPConnectionMachine.status(for: error), error.description), headOnly: false)
+    }
+
+    /// The response is written (queued to the socket).
+    public mutating func responseSent(now: UInt64) -> Action {
+        guard case .responding(let close) = state else { return state == .closed ? .none : unexpected() }
+        if close || peerEnded || draining { return closeNow() }
+        state = .awaitingHead(since: now, began: nil)
+        lastInput = now
+        return .none
+    }
+
+    /// The input is not HTTP the parser accepts.
+    public mutating func parseFailed(headTooLarge: Bool, detail: String) -> Action {
+        switch state {
+        case .receiving:
+            state = .closed
+            return .abortUpload(.error(400, "malformed request body: \(detail)"))
+        case .awaitingHead:
+            state = .responding(close: true)
+            return headTooLarge ? .respond(.error(431, detail), headOnly: false) : .respond(.error(400, "malformed request: \(detail)"), headOnly: false)
+        default:
+            return closeNow()
+        }
+    }
+
+    /// The client ended its side of the stream.
+    public mutating func endOfStream() -> Action {
+        peerEnded = true
+        switch state {
+        case .awaitingHead, .opening:
+            return closeNow()  // an open in flight is answered with abortUpload
+        case .receiving:
+            state = .closed
+            return .abortUpload(nil)  // the body was cut short
+        case .storing, .responding:
+            return .none  // finish and answer; the close follows the response
+        case .closed:
+            return .none
+        }
+    }
+
+    /// The server's clock: a head that takes too long gets 408, a kept-alive connection idle
+    /// too long is closed, a body silent too long is abandoned.
+    public mutating func tick(now: UInt64) -> Action {
+        switch state {
+        case .awaitingHead(let since, let began):
+            if let began, now &- began >= configuration.headTimeout {
+                state = .responding(close: true)
+                return .respond(.error(408, "the request head did not arrive in time"), headOnly: false)
+            }
+            if began == nil, now &- since >= configuration.idleTimeout { return closeNow() }
+            return .none
+        case .receiving:
+            guard now &- lastInput >= configuration.idleTimeout else { return .none }
+            state = .closed
+            return .abortUpload(.error(408, "no body bytes for too long"))
+        default:
+            return .none
+        }
+    }
+
+    /// The server drains: an idle connection closes now; one with a request in hand finishes
+    /// it and closes after the response.
+    public mutating func drain() -> Action {
+        draining = true
+        if case .awaitingHead(_, nil) = state { return closeNow() }
+        return .none
+    }
+
+    private mutating func closeNow() -> Action {
+        state = .closed
+        return .close
+    }
+
+    private mutating func unexpected() -> Action {
+        switch state {
+        case .opening, .receiving:
+            state = .closed
+            return .abortUpload(nil)
+        default:
+            return closeNow()
+        }
+    }
+
+    /// The status a refused or failed upload is answered with.
+    public static func status(for error: ProtocolError) -> Int {
+        switch error {
+        case .diskFull: 507
+        case .fileTooLarge: 413
+        case .invalidName: 400
+        case .serverBusy, .uploadBusy, .tooManyConnections, .shuttingDown: 503
+        default: 500
+        }
+    }
+}
