@@ -17,15 +17,11 @@ import UV
 /// receiver's user-space work on small uploads). Each is a plain value only ever read or
 /// assigned in place, or (`machine`) changed by a mutating call that never calls out, so no
 /// two accesses can overlap; a property passed `inout` across a call must not be marked.
-final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUploadOwner {
+final class Connection: ServedConnection, TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUploadOwner {
     let id: UInt64
-    /// Its place in the server's table of open connections (-1 once it left). The server's own.
-    @exclusivity(unchecked) var tableIndex = -1
     private let server: Server
     private let stream: TCPStream
     @exclusivity(unchecked) private var machine: ConnectionStateMachine
-    /// The peer as looked up at accept, when the server needed it (the per-address cap).
-    let acceptedPeer: SocketAddress?
     /// The peer for log lines: looked up only when a line is logged (one `getpeername` less
     /// per connection otherwise).
     private var peer: SocketAddress? { acceptedPeer ?? (try? stream.peerAddress()) }
@@ -96,7 +92,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         self.machine = ConnectionStateMachine(configuration: server.machineConfiguration)
         self.flow = WaterMarks(low: server.configuration.connectionBufferLow, high: server.configuration.connectionBufferHigh)
         self.lifecycle = ConnectionLifecycle(configuration: server.lifecycleConfiguration, now: monotonicNanoseconds())
-        self.acceptedPeer = acceptedPeer
+        super.init(acceptedPeer: acceptedPeer)
     }
 
     /// Starts serving the accepted connection. What the client sent before the accept is read
@@ -187,6 +183,10 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         var offset = 0
         while offset < count && !closing {
             let step = machine.bytesReceived(UnsafeRawBufferPointer(rebasing: slab.memory[(start + offset)..<(start + count)]))
+            if case .handOverToHTTP = step.action {
+                handOverToHTTP(slab, start: start + offset, count: count - offset)
+                return
+            }
             if step.fileBytes > 0 {
                 var completes = false
                 if case .finishSeedUpload = step.action { completes = true }
@@ -236,6 +236,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
 
     private func queueFileBytes(_ slab: Slab, start: Int, count: Int, completingUpload: Bool) {
         guard coverSeedBytes(UInt64(count)) else { return }
+        server.metrics.received(count, machine.isSeed ? .seedTCP : .tcp)
         if small.isActive {
             if !small.append(slab, start: start, count: count, completing: completingUpload, pool: pool, blocks: server.smallBuffers) {
                 perform(machine.uploadFailed(.storageFailed(reason: "more bytes than the declared size")))
@@ -289,6 +290,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                                             lifecycle.clientSent(now: monotonicNanoseconds())
                                             server.statistics.bytesReceived += n
                                             server.statistics.bytesDrained += n
+                                            server.metrics.received(Int(n), machine.isSeed ? .seedTCP : .tcp)
                                             let action = machine.fileBytesMovedDirectly(n)
                                             if case .finishSeedUpload = action, var byte = next {
                                                 // A byte already follows the seed upload's last one: as on
@@ -339,7 +341,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
 
     /// What to do with the partial if the connection ends now: native partials are resumable.
     /// Whether an upload has begun on this connection and not ended (see the machine).
-    var hasUploadInProgress: Bool { machine.hasUploadInProgress }
+    override var hasUploadInProgress: Bool { machine.hasUploadInProgress }
 
     /// What stopping now would do to the current upload's partial: kept for resume (native),
     /// deleted (seed), or nothing (no upload).
@@ -377,6 +379,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
             }
             log(.debug, "seed upload started", metadata: ["declared": "\(declared)"])
             seedDeclared = declared
+            server.tally(.started, .seedTCP)
             server.emit(.started(.init(transport: .seedTCP, peer: peerText, size: declared)))
             if case .small(let capacity) = lifecycle.seedPath(declared: declared, smallBytesInUse: server.smallUploadBytesInUse) {
                 server.smallUploadBytesInUse += capacity
@@ -419,11 +422,13 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                 // second copy.
                 log(.warning, "upload refused: digest mismatch with the upload stored under this id", metadata: ["upload": "\(header.uploadID)", "name": "\(header.name)"])
                 server.statistics.uploadsFailed += 1
+                server.tally(.failed(code: ProtocolError.resumeMismatch(detail: "").code), .tcp)
                 server.emit(.failed(.native(header, transport: .tcp, peer: peerText), reason: "digest mismatch with the upload stored under this id", code: ProtocolError.resumeMismatch(detail: "").code, resumable: false))
                 store.release(header.uploadID)
             } else if let native, let header = nativeHeader {
                 log(.warning, "upload refused: digest mismatch", metadata: ["upload": "\(header.uploadID)", "name": "\(header.name)"])
                 server.statistics.uploadsFailed += 1
+                server.tally(.failed(code: ProtocolError.resumeMismatch(detail: "").code), .tcp)
                 server.emit(.failed(.native(header, transport: .tcp, peer: peerText), reason: "digest mismatch", code: ProtocolError.resumeMismatch(detail: "").code,
                                     resumable: MismatchedPartial.decide(heldAtOpen: native.held, heldNow: sink?.writeOffset ?? native.held).keepsPartial))
                 store.mismatched(header.uploadID, fd: sink?.takeDescriptor(), path: native.path, metaPath: native.metaPath,
@@ -433,7 +438,20 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
             send(reply)
         case .close(let reply, let reason, let partial):
             closeConnection(reply: reply, reason: reason, partial: partial)
+        case .handOverToHTTP:
+            break  // taken in `process`, with the input it concerns
         }
+    }
+
+    /// The client speaks HTTP: an `HTTPConnection` takes the stream, the input read so far and
+    /// this connection's place in the server's table. This driver does nothing more.
+    private func handOverToHTTP(_ slab: Slab, start: Int, count: Int) {
+        closing = true
+        stream.stopReading()
+        pool.cancelWait(self)
+        let http = HTTPConnection(id: id, server: server, stream: stream, acceptedPeer: acceptedPeer)
+        server.connections.replace(self, with: http)
+        http.start(slab, start: start, count: count)
     }
 
     /// A file operation failed: the client hears the operation and the error, never the
@@ -486,6 +504,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
         case .success(let stored):
             server.statistics.uploadsStored += 1
             log(.info, "stored seed upload", metadata: ["name": "\(stored)", "bytes": "\(size)"])
+            server.tally(.stored, .seedTCP)
             server.emit(server.seedStored(transport: .seedTCP, peer: peerText, size: size, storedName: "\(stored)"))
             perform(machine.seedStored())
         case .failure(let error):
@@ -522,6 +541,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                         seedPartial = nil
                         server.statistics.uploadsStored += 1
                         log(.info, "stored seed upload", metadata: ["name": "\(stored)", "bytes": "\(size)"])
+                        server.tally(.stored, .seedTCP)
                         server.emit(server.seedStored(transport: .seedTCP, peer: peerText, size: size, storedName: "\(stored)"))
                         perform(machine.seedStored())
                     case .failure(let error):
@@ -571,6 +591,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
                 self.sink = sink
                 sink.opened(partial.fd)
                 log(.debug, "upload opened", metadata: ["upload": "\(header.uploadID)", "name": "\(header.name)", "size": "\(header.size)", "held": "\(partial.held)"])
+                server.tally(.started, .tcp)
                 server.emit(.started(.native(header, transport: .tcp, peer: peerText)))
                 perform(machine.uploadOpened(heldBytes: partial.held))
             case .failure(let error):
@@ -603,6 +624,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
             case .success(let stored):
                 server.statistics.uploadsStored += 1
                 log(.info, "stored upload", metadata: ["upload": "\(header.uploadID)", "name": "\(stored)", "bytes": "\(header.size)"])
+                server.tally(.stored, .tcp)
                 server.emit(server.nativeStored(header, transport: .tcp, peer: peerText, storedName: stored, digest: digest))
                 perform(machine.uploadCommitted(storedName: stored))
             case .failure(let error):
@@ -638,6 +660,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
             if partial != .none, server.onEvent != nil {
                 let upload = nativeHeader.map { UploadDescription.native($0, transport: .tcp, peer: peerText) }
                     ?? UploadDescription(transport: .seedTCP, peer: peerText, size: seedDeclared)
+                server.tally(.failed(code: reason.code), upload.transport)
                 server.emit(.failed(upload, reason: reason.description, code: reason.code, resumable: partial == .keep))
             }
             switch reason {
@@ -699,7 +722,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     }
 
     /// The server's sweep: the lifecycle machine decides whether a timeout ran out.
-    func checkTimeouts(now: UInt64) {
+    override func checkTimeouts(now: UInt64) {
         guard !closing, closeAfterDrain == nil else { return }
         // A drain is woken only once enough bytes wait: bytes that arrived since the last
         // check are the client sending, slowly, not silence.
@@ -723,7 +746,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
 
     /// Graceful shutdown: ends the connection now if no upload is in progress (native clients
     /// get ERROR 22), else once the upload has ended (checked after every action).
-    func shutDownWhenIdle() {
+    override func shutDownWhenIdle() {
         guard !closing, case .shutDown = lifecycle.serverDraining(uploadInProgress: machine.hasUploadInProgress) else { return }
         perform(machine.shuttingDown())
     }
@@ -731,7 +754,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     /// The drain's deadline has passed: end the connection if its next move is the client's
     /// (a native partial stays resumable); one the server is still storing goes on, and comes
     /// back here after each action.
-    func cutIfWaitingForClient() {
+    override func cutIfWaitingForClient() {
         guard !closing, closeAfterDrain == nil,
               case .cut = lifecycle.drainDeadlinePassed(waitingForClient: machine.isWaitingForClient, uploadInProgress: machine.hasUploadInProgress)
         else { return }
@@ -740,7 +763,7 @@ final class Connection: TCPStreamReader, UploadSinkOwner, BufferWaiter, SmallUpl
     }
 
     /// Server shutdown: end the connection now, keeping native partials for resume.
-    func abort() {
+    override func abort() {
         closeConnection(reply: nil, reason: nil, partial: currentPartialDisposition)
     }
 }

@@ -98,7 +98,10 @@ final class NativeSessionDriver {
                 acceptDatagram = accept
                 receiver.send(accept, to: source)
                 machine!.sent(bytes: accept.count)
-                if storedReceipt == nil { server.emit(.started(.native(file, transport: .udp, peer: source.description))) }
+                if storedReceipt == nil {
+                    server.tally(.started, .udp)
+                    server.emit(.started(.native(file, transport: .udp, peer: source.description)))
+                }
                 server.logger.debug("udp upload opened", metadata: ["upload": "\(file.uploadID)", "name": "\(file.name)", "size": "\(file.size)", "held": "\(held)", "chunk": "\(chunkSize)"])
             }
         }
@@ -118,6 +121,7 @@ final class NativeSessionDriver {
         case .store(let slot):
             UnsafeMutableRawBufferPointer(rebasing: ring[(slot * chunkSize)...]).copyMemory(from: payload)
             server.statistics.bytesReceived += UInt64(payload.count)
+            server.metrics.received(payload.count, .udp)
         case .duplicate:
             server.statistics.udpDuplicates += 1
         case .outOfRange, .badLength, .closed:
@@ -242,6 +246,7 @@ final class NativeSessionDriver {
             case .success(let stored):
                 server.statistics.uploadsStored += 1
                 server.logger.info("stored udp upload", metadata: ["upload": "\(file.uploadID)", "name": "\(stored)", "bytes": "\(file.size)", "source": "\(source)"])
+                server.tally(.stored, .udp)
                 server.emit(server.nativeStored(file, transport: .udp, peer: source.description, storedName: stored, digest: digest))
                 perform(machine!.committed(.success(stored)))
             case .failure(let e):
@@ -285,6 +290,7 @@ final class NativeSessionDriver {
         server.logger.warning("udp upload failed: \(machine!.finalMessage ?? "?")", metadata: ["upload": "\(file.uploadID)", "source": "\(source)"])
         // Every chunk came and FINISH was read: it failed on its digest.
         let mismatch = finishMessage != nil && machine!.cumulative == machine!.chunkCount
+        server.tally(.failed(code: (mismatch ? ProtocolError.resumeMismatch(detail: "") : .connectionFailed(reason: "")).code), .udp)
         server.emit(.failed(.native(file, transport: .udp, peer: source.description), reason: machine!.finalMessage ?? "failed",
                             code: (mismatch ? ProtocolError.resumeMismatch(detail: "") : .connectionFailed(reason: "")).code, resumable: partial.map { !mismatch || MismatchedPartial.decide(heldAtOpen: $0.held, heldNow: writtenEnd).keepsPartial } ?? false))
         if let partial, !writeInFlight {

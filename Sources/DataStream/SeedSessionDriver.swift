@@ -46,6 +46,7 @@ final class SeedSessionDriver {
 
     func start() {
         receiver.server.logger.debug("udp seed upload started", metadata: ["source": "\(source)", "declared": "\(machine.declaredSize)"])
+        receiver.server.tally(.started, .seedUDP)
         receiver.server.emit(.started(.init(transport: .seedUDP, peer: source.description, size: machine.declaredSize)))
         receiver.server.store.openSeedPartial { [self] result in
             opening = false
@@ -99,6 +100,7 @@ final class SeedSessionDriver {
     }
 
     private func append(_ bytes: UnsafeRawBufferPointer) {
+        receiver.server.metrics.received(bytes.count, .seedUDP)
         if filled + bytes.count > filling.count {
             pump(force: true)
             if filled + bytes.count > filling.count {
@@ -183,10 +185,12 @@ final class SeedSessionDriver {
         if let stored {
             server.statistics.uploadsStored += 1
             server.logger.info("stored udp seed upload", metadata: ["name": "\(stored)", "bytes": "\(machine.declaredSize)", "source": "\(source)"])
+            server.tally(.stored, .seedUDP)
             server.emit(server.seedStored(transport: .seedUDP, peer: source.description, size: machine.declaredSize, storedName: stored))
         } else {
             server.statistics.uploadsFailed += 1
             server.logger.warning("broken udp seed upload: \(reason ?? "?")", metadata: ["source": "\(source)"])
+            server.tally(.failed(code: ProtocolError.unexpectedEndOfStream(received: 0, expected: 0).code), .seedUDP)
             server.emit(.failed(.init(transport: .seedUDP, peer: source.description, size: machine.declaredSize),
                                 reason: reason ?? "broken upload", code: ProtocolError.unexpectedEndOfStream(received: 0, expected: 0).code, resumable: false))
         }

@@ -67,6 +67,11 @@ extension Server {
         public var unnamedSeedFiles = true
         /// Receive UDP (seed and native reliable UDP) on the same loop.
         public var udpEnabled = true
+        /// Answer HTTP/1.1 on the TCP port (`PUT /NAME`, `/metrics`, `/healthz`, `/readyz`):
+        /// a connection whose first byte begins an HTTP method is served as HTTP.
+        public var httpEnabled = true
+        /// The longest HTTP request head: target and header fields, in bytes (431 past it).
+        public var maxHTTPHeadBytes = 16 << 10
         /// The UDP port; nil means the TCP port's number (the bound one when `port` is 0).
         public var udpPort: Int?
         /// The UDP socket receive buffer to ask the kernel for (past rmem_max as root).

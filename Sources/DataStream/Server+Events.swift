@@ -10,6 +10,8 @@ public enum UploadTransport: Int32, Sendable, CaseIterable {
     case udp = 3
     /// PyDataStream's UDP datagrams.
     case seedUDP = 4
+    /// An HTTP request body (`PUT /NAME`).
+    case http = 5
 
     public var name: String {
         switch self {
@@ -17,6 +19,7 @@ public enum UploadTransport: Int32, Sendable, CaseIterable {
         case .seedTCP: "seed-tcp"
         case .udp: "udp"
         case .seedUDP: "seed-udp"
+        case .http: "http"
         }
     }
 }

@@ -47,6 +47,8 @@ extension Server.Configuration {
             "allow-anonymous": { c, v, f throws(FlagValue.Invalid) in c.allowAnonymous = try FlagValue.boolean(v, flag: f) },
             "allow-seed-protocol": { c, v, f throws(FlagValue.Invalid) in c.allowSeedProtocol = try FlagValue.boolean(v, flag: f) },
             "udp": { c, v, f throws(FlagValue.Invalid) in c.udpEnabled = try FlagValue.boolean(v, flag: f) },
+            "http": { c, v, f throws(FlagValue.Invalid) in c.httpEnabled = try FlagValue.boolean(v, flag: f) },
+            "max-http-head": { c, v, f throws(FlagValue.Invalid) in c.maxHTTPHeadBytes = bytesToInt(try FlagValue.bytes(v, flag: f, in: 1024...(64 << 10))) },
             "udp-port": { c, v, f throws(FlagValue.Invalid) in c.udpPort = try FlagValue.port(v, flag: f) },
             "udp-receive-buffer": { c, v, f throws(FlagValue.Invalid) in c.udpReceiveBuffer = Int32(try FlagValue.bytes(v, flag: f, in: 4096...(1 << 30))) },
             "udp-idle-timeout": { c, v, f throws(FlagValue.Invalid) in c.udpIdleTimeout = try FlagValue.seconds(v, flag: f, in: 0.001...longest) },

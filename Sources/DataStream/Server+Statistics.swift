@@ -2,6 +2,12 @@ extension Server {
     /// Counters, readable at any time on the loop thread.
     public struct Statistics: Sendable {
         public var connectionsAccepted: UInt64 = 0
+        /// Connections served as HTTP, the requests they made, the requests that were not
+        /// HTTP the parser accepts, and the responses sent by status.
+        public var httpConnections: UInt64 = 0
+        public var httpRequests: UInt64 = 0
+        public var httpBadRequests: UInt64 = 0
+        public var httpResponses: [Int: UInt64] = [:]
         public var uploadsStored: UInt64 = 0
         /// Native uploads announced again after they were stored, answered from their receipt
         /// (with the name they were stored under) instead of being stored twice.

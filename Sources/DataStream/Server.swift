@@ -25,6 +25,9 @@ public final class Server {
     let pool: BufferPool
     let machineConfiguration: ConnectionStateMachine.Configuration
     let lifecycleConfiguration: ConnectionLifecycle.Configuration
+    let httpConfiguration: HTTPConnectionMachine.Configuration
+    /// What `/metrics` shows (see `Server+Metrics.swift`).
+    let metrics: ServerMetrics
     /// Read on every accept and every close. Unchecked (see `Connection`): assigned whole, at
     /// start and stop; releasing a listener runs no code that reads it.
     @exclusivity(unchecked) var listener: TCPListener?
@@ -68,7 +71,12 @@ public final class Server {
         pool = BufferPool(budget: configuration.processBufferBudget)  // 512 KiB slabs, reads of up to 256 KiB (fewer read calls for a fast sender)
         seedProtocolAllowed = configuration.allowSeedProtocol || Server.isLoopback(configuration.host)
         machineConfiguration = .init(token: configuration.token, maxFileSize: configuration.maxFileSize,
-                                     maxNameLength: configuration.maxNameLength, seedProtocolAllowed: seedProtocolAllowed)
+                                     maxNameLength: configuration.maxNameLength, seedProtocolAllowed: seedProtocolAllowed,
+                                     httpAllowed: configuration.httpEnabled)
+        httpConfiguration = .init(maxFileSize: configuration.maxFileSize, maxNameLength: configuration.maxNameLength,
+                                  headTimeout: TimeLimit.units(configuration.headerTimeout, perSecond: 1e9) ?? .max,
+                                  idleTimeout: TimeLimit.units(configuration.idleTimeout, perSecond: 1e9) ?? .max)
+        metrics = ServerMetrics()
         lifecycleConfiguration = .init(headerTimeout: configuration.headerTimeout, idleTimeout: configuration.idleTimeout,
                                        smallUploadBudget: configuration.smallUploadBudget)
         if let cap = configuration.maxConnections {
@@ -361,7 +369,7 @@ public final class Server {
         finishStopIfDone()
     }
 
-    func connectionClosed(_ connection: Connection) {
+    func connectionClosed(_ connection: ServedConnection) {
         guard connections.remove(connection) != nil else { return }
         if configuration.maxConnectionsPerAddress > 0, let peer = connection.acceptedPeer {
             let key = peer.hostIdentityBytes

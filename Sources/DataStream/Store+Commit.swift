@@ -31,6 +31,47 @@ extension Store {
         }
     }
 
+    /// Stores a complete upload held in a seed-style partial (a file without a name, or a named
+    /// partial where the file system has none) under the client's `name`, or the first free
+    /// candidate after it (`NamePolicy.candidate`): never replacing a file. One work item.
+    /// Completes with the stored name.
+    func commit(_ partial: SeedPartial, underClientName name: String, completion: @escaping (Result<String, UVOperationError>) -> Void) {
+        if let path = partial.path {
+            commit(partial.fd, partialPath: path, metaPath: nil, name: name, completion: completion)
+            return
+        }
+        let directory = directory, sync = fsyncEnabled, fd = partial.fd
+        do throws(UVOperationError) {
+            try runBlocking({ Store.linkTemporaryNow(fd, clientName: name, directory: directory, sync: sync) }, completion: completion)
+        } catch {
+            closeQuietly(fd, partial.label)
+            completion(.failure(error))
+        }
+    }
+
+    /// The blocking body of `commit(_:underClientName:)` (threadpool only): fsync (if enabled),
+    /// link under the first free candidate, close, fsync the directory (if enabled).
+    static func linkTemporaryNow(_ fd: FileDescriptor, clientName name: String, directory: String, sync: Bool) -> Result<String, UVOperationError> {
+        defer { try? BlockingFileSystem.close(fd) }
+        do throws(UVOperationError) {
+            if sync { try BlockingFileSystem.fsync(fd, target: directory + "/" + name) }
+            var attempt = 0
+            while true {
+                let stored = NamePolicy.candidate(name, attempt: attempt)
+                do throws(UVOperationError) {
+                    try BlockingFileSystem.linkTemporary(fd, to: directory + "/" + stored)
+                } catch where error.error == .fileExists && attempt < NamePolicy.lastAttempt {
+                    attempt += 1
+                    continue
+                }
+                if sync { try BlockingFileSystem.syncDirectory(directory) }
+                return .success(stored)
+            }
+        } catch {
+            return .failure(error)
+        }
+    }
+
     /// Calls `body` with `name` as a C string on the stack: `directory/name` if a directory is
     /// given, else the name alone.
     static func withPath<R>(of name: SeedUploadName, under directory: String?, names: inout SeedUploadName.Formatter, _ body: (UnsafePointer<CChar>) -> R) -> R {

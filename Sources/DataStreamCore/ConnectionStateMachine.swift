@@ -22,11 +22,15 @@ public struct ConnectionStateMachine {
         /// Whether seed-framed uploads are accepted (off on non-loopback listeners unless allowed:
         /// the seed protocol cannot authenticate).
         public var seedProtocolAllowed: Bool
-        public init(token: String? = nil, maxFileSize: UInt64 = 1 << 40, maxNameLength: Int = NamePolicy.defaultMaxLength, seedProtocolAllowed: Bool = true) {
+        /// Whether a connection whose first byte begins an HTTP method (an ASCII capital) is
+        /// handed to the HTTP driver; otherwise it is a native connection with a bad frame.
+        public var httpAllowed: Bool
+        public init(token: String? = nil, maxFileSize: UInt64 = 1 << 40, maxNameLength: Int = NamePolicy.defaultMaxLength, seedProtocolAllowed: Bool = true, httpAllowed: Bool = false) {
             self.token = token
             self.maxFileSize = maxFileSize
             self.maxNameLength = maxNameLength
             self.seedProtocolAllowed = seedProtocolAllowed
+            self.httpAllowed = httpAllowed
         }
     }
 
@@ -64,6 +68,9 @@ public struct ConnectionStateMachine {
         case discardUpload(reply: [UInt8])
         /// End the connection: send `reply` if any, deal with the partial, close. `reason` is nil for a normal end.
         case close(reply: [UInt8]?, reason: ProtocolError?, partial: PartialDisposition)
+        /// The client speaks HTTP: hand the stream and the input not consumed (all of it) to
+        /// the HTTP driver. The machine takes no further event.
+        case handOverToHTTP
     }
 
     /// The answer to `bytesReceived`: how much of the input was taken, how much of that (its
@@ -100,6 +107,8 @@ public struct ConnectionStateMachine {
         case finalising(FileHeader, digest: [UInt8])
         case failed
         case closed
+        /// Handed to the HTTP driver.
+        case handedOver
     }
 
     public let configuration: Configuration
@@ -129,6 +138,7 @@ public struct ConnectionStateMachine {
         case .finalising: return "finalising"
         case .failed: return "failed"
         case .closed: return "closed"
+        case .handedOver: return "handedOver"
         }
     }
 
@@ -145,7 +155,7 @@ public struct ConnectionStateMachine {
     @inlinable public var isWaitingForClient: Bool {
         switch state {
         case .awaitingFirstByte, .seedSize, .seedReceiving, .awaitingHello, .authenticating, .awaitingHeader, .receiving, .awaitingEnd: return true
-        case .seedFinishing, .opening, .verifying, .finalising, .failed, .closed: return false
+        case .seedFinishing, .opening, .verifying, .finalising, .failed, .closed, .handedOver: return false
         }
     }
 
@@ -156,7 +166,7 @@ public struct ConnectionStateMachine {
     /// closed or failed.
     @inlinable public var expectsInput: Bool {
         switch state {
-        case .seedFinishing, .failed, .closed: return false
+        case .seedFinishing, .failed, .closed, .handedOver: return false
         default: return true
         }
     }
@@ -174,7 +184,7 @@ public struct ConnectionStateMachine {
         switch state {
         case .seedSize(let digits): return !digits.isEmpty
         case .seedReceiving, .seedFinishing, .opening, .receiving, .awaitingEnd, .verifying, .finalising: return true
-        case .awaitingFirstByte, .awaitingHello, .authenticating, .awaitingHeader, .failed, .closed: return false
+        case .awaitingFirstByte, .awaitingHello, .authenticating, .awaitingHeader, .failed, .closed, .handedOver: return false
         }
     }
 
@@ -209,6 +219,10 @@ public struct ConnectionStateMachine {
         guard !input.isEmpty else { return Step(consumed: 0) }
         switch state {
         case .awaitingFirstByte:
+            if configuration.httpAllowed, input[0] >= 0x41, input[0] <= 0x5A {
+                state = .handedOver
+                return Step(consumed: 0, action: .handOverToHTTP)
+            }
             if isDigit(input[0]) && !configuration.seedProtocolAllowed {
                 return fail(.seedProtocolDisabled, partial: .none, reply: false, consumed: input.count)
             }
@@ -277,7 +291,7 @@ public struct ConnectionStateMachine {
                 return step
             }
 
-        case .failed, .closed:
+        case .failed, .closed, .handedOver:
             return Step(consumed: input.count)
         }
     }
@@ -319,7 +333,7 @@ public struct ConnectionStateMachine {
     /// their partial for resume; a seed partial is deleted.
     public mutating func timedOut(_ error: ProtocolError) -> Action {
         switch state {
-        case .failed, .closed:
+        case .failed, .closed, .handedOver:
             return .none
         case .seedSize, .seedReceiving, .seedFinishing:
             return fail(error, partial: .discard, reply: false)
@@ -336,7 +350,7 @@ public struct ConnectionStateMachine {
     public mutating func shuttingDown() -> Action {
         guard !hasUploadInProgress else { return .none }
         switch state {
-        case .failed, .closed:
+        case .failed, .closed, .handedOver:
             return .none
         case .awaitingFirstByte, .seedSize:
             return fail(.shuttingDown, partial: .none, reply: false)
@@ -368,7 +382,7 @@ public struct ConnectionStateMachine {
         case .verifying, .finalising:
             peerClosed = true
             return .none
-        case .failed, .closed:
+        case .failed, .closed, .handedOver:
             return .none
         }
     }
@@ -379,7 +393,7 @@ public struct ConnectionStateMachine {
         case .verifying, .finalising:
             peerClosed = true
             return .none
-        case .failed, .closed:
+        case .failed, .closed, .handedOver:
             return .none
         default:
             let partial: PartialDisposition = isSeed ? .discard : (currentUpload == nil ? .none : .keep)
@@ -449,7 +463,7 @@ public struct ConnectionStateMachine {
             if peerClosed { return fail(error, partial: .keep, reply: false) }
             state = .awaitingHeader
             return .send(Wire.result(UploadResult(uploadID: header.uploadID, status: .storageFailed, digestAlgorithm: header.digest, digest: digest, storedName: "", message: error.description)))
-        case .failed, .closed, .awaitingHeader:
+        case .failed, .closed, .handedOver, .awaitingHeader:
             // Already failed, or a late report for an upload that was answered.
             return .none
         default:
@@ -561,7 +575,7 @@ public struct ConnectionStateMachine {
 
     private func unexpectedEvent(_ event: String) -> Action {
         switch state {
-        case .failed, .closed: return .none
+        case .failed, .closed, .handedOver: return .none
         default: preconditionFailure("\(event) in state \(stateName): the driver broke the machine's contract")
         }
     }

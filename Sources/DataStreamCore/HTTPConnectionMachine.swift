@@ -47,15 +47,22 @@ public struct HTTPConnectionMachine {
         case openUpload(name: String?, declaredSize: UInt64?)
         /// Every body byte is in: store the file under its name, then call `uploadStored` or `uploadFailed`.
         case commitUpload(size: UInt64)
-        /// Delete the upload's file, write the response if any, and close.
-        case abortUpload(HTTPResponse?)
+        /// The upload failed for `reason`: delete its file, write the response if any, and close.
+        case abortUpload(HTTPResponse?, reason: ProtocolError)
         /// Close the connection now.
         case close
+        /// The response that ends the connection is on its way: shut down the sending side and
+        /// read and drop what the client still sends (a body not read), until its end or
+        /// `tick` says `close`. Closing at once with unread input would reset the connection
+        /// and could destroy the response before the client reads it.
+        case linger
     }
 
     struct Upload: Hashable {
         var keepAlive: Bool
         var expectsContinue: Bool
+        /// The length the head announced (nil: chunks).
+        var declared: UInt64?
         var received: UInt64 = 0
     }
 
@@ -67,6 +74,8 @@ public struct HTTPConnectionMachine {
         case storing(Upload)
         /// A response is being written; `close`: the connection ends after it.
         case responding(close: Bool)
+        /// The last response went out; dropping input until the client's end (since `since`).
+        case lingering(since: UInt64)
         case closed
     }
 
@@ -90,6 +99,7 @@ public struct HTTPConnectionMachine {
         case .receiving: "receiving"
         case .storing: "storing"
         case .responding: "responding"
+        case .lingering: "lingering"
         case .closed: "closed"
         }
     }
@@ -112,6 +122,21 @@ public struct HTTPConnectionMachine {
     }
 
     public var isClosed: Bool { state == .closed }
+
+    /// Whether input is read and dropped (`linger`).
+    public var dropsInput: Bool {
+        if case .lingering = state { return true }
+        return false
+    }
+
+    /// Whether the connection ends after the response being written (it says `Connection: close`).
+    public var closesAfterResponse: Bool {
+        if case .responding(let close) = state { return close || peerEnded || draining }
+        return true
+    }
+
+    /// The longest a connection lingers after its last response.
+    public static let lingerLimit: UInt64 = 5_000_000_000
 
     // MARK: - Events
 
@@ -154,7 +179,7 @@ public struct HTTPConnectionMachine {
             if let declared, declared > configuration.maxFileSize {
                 return refuse(413, ProtocolError.fileTooLarge(size: declared, limit: configuration.maxFileSize).description)
             }
-            state = .opening(Upload(keepAlive: keepAlive, expectsContinue: head.expectsContinue))
+            state = .opening(Upload(keepAlive: keepAlive, expectsContinue: head.expectsContinue, declared: declared))
             return .openUpload(name: name, declaredSize: declared)
         case .notFound:
             return refuse(404, "no such route: \(head.method.name) \(head.path)")
@@ -172,7 +197,7 @@ public struct HTTPConnectionMachine {
             state = .receiving(upload)
             return upload.expectsContinue ? .send(HTTPResponse.continueBytes) : .none
         case .closed:
-            return .abortUpload(nil)  // the client left while the file was opening
+            return .abortUpload(nil, reason: .unexpectedEndOfStream(received: 0, expected: 0))  // the client left while the file was opening
         default:
             return unexpected()
         }
@@ -191,10 +216,18 @@ public struct HTTPConnectionMachine {
         upload.received += UInt64(count)
         if upload.received > configuration.maxFileSize {
             state = .closed
-            return .abortUpload(.error(413, ProtocolError.fileTooLarge(size: upload.received, limit: configuration.maxFileSize).description))
+            let error = ProtocolError.fileTooLarge(size: upload.received, limit: configuration.maxFileSize)
+            return .abortUpload(.error(413, error.description), reason: error)
         }
         state = .receiving(upload)
         return .none
+    }
+
+    /// Bytes of the body cannot be kept (no room left for them, a write failed).
+    public mutating func uploadBroken(_ error: ProtocolError) -> Action {
+        guard case .receiving = state else { return state == .closed ? .none : unexpected() }
+        state = .closed
+        return .abortUpload(.error(HTTPConnectionMachine.status(for: error), error.description), reason: error)
     }
 
     /// The request's body is complete.
@@ -203,8 +236,8 @@ public struct HTTPConnectionMachine {
         case .receiving(let upload):
             state = .storing(upload)
             return .commitUpload(size: upload.received)
-        case .responding, .closed:
-            return .none  // a request without a body, already being answered
+        case .awaitingHead, .responding, .lingering, .closed:
+            return .none  // a request without a body, answered already
         default:
             return unexpected()
         }
@@ -228,7 +261,11 @@ public struct HTTPConnectionMachine {
     /// The response is written (queued to the socket).
     public mutating func responseSent(now: UInt64) -> Action {
         guard case .responding(let close) = state else { return state == .closed ? .none : unexpected() }
-        if close || peerEnded || draining { return closeNow() }
+        if peerEnded { return closeNow() }
+        if close || draining {
+            state = .lingering(since: now)
+            return .linger
+        }
         state = .awaitingHead(since: now, began: nil)
         lastInput = now
         return .none
@@ -239,7 +276,7 @@ public struct HTTPConnectionMachine {
         switch state {
         case .receiving:
             state = .closed
-            return .abortUpload(.error(400, "malformed request body: \(detail)"))
+            return .abortUpload(.error(400, "malformed request body: \(detail)"), reason: .connectionFailed(reason: "malformed request body: \(detail)"))
         case .awaitingHead:
             state = .responding(close: true)
             return headTooLarge ? .respond(.error(431, detail), headOnly: false) : .respond(.error(400, "malformed request: \(detail)"), headOnly: false)
@@ -252,11 +289,11 @@ public struct HTTPConnectionMachine {
     public mutating func endOfStream() -> Action {
         peerEnded = true
         switch state {
-        case .awaitingHead, .opening:
+        case .awaitingHead, .opening, .lingering:
             return closeNow()  // an open in flight is answered with abortUpload
-        case .receiving:
+        case .receiving(let upload):
             state = .closed
-            return .abortUpload(nil)  // the body was cut short
+            return .abortUpload(nil, reason: .unexpectedEndOfStream(received: upload.received, expected: upload.declared ?? upload.received))  // the body was cut short
         case .storing, .responding:
             return .none  // finish and answer; the close follows the response
         case .closed:
@@ -278,7 +315,9 @@ public struct HTTPConnectionMachine {
         case .receiving:
             guard now &- lastInput >= configuration.idleTimeout else { return .none }
             state = .closed
-            return .abortUpload(.error(408, "no body bytes for too long"))
+            return .abortUpload(.error(408, "no body bytes for too long"), reason: .idleTimeout(seconds: Double(configuration.idleTimeout) / 1e9))
+        case .lingering(let since):
+            return now &- since >= HTTPConnectionMachine.lingerLimit ? closeNow() : .none
         default:
             return .none
         }
@@ -301,7 +340,7 @@ public struct HTTPConnectionMachine {
         switch state {
         case .opening, .receiving:
             state = .closed
-            return .abortUpload(nil)
+            return .abortUpload(nil, reason: .connectionFailed(reason: "unexpected event"))
         default:
             return closeNow()
         }

@@ -85,6 +85,17 @@ public enum ProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// A short label of the kind of error with `code`, for metrics (`disk_full`); `other` for a
+    /// code this build does not know.
+    public static func label(code: UInt16) -> String {
+        let labels = ["malformed_frame", "bad_magic", "unsupported_version", "unexpected_frame", "frame_too_large",
+                      "authentication_required", "authentication_failed", "invalid_name", "file_too_large", "unsupported_digest",
+                      "upload_busy", "digest_mismatch", "unexpected_end_of_stream", "invalid_seed_size", "trailing_bytes",
+                      "storage_failed", "connection_failed", "header_timeout", "idle_timeout", "too_many_connections",
+                      "seed_protocol_disabled", "shutting_down", "disk_full", "server_busy"]
+        return code >= 1 && Int(code) <= labels.count ? labels[Int(code) - 1] : "other"
+    }
+
     public var description: String {
         switch self {
         case .malformedFrame(let type, let detail): return "malformed frame 0x\(String(type, radix: 16)): \(detail)"

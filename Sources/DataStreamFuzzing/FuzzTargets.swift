@@ -102,7 +102,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
                 return handle(m.uploadCommitted(storedName: "stored.bin"))
             case .discardUpload:
                 return true
-            case .close:
+            case .close, .handOverToHTTP:
                 return false
             }
         }

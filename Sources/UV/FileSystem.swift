@@ -145,9 +145,10 @@ public struct FileSystem {
 
     private func submit(_ operation: String, _ target: String?, _ start: (UnsafeMutablePointer<uv_fs_t>) -> Int32, _ done: @escaping (UnsafeMutablePointer<uv_fs_t>) -> Void) throws(UVOperationError) {
         let req = allocateForLibuv(uv_req_size(UV_FS)).assumingMemoryBound(to: uv_fs_t.self)
-        let context = FSContext(done)
+        let context = FSContext(done, loop: loop)
         req.pointee.data = Unmanaged.passRetained(context).toOpaque()
         let status = start(req)
+        if status >= 0 { loop.threadpoolRequestsInFlight += 1 }
         if status < 0 {
             // The callback will never run: release everything now.
             Unmanaged<FSContext>.fromOpaque(req.pointee.data!).release()
@@ -165,12 +166,17 @@ private func statusError(_ operation: String, _ target: String?, _ req: UnsafeMu
 
 private final class FSContext {
     let done: (UnsafeMutablePointer<uv_fs_t>) -> Void
-    init(_ done: @escaping (UnsafeMutablePointer<uv_fs_t>) -> Void) { self.done = done }
+    unowned let loop: Loop
+    init(_ done: @escaping (UnsafeMutablePointer<uv_fs_t>) -> Void, loop: Loop) {
+        self.done = done
+        self.loop = loop
+    }
 }
 
 private func fsDone(_ req: UnsafeMutablePointer<uv_fs_t>?) {
     guard let req else { return }
     let context = Unmanaged<FSContext>.fromOpaque(req.pointee.data!).takeRetainedValue()
+    context.loop.threadpoolRequestsInFlight -= 1
     // Read every field in `done` before the request is cleaned up and freed.
     context.done(req)
     uv_fs_req_cleanup(req)

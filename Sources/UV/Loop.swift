@@ -11,6 +11,9 @@ public final class Loop {
     /// Whether this object created `uv` and must close and free it.
     public let ownsLoop: Bool
     private var closed = false
+    /// File requests and work items submitted to the threadpool through `UV` and not yet
+    /// answered on this loop (libuv keeps no such count itself): the file threads' queue depth.
+    @exclusivity(unchecked) public internal(set) var threadpoolRequestsInFlight = 0
 
     /// Creates and owns a new loop. The libuv function is `uv_loop_init`.
     public init() throws(UVOperationError) {

@@ -39,12 +39,16 @@ func die(_ message: String) -> Never {
 
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Receive uploads (seed and native protocols) on one event loop.",
+        abstract: "Receive uploads (seed, native and HTTP) on one event loop.",
         discussion: """
         Every upload is written to a partial file and appears under its final name only when it is
         complete (native: once its digest matched). The first line of output is "listening tcp
         HOST:PORT", the second "listening udp HOST:PORT" unless --no-udp. --dir must stay in place
         while the server runs.
+
+        The TCP port also answers HTTP/1.1 (unless --no-http): PUT /NAME stores the body as NAME
+        (curl -T FILE http://HOST:PORT/), GET /metrics is Prometheus's text format, /healthz and
+        /readyz say whether the server is alive and not draining.
 
         SIGTERM or SIGINT drains: accepting stops at once, connections with no upload in progress
         are closed (native clients get ERROR 22), uploads in progress (TCP and UDP) may finish for
@@ -77,6 +81,8 @@ struct Serve: ParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: Logger.Level = .info
     @Option(parsing: .unconditional, help: "UDP port (default: the TCP port's number).") var udpPort: String?
     @Flag(help: "Do not receive UDP.") var noUdp = false
+    @Flag(help: "Do not answer HTTP on the TCP port (PUT uploads, /metrics, /healthz, /readyz).") var noHttp = false
+    @Option(parsing: .unconditional, help: "Longest HTTP request head: target and header fields (bytes, 1KiB to 64KiB).") var maxHttpHead = "16KiB"
     @Option(parsing: .unconditional, help: "UDP socket receive buffer to ask for (bytes, or 32MiB; past rmem_max when run as root).") var udpReceiveBuffer = "32MiB"
     @Option(parsing: .unconditional, help: "Seconds without a datagram before a UDP session is closed (native partials stay resumable).") var udpIdleTimeout = "30"
     @Flag(help: "Do not let the kernel coalesce UDP datagrams into one receive (UDP_GRO).") var noUdpOffload = false
@@ -108,7 +114,7 @@ struct Serve: ParsableCommand {
             ("partial-max-age", partialMaxAge), ("max-partials-per-address", maxPartialsPerAddress),
             ("max-partial-bytes-per-address", maxPartialBytesPerAddress), ("max-partials", maxPartials), ("max-partial-bytes", maxPartialBytes),
             ("header-timeout", headerTimeout), ("idle-timeout", idleTimeout), ("allow-anonymous", "\(allowAnonymous)"),
-            ("allow-seed-protocol", "\(allowSeedProtocol)"), ("udp", "\(!noUdp)"), ("udp-receive-buffer", udpReceiveBuffer),
+            ("allow-seed-protocol", "\(allowSeedProtocol)"), ("udp", "\(!noUdp)"), ("http", "\(!noHttp)"), ("max-http-head", maxHttpHead), ("udp-receive-buffer", udpReceiveBuffer),
             ("udp-idle-timeout", udpIdleTimeout), ("udp-offload", "\(!noUdpOffload)"), ("udp-max-sessions", udpMaxSessions),
             ("udp-max-sessions-per-address", udpMaxSessionsPerAddress), ("udp-max-seed-sessions", udpMaxSeedSessions),
             ("udp-max-seed-sessions-per-address", udpMaxSeedSessionsPerAddress), ("udp-window", udpWindow), ("udp-memory", udpMemory),

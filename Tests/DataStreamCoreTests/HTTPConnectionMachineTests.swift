@@ -15,7 +15,7 @@ struct HTTPConnectionMachineTests {
     func status(_ a: HTTPConnectionMachine.Action) -> Int? {
         switch a {
         case .respond(let r, _): r.status
-        case .abortUpload(let r): r?.status
+        case .abortUpload(let r, _): r?.status
         default: nil
         }
     }
@@ -38,6 +38,14 @@ struct HTTPConnectionMachineTests {
         #expect(m.takesInput)
     }
 
+    @Test func aBodyWithNoRoomLeftIs507AndCloses() {
+        var m = machine()
+        _ = m.headReceived(put("/c", chunked: true))
+        _ = m.uploadOpened()
+        #expect(status(m.uploadBroken(.diskFull(reason: "none"))) == 507)
+        #expect(m.isClosed)
+    }
+
     @Test func expectContinueIsAnsweredOnceTheFileIsOpen() {
         var m = machine()
         _ = m.headReceived(put("/a", length: 10, expect: true))
@@ -47,7 +55,7 @@ struct HTTPConnectionMachineTests {
     @Test func aKnownLengthOverTheLimitIs413BeforeAnyFile() {
         var m = machine(maxFileSize: 100)
         #expect(status(m.headReceived(put("/big", length: 101))) == 413)
-        #expect(m.responseSent(now: 0) == .close)  // its body was not read
+        #expect(m.responseSent(now: 0) == .linger)  // its body was not read
     }
 
     @Test func aChunkedBodyPastTheLimitIsAbandonedWith413() {
@@ -80,7 +88,7 @@ struct HTTPConnectionMachineTests {
         var m = machine()
         _ = m.headReceived(put("/x", length: 1 << 20))
         #expect(status(m.uploadRefused(.diskFull(reason: "none left"))) == 507)
-        #expect(m.responseSent(now: 0) == .close)
+        #expect(m.responseSent(now: 0) == .linger)
     }
 
     @Test func resourcesAreServedAndKeepTheConnection() {
@@ -90,7 +98,7 @@ struct HTTPConnectionMachineTests {
         #expect(m.headReceived(HTTPRequestHead(method: .head, target: "/healthz")) == .serve(.health, headOnly: true))
         #expect(m.responseSent(now: 2) == .none)
         #expect(m.headReceived(HTTPRequestHead(method: .get, target: "/readyz?x=1", keepAlive: false)) == .serve(.ready, headOnly: false))
-        #expect(m.responseSent(now: 3) == .close)
+        #expect(m.responseSent(now: 3) == .linger)
     }
 
     @Test func unknownRoutesAndMethods() {
@@ -107,13 +115,13 @@ struct HTTPConnectionMachineTests {
     @Test func anErrorWithAnUnreadBodyCloses() {
         var m = machine()
         #expect(status(m.headReceived(HTTPRequestHead(method: .post, target: "/nope", contentLength: 10))) == 404)
-        #expect(m.responseSent(now: 0) == .close)
+        #expect(m.responseSent(now: 0) == .linger)
     }
 
     @Test func malformedInputIs400OrTooLargeHeadsAre431() {
         var m = machine()
         #expect(status(m.parseFailed(headTooLarge: false, detail: "x")) == 400)
-        #expect(m.responseSent(now: 0) == .close)
+        #expect(m.responseSent(now: 0) == .linger)
         var n = machine()
         #expect(status(n.parseFailed(headTooLarge: true, detail: "x")) == 431)
         var o = machine()
@@ -128,7 +136,7 @@ struct HTTPConnectionMachineTests {
         _ = m.headReceived(put("/a", length: 10))
         _ = m.uploadOpened()
         _ = m.bodyReceived(3)
-        #expect(m.endOfStream() == .abortUpload(nil))
+        #expect(m.endOfStream() == .abortUpload(nil, reason: .unexpectedEndOfStream(received: 3, expected: 10)))
         #expect(m.messageComplete() == .none)
     }
 
@@ -136,7 +144,7 @@ struct HTTPConnectionMachineTests {
         var m = machine()
         _ = m.headReceived(put("/a", length: 10))
         #expect(m.endOfStream() == .close)
-        #expect(m.uploadOpened() == .abortUpload(nil))
+        #expect(m.uploadOpened() == .abortUpload(nil, reason: .unexpectedEndOfStream(received: 0, expected: 0)))
     }
 
     @Test func aHalfCloseAfterTheBodyStillStoresAndAnswersThenCloses() {
@@ -183,7 +191,7 @@ struct HTTPConnectionMachineTests {
         _ = busy.bodyReceived(1)
         _ = busy.messageComplete()
         #expect(status(busy.uploadStored(name: "a")) == 201)
-        #expect(busy.responseSent(now: 0) == .close)
+        #expect(busy.responseSent(now: 0) == .linger)
     }
 
     @Test func aStoreFailureIsAnsweredAndCloses() {
@@ -192,7 +200,28 @@ struct HTTPConnectionMachineTests {
         _ = m.uploadOpened()
         _ = m.messageComplete()
         #expect(status(m.uploadFailed(.storageFailed(reason: "EIO"))) == 500)
-        #expect(m.responseSent(now: 0) == .close)
+        #expect(m.responseSent(now: 0) == .linger)
+    }
+
+    @Test func aClosingResponseLingersUntilTheClientsEndOrTheLimit() {
+        var m = machine()
+        #expect(status(m.headReceived(HTTPRequestHead(method: .post, target: "/nope", contentLength: 1 << 20))) == 404)
+        #expect(m.closesAfterResponse)
+        #expect(m.responseSent(now: 10 * s) == .linger)
+        #expect(m.dropsInput)
+        #expect(!m.takesInput)
+        #expect(m.tick(now: 14 * s) == .none)
+        #expect(m.tick(now: 15 * s) == .close)
+        var n = machine()
+        _ = n.headReceived(HTTPRequestHead(method: .get, target: "/healthz", keepAlive: false))
+        #expect(n.responseSent(now: 0) == .linger)
+        #expect(n.endOfStream() == .close)
+    }
+
+    @Test func aKeptConnectionsResponseDoesNotSayClose() {
+        var m = machine()
+        _ = m.headReceived(HTTPRequestHead(method: .get, target: "/healthz"))
+        #expect(!m.closesAfterResponse)
     }
 
     @Test func percentCodingRoundTrips() {

@@ -32,13 +32,17 @@ struct EmbeddingTests {
         client.shutdownWrite()
         #expect(client.readUntilEOF() != nil)
         try seedUDPUpload(seedUDP, port: server.port)
-        #expect(waitUntil { recorder.stored.count == 4 })
+        let http = content(5, count: 90_000)
+        let put = try BlockingClient(port: server.port)
+        put.send(Array("PUT /over-http.bin HTTP/1.1\r\nContent-Length: \(http.count)\r\nConnection: close\r\n\r\n".utf8) + http)
+        #expect(String(decoding: put.readUntilEOF() ?? [], as: UTF8.self).hasPrefix("HTTP/1.1 201 "))
+        #expect(waitUntil { recorder.stored.count == 5 })
         server.stop()
         #expect(server.loopClosedCleanly, "every handle the server opened is closed: uv_loop_close succeeds")
 
         let byTransport = Dictionary(uniqueKeysWithValues: recorder.stored.map { ($0.upload.transport, $0) })
         #expect(Set(byTransport.keys) == Set(UploadTransport.allCases))
-        let expected: [UploadTransport: [UInt8]] = [.tcp: native, .udp: nativeUDP, .seedTCP: seed, .seedUDP: seedUDP]
+        let expected: [UploadTransport: [UInt8]] = [.tcp: native, .udp: nativeUDP, .seedTCP: seed, .seedUDP: seedUDP, .http: http]
         for (transport, stored) in byTransport {
             #expect(stored.path == server.directory + "/" + stored.storedName)
             #expect(FileManager.default.contents(atPath: stored.path).map(Array.init) == expected[transport], "\(transport)")
@@ -151,7 +155,11 @@ struct ConfigurationOptionTests {
             #expect(throws: (any Error).self, "\(name) \(bad)") { try c.set(name, bad) }
         }
         #expect(throws: Server.Configuration.UnknownOption.self) { try c.set("colour", "blue") }
-        #expect(Server.Configuration.optionNames.count == 30)
+        #expect(Server.Configuration.optionNames.count == 32)
+        try c.set("http", "off")
+        try c.set("max-http-head", "8KiB")
+        #expect(!c.httpEnabled && c.maxHTTPHeadBytes == 8 << 10)
+        #expect(throws: (any Error).self) { try c.set("max-http-head", "100") }
     }
 }
 

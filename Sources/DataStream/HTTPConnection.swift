@@ -1,0 +1,410 @@
+import DataStreamCore
+import HTTPParsing
+import Logging
+import UV
+
+/// The driver of one HTTP/1.1 connection: it parses what libuv reads (`HTTPRequestParser`),
+/// feeds the requests to the connection's `HTTPConnectionMachine`, and carries out the actions
+/// it returns: answering, opening a file for a body, writing the body, storing it.
+///
+/// Made by a `Connection` whose first bytes were an HTTP request; it takes that connection's
+/// stream and its place in the server's table, and is held there until the stream's close
+/// callback. It owns the stream, the input held back while a request is being answered (so
+/// pipelined requests wait their turn), and the body's file and `UploadSink`.
+final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, BufferWaiter {
+    let id: UInt64
+    private let server: Server
+    private let stream: TCPStream
+    private let pool: BufferPool
+    private let store: Store
+    private let parser: HTTPRequestParser
+    private var machine: HTTPConnectionMachine
+    /// Why the connection is not reading now.
+    private var waitingForBuffer = false
+    private var flowPaused = false
+    private var peerEnded = false
+    private var flow: WaterMarks
+    private var closing = false
+    /// Input not parsed yet because the machine does not take input now.
+    private var held: (slab: Slab, start: Int, count: Int)?
+    /// The slab the bytes being parsed are in (body events point into it).
+    private var parsing: (slab: Slab, base: UnsafeRawPointer)?
+
+    // The upload in progress.
+    private var sink: UploadSink?
+    private var partial: Store.SeedPartial?
+    private var uploadName: String?
+    private var diskHold = DiskHold()
+    private var uploadStarted: UInt64 = 0
+    private var failedFile: UVOperationError?
+
+    private var peer: SocketAddress? { acceptedPeer ?? (try? stream.peerAddress()) }
+    private lazy var peerText: String = peer?.description ?? "?"
+    private lazy var logger: Logger = {
+        var logger = server.logger
+        logger[metadataKey: "connection"] = "\(id)"
+        logger[metadataKey: "peer"] = "\(peer?.description ?? "?")"
+        logger[metadataKey: "protocol"] = "http"
+        return logger
+    }()
+
+    private func log(_ level: Logger.Level, _ message: @autoclosure () -> Logger.Message, metadata: @autoclosure () -> Logger.Metadata? = nil) {
+        guard server.logLevel <= level else { return }
+        logger.log(level: level, message(), metadata: metadata())
+    }
+
+    init(id: UInt64, server: Server, stream: TCPStream, acceptedPeer: SocketAddress?) {
+        self.id = id
+        self.server = server
+        self.stream = stream
+        self.pool = server.pool
+        self.store = server.store
+        self.parser = HTTPRequestParser(maxHeadBytes: server.configuration.maxHTTPHeadBytes)
+        self.machine = HTTPConnectionMachine(configuration: server.httpConfiguration, now: monotonicNanoseconds())
+        self.flow = WaterMarks(low: server.configuration.connectionBufferLow, high: server.configuration.connectionBufferHigh)
+        super.init(acceptedPeer: acceptedPeer)
+        server.statistics.httpConnections += 1
+    }
+
+    /// Takes over with the input the first driver read (`count` bytes of `slab` from `start`).
+    func start(_ slab: Slab, start: Int, count: Int) {
+        machine.inputArrived(now: monotonicNanoseconds())
+        process(slab, start: start, count: count)
+        updateReading()
+    }
+
+    // MARK: - Reading
+
+    func readBuffer(for stream: TCPStream, suggestedSize: Int) -> UnsafeMutableRawBufferPointer? {
+        if let buffer = pool.readBuffer(for: self) { return buffer }
+        waitingForBuffer = true
+        return nil
+    }
+
+    func stream(_ stream: TCPStream, didRead event: ReadEvent, buffer: UnsafeMutableRawBufferPointer?) {
+        switch event {
+        case .data(let count):
+            guard count > 0 else { return }
+            machine.inputArrived(now: monotonicNanoseconds())
+            let (slab, start) = pool.received(count)
+            server.statistics.bytesReceived += UInt64(count)
+            process(slab, start: start, count: count)
+            updateReading()
+        case .endOfStream:
+            peerEnded = true
+            do throws(HTTPRequestParser.Failure) { try parser.finish() } catch {
+                log(.debug, "stream ended inside a request: \(error)")
+            }
+            perform(machine.endOfStream())
+            updateReading()
+        case .noBuffer:
+            break
+        case .failed(let error):
+            log(.debug, "connection failed: \(error)")
+            peerEnded = true
+            perform(machine.endOfStream())
+        }
+    }
+
+    func buffersAvailable() {
+        waitingForBuffer = false
+        updateReading()
+    }
+
+    func sinkReleased(_ count: Int) {
+        if flow.removed(count) == .resume {
+            flowPaused = false
+            updateReading()
+        }
+    }
+
+    func sinkFailed(_ error: UVOperationError) {
+        guard machine.stateName == "receiving" else { return }  // a flush reports it otherwise
+        failedFile = error
+        perform(machine.uploadBroken(.storage(error)))
+    }
+
+    /// Parses input while the machine takes it; what it cannot take yet is held.
+    private func process(_ slab: Slab, start: Int, count: Int) {
+        if machine.dropsInput { return }
+        var offset = 0
+        parsing = (slab, UnsafeRawPointer(slab.memory.baseAddress!))
+        defer { parsing = nil }
+        while offset < count, !closing, machine.takesInput {
+            let input = UnsafeRawBufferPointer(rebasing: slab.memory[(start + offset)..<(start + count)])
+            let n: Int
+            do throws(HTTPRequestParser.Failure) {
+                n = try parser.parse(input) { event in handle(event) }
+            } catch {
+                log(.info, "bad request: \(error)")
+                server.statistics.httpBadRequests += 1
+                perform(machine.parseFailed(headTooLarge: error.isHeadTooLarge, detail: error.description))
+                return
+            }
+            offset += n
+            if n == 0 { break }
+        }
+        if offset < count, !closing, !machine.dropsInput {
+            pool.retain(slab)
+            held = (slab, start + offset, count - offset)
+        }
+    }
+
+    private func handle(_ event: HTTPRequestParser.Event) {
+        guard !closing else { return }
+        switch event {
+        case .head(let head):
+            server.statistics.httpRequests += 1
+            log(.debug, "request", metadata: ["method": "\(head.method.name)", "target": "\(head.target)"])
+            perform(machine.headReceived(head))
+        case .body(let bytes):
+            guard let parsing, let sink else { return }
+            let n = bytes.count
+            if let more = diskHold.bytesArrived(UInt64(n)) {
+                if let full = server.disk.reserve(more) {
+                    perform(machine.uploadBroken(full))
+                    return
+                }
+                diskHold.grew(by: more)
+            }
+            let action = machine.bodyReceived(n)
+            if action != .none {
+                perform(action)
+                return
+            }
+            server.metrics.received(n, .http)
+            if flow.added(n) == .pause { flowPaused = true }
+            sink.append(parsing.slab, start: bytes.baseAddress! - parsing.base, count: n)
+        case .end:
+            perform(machine.messageComplete())
+        }
+    }
+
+    /// Feeds the held input again, once the machine takes input.
+    private func resumeHeld() {
+        guard let h = held, !closing, machine.takesInput || machine.dropsInput else { updateReading(); return }
+        held = nil
+        process(h.slab, start: h.start, count: h.count)
+        pool.release(h.slab)
+        updateReading()
+    }
+
+    private func updateReading() {
+        guard !closing, stream.isOpen else { return }
+        let shouldRead = !peerEnded && !waitingForBuffer && !flowPaused && held == nil && (machine.takesInput || machine.dropsInput)
+        if shouldRead && !stream.isReading {
+            do throws(UVOperationError) { try stream.startReading(self) } catch { closeNow() }
+        } else if !shouldRead && stream.isReading {
+            stream.stopReading()
+        }
+    }
+
+    // MARK: - Actions
+
+    private func perform(_ action: HTTPConnectionMachine.Action) {
+        guard !closing else {
+            if case .abortUpload = action { discardUpload() }  // a file that finished opening after the close
+            return
+        }
+        switch action {
+        case .none:
+            break
+        case .send(let bytes):
+            try? stream.write(bytes)
+        case .respond(let response, let headOnly):
+            respond(response, headOnly: headOnly)
+        case .serve(let resource, let headOnly):
+            respond(server.httpResource(resource), headOnly: headOnly)
+        case .openUpload(let name, let declared):
+            openUpload(name: name, declaredSize: declared)
+        case .commitUpload(let size):
+            commitUpload(size: size)
+        case .abortUpload(let response, let reason):
+            failUpload(reason)
+            if let response {
+                respondAndEnd(response)
+            } else {
+                closeNow()
+            }
+        case .close:
+            closeNow()
+        case .linger:
+            // Shut down the sending side once the response is out; read and drop until the end.
+            try? stream.shutdown()
+            updateReading()
+        }
+    }
+
+    private func respond(_ response: HTTPResponse, headOnly: Bool) {
+        server.statistics.httpResponses[response.status, default: 0] += 1
+        do throws(UVOperationError) { try stream.write(response.encoded(close: machine.closesAfterResponse, headOnly: headOnly)) } catch {
+            log(.debug, "write failed: \(error)")
+            closeNow()
+            return
+        }
+        perform(machine.responseSent(now: monotonicNanoseconds()))
+        resumeHeld()
+    }
+
+    /// A response outside the machine's answering state (an abandoned upload): write it, then
+    /// linger as after any closing response.
+    private func respondAndEnd(_ response: HTTPResponse) {
+        server.statistics.httpResponses[response.status, default: 0] += 1
+        try? stream.write(response.encoded(close: true))
+        try? stream.shutdown()
+        closeNow()
+    }
+
+    private func openUpload(name: String?, declaredSize: UInt64?) {
+        if let declaredSize {
+            if let full = server.disk.reserve(declaredSize) {
+                log(.warning, "upload refused: \(full)")
+                refuse(full)
+                return
+            }
+            diskHold.fixed(declaredSize)
+        } else {
+            diskHold.growing(upTo: machine.configuration.maxFileSize, granted: 0)
+        }
+        uploadName = name
+        uploadStarted = monotonicNanoseconds()
+        server.tally(.started, .http)
+        server.emit(.started(.init(transport: .http, peer: peerText, clientName: name, size: declaredSize ?? 0)))
+        let sink = UploadSink(path: "", fs: store.fs, pool: pool, owner: self)
+        self.sink = sink
+        store.openSeedPartial { [self] result in
+            switch result {
+            case .success(let opened):
+                guard self.sink === sink, !closing else {
+                    store.discardSeed(opened)
+                    sink.openFailed(UVOperationError("fs_open", target: opened.label, code: UVError.canceled.code))
+                    perform(machine.uploadOpened())
+                    return
+                }
+                partial = opened
+                sink.opened(opened.fd, path: opened.label)
+                perform(machine.uploadOpened())
+                resumeHeld()
+            case .failure(let error):
+                failedFile = error
+                sink.openFailed(error)
+                self.sink = nil
+                recordFailure(.storage(error))
+                refuse(.storage(error))
+            }
+        }
+    }
+
+    private func refuse(_ error: ProtocolError) {
+        server.disk.release(diskHold.release())
+        perform(machine.uploadRefused(error))
+    }
+
+    private func commitUpload(size: UInt64) {
+        guard let sink else { return }
+        sink.flush { [self] error in
+            if let error {
+                failedFile = error
+                failUpload(.storage(error))
+                perform(machine.uploadFailed(.storage(error)))
+                return
+            }
+            guard let written = partial, sink.takeDescriptor() != nil else { return }
+            let name = uploadName ?? store.nextSeedName().description
+            store.commit(written, underClientName: name) { [self] result in
+                partial = nil
+                self.sink = nil
+                server.disk.release(diskHold.release())
+                switch result {
+                case .success(let stored):
+                    server.statistics.uploadsStored += 1
+                    server.tally(.stored, .http)
+                    log(.info, "stored http upload", metadata: ["name": "\(stored)", "bytes": "\(size)"])
+                    server.emit(.stored(StoredUpload(upload: .init(transport: .http, peer: peerText, clientName: uploadName, size: size),
+                                                     storedName: stored, path: store.finalPath(stored), digest: [], digestAlgorithm: nil)))
+                    perform(machine.uploadStored(name: stored))
+                case .failure(let error):
+                    failedFile = error
+                    recordFailure(.storage(error))
+                    perform(machine.uploadFailed(.storage(error)))
+                }
+            }
+        }
+    }
+
+    /// The upload ends without being stored: counted, logged, reported, and its file dropped.
+    private func failUpload(_ reason: ProtocolError) {
+        guard sink != nil else { server.disk.release(diskHold.release()); return }
+        recordFailure(reason)
+        discardUpload()
+    }
+
+    private func recordFailure(_ reason: ProtocolError) {
+        switch reason {
+        case .storageFailed, .diskFull: log(.error, "upload failed: \(reason)\(failedFile.map { " (\($0))" } ?? "")")
+        default: log(.warning, "broken upload: \(reason)")
+        }
+        server.statistics.uploadsFailed += 1
+        server.tally(.failed(code: reason.code), .http)
+        emitFailed(reason)
+    }
+
+    private func emitFailed(_ reason: ProtocolError) {
+        server.emit(.failed(.init(transport: .http, peer: peerText, clientName: uploadName, size: diskHold.limit), reason: reason.description, code: reason.code, resumable: false))
+    }
+
+    /// Drops the upload's file (a file without a name goes with its descriptor) and its room.
+    private func discardUpload() {
+        server.disk.release(diskHold.release())
+        guard let sink else { return }
+        self.sink = nil
+        let named = partial?.path
+        partial = nil
+        sink.close { [store] in if let named { store.unlinkQuietly(named) } }
+    }
+
+    private func closeNow() {
+        guard !closing else { return }
+        failUpload(.unexpectedEndOfStream(received: diskHold.received, expected: diskHold.limit))
+        closing = true
+        pool.cancelWait(self)
+        if let h = held {
+            pool.release(h.slab)
+            held = nil
+        }
+        if server.onEvent != nil { _ = peerText }
+        stream.stopReading()
+        stream.close { [self] in server.connectionClosed(self) }
+    }
+
+    // MARK: - Served by the server
+
+    override var hasUploadInProgress: Bool { machine.hasUploadInProgress }
+
+    override func checkTimeouts(now: UInt64) {
+        guard !closing else { return }
+        let action = machine.tick(now: now)
+        if action != .none { server.statistics.connectionsTimedOut += 1 }
+        perform(action)
+    }
+
+    override func shutDownWhenIdle() {
+        guard !closing else { return }
+        perform(machine.drain())
+    }
+
+    override func cutIfWaitingForClient() {
+        guard !closing else { return }
+        if machine.stateName == "storing" || machine.stateName == "opening" { return }
+        if machine.hasUploadInProgress {
+            server.drainCut(.discard)
+            failUpload(.shuttingDown)
+        }
+        closeNow()
+    }
+
+    override func abort() {
+        failUpload(.shuttingDown)
+        closeNow()
+    }
+}

@@ -1,0 +1,225 @@
+import DataStream
+import DataStreamCore
+import Foundation
+import Glibc
+import Testing
+
+/// HTTP on the TCP port, over real sockets: curl as the client where users would use it, a raw
+/// socket where the test needs bytes curl would never send.
+struct HTTPTests {
+    /// Runs curl; returns its exit status and standard output.
+    func curl(_ arguments: [String]) throws -> (status: Int32, output: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        p.arguments = ["-sS", "--max-time", "30"] + arguments
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    /// Sends `request` on a fresh connection, half-closes, and returns all the server sent.
+    func exchange(_ port: Int, _ request: [UInt8], halfClose: Bool = true) throws -> String {
+        let c = try BlockingClient(port: port)
+        c.send(request)
+        if halfClose { c.shutdownWrite() }
+        return String(decoding: c.readUntilEOF() ?? [], as: UTF8.self)
+    }
+
+    /// The status codes of the responses in `text`, in order.
+    func statuses(_ text: String) -> [Int] {
+        text.components(separatedBy: "HTTP/1.1 ").dropFirst().compactMap { Int($0.prefix(3)) }
+    }
+
+    @Test func curlPutStoresTheFileByteForByteAndNeverReplacesOne() throws {
+        let server = try BackgroundServer { $0.udpEnabled = false }
+        defer { server.stop() }
+        let data = content(1, count: 3 << 20)
+        let path = writeTemporaryFile(data, name: "report v1.bin")
+        let first = try curl(["-T", path, "http://127.0.0.1:\(server.port)/"])
+        #expect(first.status == 0)
+        #expect(first.output == "{\"name\":\"report v1.bin\",\"size\":\(data.count)}\n")
+        let second = try curl(["-T", path, "-w", "%{http_code} %header{location}", "http://127.0.0.1:\(server.port)/"])
+        #expect(second.output.hasSuffix("201 /report%20v1-1.bin"))
+        #expect(server.storedFiles() == ["report v1-1.bin", "report v1.bin"])
+        #expect(server.contents("report v1.bin") == data)
+        #expect(server.contents("report v1-1.bin") == data)
+        #expect(server.partials().isEmpty)
+    }
+
+    @Test func chunkedBodiesAreStoredDecoded() throws {
+        let server = try BackgroundServer { $0.udpEnabled = false }
+        defer { server.stop() }
+        let data = content(2, count: 700_001)
+        let path = writeTemporaryFile(data, name: "c.bin")
+        let r = try curl(["-H", "Transfer-Encoding: chunked", "-T", path, "-w", " %{http_code}", "http://127.0.0.1:\(server.port)/chunked.bin"])
+        #expect(r.output.hasSuffix(" 201"))
+        #expect(server.contents("chunked.bin") == data)
+    }
+
+    @Test func expectContinueGetsContinueOnlyOnceTheFileIsOpen() throws {
+        let server = try BackgroundServer { $0.udpEnabled = false }
+        defer { server.stop() }
+        let c = try BlockingClient(port: server.port)
+        c.send(Array("PUT /e.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n".utf8))
+        var buffer = [UInt8](repeating: 0, count: 256)
+        let n = recv(c.fd, &buffer, buffer.count, 0)
+        #expect(String(decoding: buffer[0..<max(n, 0)], as: UTF8.self) == "HTTP/1.1 100 Continue\r\n\r\n")
+        c.send(Array("hello".utf8))
+        c.shutdownWrite()
+        let rest = String(decoding: c.readUntilEOF() ?? [], as: UTF8.self)
+        #expect(statuses(rest) == [201])
+        #expect(server.contents("e.txt") == Array("hello".utf8))
+    }
+
+    @Test func pipelinedRequestsAreAnsweredInOrderOnOneConnection() throws {
+        let server = try BackgroundServer { $0.udpEnabled = false }
+        defer { server.stop() }
+        let request = "GET /healthz HTTP/1.1\r\n\r\nPUT /one.txt HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc" +
+            "PUT /two.txt HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nde\r\n0\r\n\r\n" +
+            "HEAD /readyz HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\nConnection: close\r\n\r\n"
+        let text = try exchange(server.port, Array(request.utf8), halfClose: false)
+        #expect(statuses(text) == [200, 201, 201, 200, 404])
+        #expect(text.contains("{\"name\":\"one.txt\",\"size\":3}"))
+        #expect(text.hasSuffix("\"status\":404}\n"))
+        #expect(server.contents("one.txt") == Array("abc".utf8))
+        #expect(server.contents("two.txt") == Array("de".utf8))
+        #expect(server.onLoop { $0.statistics.httpConnections } == 1)
+    }
+
+    @Test func aLengthOverTheLimitIs413AndNothingIsStored() throws {
+        let server = try BackgroundServer { $0.udpEnabled = false; $0.maxFileSize = 1000 }
+        defer { server.stop() }
+        let big = writeTemporaryFile(content(3, count: 5000), name: "big.bin")
+        let known = try curl(["-T", big, "-w", " %{http_code}", "http://127.0.0.1:\(server.port)/"])
+        #expect(known.output.hasSuffix(" 413"))
+        #expect(known.output.contains("exceeds the limit of 1000"))
+        let chunked = try curl(["-H", "Transfer-Encoding: chunked", "-T", big, "-w", " %{http_code}", "http://127.0.0.1:\(server.port)/c.bin"])
+        #expect(chunked.output.hasSuffix(" 413"))
+        #expect(server.storedFiles().isEmpty)
+        #expect(server.partials().isEmpty)
+        #expect(try curl(["-w", "%{http_code}", "-o", "/dev/null", "http://127.0.0.1:\(server.port)/healthz"]).output == "200")
+    }
+
+    @Test func noRoomIs507() throws {
+        let fs = try SmallFileSystem(megabytes: 2)
+        let server = try BackgroundServer(directory: fs.directory) { $0.minFreeSpace = 0; $0.udpEnabled = false }
+        defer { server.stop() }
+        let path = writeTemporaryFile(content(4, count: 3 << 20), name: "x.bin")
+        let r = try curl(["-T", path, "-w", " %{http_code}", "http://127.0.0.1:\(server.port)/"])
+        #expect(r.output.hasSuffix(" 507"))
+        #expect(r.output.contains("disk full") || r.output.contains("available"))
+        #expect(server.storedFiles().isEmpty)
+    }
+
+    @Test func aBodyCutShortIsNeverStoredAndTheServerGoesOn() throws {
+        let events = EventLog()
+        let server = try BackgroundServer(configure: { $0.udpEnabled = false }, prepare: { $0.onEvent = events.append })
+        defer { server.stop() }
+        let c = try BlockingClient(port: server.port)
+        c.send(Array("PUT /cut.bin HTTP/1.1\r\nContent-Length: 100000\r\n\r\n".utf8) + content(5, count: 40_000))
+        #expect(waitUntil { server.hasRead(c) })
+        c.shutdownWrite()
+        _ = c.readUntilEOF()
+        #expect(server.waitForStatistics { $0.uploadsFailed == 1 })
+        #expect(server.storedFiles().isEmpty)
+        #expect(server.partials().isEmpty)
+        #expect(events.all.contains { if case .failed(let u, _, let code, false) = $0 { u.transport == .http && code == 13 } else { false } })
+        #expect(statuses(try exchange(server.port, Array("GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n".utf8))) == [200])
+    }
+
+    @Test func malformedAndOversizedHeadsGet400And431() throws {
+        let server = try BackgroundServer { $0.udpEnabled = false; $0.maxHTTPHeadBytes = 2048 }
+        defer { server.stop() }
+        #expect(statuses(try exchange(server.port, Array("BREW /pot HTTP/1.1\r\n\r\n".utf8))) == [400])
+        #expect(statuses(try exchange(server.port, Array("PUT /x HTTP/1.1\r\nContent-Length: 12x\r\n\r\n".utf8))) == [400])
+        #expect(statuses(try exchange(server.port, Array("GET / HTTP/1.1\r\nX-Big: \(String(repeating: "b", count: 4000))\r\n\r\n".utf8))) == [431])
+        #expect(statuses(try exchange(server.port, Array("PUT /%zz HTTP/1.1\r\nContent-Length: 1\r\n\r\nx".utf8))) == [400])
+        #expect(statuses(try exchange(server.port, Array("PUT /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".utf8))) == [400])
+        #expect(server.storedFiles().isEmpty)
+        #expect(server.partials().isEmpty)
+        #expect(server.onLoop { $0.statistics.httpBadRequests } == 4)  // not the bad escape: that is the route's
+    }
+
+    @Test func aHeadThatTrickles408sAtTheHeaderTimeout() throws {
+        let server = try BackgroundServer { $0.udpEnabled = false; $0.headerTimeout = 0.3 }
+        defer { server.stop() }
+        let c = try BlockingClient(port: server.port)
+        c.send(Array("GET /healthz HTTP/1.1\r\nX-Slow: ".utf8))
+        // The server answers by itself: nothing more is sent.
+        let text = String(decoding: c.readUntilEOF() ?? [], as: UTF8.self)
+        #expect(statuses(text) == [408])
+        // It lingers, dropping input, until the client's end.
+        c.send(Array("more".utf8))
+        c.shutdownWrite()
+        #expect(waitUntil { server.onLoop { $0.connectionCount } == 0 })
+    }
+
+    @Test func withHTTPOffARequestIsNotAnswered() throws {
+        let server = try BackgroundServer { $0.udpEnabled = false; $0.httpEnabled = false }
+        defer { server.stop() }
+        let text = try exchange(server.port, Array("GET /healthz HTTP/1.1\r\n\r\n".utf8))
+        #expect(!text.hasPrefix("HTTP/"))
+        #expect(server.onLoop { $0.statistics.httpConnections } == 0)
+    }
+
+    @Test func aDrainingServerFinishesTheRequestInHandAndIsNotReady() throws {
+        let server = try BackgroundServer { $0.udpEnabled = false }
+        defer { server.stop() }
+        let c = try BlockingClient(port: server.port)
+        c.send(Array("GET /readyz HTTP/1.1\r\n".utf8))
+        #expect(waitUntil { server.hasRead(c) })
+        server.onLoop { $0.drain(deadline: 10) { _ in } }
+        c.send(Array("\r\n".utf8))
+        let text = String(decoding: c.readUntilEOF() ?? [], as: UTF8.self)
+        #expect(statuses(text) == [503])
+        #expect(text.contains("Connection: close"))
+        #expect(text.contains("draining"))
+    }
+
+    @Test func metricsCountUploadsByTransportAndReason() throws {
+        let server = try BackgroundServer { $0.udpEnabled = false; $0.maxFileSize = 1 << 20 }
+        defer { server.stop() }
+        let path = writeTemporaryFile(content(6, count: 1000), name: "m.bin")
+        _ = try curl(["-T", path, "http://127.0.0.1:\(server.port)/"])
+        _ = try curl(["-T", path, "http://127.0.0.1:\(server.port)/"])
+        _ = try sendFiles([path], port: server.port, seed: true)
+        // A chunked body over the limit: failed, file_too_large.
+        _ = try curl(["-H", "Transfer-Encoding: chunked", "-T", writeTemporaryFile(content(7, count: 2 << 20), name: "b.bin"), "http://127.0.0.1:\(server.port)/b"])
+        let text = try curl(["http://127.0.0.1:\(server.port)/metrics"]).output
+        #expect(text.contains("datastream_uploads_stored_total{transport=\"http\"} 2\n"))
+        #expect(text.contains("datastream_uploads_stored_total{transport=\"seed-tcp\"} 1\n"))
+        #expect(text.contains("datastream_uploads_started_total{transport=\"http\"} 3\n"))
+        #expect(text.contains("datastream_uploads_failed_total{transport=\"http\",reason=\"file_too_large\"} 1\n") ||
+                text.contains("datastream_uploads_failed_total{reason=\"file_too_large\",transport=\"http\"} 1\n"))
+        #expect(text.contains("datastream_received_bytes_total{transport=\"seed-tcp\"} 1000\n"))
+        #expect(text.contains("# TYPE datastream_connections_open gauge"))
+        #expect(text.contains("datastream_connections_open 1"))
+        // A second scrape shows the same totals (what changed is carried over once).
+        let again = try curl(["http://127.0.0.1:\(server.port)/metrics"]).output
+        #expect(again.contains("datastream_uploads_stored_total{transport=\"http\"} 2\n"))
+    }
+
+    @Test func storedEventsNameTheHTTPTransport() throws {
+        let events = EventLog()
+        let server = try BackgroundServer(configure: { $0.udpEnabled = false }, prepare: { $0.onEvent = events.append })
+        defer { server.stop() }
+        let path = writeTemporaryFile(content(8, count: 10), name: "ev.bin")
+        _ = try curl(["-T", path, "http://127.0.0.1:\(server.port)/"])
+        #expect(waitUntil { events.all.count == 2 })
+        guard case .stored(let stored) = events.all.last else { Issue.record("no stored event"); return }
+        #expect(stored.upload.transport == .http)
+        #expect(stored.storedName == "ev.bin")
+        #expect(stored.upload.size == 10)
+    }
+}
+
+/// Events a server reported, collected from its loop thread.
+final class EventLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var events: [UploadEvent] = []
+    func append(_ event: UploadEvent) { lock.withLock { events.append(event) } }
+    var all: [UploadEvent] { lock.withLock { events } }
+}
