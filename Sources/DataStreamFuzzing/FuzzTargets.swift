@@ -1,4 +1,5 @@
 import DataStreamCore
+import HTTPParsing
 
 /// The parsers that face the network, as fuzz targets: each takes arbitrary bytes, drives the
 /// code as a well-behaved driver would, and traps (`precondition`) when an invariant breaks —
@@ -22,6 +23,11 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// Command-line numbers (`FlagValue`): whatever the text, a value accepted lies in its range
     /// and is finite, and nothing traps.
     case flags
+    /// HTTP requests: the parser (Debian's http_parser) and the HTTP connection machine fed
+    /// arbitrary bytes in arbitrary chunks, every file operation answered, against a model: a
+    /// stored body is exactly the bytes the parser delivered for it, never more than the limit,
+    /// names are safe components, heads stay within their bound, and nothing traps.
+    case httpRequests = "http-requests"
 
     /// Runs one input.
     public func run(_ data: UnsafeRawBufferPointer) {
@@ -32,7 +38,88 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .udpDatagrams: FuzzTarget.udp(data)
         case .udpReceiver: FuzzTarget.udpReceiver(data)
         case .flags: FuzzTarget.flags(data)
+        case .httpRequests: FuzzTarget.http(data)
         }
+    }
+
+    // MARK: - HTTP
+
+    private static func http(_ data: UnsafeRawBufferPointer) {
+        guard !data.isEmpty else { return }
+        let maxFileSize: UInt64 = 4096
+        var choices = Choices(state: UInt64(data[0]) &+ UInt64(data.count))
+        let parser = HTTPRequestParser(maxHeadBytes: 512)
+        var m = HTTPConnectionMachine(configuration: .init(maxFileSize: maxFileSize, maxNameLength: 64, headTimeout: 10, idleTimeout: 20), now: 0)
+        var body: UInt64 = 0
+        var uploading = false
+        var now: UInt64 = 0
+
+        // Carries out an action as the driver would; false once the connection is over.
+        func handle(_ action: HTTPConnectionMachine.Action) -> Bool {
+            switch action {
+            case .none, .send:
+                return true
+            case .respond(let r, _):
+                precondition((100...599).contains(r.status))
+                uploading = false
+                return handle(m.responseSent(now: now))
+            case .serve:
+                return handle(m.responseSent(now: now))
+            case .openUpload(let name, let declared):
+                if let name { checkName(Array(name.utf8), accepted: name) }
+                precondition(declared.map { $0 <= maxFileSize } ?? true, "a length over the limit reached the open")
+                body = 0
+                uploading = true
+                return handle(choices.next(5) == 0 ? m.uploadRefused(.diskFull(reason: "fuzz")) : m.uploadOpened())
+            case .commitUpload(let size):
+                precondition(uploading && size == body, "stored \(size) bytes, the parser delivered \(body)")
+                precondition(size <= maxFileSize)
+                return handle(choices.next(4) == 0 ? m.uploadFailed(.storageFailed(reason: "fuzz")) : m.uploadStored(name: "stored"))
+            case .abortUpload, .close:
+                return false
+            case .linger:
+                return false
+            }
+        }
+
+        let input = Array(data.dropFirst())
+        var at = 0
+        input.withUnsafeBytes { all in
+            outer: while at < all.count {
+                now += UInt64(choices.next(3))
+                m.inputArrived(now: now)
+                let end = min(all.count, at + 1 + choices.next(64))
+                while at < end {
+                    guard m.takesInput else { break outer }
+                    var open = true
+                    let n: Int
+                    do throws(HTTPRequestParser.Failure) {
+                        n = try parser.parse(UnsafeRawBufferPointer(rebasing: all[at..<end])) { event in
+                            guard open else { return }
+                            switch event {
+                            case .head(let head):
+                                precondition(head.target.unicodeScalars.count <= 512, "a head past its bound")  // each byte is at most one scalar
+                                open = handle(m.headReceived(head))
+                            case .body(let b):
+                                body += UInt64(b.count)
+                                open = handle(m.bodyReceived(b.count))
+                                if open { precondition(body <= maxFileSize, "a body past the limit kept going") }
+                            case .end:
+                                open = handle(m.messageComplete())
+                            }
+                        }
+                    } catch {
+                        _ = handle(m.parseFailed(headTooLarge: error.isHeadTooLarge, detail: error.description))
+                        break outer
+                    }
+                    if !open { break outer }
+                    if n == 0 { break outer }
+                    at += n
+                }
+                if choices.next(8) == 0 { if !handle(m.tick(now: now)) { break } }
+            }
+        }
+        if !m.isClosed { _ = handle(m.endOfStream()) }
     }
 
     // MARK: - Command-line numbers
