@@ -1,4 +1,5 @@
 import DataStreamCore
+import Glibc
 import HTTPParsing
 import Logging
 import UV
@@ -32,7 +33,10 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
 
     // The upload in progress.
     private var sink: UploadSink?
+    /// A PUT's file (without a name).
     private var partial: Store.SeedPartial?
+    /// A tus PATCH's partial (its id is busy until the PATCH ends).
+    private var tusPartial: Store.TusPartial?
     private var uploadName: String?
     private var diskHold = DiskHold()
     private var uploadStarted: UInt64 = 0
@@ -203,7 +207,7 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
 
     private func perform(_ action: HTTPConnectionMachine.Action) {
         guard !closing else {
-            if case .abortUpload = action { discardUpload() }  // a file that finished opening after the close
+            if case .abortUpload(_, _, let keep) = action { endFile(keep: keep) }  // a file that finished opening after the close
             return
         }
         switch action {
@@ -219,8 +223,8 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
             openUpload(name: name, declaredSize: declared)
         case .commitUpload(let size):
             commitUpload(size: size)
-        case .abortUpload(let response, let reason):
-            failUpload(reason)
+        case .abortUpload(let response, let reason, let keep):
+            failUpload(reason, keepPartial: keep)
             if let response {
                 respondAndEnd(response)
             } else {
@@ -228,6 +232,43 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
             }
         case .close:
             closeNow()
+        case .createTusUpload(let name, let length):
+            let stored = name ?? store.nextSeedName().description
+            store.createTus(name: stored, length: length, owner: peer?.hostIdentityBytes ?? []) { [self] r in
+                switch r {
+                case .success(let id):
+                    log(.info, "tus upload created", metadata: ["upload": "\(id)", "name": "\(stored)", "length": "\(length)"])
+                    server.tally(.started, .http)
+                    server.emit(.started(.init(transport: .http, peer: peerText, clientName: stored, uploadID: id.hex, size: length)))
+                    perform(machine.tusCreated(id, now: Int(time(nil))))
+                case .failure(let e):
+                    perform(machine.uploadRefused(e))
+                }
+                resumeHeld()
+            }
+        case .lookUpTusUpload(let id):
+            store.lookUpTus(id) { [self] r in
+                switch r {
+                case .success(let found?): perform(machine.tusFound(offset: found.held, length: found.header.size))
+                case .success(nil): perform(machine.tusMissing())
+                case .failure(let e): perform(machine.uploadRefused(e))
+                }
+                resumeHeld()
+            }
+        case .terminateTusUpload(let id):
+            store.terminateTus(id) { [self] r in
+                switch r {
+                case .success:
+                    log(.info, "tus upload terminated", metadata: ["upload": "\(id)"])
+                    perform(machine.tusTerminated())
+                case .failure(let refusal): perform(refused(refusal))
+                }
+                resumeHeld()
+            }
+        case .resumeTusUpload(let id, let offset):
+            resumeTus(id, offset: offset)
+        case .keepUpload:
+            keepTusUpload()
         case .linger:
             // Shut down the sending side once the response is out; read and drop until the end.
             try? stream.shutdown()
@@ -295,6 +336,61 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
         }
     }
 
+    /// What the machine is told of a tus upload the store would not open.
+    private func refused(_ refusal: Store.TusRefusal) -> HTTPConnectionMachine.Action {
+        switch refusal {
+        case .notFound: machine.tusMissing()
+        case .busy: machine.uploadRefused(.uploadBusy)
+        case .offsetMismatch(let held): machine.uploadRefused(.resumeMismatch(detail: "Upload-Offset must be \(held), the bytes the server holds"))
+        case .failed(let e): machine.uploadRefused(e)
+        }
+    }
+
+    private func resumeTus(_ id: UploadID, offset: UInt64) {
+        uploadStarted = monotonicNanoseconds()
+        store.openTus(id, offset: offset) { [self] r in
+            switch r {
+            case .failure(let refusal):
+                perform(refused(refusal))
+            case .success(let opened):
+                let header = opened.upload.header
+                if closing {
+                    store.closeQuietly(opened.fd, opened.path)
+                    store.keepTus(id, bytes: opened.upload.held)
+                    return
+                }
+                if let full = server.disk.reserve(header.size - opened.upload.held) {
+                    store.closeQuietly(opened.fd, opened.path)
+                    store.keepTus(id, bytes: opened.upload.held)
+                    perform(machine.uploadRefused(full))
+                    break
+                }
+                diskHold.fixed(header.size - opened.upload.held)
+                tusPartial = opened
+                uploadName = header.name
+                let sink = UploadSink(path: opened.path, fs: store.fs, pool: pool, owner: self, startOffset: offset)
+                self.sink = sink
+                sink.opened(opened.fd)
+                perform(machine.uploadOpened(tusLength: header.size))
+            }
+            resumeHeld()
+        }
+    }
+
+    /// A PATCH's bytes are in, the upload not complete: its partial is flushed, closed and kept.
+    private func keepTusUpload() {
+        guard let sink, tusPartial != nil else { return }
+        sink.flush { [self] error in
+            if let error {
+                failedFile = error
+                failUpload(.storage(error), keepPartial: true)
+                perform(machine.uploadFailed(.storage(error)))
+                return
+            }
+            endFile(keep: true) { [self] in perform(machine.uploadKept(now: Int(time(nil)))) }
+        }
+    }
+
     private func refuse(_ error: ProtocolError) {
         server.disk.release(diskHold.release())
         perform(machine.uploadRefused(error))
@@ -309,6 +405,27 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
                 perform(machine.uploadFailed(.storage(error)))
                 return
             }
+            if let tus = tusPartial {
+                guard let fd = sink.takeDescriptor() else { return }
+                store.commit(fd, partialPath: tus.path, metaPath: tus.metaPath, name: tus.upload.header.name) { [self] result in
+                    tusPartial = nil
+                    self.sink = nil
+                    server.disk.release(diskHold.release())
+                    switch result {
+                    case .success(let stored):
+                        store.tusStored(tus.upload.header.uploadID)
+                        announceStored(stored, size: size, id: tus.upload.header.uploadID)
+                    case .failure(let error):
+                        // The partial is closed but stays: the client may PATCH nothing more, but
+                        // its bytes are not lost; the sweep removes it when it expires.
+                        store.keepTus(tus.upload.header.uploadID, bytes: size)
+                        failedFile = error
+                        recordFailure(.storage(error))
+                        perform(machine.uploadFailed(.storage(error)))
+                    }
+                }
+                return
+            }
             guard let written = partial, sink.takeDescriptor() != nil else { return }
             let name = uploadName ?? store.nextSeedName().description
             store.commit(written, underClientName: name) { [self] result in
@@ -317,12 +434,7 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
                 server.disk.release(diskHold.release())
                 switch result {
                 case .success(let stored):
-                    server.statistics.uploadsStored += 1
-                    server.tally(.stored, .http)
-                    log(.info, "stored http upload", metadata: ["name": "\(stored)", "bytes": "\(size)"])
-                    server.emit(.stored(StoredUpload(upload: .init(transport: .http, peer: peerText, clientName: uploadName, size: size),
-                                                     storedName: stored, path: store.finalPath(stored), digest: [], digestAlgorithm: nil)))
-                    perform(machine.uploadStored(name: stored))
+                    announceStored(stored, size: size, id: nil)
                 case .failure(let error):
                     failedFile = error
                     recordFailure(.storage(error))
@@ -332,35 +444,62 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
         }
     }
 
-    /// The upload ends without being stored: counted, logged, reported, and its file dropped.
-    private func failUpload(_ reason: ProtocolError) {
-        guard sink != nil else { server.disk.release(diskHold.release()); return }
-        recordFailure(reason)
-        discardUpload()
+    private func announceStored(_ name: String, size: UInt64, id: UploadID?) {
+        server.statistics.uploadsStored += 1
+        server.tally(.stored, .http)
+        log(.info, "stored http upload", metadata: ["name": "\(name)", "bytes": "\(size)"])
+        server.emit(.stored(StoredUpload(upload: .init(transport: .http, peer: peerText, clientName: uploadName, uploadID: id?.hex, size: size),
+                                         storedName: name, path: store.finalPath(name), digest: [], digestAlgorithm: nil)))
+        perform(machine.uploadStored(name: name))
     }
 
-    private func recordFailure(_ reason: ProtocolError) {
+    /// The upload ends without being stored: counted, logged, reported, and its file dropped
+    /// (a tus upload's partial kept, unless the machine said otherwise).
+    private func failUpload(_ reason: ProtocolError, keepPartial: Bool = false) {
+        guard sink != nil else { server.disk.release(diskHold.release()); return }
+        recordFailure(reason, resumable: tusPartial != nil && keepPartial)
+        endFile(keep: keepPartial)
+    }
+
+    private func recordFailure(_ reason: ProtocolError, resumable: Bool = false) {
         switch reason {
         case .storageFailed, .diskFull: log(.error, "upload failed: \(reason)\(failedFile.map { " (\($0))" } ?? "")")
         default: log(.warning, "broken upload: \(reason)")
         }
         server.statistics.uploadsFailed += 1
         server.tally(.failed(code: reason.code), .http)
-        emitFailed(reason)
+        emitFailed(reason, resumable: resumable)
     }
 
-    private func emitFailed(_ reason: ProtocolError) {
-        server.emit(.failed(.init(transport: .http, peer: peerText, clientName: uploadName, size: diskHold.limit), reason: reason.description, code: reason.code, resumable: false))
+    private func emitFailed(_ reason: ProtocolError, resumable: Bool = false) {
+        server.emit(.failed(.init(transport: .http, peer: peerText, clientName: uploadName, uploadID: tusPartial?.upload.header.uploadID.hex,
+                                  size: tusPartial?.upload.header.size ?? diskHold.limit), reason: reason.description, code: reason.code, resumable: resumable))
     }
 
     /// Drops the upload's file (a file without a name goes with its descriptor) and its room.
-    private func discardUpload() {
+    private func discardUpload() { endFile(keep: false) }
+
+    /// Ends the upload's file: a PUT's is dropped; a tus upload's partial is closed and kept
+    /// (`keep`) or deleted. Gives back its room; `then` runs once the file is closed.
+    private func endFile(keep: Bool, then: @escaping () -> Void = {}) {
         server.disk.release(diskHold.release())
-        guard let sink else { return }
+        guard let sink else { then(); return }
         self.sink = nil
         let named = partial?.path
         partial = nil
-        sink.close { [store] in if let named { store.unlinkQuietly(named) } }
+        let tus = tusPartial
+        tusPartial = nil
+        sink.close { [store] in
+            if let named { store.unlinkQuietly(named) }
+            if let tus {
+                let id = tus.upload.header.uploadID
+                if keep { store.keepTus(id, bytes: sink.writeOffset) } else {
+                    store.discard(nil, path: tus.path, metaPath: tus.metaPath)
+                    store.release(id)
+                }
+            }
+            then()
+        }
     }
 
     private func closeNow() {

@@ -19,13 +19,16 @@ public struct HTTPConnectionMachine {
         /// Nanoseconds a kept-alive connection may wait for a next request, and a body may go
         /// without a byte.
         public var idleTimeout: UInt64
+        /// Seconds an unfinished tus upload is kept after its last write (`Upload-Expires`).
+        public var partialLifetime: Int
 
         public init(maxFileSize: UInt64 = 1 << 40, maxNameLength: Int = NamePolicy.defaultMaxLength,
-                    headTimeout: UInt64 = 30_000_000_000, idleTimeout: UInt64 = 60_000_000_000) {
+                    headTimeout: UInt64 = 30_000_000_000, idleTimeout: UInt64 = 60_000_000_000, partialLifetime: Int = 7 * 86_400) {
             self.maxFileSize = maxFileSize
             self.maxNameLength = maxNameLength
             self.headTimeout = headTimeout
             self.idleTimeout = idleTimeout
+            self.partialLifetime = partialLifetime
         }
     }
 
@@ -47,8 +50,23 @@ public struct HTTPConnectionMachine {
         case openUpload(name: String?, declaredSize: UInt64?)
         /// Every body byte is in: store the file under its name, then call `uploadStored` or `uploadFailed`.
         case commitUpload(size: UInt64)
-        /// The upload failed for `reason`: delete its file, write the response if any, and close.
-        case abortUpload(HTTPResponse?, reason: ProtocolError)
+        /// The upload failed for `reason`: delete its file (or, `keepPartial`, a tus upload's:
+        /// flush and close it for a later PATCH), write the response if any, and close.
+        case abortUpload(HTTPResponse?, reason: ProtocolError, keepPartial: Bool = false)
+        /// tus: create an empty upload of `length` bytes to store as `name` (nil: a generated
+        /// name); then call `tusCreated` or `uploadRefused`.
+        case createTusUpload(name: String?, length: UInt64)
+        /// tus: look the upload up; then call `tusFound` or `tusMissing`.
+        case lookUpTusUpload(UploadID)
+        /// tus: open the upload to append at `offset` (what the server must hold); then call
+        /// `uploadOpened(tusLength:)`, `tusMissing` or `uploadRefused` (`.uploadBusy`,
+        /// `.resumeMismatch` for another offset).
+        case resumeTusUpload(UploadID, offset: UInt64)
+        /// tus: the PATCH's bytes are in but the upload is not complete: flush and close its
+        /// partial (kept); then call `uploadKept`.
+        case keepUpload
+        /// tus: abandon the upload; then call `tusTerminated`, `tusMissing` or `uploadRefused(.uploadBusy)`.
+        case terminateTusUpload(UploadID)
         /// Close the connection now.
         case close
         /// The response that ends the connection is on its way: shut down the sending side and
@@ -59,6 +77,13 @@ public struct HTTPConnectionMachine {
     }
 
     struct Upload: Hashable {
+        /// A tus PATCH: the offset it began at and the upload's length (known once open).
+        var tus: (offset: UInt64, length: UInt64)? {
+            get { tusOffset.map { ($0, tusLength) } }
+            set { tusOffset = newValue?.offset; tusLength = newValue?.length ?? 0 }
+        }
+        var tusOffset: UInt64?
+        var tusLength: UInt64 = 0
         var keepAlive: Bool
         var expectsContinue: Bool
         /// The length the head announced (nil: chunks).
@@ -72,6 +97,8 @@ public struct HTTPConnectionMachine {
         case opening(Upload)
         case receiving(Upload)
         case storing(Upload)
+        /// tus: a request that touches no body waits for the store.
+        case asking(keepAlive: Bool, headOnly: Bool)
         /// A response is being written; `close`: the connection ends after it.
         case responding(close: Bool)
         /// The last response went out; dropping input until the client's end (since `since`).
@@ -84,6 +111,8 @@ public struct HTTPConnectionMachine {
     private var lastInput: UInt64
     private var draining = false
     private var peerEnded = false
+    /// The connection closed while a tus upload was opening: its partial stays when the open answers.
+    private var closedWhileOpeningTus = false
 
     public init(configuration: Configuration, now: UInt64) {
         self.configuration = configuration
@@ -95,6 +124,7 @@ public struct HTTPConnectionMachine {
     public var stateName: String {
         switch state {
         case .awaitingHead: "awaitingHead"
+        case .asking: "asking"
         case .opening: "opening"
         case .receiving: "receiving"
         case .storing: "storing"
@@ -158,6 +188,7 @@ public struct HTTPConnectionMachine {
         }
         guard head.versionMajor == 1 else { return refuse(505, "HTTP/1.x only") }
         if head.upgrade { return refuse(501, "protocol upgrades are not served on this route") }
+        if Tus.claims(head.path) { return tusRequest(head, keepAlive: keepAlive) }
         switch HTTPRoute.route(head) {
         case .health, .ready, .metrics:
             if head.hasBody { return refuse(400, "this route takes no body") }
@@ -190,14 +221,109 @@ public struct HTTPConnectionMachine {
         }
     }
 
-    /// The upload's file is open and its room reserved: its body may come.
-    public mutating func uploadOpened() -> Action {
+    private mutating func tusRequest(_ head: HTTPRequestHead, keepAlive: Bool) -> Action {
+        let headOnly = head.method == .head
+        func answer(_ response: HTTPResponse) -> Action {
+            state = .responding(close: !keepAlive || head.hasBody)
+            return .respond(response, headOnly: headOnly)
+        }
+        switch Tus.request(head) {
+        case .refused(let status, let message):
+            return answer(Tus.error(status, message))
+        case .options:
+            return answer(Tus.options(maxSize: configuration.maxFileSize))
+        case .create(let length, let raw):
+            if length > configuration.maxFileSize {
+                return answer(Tus.error(413, ProtocolError.fileTooLarge(size: length, limit: configuration.maxFileSize).description))
+            }
+            var name: String?
+            if let raw, !raw.isEmpty {
+                do throws(ProtocolError) { name = try NamePolicy.sanitise(raw, maxLength: configuration.maxNameLength) } catch {
+                    return answer(Tus.error(400, error.description))
+                }
+            }
+            state = .asking(keepAlive: keepAlive, headOnly: false)
+            return .createTusUpload(name: name, length: length)
+        case .status(let id):
+            if head.hasBody { return answer(Tus.error(400, "HEAD takes no body")) }
+            state = .asking(keepAlive: keepAlive, headOnly: true)
+            return .lookUpTusUpload(id)
+        case .terminate(let id):
+            if head.hasBody { return answer(Tus.error(400, "DELETE takes no body")) }
+            state = .asking(keepAlive: keepAlive, headOnly: false)
+            return .terminateTusUpload(id)
+        case .append(let id, let offset):
+            var upload = Upload(keepAlive: keepAlive, expectsContinue: head.expectsContinue, declared: head.chunked ? nil : (head.contentLength ?? 0))
+            upload.tus = (offset, 0)
+            state = .opening(upload)
+            return .resumeTusUpload(id, offset: offset)
+        }
+    }
+
+    /// tus: the upload was created; `now` is the wall clock (seconds since the epoch).
+    public mutating func tusCreated(_ id: UploadID, now: Int) -> Action {
+        guard case .asking(let keepAlive, _) = state else { return state == .closed ? .none : unexpected() }
+        state = .responding(close: !keepAlive)
+        return .respond(HTTPResponse(status: 201, headers: [Tus.resumable, HTTPHeader("Location", Tus.root + id.hex),
+                                                            HTTPHeader("Upload-Expires", Tus.httpDate(now + configuration.partialLifetime))]), headOnly: false)
+    }
+
+    /// tus: the upload holds `offset` of its `length` bytes.
+    public mutating func tusFound(offset: UInt64, length: UInt64) -> Action {
+        guard case .asking(let keepAlive, let headOnly) = state else { return state == .closed ? .none : unexpected() }
+        state = .responding(close: !keepAlive)
+        return .respond(HTTPResponse(status: 200, headers: [Tus.resumable, HTTPHeader("Upload-Offset", "\(offset)"), HTTPHeader("Upload-Length", "\(length)"),
+                                                            HTTPHeader("Cache-Control", "no-store")]), headOnly: headOnly)
+    }
+
+    /// tus: no such upload (never created, terminated, expired, or stored already).
+    public mutating func tusMissing() -> Action {
         switch state {
-        case .opening(let upload):
+        case .asking(let keepAlive, let headOnly):
+            state = .responding(close: !keepAlive)
+            return .respond(Tus.error(404, "no such upload"), headOnly: headOnly)
+        case .opening:
+            state = .responding(close: true)  // its body is not read
+            return .respond(Tus.error(404, "no such upload"), headOnly: false)
+        case .closed:
+            return .none
+        default:
+            return unexpected()
+        }
+    }
+
+    /// tus: the upload is gone.
+    public mutating func tusTerminated() -> Action {
+        guard case .asking(let keepAlive, _) = state else { return state == .closed ? .none : unexpected() }
+        state = .responding(close: !keepAlive)
+        return .respond(HTTPResponse(status: 204, headers: [Tus.resumable]), headOnly: false)
+    }
+
+    /// tus: the PATCH's bytes are on disk and the partial is closed; `now` is the wall clock.
+    public mutating func uploadKept(now: Int) -> Action {
+        guard case .storing(let upload) = state, let tus = upload.tus else { return state == .closed ? .none : unexpected() }
+        state = .responding(close: !upload.keepAlive || draining || peerEnded)
+        return .respond(HTTPResponse(status: 204, headers: [Tus.resumable, HTTPHeader("Upload-Offset", "\(tus.offset + upload.received)"),
+                                                            HTTPHeader("Upload-Expires", Tus.httpDate(now + configuration.partialLifetime))]), headOnly: false)
+    }
+
+    /// The upload's file is open and its room reserved: its body may come. A tus upload
+    /// gives its length (`tusLength`), which bounds what the PATCH may add.
+    public mutating func uploadOpened(tusLength: UInt64? = nil) -> Action {
+        switch state {
+        case .opening(var upload):
+            if let tus = upload.tus, let tusLength {
+                upload.tus = (tus.offset, tusLength)
+                if let declared = upload.declared, tus.offset + declared > tusLength {
+                    state = .responding(close: true)
+                    return .abortUpload(Tus.error(413, "the body goes past the upload's length (\(tusLength) bytes)"),
+                                        reason: .fileTooLarge(size: tus.offset + declared, limit: tusLength), keepPartial: true)
+                }
+            }
             state = .receiving(upload)
             return upload.expectsContinue ? .send(HTTPResponse.continueBytes) : .none
         case .closed:
-            return .abortUpload(nil, reason: .unexpectedEndOfStream(received: 0, expected: 0))  // the client left while the file was opening
+            return .abortUpload(nil, reason: .unexpectedEndOfStream(received: 0, expected: 0), keepPartial: closedWhileOpeningTus)  // the client left while the file was opening
         default:
             return unexpected()
         }
@@ -205,15 +331,32 @@ public struct HTTPConnectionMachine {
 
     /// The upload could not begin (no room, too large, the file would not open).
     public mutating func uploadRefused(_ error: ProtocolError) -> Action {
-        guard case .opening = state else { return state == .closed ? .none : unexpected() }
-        state = .responding(close: true)  // its body, if sent, is not read
-        return .respond(.error(HTTPConnectionMachine.status(for: error), error.description), headOnly: false)
+        switch state {
+        case .opening(let upload) where upload.tusOffset != nil:
+            state = .responding(close: true)  // its body, if sent, is not read
+            return .respond(Tus.error(HTTPConnectionMachine.tusStatus(for: error), error.description), headOnly: false)
+        case .opening:
+            state = .responding(close: true)
+            return .respond(.error(HTTPConnectionMachine.status(for: error), error.description), headOnly: false)
+        case .asking(let keepAlive, _):
+            state = .responding(close: !keepAlive)
+            return .respond(Tus.error(HTTPConnectionMachine.tusStatus(for: error), error.description), headOnly: false)
+        case .closed:
+            return .none
+        default:
+            return unexpected()
+        }
     }
 
     /// `count` body bytes arrived (decoded from chunks); the driver queued them for the file.
     public mutating func bodyReceived(_ count: Int) -> Action {
         guard case .receiving(var upload) = state else { return count == 0 ? .none : unexpected() }
         upload.received += UInt64(count)
+        if let tus = upload.tus, tus.offset + upload.received > tus.length {
+            state = .closed
+            let error = ProtocolError.fileTooLarge(size: tus.offset + upload.received, limit: tus.length)
+            return .abortUpload(Tus.error(413, "the body goes past the upload's length (\(tus.length) bytes)"), reason: error, keepPartial: true)
+        }
         if upload.received > configuration.maxFileSize {
             state = .closed
             let error = ProtocolError.fileTooLarge(size: upload.received, limit: configuration.maxFileSize)
@@ -225,9 +368,9 @@ public struct HTTPConnectionMachine {
 
     /// Bytes of the body cannot be kept (no room left for them, a write failed).
     public mutating func uploadBroken(_ error: ProtocolError) -> Action {
-        guard case .receiving = state else { return state == .closed ? .none : unexpected() }
+        guard case .receiving(let upload) = state else { return state == .closed ? .none : unexpected() }
         state = .closed
-        return .abortUpload(.error(HTTPConnectionMachine.status(for: error), error.description), reason: error)
+        return .abortUpload(.error(HTTPConnectionMachine.status(for: error), error.description), reason: error, keepPartial: upload.tus != nil)
     }
 
     /// The request's body is complete.
@@ -235,6 +378,9 @@ public struct HTTPConnectionMachine {
         switch state {
         case .receiving(let upload):
             state = .storing(upload)
+            if let tus = upload.tus {
+                return tus.offset + upload.received == tus.length ? .commitUpload(size: tus.length) : .keepUpload
+            }
             return .commitUpload(size: upload.received)
         case .awaitingHead, .responding, .lingering, .closed:
             return .none  // a request without a body, answered already
@@ -247,6 +393,10 @@ public struct HTTPConnectionMachine {
     public mutating func uploadStored(name: String) -> Action {
         guard case .storing(let upload) = state else { return state == .closed ? .none : unexpected() }
         state = .responding(close: !upload.keepAlive || draining || peerEnded)
+        if let tus = upload.tus {
+            return .respond(HTTPResponse(status: 204, headers: [Tus.resumable, HTTPHeader("Upload-Offset", "\(tus.length)"),
+                                                                HTTPHeader("DataStream-Stored-Name", HTTPRoute.percentEncoded(name))]), headOnly: false)
+        }
         let location = "/" + HTTPRoute.percentEncoded(name)
         return .respond(.json(201, [("name", .string(name)), ("size", .number(upload.received))], headers: [HTTPHeader("Location", location)]), headOnly: false)
     }
@@ -274,9 +424,9 @@ public struct HTTPConnectionMachine {
     /// The input is not HTTP the parser accepts.
     public mutating func parseFailed(headTooLarge: Bool, detail: String) -> Action {
         switch state {
-        case .receiving:
+        case .receiving(let upload):
             state = .closed
-            return .abortUpload(.error(400, "malformed request body: \(detail)"), reason: .connectionFailed(reason: "malformed request body: \(detail)"))
+            return .abortUpload(.error(400, "malformed request body: \(detail)"), reason: .connectionFailed(reason: "malformed request body: \(detail)"), keepPartial: upload.tus != nil)
         case .awaitingHead:
             state = .responding(close: true)
             return headTooLarge ? .respond(.error(431, detail), headOnly: false) : .respond(.error(400, "malformed request: \(detail)"), headOnly: false)
@@ -289,11 +439,15 @@ public struct HTTPConnectionMachine {
     public mutating func endOfStream() -> Action {
         peerEnded = true
         switch state {
-        case .awaitingHead, .opening, .lingering:
-            return closeNow()  // an open in flight is answered with abortUpload
+        case .opening(let upload):
+            closedWhileOpeningTus = upload.tus != nil
+            return closeNow()  // the open in flight is answered with abortUpload
+        case .awaitingHead, .lingering, .asking:
+            return closeNow()
         case .receiving(let upload):
             state = .closed
-            return .abortUpload(nil, reason: .unexpectedEndOfStream(received: upload.received, expected: upload.declared ?? upload.received))  // the body was cut short
+            return .abortUpload(nil, reason: .unexpectedEndOfStream(received: upload.received, expected: upload.declared ?? upload.received),
+                                keepPartial: upload.tus != nil)  // the body was cut short; a tus upload resumes
         case .storing, .responding:
             return .none  // finish and answer; the close follows the response
         case .closed:
@@ -312,10 +466,10 @@ public struct HTTPConnectionMachine {
             }
             if began == nil, now &- since >= configuration.idleTimeout { return closeNow() }
             return .none
-        case .receiving:
+        case .receiving(let upload):
             guard now &- lastInput >= configuration.idleTimeout else { return .none }
             state = .closed
-            return .abortUpload(.error(408, "no body bytes for too long"), reason: .idleTimeout(seconds: Double(configuration.idleTimeout) / 1e9))
+            return .abortUpload(.error(408, "no body bytes for too long"), reason: .idleTimeout(seconds: Double(configuration.idleTimeout) / 1e9), keepPartial: upload.tus != nil)
         case .lingering(let since):
             return now &- since >= HTTPConnectionMachine.lingerLimit ? closeNow() : .none
         default:
@@ -338,11 +492,20 @@ public struct HTTPConnectionMachine {
 
     private mutating func unexpected() -> Action {
         switch state {
-        case .opening, .receiving:
+        case .opening(let upload), .receiving(let upload):
             state = .closed
-            return .abortUpload(nil, reason: .connectionFailed(reason: "unexpected event"))
+            return .abortUpload(nil, reason: .connectionFailed(reason: "unexpected event"), keepPartial: upload.tus != nil)
         default:
             return closeNow()
+        }
+    }
+
+    /// The status a refused tus request is answered with.
+    public static func tusStatus(for error: ProtocolError) -> Int {
+        switch error {
+        case .uploadBusy: 423
+        case .resumeMismatch: 409
+        default: status(for: error)
         }
     }
 

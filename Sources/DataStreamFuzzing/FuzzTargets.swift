@@ -53,6 +53,10 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         var body: UInt64 = 0
         var uploading = false
         var now: UInt64 = 0
+        // The one tus upload the model's store holds: its length, the bytes held, and the
+        // offset of the PATCH in progress (nil: a PUT).
+        var tusLength: UInt64 = 1000, tusHeld: UInt64 = 0
+        var patchOffset: UInt64?
 
         // Carries out an action as the driver would; false once the connection is over.
         func handle(_ action: HTTPConnectionMachine.Action) -> Bool {
@@ -65,14 +69,42 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
                 return handle(m.responseSent(now: now))
             case .serve:
                 return handle(m.responseSent(now: now))
+            case .createTusUpload(let name, let length):
+                if let name { checkName(Array(name.utf8), accepted: name) }
+                precondition(length <= maxFileSize, "a tus length over the limit was created")
+                if choices.next(4) == 0 { return handle(m.uploadRefused(.serverBusy(reason: "fuzz"))) }
+                (tusLength, tusHeld) = (length, 0)
+                return handle(m.tusCreated(UploadID(bytes: [UInt8](repeating: 7, count: 16)), now: 0))
+            case .lookUpTusUpload:
+                return handle(choices.next(4) == 0 ? m.tusMissing() : m.tusFound(offset: tusHeld, length: tusLength))
+            case .terminateTusUpload:
+                return handle(choices.next(3) == 0 ? m.uploadRefused(.uploadBusy) : m.tusTerminated())
+            case .resumeTusUpload(_, let offset):
+                guard offset == tusHeld else { return handle(m.uploadRefused(.resumeMismatch(detail: "fuzz"))) }
+                body = 0
+                uploading = true
+                patchOffset = offset
+                return handle(choices.next(6) == 0 ? m.tusMissing() : m.uploadOpened(tusLength: tusLength))
+            case .keepUpload:
+                precondition(uploading && patchOffset != nil && patchOffset! + body < tusLength, "an unfinished PATCH kept past its length")
+                tusHeld = patchOffset! + body
+                uploading = false
+                patchOffset = nil
+                return handle(m.uploadKept(now: 0))
             case .openUpload(let name, let declared):
                 if let name { checkName(Array(name.utf8), accepted: name) }
                 precondition(declared.map { $0 <= maxFileSize } ?? true, "a length over the limit reached the open")
                 body = 0
                 uploading = true
+                patchOffset = nil
                 return handle(choices.next(5) == 0 ? m.uploadRefused(.diskFull(reason: "fuzz")) : m.uploadOpened())
             case .commitUpload(let size):
-                precondition(uploading && size == body, "stored \(size) bytes, the parser delivered \(body)")
+                if let offset = patchOffset {
+                    precondition(uploading && offset + body == tusLength && size == tusLength, "a tus upload stored at \(offset + body) of \(tusLength)")
+                    tusHeld = 0
+                } else {
+                    precondition(uploading && size == body, "stored \(size) bytes, the parser delivered \(body)")
+                }
                 precondition(size <= maxFileSize)
                 return handle(choices.next(4) == 0 ? m.uploadFailed(.storageFailed(reason: "fuzz")) : m.uploadStored(name: "stored"))
             case .abortUpload, .close:
@@ -101,9 +133,12 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
                                 precondition(head.target.unicodeScalars.count <= 512, "a head past its bound")  // each byte is at most one scalar
                                 open = handle(m.headReceived(head))
                             case .body(let b):
-                                body += UInt64(b.count)
                                 open = handle(m.bodyReceived(b.count))
-                                if open { precondition(body <= maxFileSize, "a body past the limit kept going") }
+                                if open {
+                                    body += UInt64(b.count)  // the driver writes only bytes the machine took
+                                    precondition(body <= maxFileSize, "a body past the limit kept going")
+                                    if let offset = patchOffset { precondition(offset + body <= tusLength, "a PATCH past the upload's length kept going") }
+                                }
                             case .end:
                                 open = handle(m.messageComplete())
                             }

@@ -15,7 +15,7 @@ struct HTTPConnectionMachineTests {
     func status(_ a: HTTPConnectionMachine.Action) -> Int? {
         switch a {
         case .respond(let r, _): r.status
-        case .abortUpload(let r, _): r?.status
+        case .abortUpload(let r, _, _): r?.status
         default: nil
         }
     }
@@ -136,7 +136,7 @@ struct HTTPConnectionMachineTests {
         _ = m.headReceived(put("/a", length: 10))
         _ = m.uploadOpened()
         _ = m.bodyReceived(3)
-        #expect(m.endOfStream() == .abortUpload(nil, reason: .unexpectedEndOfStream(received: 3, expected: 10)))
+        #expect(m.endOfStream() == .abortUpload(nil, reason: .unexpectedEndOfStream(received: 3, expected: 10), keepPartial: false))
         #expect(m.messageComplete() == .none)
     }
 
@@ -144,7 +144,7 @@ struct HTTPConnectionMachineTests {
         var m = machine()
         _ = m.headReceived(put("/a", length: 10))
         #expect(m.endOfStream() == .close)
-        #expect(m.uploadOpened() == .abortUpload(nil, reason: .unexpectedEndOfStream(received: 0, expected: 0)))
+        #expect(m.uploadOpened() == .abortUpload(nil, reason: .unexpectedEndOfStream(received: 0, expected: 0), keepPartial: false))
     }
 
     @Test func aHalfCloseAfterTheBodyStillStoresAndAnswersThenCloses() {
@@ -228,5 +228,144 @@ struct HTTPConnectionMachineTests {
         #expect(HTTPRoute.percentDecoded("/a%2Fb%20c+d") == Array("/a/b c+d".utf8))
         #expect(HTTPRoute.percentDecoded("/a%2") == nil)
         #expect(HTTPRoute.percentEncoded("café v1.txt") == "caf%C3%A9%20v1.txt")
+    }
+
+    // MARK: - tus
+
+    let id = UploadID(bytes: Array(0..<16))
+    func tus(_ method: HTTPMethod, _ target: String, _ headers: [(String, String)] = [], length: UInt64? = nil) -> HTTPRequestHead {
+        HTTPRequestHead(method: method, target: target, headers: [HTTPHeader("Tus-Resumable", "1.0.0")] + headers.map { HTTPHeader($0.0, $0.1) }, contentLength: length)
+    }
+    func header(_ a: HTTPConnectionMachine.Action, _ name: String) -> String? {
+        if case .respond(let r, _) = a { return r.headers.first { $0.name == name }?.value }
+        return nil
+    }
+
+    @Test func tusCreationAnswers201WithTheUploadsLocation() {
+        var m = machine()
+        let head = tus(.post, "/files/", [("Upload-Length", "10"), ("Upload-Metadata", "filename cmVwb3J0LnBkZg==,private")])
+        #expect(m.headReceived(head) == .createTusUpload(name: "report.pdf", length: 10))
+        #expect(!m.takesInput)
+        let created = m.tusCreated(id, now: 0)
+        #expect(status(created) == 201)
+        #expect(header(created, "Location") == "/files/000102030405060708090a0b0c0d0e0f")
+        #expect(header(created, "Tus-Resumable") == "1.0.0")
+        #expect(header(created, "Upload-Expires") == "Thu, 08 Jan 1970 00:00:00 GMT")
+        #expect(m.responseSent(now: 0) == .none)
+    }
+
+    @Test func tusRequestsWithoutTheVersionAre412AndOptionsAnswers() {
+        var m = machine(maxFileSize: 5000)
+        let refused = m.headReceived(HTTPRequestHead(method: .post, target: "/files/", headers: [HTTPHeader("Upload-Length", "1")]))
+        #expect(status(refused) == 412)
+        #expect(header(refused, "Tus-Version") == "1.0.0")
+        _ = m.responseSent(now: 0)
+        let options = m.headReceived(HTTPRequestHead(method: .options, target: "/files/"))
+        #expect(status(options) == 204)
+        #expect(header(options, "Tus-Extension") == "creation,termination,expiration")
+        #expect(header(options, "Tus-Max-Size") == "5000")
+    }
+
+    @Test func tusCreationPastTheLimitOrWithoutALengthIsRefused() {
+        var m = machine(maxFileSize: 100)
+        #expect(status(m.headReceived(tus(.post, "/files/", [("Upload-Length", "101")]))) == 413)
+        var n = machine()
+        #expect(status(n.headReceived(tus(.post, "/files/"))) == 400)
+        var o = machine()
+        #expect(status(o.headReceived(tus(.post, "/files/", [("Upload-Length", "5"), ("Upload-Metadata", "filename !!!")]))) == 400)
+    }
+
+    @Test func tusHeadTellsTheOffsetAndAMissingUploadIs404() {
+        var m = machine()
+        #expect(m.headReceived(tus(.head, "/files/" + id.hex)) == .lookUpTusUpload(id))
+        let found = m.tusFound(offset: 4, length: 10)
+        #expect(status(found) == 200)
+        #expect(header(found, "Upload-Offset") == "4")
+        #expect(header(found, "Upload-Length") == "10")
+        #expect(header(found, "Cache-Control") == "no-store")
+        guard case .respond(_, true) = found else { Issue.record("HEAD answers with a head only"); return }
+        _ = m.responseSent(now: 0)
+        _ = m.headReceived(tus(.head, "/files/" + id.hex))
+        #expect(status(m.tusMissing()) == 404)
+        var n = machine()
+        #expect(status(n.headReceived(tus(.head, "/files/not-an-id"))) == 404)
+    }
+
+    func patch(_ offset: UInt64, _ length: UInt64) -> HTTPRequestHead {
+        tus(.patch, "/files/" + id.hex, [("Upload-Offset", "\(offset)"), ("Content-Type", "application/offset+octet-stream")], length: length)
+    }
+
+    @Test func aPatchThatEndsShortKeepsThePartialAndAnswersTheNewOffset() {
+        var m = machine()
+        #expect(m.headReceived(patch(4, 3)) == .resumeTusUpload(id, offset: 4))
+        #expect(m.uploadOpened(tusLength: 10) == .none)
+        #expect(m.bodyReceived(3) == .none)
+        #expect(m.messageComplete() == .keepUpload)
+        let kept = m.uploadKept(now: 0)
+        #expect(status(kept) == 204)
+        #expect(header(kept, "Upload-Offset") == "7")
+    }
+
+    @Test func theLastPatchStoresTheUpload() {
+        var m = machine()
+        _ = m.headReceived(patch(7, 3))
+        _ = m.uploadOpened(tusLength: 10)
+        _ = m.bodyReceived(3)
+        #expect(m.messageComplete() == .commitUpload(size: 10))
+        let stored = m.uploadStored(name: "report.pdf")
+        #expect(status(stored) == 204)
+        #expect(header(stored, "Upload-Offset") == "10")
+        #expect(header(stored, "DataStream-Stored-Name") == "report.pdf")
+    }
+
+    @Test func aPatchAtTheWrongOffsetIs409AndABusyUploadIs423() {
+        var m = machine()
+        _ = m.headReceived(patch(3, 1))
+        #expect(status(m.uploadRefused(.resumeMismatch(detail: "holds 4"))) == 409)
+        var n = machine()
+        _ = n.headReceived(patch(4, 1))
+        #expect(status(n.uploadRefused(.uploadBusy)) == 423)
+        var o = machine()
+        #expect(status(o.headReceived(tus(.patch, "/files/" + id.hex, [("Upload-Offset", "0"), ("Content-Type", "text/plain")], length: 1))) == 415)
+    }
+
+    @Test func aPatchPastTheLengthIs413AndKeepsWhatCameBefore() {
+        var m = machine()
+        _ = m.headReceived(patch(8, 5))
+        guard case .abortUpload(let r, _, true) = m.uploadOpened(tusLength: 10) else { Issue.record("no abort keeping the partial"); return }
+        #expect(r?.status == 413)
+        var chunked = machine()
+        _ = chunked.headReceived(HTTPRequestHead(method: .patch, target: "/files/" + id.hex, headers: [HTTPHeader("Tus-Resumable", "1.0.0"), HTTPHeader("Upload-Offset", "8"), HTTPHeader("Content-Type", "application/offset+octet-stream")], chunked: true))
+        _ = chunked.uploadOpened(tusLength: 10)
+        #expect(chunked.bodyReceived(2) == .none)
+        guard case .abortUpload(let r2, _, true) = chunked.bodyReceived(1) else { Issue.record("no abort keeping the partial"); return }
+        #expect(r2?.status == 413)
+    }
+
+    @Test func aClientKilledMidPatchLeavesItsPartialForTheNextPatch() {
+        var m = machine()
+        _ = m.headReceived(patch(0, 10))
+        _ = m.uploadOpened(tusLength: 10)
+        _ = m.bodyReceived(6)
+        #expect(m.endOfStream() == .abortUpload(nil, reason: .unexpectedEndOfStream(received: 6, expected: 10), keepPartial: true))
+        var opening = machine()
+        _ = opening.headReceived(patch(0, 10))
+        #expect(opening.endOfStream() == .close)
+        guard case .abortUpload(nil, _, true) = opening.uploadOpened(tusLength: 10) else { Issue.record("the partial must stay"); return }
+    }
+
+    @Test func terminationAnswers204() {
+        var m = machine()
+        #expect(m.headReceived(tus(.delete, "/files/" + id.hex)) == .terminateTusUpload(id))
+        #expect(status(m.tusTerminated()) == 204)
+        var busy = machine()
+        _ = busy.headReceived(tus(.delete, "/files/" + id.hex))
+        #expect(status(busy.uploadRefused(.uploadBusy)) == 423)
+    }
+
+    @Test func tusMetadataAndDatesDecode() {
+        #expect(Tus.metadata("filename d29ybGQ=, is_confidential") == ["filename": Array("world".utf8), "is_confidential": []])
+        #expect(Tus.metadata("filename not*base64") == nil)
+        #expect(Tus.httpDate(1_764_633_600) == "Tue, 02 Dec 2025 00:00:00 GMT")
     }
 }

@@ -216,6 +216,72 @@ struct HTTPTests {
     }
 }
 
+/// tus over raw sockets: what tuspy never sends (a PATCH cut in the middle of its body, a
+/// wrong offset, two PATCHes at once).
+struct TusTests {
+    func request(_ port: Int, _ text: String, body: [UInt8] = [], cut: Bool = false) throws -> String {
+        let c = try BlockingClient(port: port)
+        c.send(Array(text.utf8) + body)
+        c.shutdownWrite()
+        return String(decoding: c.readUntilEOF() ?? [], as: UTF8.self)
+    }
+    func header(_ response: String, _ name: String) -> String? {
+        response.components(separatedBy: "\r\n").first { $0.lowercased().hasPrefix(name.lowercased() + ": ") }.map { String($0.dropFirst(name.count + 2)) }
+    }
+
+    @Test func aPatchCutMidBodyKeepsItsBytesAndTheUploadCompletesLater() throws {
+        let server = try BackgroundServer { $0.udpEnabled = false }
+        defer { server.stop() }
+        let data = content(9, count: 200_000)
+        let created = try request(server.port, "POST /files/ HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nUpload-Length: \(data.count)\r\nUpload-Metadata: filename Y3V0LmJpbg==\r\nConnection: close\r\n\r\n")
+        #expect(created.hasPrefix("HTTP/1.1 201 "))
+        let location = try #require(header(created, "Location"))
+        let patchHead = { (offset: Int, length: Int) in
+            "PATCH \(location) HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: \(offset)\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: \(length)\r\nConnection: close\r\n\r\n"
+        }
+        // Half the body, then the client is gone.
+        let c = try BlockingClient(port: server.port)
+        c.send(Array(patchHead(0, data.count).utf8) + data[0..<80_000])
+        #expect(waitUntil { server.hasRead(c) })
+        c.shutdownWrite()
+        _ = c.readUntilEOF()
+        #expect(server.waitForStatistics { $0.uploadsFailed == 1 })
+        var offset = 0
+        #expect(waitUntil {
+            let status = (try? request(server.port, "HEAD \(location) HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nConnection: close\r\n\r\n")) ?? ""
+            offset = Int(header(status, "Upload-Offset") ?? "") ?? -1
+            return offset == 80_000  // once the cut PATCH's file is closed and its id free
+        })
+        // The wrong offset is refused, the right one finishes it.
+        #expect(try request(server.port, patchHead(0, 1), body: [0]).hasPrefix("HTTP/1.1 409 "))
+        let done = try request(server.port, patchHead(offset, data.count - offset), body: Array(data[offset...]))
+        #expect(done.hasPrefix("HTTP/1.1 204 "))
+        #expect(header(done, "Upload-Offset") == "\(data.count)")
+        #expect(header(done, "DataStream-Stored-Name") == "cut.bin")
+        #expect(server.contents("cut.bin") == data)
+        #expect(server.partials().isEmpty)
+        #expect(try request(server.port, "HEAD \(location) HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nConnection: close\r\n\r\n").hasPrefix("HTTP/1.1 404 "))
+    }
+
+    @Test func aSecondPatchWhileOneRunsIsLockedAndDeleteRemovesTheUpload() throws {
+        let server = try BackgroundServer { $0.udpEnabled = false }
+        defer { server.stop() }
+        let created = try request(server.port, "POST /files HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nUpload-Length: 1000\r\nConnection: close\r\n\r\n")
+        let location = try #require(header(created, "Location"))
+        let first = try BlockingClient(port: server.port)
+        first.send(Array("PATCH \(location) HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: 1000\r\n\r\n".utf8) + [1, 2, 3])
+        #expect(waitUntil { server.hasRead(first) && server.onLoop { $0.statistics.httpRequests } == 2 })
+        let second = try request(server.port, "PATCH \(location) HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: 1\r\nConnection: close\r\n\r\n", body: [9])
+        #expect(second.hasPrefix("HTTP/1.1 423 "))
+        #expect(try request(server.port, "DELETE \(location) HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nConnection: close\r\n\r\n").hasPrefix("HTTP/1.1 423 "))
+        first.shutdownWrite()
+        _ = first.readUntilEOF()
+        #expect(waitUntil { (try? request(server.port, "DELETE \(location) HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nConnection: close\r\n\r\n"))?.hasPrefix("HTTP/1.1 204 ") == true })
+        #expect(server.partials().isEmpty)
+        #expect(server.storedFiles().isEmpty)
+    }
+}
+
 /// Events a server reported, collected from its loop thread.
 final class EventLog: @unchecked Sendable {
     private let lock = NSLock()
