@@ -90,7 +90,7 @@ public enum ProtocolError: Error, Hashable, Sendable, CustomStringConvertible {
     public static func label(code: UInt16) -> String {
         let labels = ["malformed_frame", "bad_magic", "unsupported_version", "unexpected_frame", "frame_too_large",
                       "authentication_required", "authentication_failed", "invalid_name", "file_too_large", "unsupported_digest",
-                      "upload_busy", "digest_mismatch", "unexpected_end_of_stream", "invalid_seed_size", "trailing_bytes",
+                      "upload_busy", "resume_mismatch", "unexpected_end_of_stream", "invalid_seed_size", "trailing_bytes",
                       "storage_failed", "connection_failed", "header_timeout", "idle_timeout", "too_many_connections",
                       "seed_protocol_disabled", "shutting_down", "disk_full", "server_busy"]
         return code >= 1 && Int(code) <= labels.count ? labels[Int(code) - 1] : "other"

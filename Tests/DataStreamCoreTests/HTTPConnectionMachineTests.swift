@@ -368,4 +368,22 @@ struct HTTPConnectionMachineTests {
         #expect(Tus.metadata("filename not*base64") == nil)
         #expect(Tus.httpDate(1_764_633_600) == "Tue, 02 Dec 2025 00:00:00 GMT")
     }
+
+    @Test func metricReasonsAreTheErrorNamesInSnakeCase() {
+        let errors: [ProtocolError] = [.malformedFrame(type: 0, detail: ""), .badMagic, .unsupportedVersion(0), .unexpectedFrame(type: 0, state: ""),
+            .frameTooLarge(length: 0, limit: 0), .authenticationRequired, .authenticationFailed, .invalidName(reason: ""), .fileTooLarge(size: 0, limit: 0),
+            .unsupportedDigest(0), .uploadBusy, .resumeMismatch(detail: ""), .unexpectedEndOfStream(received: 0, expected: 0), .invalidSeedSize(digits: ""),
+            .trailingBytes(declared: 0, received: 0), .storageFailed(reason: ""), .connectionFailed(reason: ""), .headerTimeout(seconds: 0),
+            .idleTimeout(seconds: 0), .tooManyConnections(limit: 0), .seedProtocolDisabled, .shuttingDown, .diskFull(reason: ""), .serverBusy(reason: "")]
+        let names = ["malformedFrame", "badMagic", "unsupportedVersion", "unexpectedFrame", "frameTooLarge", "authenticationRequired",
+                     "authenticationFailed", "invalidName", "fileTooLarge", "unsupportedDigest", "uploadBusy", "resumeMismatch",
+                     "unexpectedEndOfStream", "invalidSeedSize", "trailingBytes", "storageFailed", "connectionFailed", "headerTimeout",
+                     "idleTimeout", "tooManyConnections", "seedProtocolDisabled", "shuttingDown", "diskFull", "serverBusy"]
+        for (e, name) in zip(errors, names) {
+            if let label = Mirror(reflecting: e).children.first?.label { #expect(label == name) }  // a case with a payload names itself
+            let snake = name.reduce(into: "") { out, c in out += c.isUppercase ? "_" + c.lowercased() : String(c) }
+            #expect(ProtocolError.label(code: e.code) == snake, "\(e.code)")
+        }
+        #expect(ProtocolError.label(code: 999) == "other")
+    }
 }
