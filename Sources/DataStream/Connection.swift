@@ -29,6 +29,8 @@ final class Connection: ServedConnection, TCPStreamReader, UploadSinkOwner, Buff
     private lazy var peerText: String = peer?.description ?? "?"
     /// The size the seed upload in progress announced, for events.
     private var seedDeclared: UInt64 = 0
+    /// When the upload in progress began (monotonic nanoseconds), for events.
+    private var uploadStartedAt: UInt64 = 0
     /// Timeouts, the server's drain and the choice of path: decided by the machine.
     @exclusivity(unchecked) private var lifecycle: ConnectionLifecycle
     /// Why the connection is not reading now (it reads while none holds and the protocol
@@ -364,6 +366,7 @@ final class Connection: ServedConnection, TCPStreamReader, UploadSinkOwner, Buff
             send(bytes)
         case .startSeedUpload(let declared):
             lifecycle.uploadBegan()
+            uploadStartedAt = monotonicNanoseconds()
             // A size field that may include the file's leading digits has shorter readings:
             // refused only if even the shortest does not fit; then the space held grows with
             // the bytes that arrive (`coverSeedBytes`), failing as soon as they would not fit.
@@ -391,6 +394,7 @@ final class Connection: ServedConnection, TCPStreamReader, UploadSinkOwner, Buff
             finishSeed(prefix: prefix, size: size)
         case .openUpload(let header):
             lifecycle.uploadBegan()
+            uploadStartedAt = monotonicNanoseconds()
             if let full = server.disk.reserve(header.size) {
                 // No room for a new upload; one stored before needs none (its receipt answers).
                 openNative(header, refusingNewWith: full)
@@ -505,7 +509,7 @@ final class Connection: ServedConnection, TCPStreamReader, UploadSinkOwner, Buff
             server.statistics.uploadsStored += 1
             log(.info, "stored seed upload", metadata: ["name": "\(stored)", "bytes": "\(size)"])
             server.tally(.stored, .seedTCP)
-            server.emit(server.seedStored(transport: .seedTCP, peer: peerText, size: size, storedName: "\(stored)"))
+            server.emit(server.seedStored(transport: .seedTCP, peer: peerText, size: size, storedName: "\(stored)", startedAt: uploadStartedAt))
             perform(machine.seedStored())
         case .failure(let error):
             storageFailed(error)
@@ -542,7 +546,7 @@ final class Connection: ServedConnection, TCPStreamReader, UploadSinkOwner, Buff
                         server.statistics.uploadsStored += 1
                         log(.info, "stored seed upload", metadata: ["name": "\(stored)", "bytes": "\(size)"])
                         server.tally(.stored, .seedTCP)
-                        server.emit(server.seedStored(transport: .seedTCP, peer: peerText, size: size, storedName: "\(stored)"))
+                        server.emit(server.seedStored(transport: .seedTCP, peer: peerText, size: size, storedName: "\(stored)", startedAt: uploadStartedAt))
                         perform(machine.seedStored())
                     case .failure(let error):
                         storageFailed(error)
@@ -625,7 +629,7 @@ final class Connection: ServedConnection, TCPStreamReader, UploadSinkOwner, Buff
                 server.statistics.uploadsStored += 1
                 log(.info, "stored upload", metadata: ["upload": "\(header.uploadID)", "name": "\(stored)", "bytes": "\(header.size)"])
                 server.tally(.stored, .tcp)
-                server.emit(server.nativeStored(header, transport: .tcp, peer: peerText, storedName: stored, digest: digest))
+                server.emit(server.nativeStored(header, transport: .tcp, peer: peerText, storedName: stored, digest: digest, startedAt: uploadStartedAt))
                 perform(machine.uploadCommitted(storedName: stored))
             case .failure(let error):
                 // The partial and its metadata stay: a retry resumes with every byte held.

@@ -449,7 +449,8 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
         server.tally(.stored, .http)
         log(.info, "stored http upload", metadata: ["name": "\(name)", "bytes": "\(size)"])
         server.emit(.stored(StoredUpload(upload: .init(transport: .http, peer: peerText, clientName: uploadName, uploadID: id?.hex, size: size),
-                                         storedName: name, path: store.finalPath(name), digest: [], digestAlgorithm: nil)))
+                                         storedName: name, path: store.finalPath(name), digest: [], digestAlgorithm: nil,
+                                         duration: Server.seconds(since: uploadStarted))))
         perform(machine.uploadStored(name: name))
     }
 

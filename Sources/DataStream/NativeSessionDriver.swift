@@ -42,6 +42,9 @@ final class NativeSessionDriver {
     private var committing = false
     private var retired = false
 
+    /// When the session began (monotonic nanoseconds), for events.
+    private let createdAt = monotonicNanoseconds()
+
     init(receiver: UDPReceiver, id: UInt64, source: SocketAddress, clientNonce: UInt64, file: FileHeader, chunkSize: Int, windowChunks: UInt32, newUploadRefusal: ProtocolError? = nil) {
         self.newUploadRefusal = newUploadRefusal
         self.receiver = receiver
@@ -247,7 +250,7 @@ final class NativeSessionDriver {
                 server.statistics.uploadsStored += 1
                 server.logger.info("stored udp upload", metadata: ["upload": "\(file.uploadID)", "name": "\(stored)", "bytes": "\(file.size)", "source": "\(source)"])
                 server.tally(.stored, .udp)
-                server.emit(server.nativeStored(file, transport: .udp, peer: source.description, storedName: stored, digest: digest))
+                server.emit(server.nativeStored(file, transport: .udp, peer: source.description, storedName: stored, digest: digest, startedAt: createdAt))
                 perform(machine!.committed(.success(stored)))
             case .failure(let e):
                 server.logger.error("cannot store udp upload: \(e)", metadata: ["upload": "\(file.uploadID)"])

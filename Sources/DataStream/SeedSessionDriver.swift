@@ -31,6 +31,9 @@ final class SeedSessionDriver {
     /// Its disk reservation was given back (once, when it ended).
     var diskReleased = false
 
+    /// When the session began (monotonic nanoseconds), for events.
+    private let createdAt = monotonicNanoseconds()
+
     init(receiver: UDPReceiver, source: SocketAddress, declaredSize: UInt64, now: UInt64) {
         self.receiver = receiver
         self.source = source
@@ -186,7 +189,7 @@ final class SeedSessionDriver {
             server.statistics.uploadsStored += 1
             server.logger.info("stored udp seed upload", metadata: ["name": "\(stored)", "bytes": "\(machine.declaredSize)", "source": "\(source)"])
             server.tally(.stored, .seedUDP)
-            server.emit(server.seedStored(transport: .seedUDP, peer: source.description, size: machine.declaredSize, storedName: stored))
+            server.emit(server.seedStored(transport: .seedUDP, peer: source.description, size: machine.declaredSize, storedName: stored, startedAt: createdAt))
         } else {
             server.statistics.uploadsFailed += 1
             server.logger.warning("broken udp seed upload: \(reason ?? "?")", metadata: ["source": "\(source)"])

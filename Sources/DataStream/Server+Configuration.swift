@@ -70,6 +70,13 @@ extension Server {
         /// Answer HTTP/1.1 on the TCP port (`PUT /NAME`, `/metrics`, `/healthz`, `/readyz`):
         /// a connection whose first byte begins an HTTP method is served as HTTP.
         public var httpEnabled = true
+        /// A shell command run for every stored upload, with the upload as JSON on its standard
+        /// input (`CompletionHook`); nil: none.
+        public var onStored: String?
+        /// Completion hooks running at once (more wait their turn).
+        public var onStoredLimit = 4
+        /// Seconds a completion hook may run before it is killed.
+        public var onStoredTimeout: Double = 60
         /// The longest HTTP request head: target and header fields, in bytes (431 past it).
         public var maxHTTPHeadBytes = 16 << 10
         /// The UDP port; nil means the TCP port's number (the bound one when `port` is 0).

@@ -1,4 +1,5 @@
 import DataStreamCore
+import UV
 
 /// The transport an upload came over.
 public enum UploadTransport: Int32, Sendable, CaseIterable {
@@ -70,25 +71,37 @@ public struct StoredUpload: Sendable, Equatable {
     public var digest: [UInt8]
     /// `xxh3-128` or `sha256`; nil when `digest` is empty.
     public var digestAlgorithm: String?
+    /// Seconds from the upload's start (its size read, its file opened) to its storing.
+    public var duration: Double = 0
 }
 
 extension Server {
     /// Reports an event if a handler is set (the event is only built then).
+    /// The completion hook runs for `.stored` events.
     @inline(__always)
     func emit(_ event: @autoclosure () -> UploadEvent) {
-        if let onEvent { onEvent(event()) }
+        guard onEvent != nil || hook != nil else { return }
+        let e = event()
+        if let hook, case .stored(let stored) = e { hook.stored(stored) }
+        onEvent?(e)
     }
 
     /// A `.stored` event for a native upload.
-    func nativeStored(_ header: FileHeader, transport: UploadTransport, peer: String, storedName: String, digest: [UInt8]) -> UploadEvent {
+    func nativeStored(_ header: FileHeader, transport: UploadTransport, peer: String, storedName: String, digest: [UInt8], startedAt: UInt64) -> UploadEvent {
         .stored(StoredUpload(upload: .native(header, transport: transport, peer: peer), storedName: storedName,
-                             path: store.finalPath(storedName), digest: digest, digestAlgorithm: header.digest.name))
+                             path: store.finalPath(storedName), digest: digest, digestAlgorithm: header.digest.name, duration: Server.seconds(since: startedAt)))
     }
 
     /// A `.stored` event for a seed upload.
-    func seedStored(transport: UploadTransport, peer: String, size: UInt64, storedName: String) -> UploadEvent {
+    func seedStored(transport: UploadTransport, peer: String, size: UInt64, storedName: String, startedAt: UInt64) -> UploadEvent {
         .stored(StoredUpload(upload: .init(transport: transport, peer: peer, size: size), storedName: storedName,
-                             path: store.finalPath(storedName), digest: [], digestAlgorithm: nil))
+                             path: store.finalPath(storedName), digest: [], digestAlgorithm: nil, duration: Server.seconds(since: startedAt)))
+    }
+
+    /// Seconds from the monotonic instant `start` to now.
+    static func seconds(since start: UInt64) -> Double {
+        let now = monotonicNanoseconds()
+        return now > start ? Double(now - start) / 1e9 : 0
     }
 }
 

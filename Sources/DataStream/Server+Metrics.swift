@@ -31,6 +31,12 @@ final class ServerMetrics {
     /// What the swift-metrics counters were last brought to.
     private var reported = [PerTransport](repeating: PerTransport(), count: UploadTransport.allCases.count + 1)
     private var counters: [String: CoreMetrics.Counter] = [:]
+    /// Completion hooks by outcome (`succeeded`, `failed`, `timed_out`, `dropped`).
+    private var hooks: [String: UInt64] = [:]
+    private var hooksReported: [String: UInt64] = [:]
+
+    /// A completion hook ended with `outcome`.
+    func hook(_ outcome: String) { hooks[outcome, default: 0] += 1 }
 
     init() {
         factory = PrometheusMetricsFactory(registry: registry)
@@ -75,6 +81,11 @@ final class ServerMetrics {
                 advance("datastream_uploads_failed_total", dims + [("reason", ProtocolError.label(code: code))], from: &seen, to: n)
                 reported[t].failed[code] = seen
             }
+        }
+        for (outcome, n) in hooks {
+            var seen = hooksReported[outcome, default: 0]
+            advance("datastream_hooks_total", [("outcome", outcome)], from: &seen, to: n)
+            hooksReported[outcome] = seen
         }
         gauge("datastream_connections_open", gauges.connectionsOpen)
         gauge("datastream_udp_sessions_open", gauges.udpSessionsOpen)

@@ -8,6 +8,13 @@ extension Server {
         public var httpRequests: UInt64 = 0
         public var httpBadRequests: UInt64 = 0
         public var httpResponses: [Int: UInt64] = [:]
+        /// Completion hooks (`--on-stored`): started, ended with status 0, failed (another
+        /// status, a signal, or not started), killed at the timeout, not run (too many waiting).
+        public var hooksStarted: UInt64 = 0
+        public var hooksSucceeded: UInt64 = 0
+        public var hooksFailed: UInt64 = 0
+        public var hooksTimedOut: UInt64 = 0
+        public var hooksDropped: UInt64 = 0
         public var uploadsStored: UInt64 = 0
         /// Native uploads announced again after they were stored, answered from their receipt
         /// (with the name they were stored under) instead of being stored twice.

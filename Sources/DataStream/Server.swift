@@ -28,6 +28,8 @@ public final class Server {
     let httpConfiguration: HTTPConnectionMachine.Configuration
     /// What `/metrics` shows (see `Server+Metrics.swift`).
     let metrics: ServerMetrics
+    /// Runs `--on-stored` for every stored upload (nil without it).
+    private(set) var hook: CompletionHook? = nil
     /// Read on every accept and every close. Unchecked (see `Connection`): assigned whole, at
     /// start and stop; releasing a listener runs no code that reads it.
     @exclusivity(unchecked) var listener: TCPListener?
@@ -50,6 +52,7 @@ public final class Server {
     private var stopCallback: (() -> Void)?
     var listenerClosed = true
     private var udpClosed = true
+    private var hookClosed = true
 
     /// Prepares the target directory (created if missing; an error if unusable).
     public init(loop: Loop, configuration: Configuration, logger: Logger = Logger(label: "datastream")) throws(ServerError) {
@@ -86,6 +89,9 @@ public final class Server {
             getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
             // A connection with an upload in progress holds its socket and its file.
             maxConnections = max(16, (Int(clamping: min(limit.rlim_cur, 1 << 24)) - 128) / 2)
+        }
+        if let command = configuration.onStored {
+            hook = CompletionHook(command: command, limit: configuration.onStoredLimit, timeout: configuration.onStoredTimeout, server: self)
         }
     }
 
@@ -259,6 +265,13 @@ public final class Server {
         }
         for connection in connections { connection.abort() }
         for refusal in refusing.values { refusal.cancel() }
+        if let hook {
+            hookClosed = false
+            hook.stop { [self] in
+                hookClosed = true
+                finishStopIfDone()
+            }
+        }
         finishStopIfDone()
     }
 
@@ -419,12 +432,13 @@ public final class Server {
     private func sweep() {
         let now = monotonicNanoseconds()
         for connection in connections { connection.checkTimeouts(now: now) }
+        hook?.checkTimeouts(now: now)
         disk.refresh(store.fs)
         pool.wakeIfRoom()
     }
 
     func finishStopIfDone() {
-        guard let callback = stopCallback, listenerClosed, udpClosed, connections.isEmpty, refusing.isEmpty else { return }
+        guard let callback = stopCallback, listenerClosed, udpClosed, hookClosed, connections.isEmpty, refusing.isEmpty else { return }
         stopCallback = nil
         callback()
     }
@@ -432,7 +446,7 @@ public final class Server {
 
 /// Kinds of log line a hostile client can provoke at will (see `Server.noisy`).
 enum NoisyLine: Hashable, Sendable {
-    case connectionRefused, authenticationFailed, udpRefused, udpSeedRefused
+    case connectionRefused, authenticationFailed, udpRefused, udpSeedRefused, hookDropped
 }
 
 /// Why a server could not start: one clear line each.

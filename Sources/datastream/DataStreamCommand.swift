@@ -83,6 +83,9 @@ struct Serve: ParsableCommand {
     @Flag(help: "Do not receive UDP.") var noUdp = false
     @Flag(help: "Do not answer HTTP on the TCP port (PUT uploads, /metrics, /healthz, /readyz).") var noHttp = false
     @Option(parsing: .unconditional, help: "Longest HTTP request head: target and header fields (bytes, 1KiB to 64KiB).") var maxHttpHead = "16KiB"
+    @Option(help: "Run this shell command for every stored upload, with the upload as JSON on its standard input (name, path, size, digest, transport, peer, duration).") var onStored: String?
+    @Option(parsing: .unconditional, help: "Completion hooks running at once; more wait their turn (1 to 256).") var onStoredLimit = "4"
+    @Option(parsing: .unconditional, help: "Seconds a completion hook may run before it is killed.") var onStoredTimeout = "60"
     @Option(parsing: .unconditional, help: "UDP socket receive buffer to ask for (bytes, or 32MiB; past rmem_max when run as root).") var udpReceiveBuffer = "32MiB"
     @Option(parsing: .unconditional, help: "Seconds without a datagram before a UDP session is closed (native partials stay resumable).") var udpIdleTimeout = "30"
     @Flag(help: "Do not let the kernel coalesce UDP datagrams into one receive (UDP_GRO).") var noUdpOffload = false
@@ -114,13 +117,14 @@ struct Serve: ParsableCommand {
             ("partial-max-age", partialMaxAge), ("max-partials-per-address", maxPartialsPerAddress),
             ("max-partial-bytes-per-address", maxPartialBytesPerAddress), ("max-partials", maxPartials), ("max-partial-bytes", maxPartialBytes),
             ("header-timeout", headerTimeout), ("idle-timeout", idleTimeout), ("allow-anonymous", "\(allowAnonymous)"),
-            ("allow-seed-protocol", "\(allowSeedProtocol)"), ("udp", "\(!noUdp)"), ("http", "\(!noHttp)"), ("max-http-head", maxHttpHead), ("udp-receive-buffer", udpReceiveBuffer),
+            ("allow-seed-protocol", "\(allowSeedProtocol)"), ("udp", "\(!noUdp)"), ("http", "\(!noHttp)"), ("max-http-head", maxHttpHead), ("on-stored-limit", onStoredLimit), ("on-stored-timeout", onStoredTimeout), ("udp-receive-buffer", udpReceiveBuffer),
             ("udp-idle-timeout", udpIdleTimeout), ("udp-offload", "\(!noUdpOffload)"), ("udp-max-sessions", udpMaxSessions),
             ("udp-max-sessions-per-address", udpMaxSessionsPerAddress), ("udp-max-seed-sessions", udpMaxSeedSessions),
             ("udp-max-seed-sessions-per-address", udpMaxSeedSessionsPerAddress), ("udp-window", udpWindow), ("udp-memory", udpMemory),
         ]
         if let token { settings.append(("token", token)) }
         if let udpPort { settings.append(("udp-port", udpPort)) }
+        if let onStored { settings.append(("on-stored", onStored)) }
         if let maxConnections { settings.append(("max-connections", maxConnections)) }
         for (name, value) in settings {
             flag { try configuration.set(name, value, flag: "--" + name) }

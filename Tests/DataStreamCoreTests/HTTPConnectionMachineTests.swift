@@ -387,3 +387,36 @@ struct HTTPConnectionMachineTests {
         #expect(ProtocolError.label(code: 999) == "other")
     }
 }
+
+/// The completion hooks' queue, decision by decision.
+struct HookQueueTests {
+    @Test func atMostNRunAndTheRestWaitInOrder() {
+        var q = HookQueue<Int>(maxRunning: 2, maxWaiting: 2, timeout: 10)
+        guard case .start(1) = q.submit(1), case .start(2) = q.submit(2) else { Issue.record("the first two start"); return }
+        guard case .queued = q.submit(3), case .queued = q.submit(4) else { Issue.record("the next two wait"); return }
+        guard case .dropped = q.submit(5) else { Issue.record("past the line: dropped"); return }
+        #expect(q.running == 2 && q.waitingCount == 2)
+        #expect(q.finished() == 3)
+        #expect(q.running == 2)
+        #expect(q.finished() == 4)
+        #expect(q.finished() == nil)
+        #expect(q.running == 1)
+        #expect(q.finished() == nil)
+        #expect(q.running == 0)
+        guard case .start(6) = q.submit(6) else { Issue.record("room again"); return }
+    }
+
+    @Test func aHookRunsUntilItsTimeout() {
+        let q = HookQueue<Int>(maxRunning: 1, timeout: 5)
+        #expect(!q.hasTimedOut(startedAt: 100, now: 104))
+        #expect(q.hasTimedOut(startedAt: 100, now: 105))
+        #expect(!q.hasTimedOut(startedAt: 100, now: 50))  // a clock that went back is not a timeout
+    }
+
+    @Test func stoppingDropsWhatWaits() {
+        var q = HookQueue<Int>(maxRunning: 1, timeout: 5)
+        _ = q.submit(1); _ = q.submit(2); _ = q.submit(3)
+        #expect(q.discardWaiting() == 2)
+        #expect(q.finished() == nil)
+    }
+}

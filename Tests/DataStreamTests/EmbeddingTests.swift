@@ -155,7 +155,7 @@ struct ConfigurationOptionTests {
             #expect(throws: (any Error).self, "\(name) \(bad)") { try c.set(name, bad) }
         }
         #expect(throws: Server.Configuration.UnknownOption.self) { try c.set("colour", "blue") }
-        #expect(Server.Configuration.optionNames.count == 32)
+        #expect(Server.Configuration.optionNames.count == 35)
         try c.set("http", "off")
         try c.set("max-http-head", "8KiB")
         #expect(!c.httpEnabled && c.maxHTTPHeadBytes == 8 << 10)
