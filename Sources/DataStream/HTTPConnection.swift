@@ -537,14 +537,14 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
         guard !closing else { return }
         if machine.stateName == "storing" || machine.stateName == "opening" { return }
         if machine.hasUploadInProgress {
-            server.drainCut(.discard)
-            failUpload(.shuttingDown)
+            server.drainCut(tusPartial != nil ? .keep : .discard)
+            failUpload(.shuttingDown, keepPartial: tusPartial != nil)
         }
         closeNow()
     }
 
     override func abort() {
-        failUpload(.shuttingDown)
+        failUpload(.shuttingDown, keepPartial: tusPartial != nil)  // a tus upload resumes after a restart
         closeNow()
     }
 }

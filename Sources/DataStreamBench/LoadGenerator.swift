@@ -23,6 +23,9 @@ public final class LoadGenerator {
         /// The seed's UDP framing (size datagram, 1024-byte datagrams, `EOF`). It has no
         /// acknowledgement: an upload is "done" once sent, and only `--verify` shows what arrived.
         case udpSeed = "udp-seed"
+        /// `PUT /NAME` over HTTP/1.1, one request per connection (`Connection: close`): done
+        /// when the receiver answers 2xx and closes. DataStream and any WebDAV server (nginx).
+        case httpPut = "http-put"
     }
 
     /// Where to send, what, and how much.
@@ -239,7 +242,7 @@ public final class LoadGenerator {
             let dueAt = schedule?.startNext(now: now).dueAt
             let size = options.sizes.size(of: index, seed: options.seed)
             switch options.wireProtocol {
-            case .seed, .native:
+            case .seed, .native, .httpPut:
                 let upload = BenchUpload(generator: self, index: index, size: size)
                 upload.dueAt = dueAt ?? upload.startedAt
                 active[ObjectIdentifier(upload)] = upload
@@ -340,6 +343,8 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
     private var phase: Phase = .connecting
     /// Seed: the receiver closed after every byte was written, before the last write's callback.
     private var receiverClosedAfterAll = false
+    /// HTTP: the first bytes of the answer (its status line).
+    private var answer: [UInt8] = []
     /// The native protocol's decisions (unused by seed uploads).
     private var client: NativeClientMachine
     private var digester: Digester?
@@ -383,6 +388,10 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
         case .native:
             phase = .awaitingServer
             perform(client.connected())
+        case .httpPut:
+            phase = .streaming
+            let head = "PUT /bench-\(options.seed)-\(index).bin HTTP/1.1\r\nHost: \(options.host)\r\nContent-Length: \(size)\r\nConnection: close\r\n\r\n"
+            pump(prefix: Array(head.utf8))
         case .udpNative, .udpSeed:
             preconditionFailure("UDP uploads are BenchUDPUpload's")
         }
@@ -449,6 +458,8 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
         case .native:
             phase = .awaitingServer
             perform(client.streamed(digest: digester!.finish()))
+        case .httpPut:
+            phase = .awaitingClose  // the answer, then the receiver's close
         case .udpNative, .udpSeed:
             preconditionFailure("UDP uploads are BenchUDPUpload's")
         }
@@ -463,6 +474,10 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
         case .data(let count):
             lastProgress = monotonicNanoseconds()
             connected = true
+            if options.wireProtocol == .httpPut {
+                if answer.count < 12 { answer += generator.readBuffer[0..<min(count, 12 - answer.count)] }
+                return
+            }
             guard options.wireProtocol == .native else {
                 end(.protocolError, "the receiver sent bytes to a seed-framing upload")
                 return
@@ -474,7 +489,15 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
                 perform(action)
             }
         case .endOfStream:
-            if phase == .awaitingClose {
+            if options.wireProtocol == .httpPut {
+                // "HTTP/1.1 2xx": stored (201 new, 204 replaced on a WebDAV server).
+                let status = String(decoding: answer, as: UTF8.self)
+                if phase == .awaitingClose || offset == size, status.hasPrefix("HTTP/1.1 2") || status.hasPrefix("HTTP/1.0 2") {
+                    end(nil, "")
+                } else {
+                    end(answer.isEmpty ? .closedEarly : .protocolError, answer.isEmpty ? "the receiver closed the connection" : "answered \(status)")
+                }
+            } else if phase == .awaitingClose {
                 end(nil, "")
             } else if phase == .streaming, options.wireProtocol == .seed, offset == size {
                 // Every byte was handed to the kernel and the receiver, having them all, closed

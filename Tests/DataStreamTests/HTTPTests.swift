@@ -49,6 +49,36 @@ struct HTTPTests {
         #expect(server.partials().isEmpty)
     }
 
+    @Test func aLargeBodyIsFollowedByTheNextPipelinedRequest() throws {
+        let server = try BackgroundServer { $0.udpEnabled = false }
+        defer { server.stop() }
+        let data = content(10, count: 5 << 20)
+        let c = try BlockingClient(port: server.port)
+        c.send(Array("PUT /big.bin HTTP/1.1\r\nContent-Length: \(data.count)\r\n\r\n".utf8) + data + Array("GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n".utf8))
+        c.shutdownWrite()
+        let text = String(decoding: c.readUntilEOF() ?? [], as: UTF8.self)
+        #expect(statuses(text) == [201, 200])
+        #expect(server.contents("big.bin") == data)
+    }
+
+    @Test func aLargeBodyCutShortIsNeverStoredAndStopCloses() throws {
+        let server = try BackgroundServer { $0.udpEnabled = false }
+        let c = try BlockingClient(port: server.port)
+        c.send(Array("PUT /cut-big.bin HTTP/1.1\r\nContent-Length: \(20 << 20)\r\n\r\n".utf8) + content(11, count: 6 << 20))
+        #expect(waitUntil { server.hasRead(c) })
+        // One client leaves mid-body; another is mid-body when the server stops.
+        c.shutdownWrite()
+        _ = c.readUntilEOF()
+        #expect(server.waitForStatistics { $0.uploadsFailed == 1 })
+        let d = try BlockingClient(port: server.port)
+        d.send(Array("PUT /stopped.bin HTTP/1.1\r\nContent-Length: \(20 << 20)\r\n\r\n".utf8) + content(12, count: 3 << 20))
+        #expect(waitUntil { server.hasRead(d) })
+        server.stop()
+        #expect(server.loopClosedCleanly)
+        #expect(server.storedFiles().isEmpty)
+        #expect(server.partials().isEmpty)
+    }
+
     @Test func chunkedBodiesAreStoredDecoded() throws {
         let server = try BackgroundServer { $0.udpEnabled = false }
         defer { server.stop() }
