@@ -293,6 +293,22 @@ struct TusTests {
         #expect(try request(server.port, "HEAD \(location) HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nConnection: close\r\n\r\n").hasPrefix("HTTP/1.1 404 "))
     }
 
+    @Test func aServerStoppedMidPatchKeepsTheUploadForAfterTheRestart() throws {
+        let directory = BackgroundServer.temporaryDirectory()
+        let server = try BackgroundServer(directory: directory) { $0.udpEnabled = false }
+        let created = try request(server.port, "POST /files/ HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nUpload-Length: 100000\r\nConnection: close\r\n\r\n")
+        let location = try #require(header(created, "Location"))
+        let c = try BlockingClient(port: server.port)
+        c.send(Array("PATCH \(location) HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: 100000\r\n\r\n".utf8) + content(13, count: 30_000))
+        #expect(waitUntil { server.hasRead(c) })
+        server.stop()
+        let restarted = try BackgroundServer(directory: directory) { $0.udpEnabled = false }
+        defer { restarted.stop() }
+        let status = try request(restarted.port, "HEAD \(location) HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nConnection: close\r\n\r\n")
+        #expect(status.hasPrefix("HTTP/1.1 200 "))
+        #expect(header(status, "Upload-Offset") == "30000")
+    }
+
     @Test func aSecondPatchWhileOneRunsIsLockedAndDeleteRemovesTheUpload() throws {
         let server = try BackgroundServer { $0.udpEnabled = false }
         defer { server.stop() }
