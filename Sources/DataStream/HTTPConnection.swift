@@ -123,7 +123,7 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
     }
 
     func sinkFailed(_ error: UVOperationError) {
-        guard machine.stateName == "receiving" else { return }  // a flush reports it otherwise
+        guard machine.isReceivingBody else { return }  // a flush reports it otherwise
         failedFile = error
         perform(machine.uploadBroken(.storage(error)))
     }
@@ -287,13 +287,17 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
         resumeHeld()
     }
 
-    /// A response outside the machine's answering state (an abandoned upload): write it, then
-    /// linger as after any closing response.
+    /// The answer to an abandoned upload: written, then the connection lingers (drops what the
+    /// client still sends, until its end or the machine's limit) or, once the write is out, closes.
     private func respondAndEnd(_ response: HTTPResponse) {
         server.statistics.httpResponses[response.status, default: 0] += 1
         try? stream.write(response.encoded(close: true))
-        try? stream.shutdown()
-        closeNow()
+        if machine.dropsInput {
+            try? stream.shutdown()
+            updateReading()
+        } else {
+            closeNow()
+        }
     }
 
     private func openUpload(name: String?, declaredSize: UInt64?) {
@@ -514,6 +518,10 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
         }
         if server.onEvent != nil { _ = peerText }
         stream.stopReading()
+        // uv_close would cancel a queued answer: close once the writes queued so far are done.
+        if stream.writeQueueSize > 0, (try? stream.shutdown { [self] _ in stream.close { [self] in server.connectionClosed(self) } }) != nil {
+            return
+        }
         stream.close { [self] in server.connectionClosed(self) }
     }
 
@@ -535,7 +543,7 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
 
     override func cutIfWaitingForClient() {
         guard !closing else { return }
-        if machine.stateName == "storing" || machine.stateName == "opening" { return }
+        if machine.isWaitingOnServer { return }
         if machine.hasUploadInProgress {
             server.drainCut(tusPartial != nil ? .keep : .discard)
             failUpload(.shuttingDown, keepPartial: tusPartial != nil)

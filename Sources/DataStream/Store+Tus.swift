@@ -127,8 +127,26 @@ extension Store {
             case .failure(let e): completion(.failure(.failed(e)))
             case .success(.some):
                 guard !activeUploads.contains(id) else { completion(.failure(.busy)); return }
-                discard(nil, path: partialPath(id), metaPath: metaPath(id))
-                completion(.success(()))
+                // Gone before the answer: the metadata last, so a crash between leaves no
+                // partial that looks resumable.
+                activeUploads.insert(id)
+                let part = partialPath(id), meta = metaPath(id)
+                do throws(UVOperationError) {
+                    try runBlocking({ () -> UVOperationError? in
+                        do throws(UVOperationError) {
+                            try? BlockingFileSystem.unlink(part)
+                            try BlockingFileSystem.unlink(meta)
+                            return nil
+                        } catch { return error }
+                    }, completion: { [self] (r: UVOperationError??) in
+                        activeUploads.remove(id)
+                        partials.remove(id)
+                        if let e = r ?? nil { completion(.failure(.failed(.storage(e)))) } else { completion(.success(())) }
+                    })
+                } catch {
+                    activeUploads.remove(id)
+                    completion(.failure(.failed(.storage(error))))
+                }
             }
         }
     }

@@ -51,7 +51,9 @@ public struct HTTPConnectionMachine {
         /// Every body byte is in: store the file under its name, then call `uploadStored` or `uploadFailed`.
         case commitUpload(size: UInt64)
         /// The upload failed for `reason`: delete its file (or, `keepPartial`, a tus upload's:
-        /// flush and close it for a later PATCH), write the response if any, and close.
+        /// flush and close it for a later PATCH). With a response: write it, then linger
+        /// (`dropsInput`) as after `linger`, or close once it is written if the machine is closed.
+        /// Without: close.
         case abortUpload(HTTPResponse?, reason: ProtocolError, keepPartial: Bool = false)
         /// tus: create an empty upload of `length` bytes to store as `name` (nil: a generated
         /// name); then call `tusCreated` or `uploadRefused`.
@@ -152,6 +154,21 @@ public struct HTTPConnectionMachine {
     }
 
     public var isClosed: Bool { state == .closed }
+
+    /// Whether body bytes of an upload are arriving (a failed write must end it at once).
+    public var isReceivingBody: Bool {
+        if case .receiving = state { return true }
+        return false
+    }
+
+    /// Whether the next move is the server's (a file opening or being stored, the store asked):
+    /// a drain's deadline lets it finish.
+    public var isWaitingOnServer: Bool {
+        switch state {
+        case .opening, .storing, .asking: true
+        default: false
+        }
+    }
 
     /// Whether input is read and dropped (`linger`).
     public var dropsInput: Bool {
@@ -315,7 +332,7 @@ public struct HTTPConnectionMachine {
             if let tus = upload.tus, let tusLength {
                 upload.tus = (tus.offset, tusLength)
                 if let declared = upload.declared, tus.offset + declared > tusLength {
-                    state = .responding(close: true)
+                    state = .lingering(since: lastInput)
                     return .abortUpload(Tus.error(413, "the body goes past the upload's length (\(tusLength) bytes)"),
                                         reason: .fileTooLarge(size: tus.offset + declared, limit: tusLength), keepPartial: true)
                 }
@@ -353,12 +370,12 @@ public struct HTTPConnectionMachine {
         guard case .receiving(var upload) = state else { return count == 0 ? .none : unexpected() }
         upload.received += UInt64(count)
         if let tus = upload.tus, tus.offset + upload.received > tus.length {
-            state = .closed
+            state = .lingering(since: lastInput)  // answered; the rest of the body is dropped
             let error = ProtocolError.fileTooLarge(size: tus.offset + upload.received, limit: tus.length)
             return .abortUpload(Tus.error(413, "the body goes past the upload's length (\(tus.length) bytes)"), reason: error, keepPartial: true)
         }
         if upload.received > configuration.maxFileSize {
-            state = .closed
+            state = .lingering(since: lastInput)  // answered; the rest of the body is dropped
             let error = ProtocolError.fileTooLarge(size: upload.received, limit: configuration.maxFileSize)
             return .abortUpload(.error(413, error.description), reason: error)
         }
@@ -369,7 +386,7 @@ public struct HTTPConnectionMachine {
     /// Bytes of the body cannot be kept (no room left for them, a write failed).
     public mutating func uploadBroken(_ error: ProtocolError) -> Action {
         guard case .receiving(let upload) = state else { return state == .closed ? .none : unexpected() }
-        state = .closed
+        state = .lingering(since: lastInput)  // answered; the rest of the body is dropped
         return .abortUpload(.error(HTTPConnectionMachine.status(for: error), error.description), reason: error, keepPartial: upload.tus != nil)
     }
 
@@ -425,7 +442,7 @@ public struct HTTPConnectionMachine {
     public mutating func parseFailed(headTooLarge: Bool, detail: String) -> Action {
         switch state {
         case .receiving(let upload):
-            state = .closed
+            state = .lingering(since: lastInput)  // answered; the rest of the body is dropped
             return .abortUpload(.error(400, "malformed request body: \(detail)"), reason: .connectionFailed(reason: "malformed request body: \(detail)"), keepPartial: upload.tus != nil)
         case .awaitingHead:
             state = .responding(close: true)
