@@ -10,6 +10,9 @@ final class Slab {
     /// Bytes filled by reads, from the start.
     var filled = 0
     fileprivate var references = 0
+    /// Whether the slab goes back to its pool when its last reference goes (false: a copy
+    /// made by `BufferPool.slab(copying:)`, freed then).
+    fileprivate var pooled = true
 
     fileprivate init(size: Int) {
         // mmap, not malloc: untouched pages cost no RSS and munmap really returns memory.
@@ -130,10 +133,20 @@ final class BufferPool {
 
     func retain(_ slab: Slab) { slab.references += 1 }
 
+    /// A small slab of its own holding a copy of `bytes` (a few bytes a parser held back between
+    /// reads), outside the pool's budget; it is freed once its last reference goes.
+    func slab(copying bytes: [UInt8]) -> Slab {
+        let slab = Slab(size: max(bytes.count, 1))
+        slab.pooled = false
+        bytes.withUnsafeBytes { slab.memory.copyMemory(from: $0) }
+        slab.filled = bytes.count
+        return slab
+    }
+
     func release(_ slab: Slab) {
         slab.references -= 1
         precondition(slab.references >= 0, "slab released twice")
-        guard slab.references == 0 else { return }
+        guard slab.references == 0, slab.pooled else { return }
         if freeSlabs.count < maxFreeSlabs || !waiting.isEmpty {
             freeSlabs.append(slab)
         } else {

@@ -30,6 +30,10 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
     private var held: (slab: Slab, start: Int, count: Int)?
     /// The slab the bytes being parsed are in (body events point into it).
     private var parsing: (slab: Slab, base: UnsafeRawPointer)?
+    /// A form's body reader (`POST /`), and body bytes it has not taken yet (the machine was
+    /// opening or storing a file): they go before any input held after them.
+    private var form: MultipartParser?
+    private var formPending: (slab: Slab, start: Int, count: Int)?
 
     // The upload in progress.
     private var sink: UploadSink?
@@ -131,6 +135,11 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
     /// Parses input while the machine takes it; what it cannot take yet is held.
     private func process(_ slab: Slab, start: Int, count: Int) {
         if machine.dropsInput { return }
+        if formPending != nil {
+            pool.retain(slab)
+            held = (slab, start, count)
+            return
+        }
         var offset = 0
         parsing = (slab, UnsafeRawPointer(slab.memory.baseAddress!))
         defer { parsing = nil }
@@ -162,8 +171,58 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
             log(.debug, "request", metadata: ["method": "\(head.method.name)", "target": "\(head.target)"])
             perform(machine.headReceived(head))
         case .body(let bytes):
-            guard let parsing, let sink else { return }
-            let n = bytes.count
+            guard let parsing else { return }
+            let start = bytes.baseAddress! - parsing.base
+            if form != nil {
+                feedForm(parsing.slab, start: start, count: bytes.count)
+            } else {
+                queueBody(parsing.slab, start: start, count: bytes.count)
+            }
+        case .end:
+            if let form, !form.isFinished {
+                perform(machine.formFailed("the body ended before the closing delimiter"))
+            } else {
+                form = nil
+                perform(machine.messageComplete())
+            }
+        }
+    }
+
+    /// Gives a form's body bytes to its reader while the machine takes them; the rest waits
+    /// (`formPending`), and parsing stops after this body event.
+    private func feedForm(_ slab: Slab, start: Int, count: Int) {
+        var at = 0
+        while at < count, !closing, form != nil {
+            guard machine.takesInput else {
+                pool.retain(slab)
+                formPending = (slab, start + at, count - at)
+                parser.stopAfterThisEvent()
+                return
+            }
+            let n: Int
+            do throws(MultipartParser.Failure) {
+                n = try form!.parse(UnsafeRawBufferPointer(rebasing: slab.memory[(start + at)..<(start + count)])) { event in
+                    switch event {
+                    case .partBegan(let part): perform(machine.partBegan(filename: part.filename))
+                    case .data(let b): if machine.isReceivingBody { queueBody(slab, start: b.baseAddress! - UnsafeRawPointer(slab.memory.baseAddress!), count: b.count) }
+                    case .carried(let b): if machine.isReceivingBody { queueBody(pool.slab(copying: b), start: 0, count: b.count) }
+                    case .partEnded: perform(machine.partEnded())
+                    case .finished: break
+                    }
+                }
+            } catch {
+                perform(machine.formFailed(error.description))
+                return
+            }
+            at += n
+            if n == 0 { break }
+        }
+    }
+
+    /// Queues `count` body bytes of `slab` for the upload's file.
+    private func queueBody(_ slab: Slab, start: Int, count: Int) {
+            guard let sink else { return }
+            let n = count
             if let more = diskHold.bytesArrived(UInt64(n)) {
                 if let full = server.disk.reserve(more) {
                     perform(machine.uploadBroken(full))
@@ -178,15 +237,18 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
             }
             server.metrics.received(n, .http)
             if flow.added(n) == .pause { flowPaused = true }
-            sink.append(parsing.slab, start: bytes.baseAddress! - parsing.base, count: n)
-        case .end:
-            perform(machine.messageComplete())
-        }
+            sink.append(slab, start: start, count: n)
     }
 
     /// Feeds the held input again, once the machine takes input.
     private func resumeHeld() {
-        guard let h = held, !closing, machine.takesInput || machine.dropsInput else { updateReading(); return }
+        if let f = formPending, !closing, machine.takesInput {
+            formPending = nil
+            feedForm(f.slab, start: f.start, count: f.count)
+            pool.release(f.slab)
+            if formPending != nil { updateReading(); return }
+        }
+        guard let h = held, !closing, formPending == nil, machine.takesInput || machine.dropsInput else { updateReading(); return }
         held = nil
         process(h.slab, start: h.start, count: h.count)
         pool.release(h.slab)
@@ -195,7 +257,7 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
 
     private func updateReading() {
         guard !closing, stream.isOpen else { return }
-        let shouldRead = !peerEnded && !waitingForBuffer && !flowPaused && held == nil && (machine.takesInput || machine.dropsInput)
+        let shouldRead = !peerEnded && !waitingForBuffer && !flowPaused && held == nil && formPending == nil && (machine.takesInput || machine.dropsInput)
         if shouldRead && !stream.isReading {
             do throws(UVOperationError) { try stream.startReading(self) } catch { closeNow() }
         } else if !shouldRead && stream.isReading {
@@ -269,6 +331,9 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
             resumeTus(id, offset: offset)
         case .keepUpload:
             keepTusUpload()
+        case .readForm(let boundary, let continueFirst):
+            form = MultipartParser(boundary: boundary)
+            if continueFirst { try? stream.write(HTTPResponse.continueBytes) }
         case .linger:
             // Shut down the sending side once the response is out; read and drop until the end.
             try? stream.shutdown()
@@ -456,6 +521,7 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
                                          storedName: name, path: store.finalPath(name), digest: [], digestAlgorithm: nil,
                                          duration: Server.seconds(since: uploadStarted))))
         perform(machine.uploadStored(name: name))
+        resumeHeld()  // a form goes on with its next part
     }
 
     /// The upload ends without being stored: counted, logged, reported, and its file dropped
@@ -515,6 +581,10 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
         if let h = held {
             pool.release(h.slab)
             held = nil
+        }
+        if let f = formPending {
+            pool.release(f.slab)
+            formPending = nil
         }
         if server.onEvent != nil { _ = peerText }
         stream.stopReading()

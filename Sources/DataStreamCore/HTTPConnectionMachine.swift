@@ -69,6 +69,10 @@ public struct HTTPConnectionMachine {
         case keepUpload
         /// tus: abandon the upload; then call `tusTerminated`, `tusMissing` or `uploadRefused(.uploadBusy)`.
         case terminateTusUpload(UploadID)
+        /// `POST /`: read the body as `multipart/form-data` with this boundary (after sending
+        /// `100 Continue` if `continueFirst`); call `partBegan`, `bodyReceived` (a file part's
+        /// bytes), `partEnded` and, at the body's end, `messageComplete`.
+        case readForm(boundary: String, continueFirst: Bool)
         /// Close the connection now.
         case close
         /// The response that ends the connection is on its way: shut down the sending side and
@@ -78,7 +82,15 @@ public struct HTTPConnectionMachine {
         case linger
     }
 
+    /// A file of a form, stored.
+    struct FormFile: Hashable {
+        var name: String
+        var size: UInt64
+    }
+
     struct Upload: Hashable {
+        /// A form's files stored so far (nil: not a form).
+        var form: [FormFile]?
         /// A tus PATCH: the offset it began at and the upload's length (known once open).
         var tus: (offset: UInt64, length: UInt64)? {
             get { tusOffset.map { ($0, tusLength) } }
@@ -101,6 +113,8 @@ public struct HTTPConnectionMachine {
         case storing(Upload)
         /// tus: a request that touches no body waits for the store.
         case asking(keepAlive: Bool, headOnly: Bool)
+        /// A form's body between its files (or in a plain field, whose bytes are dropped).
+        case readingForm(Upload)
         /// A response is being written; `close`: the connection ends after it.
         case responding(close: Bool)
         /// The last response went out; dropping input until the client's end (since `since`).
@@ -127,6 +141,7 @@ public struct HTTPConnectionMachine {
         switch state {
         case .awaitingHead: "awaitingHead"
         case .asking: "asking"
+        case .readingForm: "readingForm"
         case .opening: "opening"
         case .receiving: "receiving"
         case .storing: "storing"
@@ -140,7 +155,7 @@ public struct HTTPConnectionMachine {
     /// is pending: what follows waits, which keeps pipelined answers in order).
     public var takesInput: Bool {
         switch state {
-        case .awaitingHead, .receiving: true
+        case .awaitingHead, .receiving, .readingForm: true
         default: false
         }
     }
@@ -148,7 +163,15 @@ public struct HTTPConnectionMachine {
     /// An upload has begun and is not yet answered (a draining server lets it finish).
     public var hasUploadInProgress: Bool {
         switch state {
-        case .opening, .receiving, .storing: true
+        case .opening, .receiving, .storing, .readingForm: true
+        default: false
+        }
+    }
+
+    /// Whether the body being read is a form's (`readForm`).
+    public var readsForm: Bool {
+        switch state {
+        case .readingForm(let u), .opening(let u), .receiving(let u), .storing(let u): u.form != nil
         default: false
         }
     }
@@ -229,6 +252,15 @@ public struct HTTPConnectionMachine {
             }
             state = .opening(Upload(keepAlive: keepAlive, expectsContinue: head.expectsContinue, declared: declared))
             return .openUpload(name: name, declaredSize: declared)
+        case .form:
+            guard let type = head.header("Content-Type"), let boundary = MultipartParser.boundary(contentType: type) else {
+                return refuse(415, "POST / takes multipart/form-data (with a boundary)")
+            }
+            if let length = head.contentLength, length == 0 { return refuse(400, "an empty form") }
+            var upload = Upload(keepAlive: keepAlive, expectsContinue: false, declared: nil)
+            upload.form = []
+            state = .readingForm(upload)
+            return .readForm(boundary: boundary, continueFirst: head.expectsContinue)
         case .notFound:
             return refuse(404, "no such route: \(head.method.name) \(head.path)")
         case .methodNotAllowed(let allow):
@@ -274,6 +306,44 @@ public struct HTTPConnectionMachine {
             upload.tus = (offset, 0)
             state = .opening(upload)
             return .resumeTusUpload(id, offset: offset)
+        }
+    }
+
+    /// A form's part begins: a file (`filename`, raw) is opened; a plain field's bytes are dropped.
+    public mutating func partBegan(filename: [UInt8]?) -> Action {
+        guard case .readingForm(var upload) = state else { return state == .closed ? .none : unexpected() }
+        // A file input left empty sends a part with an empty file name: nothing to store.
+        guard let filename, !filename.isEmpty else { return .none }
+        let name: String
+        do throws(ProtocolError) { name = try NamePolicy.sanitise(filename, maxLength: configuration.maxNameLength) } catch {
+            state = .lingering(since: lastInput)
+            return .abortUpload(.error(400, error.description), reason: error)
+        }
+        upload.received = 0
+        state = .opening(upload)
+        return .openUpload(name: name, declaredSize: nil)
+    }
+
+    /// A form's part ends: a file's is stored (then `uploadStored` goes back to the form).
+    public mutating func partEnded() -> Action {
+        switch state {
+        case .readingForm: return .none
+        case .receiving(let upload) where upload.form != nil:
+            state = .storing(upload)
+            return .commitUpload(size: upload.received)
+        case .closed, .lingering: return .none
+        default: return unexpected()
+        }
+    }
+
+    /// The form's body is not `multipart/form-data` as announced.
+    public mutating func formFailed(_ detail: String) -> Action {
+        switch state {
+        case .readingForm, .receiving:
+            state = .lingering(since: lastInput)
+            return .abortUpload(.error(400, "malformed form: \(detail)"), reason: .connectionFailed(reason: "malformed form: \(detail)"))
+        case .closed, .lingering: return .none
+        default: return unexpected()
         }
     }
 
@@ -338,7 +408,7 @@ public struct HTTPConnectionMachine {
                 }
             }
             state = .receiving(upload)
-            return upload.expectsContinue ? .send(HTTPResponse.continueBytes) : .none
+            return upload.expectsContinue && upload.form == nil ? .send(HTTPResponse.continueBytes) : .none
         case .closed:
             return .abortUpload(nil, reason: .unexpectedEndOfStream(received: 0, expected: 0), keepPartial: closedWhileOpeningTus)  // the client left while the file was opening
         default:
@@ -393,6 +463,17 @@ public struct HTTPConnectionMachine {
     /// The request's body is complete.
     public mutating func messageComplete() -> Action {
         switch state {
+        case .readingForm(let upload):
+            let files = upload.form ?? []
+            guard !files.isEmpty else {
+                state = .responding(close: !upload.keepAlive || draining || peerEnded)
+                return .respond(.error(400, "the form holds no file"), headOnly: false)
+            }
+            state = .responding(close: !upload.keepAlive || draining || peerEnded)
+            return .respond(.json(201, [("files", .array(files.map { .object([("name", .string($0.name)), ("size", .number($0.size))]) }))]), headOnly: false)
+        case .receiving(let upload) where upload.form != nil:
+            state = .lingering(since: lastInput)  // the body ended inside a file part
+            return .abortUpload(.error(400, "malformed form: the body ended inside a part"), reason: .unexpectedEndOfStream(received: upload.received, expected: upload.received))
         case .receiving(let upload):
             state = .storing(upload)
             if let tus = upload.tus {
@@ -408,7 +489,13 @@ public struct HTTPConnectionMachine {
 
     /// The upload is under its final name.
     public mutating func uploadStored(name: String) -> Action {
-        guard case .storing(let upload) = state else { return state == .closed ? .none : unexpected() }
+        guard case .storing(var upload) = state else { return state == .closed ? .none : unexpected() }
+        if upload.form != nil {
+            upload.form!.append(FormFile(name: name, size: upload.received))
+            upload.received = 0
+            state = .readingForm(upload)
+            return .none
+        }
         state = .responding(close: !upload.keepAlive || draining || peerEnded)
         if let tus = upload.tus {
             return .respond(HTTPResponse(status: 204, headers: [Tus.resumable, HTTPHeader("Upload-Offset", "\(tus.length)"),
@@ -441,6 +528,9 @@ public struct HTTPConnectionMachine {
     /// The input is not HTTP the parser accepts.
     public mutating func parseFailed(headTooLarge: Bool, detail: String) -> Action {
         switch state {
+        case .readingForm:
+            state = .lingering(since: lastInput)
+            return .abortUpload(.error(400, "malformed request body: \(detail)"), reason: .connectionFailed(reason: "malformed request body: \(detail)"))
         case .receiving(let upload):
             state = .lingering(since: lastInput)  // answered; the rest of the body is dropped
             return .abortUpload(.error(400, "malformed request body: \(detail)"), reason: .connectionFailed(reason: "malformed request body: \(detail)"), keepPartial: upload.tus != nil)
@@ -459,8 +549,8 @@ public struct HTTPConnectionMachine {
         case .opening(let upload):
             closedWhileOpeningTus = upload.tus != nil
             return closeNow()  // the open in flight is answered with abortUpload
-        case .awaitingHead, .lingering, .asking:
-            return closeNow()
+        case .awaitingHead, .lingering, .asking, .readingForm:
+            return closeNow()  // a form's files stored so far stay
         case .receiving(let upload):
             state = .closed
             return .abortUpload(nil, reason: .unexpectedEndOfStream(received: upload.received, expected: upload.declared ?? upload.received),
@@ -489,6 +579,8 @@ public struct HTTPConnectionMachine {
             return .abortUpload(.error(408, "no body bytes for too long"), reason: .idleTimeout(seconds: Double(configuration.idleTimeout) / 1e9), keepPartial: upload.tus != nil)
         case .lingering(let since):
             return now &- since >= HTTPConnectionMachine.lingerLimit ? closeNow() : .none
+        case .readingForm:
+            return now &- lastInput >= configuration.idleTimeout ? closeNow() : .none
         default:
             return .none
         }

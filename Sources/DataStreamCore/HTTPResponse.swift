@@ -75,6 +75,7 @@ public indirect enum JSONValue: Hashable, Sendable {
     case bool(Bool)
     case null
     case object([(String, JSONValue)])
+    case array([JSONValue])
 
     public static func == (a: JSONValue, b: JSONValue) -> Bool { a.text == b.text }
     public func hash(into hasher: inout Hasher) { hasher.combine(text) }
@@ -87,6 +88,7 @@ public indirect enum JSONValue: Hashable, Sendable {
         case .bool(let b): return b ? "true" : "false"
         case .null: return "null"
         case .object(let fields): return "{" + fields.map { "\(JSONValue.quote($0.0)):\($0.1.text)" }.joined(separator: ",") + "}"
+        case .array(let items): return "[" + items.map(\.text).joined(separator: ",") + "]"
         }
     }
 

@@ -1,10 +1,13 @@
 /// Which of the receiver's HTTP routes a request is for. Pure.
 ///
 /// - `PUT /NAME`: store the body as NAME (`PUT /` without a name: a generated name);
+/// - `POST /`: store the files of a `multipart/form-data` body (an HTML form, `curl -F`);
 /// - `GET /healthz`, `GET /readyz`, `GET /metrics` (and HEAD of each).
 public enum HTTPRoute: Hashable, Sendable {
     /// Store the body; `name` is the decoded last part of the path (nil when empty).
     case put(name: [UInt8]?)
+    /// `POST /`: store the files of a `multipart/form-data` body.
+    case form
     case health
     case ready
     case metrics
@@ -31,10 +34,12 @@ public enum HTTPRoute: Hashable, Sendable {
         case .put:
             let name = Array(path.dropFirst())
             return .put(name: name.isEmpty ? nil : name)
+        case .post where path == [UInt8(ascii: "/")]:
+            return .form
         case .get, .head, .post, .patch, .delete, .options:
-            return path == [UInt8(ascii: "/")] ? .methodNotAllowed(allow: "PUT") : .notFound
+            return path == [UInt8(ascii: "/")] ? .methodNotAllowed(allow: "PUT, POST") : .notFound
         case .other:
-            return .methodNotAllowed(allow: "PUT")
+            return .methodNotAllowed(allow: "PUT, POST")
         }
     }
 

@@ -28,6 +28,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// stored body is exactly the bytes the parser delivered for it, never more than the limit,
     /// names are safe components, heads stay within their bound, and nothing traps.
     case httpRequests = "http-requests"
+    /// multipart/form-data bodies: whatever the bytes, reading them in arbitrary pieces gives
+    /// exactly the parts, bytes and ends that reading them whole gives, and nothing traps.
+    case multipart
 
     /// Runs one input.
     public func run(_ data: UnsafeRawBufferPointer) {
@@ -39,7 +42,54 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .udpReceiver: FuzzTarget.udpReceiver(data)
         case .flags: FuzzTarget.flags(data)
         case .httpRequests: FuzzTarget.http(data)
+        case .multipart: FuzzTarget.multipart(data)
         }
+    }
+
+    // MARK: - Forms
+
+    private static func multipart(_ data: UnsafeRawBufferPointer) {
+        guard data.count > 1 else { return }
+        let input = Array(data.dropFirst())
+        // What a reading gives: part heads, bytes per part, ends; or where it failed.
+        func read(pieces: (Int) -> Int) -> [String] {
+            var p = MultipartParser(boundary: "bnd")
+            var out: [String] = []
+            var bytes: [UInt8] = []
+            var at = 0
+            input.withUnsafeBytes { all in
+                while at < all.count, !p.isFinished {
+                    let end = min(all.count, at + pieces(at))
+                    var k = at
+                    while k < end {
+                        let n: Int
+                        do throws(MultipartParser.Failure) {
+                            n = try p.parse(UnsafeRawBufferPointer(rebasing: all[k..<end])) { event in
+                                switch event {
+                                case .partBegan(let part): out.append("begin \(part.field ?? "-") \(part.filename.map { Array($0) } ?? [])")
+                                case .data(let b): bytes += b
+                                case .carried(let b): bytes += b
+                                case .partEnded: out.append("end \(bytes)"); bytes = []
+                                case .finished: out.append("finished")
+                                }
+                            }
+                        } catch {
+                            out.append("failed")
+                            return
+                        }
+                        if n == 0 { break }
+                        k += n
+                    }
+                    at = end
+                }
+            }
+            if !bytes.isEmpty { out.append("open \(bytes)") }
+            return out
+        }
+        var choices = Choices(state: UInt64(data[0]) &+ UInt64(data.count))
+        let whole = read { _ in input.count }
+        let split = read { _ in 1 + choices.next(9) }
+        precondition(whole == split, "pieces read \(split), whole \(whole)")
     }
 
     // MARK: - HTTP
@@ -111,6 +161,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
                 return false
             case .linger:
                 return false
+            case .readForm:
+                return false  // the form reader is tested by MultipartParserTests over every split
             }
         }
 

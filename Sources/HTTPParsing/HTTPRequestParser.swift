@@ -42,6 +42,8 @@ public final class HTTPRequestParser {
     private var lastWasValue = false
     private var headBytes = 0
     private var headTooLarge = false
+    /// Set by `stopAfterThisEvent`: parsing stops after the body bytes being delivered.
+    private var stopRequested = false
     /// Between requests: no byte of a next request parsed yet.
     public private(set) var isBetweenMessages = true
     /// A request asked to switch protocols and its head is done: the bytes that follow are not HTTP.
@@ -84,7 +86,12 @@ public final class HTTPRequestParser {
         }
         settings.on_body = { p, at, n in
             guard let at else { return 0 }
-            HTTPRequestParser.owner(p).handler?(.body(UnsafeRawBufferPointer(start: at, count: n)))
+            let me = HTTPRequestParser.owner(p)
+            me.handler?(.body(UnsafeRawBufferPointer(start: at, count: n)))
+            if me.stopRequested {
+                me.stopRequested = false
+                http_parser_pause(p, 1)
+            }
             return 0
         }
         settings.on_message_complete = { p in
@@ -120,6 +127,12 @@ public final class HTTPRequestParser {
             chunked: flags & F_CHUNKED.rawValue != 0,
             keepAlive: http_should_keep_alive(p) != 0,
             upgrade: p.pointee.upgrade != 0)
+    }
+
+    /// Called from the handler of a `.body` event: parsing stops after it (the caller keeps
+    /// what of those bytes it could not take yet, and feeds the rest of its input later).
+    public func stopAfterThisEvent() {
+        stopRequested = true
     }
 
     /// Parses from the start of `input`, calling `handler` for each event, until the input is

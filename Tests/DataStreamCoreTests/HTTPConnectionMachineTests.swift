@@ -231,6 +231,54 @@ struct HTTPConnectionMachineTests {
         #expect(HTTPRoute.percentEncoded("café v1.txt") == "caf%C3%A9%20v1.txt")
     }
 
+    // MARK: - forms
+
+    func form(expect: Bool = false) -> HTTPRequestHead {
+        HTTPRequestHead(method: .post, target: "/", headers: [HTTPHeader("Content-Type", "multipart/form-data; boundary=B")] + (expect ? [HTTPHeader("Expect", "100-continue")] : []),
+                        contentLength: 1000)
+    }
+
+    @Test func aFormStoresEachFilePartInTurnAndAnswersTheList() {
+        var m = machine()
+        #expect(m.headReceived(form(expect: true)) == .readForm(boundary: "B", continueFirst: true))
+        #expect(m.takesInput && m.readsForm)
+        #expect(m.partBegan(filename: nil) == .none)  // a plain field
+        #expect(!m.isReceivingBody)
+        #expect(m.partEnded() == .none)
+        #expect(m.partBegan(filename: Array("a.txt".utf8)) == .openUpload(name: "a.txt", declaredSize: nil))
+        #expect(m.uploadOpened() == .none)  // Continue went with the head
+        #expect(m.bodyReceived(4) == .none)
+        #expect(m.partEnded() == .commitUpload(size: 4))
+        #expect(m.uploadStored(name: "a.txt") == .none)
+        #expect(m.takesInput)
+        #expect(m.partBegan(filename: []) == .none)  // a file input left empty
+        #expect(m.partBegan(filename: Array("b".utf8)) == .openUpload(name: "b", declaredSize: nil))
+        _ = m.uploadOpened()
+        _ = m.bodyReceived(2)
+        _ = m.partEnded()
+        #expect(m.uploadStored(name: "b-1") == .none)
+        guard case .respond(let r, false) = m.messageComplete() else { Issue.record("no answer"); return }
+        #expect(r.status == 201)
+        #expect(String(decoding: r.body, as: UTF8.self) == "{\"files\":[{\"name\":\"a.txt\",\"size\":4},{\"name\":\"b-1\",\"size\":2}]}\n")
+    }
+
+    @Test func formsWithoutFilesBadNamesOrCutPartsAreRefused() {
+        var none = machine()
+        _ = none.headReceived(form())
+        #expect(status(none.messageComplete()) == 400)
+        var bad = machine()
+        _ = bad.headReceived(form())
+        #expect(status(bad.partBegan(filename: [0xFF])) == 400)
+        #expect(bad.dropsInput)
+        var cut = machine()
+        _ = cut.headReceived(form())
+        _ = cut.partBegan(filename: Array("a".utf8))
+        _ = cut.uploadOpened()
+        #expect(status(cut.messageComplete()) == 400)  // the body ended inside the part
+        var plain = machine()
+        #expect(status(plain.headReceived(HTTPRequestHead(method: .post, target: "/", headers: [HTTPHeader("Content-Type", "text/plain")], contentLength: 3))) == 415)
+    }
+
     // MARK: - tus
 
     let id = UploadID(bytes: Array(0..<16))

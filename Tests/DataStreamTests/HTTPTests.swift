@@ -232,6 +232,40 @@ struct HTTPTests {
         #expect(again.contains("datastream_uploads_stored_total{transport=\"http\"} 2\n"))
     }
 
+    @Test func aFormStoresEachFileAndSkipsPlainFields() throws {
+        let server = try BackgroundServer { $0.udpEnabled = false }
+        defer { server.stop() }
+        let big = content(14, count: 3 << 20), small = Array("x\r\n--not-the-boundary".utf8)
+        let a = writeTemporaryFile(big, name: "big.bin"), b = writeTemporaryFile(small, name: "small.txt")
+        let r = try curl(["-F", "note=hello", "-F", "f=@\(a)", "-F", "g=@\(b);filename=../evil name.txt", "-w", " %{http_code}", "http://127.0.0.1:\(server.port)/"])
+        #expect(r.output == "{\"files\":[{\"name\":\"big.bin\",\"size\":\(big.count)},{\"name\":\"___evil name.txt\",\"size\":\(small.count)}]}\n 201")
+        #expect(server.contents("big.bin") == big)
+        #expect(server.contents("___evil name.txt") == small)
+        #expect(server.storedFiles().count == 2)
+        #expect(try curl(["-d", "x=1", "-w", " %{http_code}", "http://127.0.0.1:\(server.port)/"]).output.hasSuffix(" 415"))
+    }
+
+    @Test func aFormCutInItsSecondFileKeepsTheFirstOnly() throws {
+        let server = try BackgroundServer { $0.udpEnabled = false }
+        defer { server.stop() }
+        let first = content(15, count: 100_000)
+        var body = Array("--XyZ\r\nContent-Disposition: form-data; name=\"a\"; filename=\"one.bin\"\r\n\r\n".utf8) + first
+        body += Array("\r\n--XyZ\r\nContent-Disposition: form-data; name=\"b\"; filename=\"two.bin\"\r\n\r\n".utf8) + content(16, count: 50_000)
+        let c = try BlockingClient(port: server.port)
+        c.send(Array("POST / HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 400000\r\n\r\n".utf8) + body)
+        #expect(waitUntil { server.hasRead(c) })
+        c.shutdownWrite()
+        _ = c.readUntilEOF()
+        #expect(server.waitForStatistics { $0.uploadsFailed == 1 && $0.uploadsStored == 1 })
+        #expect(server.storedFiles() == ["one.bin"])
+        #expect(server.contents("one.bin") == first)
+        // A body that ends without the closing delimiter: 400, and its unfinished file is not stored.
+        let text = try exchange(server.port, Array("POST / HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body)
+        #expect(statuses(text) == [400])
+        #expect(server.storedFiles() == ["one-1.bin", "one.bin"])
+        #expect(server.partials().isEmpty)
+    }
+
     @Test func storedEventsNameTheHTTPTransport() throws {
         let events = EventLog()
         let server = try BackgroundServer(configure: { $0.udpEnabled = false }, prepare: { $0.onEvent = events.append })
