@@ -575,7 +575,8 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
 
     private func closeNow() {
         guard !closing else { return }
-        failUpload(.unexpectedEndOfStream(received: diskHold.received, expected: diskHold.limit))
+        // A tus upload's partial stays for the next PATCH, whatever ended the connection.
+        failUpload(.unexpectedEndOfStream(received: diskHold.received, expected: diskHold.limit), keepPartial: tusPartial != nil)
         closing = true
         pool.cancelWait(self)
         if let h = held {
