@@ -55,20 +55,27 @@ extension Store {
         defer { try? BlockingFileSystem.close(fd) }
         do throws(UVOperationError) {
             if sync { try BlockingFileSystem.fsync(fd, target: directory + "/" + name) }
-            var attempt = 0
-            while true {
-                let stored = NamePolicy.candidate(name, attempt: attempt)
-                do throws(UVOperationError) {
-                    try BlockingFileSystem.linkTemporary(fd, to: directory + "/" + stored)
-                } catch where error.error == .fileExists && attempt < NamePolicy.lastAttempt {
-                    attempt += 1
-                    continue
-                }
-                if sync { try BlockingFileSystem.syncDirectory(directory) }
-                return .success(stored)
-            }
+            let attempt = try linkUnderFreeName(name, in: directory) { path throws(UVOperationError) in try BlockingFileSystem.linkTemporary(fd, to: path) }
+            if sync { try BlockingFileSystem.syncDirectory(directory) }
+            return .success(NamePolicy.candidate(name, attempt: attempt))
         } catch {
             return .failure(error)
+        }
+    }
+
+    /// Puts a file under `name` in `directory`, or under the first free candidate after it
+    /// (`NamePolicy.candidate`, up to `NamePolicy.lastAttempt`), never replacing a file: `link`
+    /// makes the name given as a path and fails with EEXIST if it is taken. Returns the attempt
+    /// that succeeded. Blocking: threadpool only.
+    static func linkUnderFreeName(_ name: String, in directory: String, _ link: (String) throws(UVOperationError) -> Void) throws(UVOperationError) -> Int {
+        var attempt = 0
+        while true {
+            do throws(UVOperationError) {
+                try link(directory + "/" + NamePolicy.candidate(name, attempt: attempt))
+                return attempt
+            } catch where error.error == .fileExists && attempt < NamePolicy.lastAttempt {
+                attempt += 1
+            }
         }
     }
 
@@ -100,17 +107,8 @@ extension Store {
                 }
             }
             try BlockingFileSystem.close(fd, target: partialPath)
-            var attempt = 0
-            var stored = NamePolicy.candidate(name, attempt: 0)
-            while true {
-                do throws(UVOperationError) {
-                    try BlockingFileSystem.link(partialPath, to: directory + "/" + stored)
-                    break
-                } catch where error.error == .fileExists && attempt < NamePolicy.lastAttempt {
-                    attempt += 1
-                    stored = NamePolicy.candidate(name, attempt: attempt)
-                }
-            }
+            let attempt = try linkUnderFreeName(name, in: directory) { path throws(UVOperationError) in try BlockingFileSystem.link(partialPath, to: path) }
+            let stored = NamePolicy.candidate(name, attempt: attempt)
             if let receipt {
                 // Best effort: without it a retry stores a second copy, as before receipts.
                 try? writeReceiptNow(UploadReceipt(header: receipt.header, storedName: stored, digest: receipt.digest), to: receipt.path, sync: sync)
