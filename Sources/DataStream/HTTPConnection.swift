@@ -547,9 +547,6 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
                                   size: tusPartial?.upload.header.size ?? diskHold.limit), reason: reason.description, code: reason.code, resumable: resumable))
     }
 
-    /// Drops the upload's file (a file without a name goes with its descriptor) and its room.
-    private func discardUpload() { endFile(keep: false) }
-
     /// Ends the upload's file: a PUT's is dropped; a tus upload's partial is closed and kept
     /// (`keep`) or deleted. Gives back its room; `then` runs once the file is closed.
     private func endFile(keep: Bool, then: @escaping () -> Void = {}) {

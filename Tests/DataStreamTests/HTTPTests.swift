@@ -283,7 +283,7 @@ struct HTTPTests {
 /// tus over raw sockets: what tuspy never sends (a PATCH cut in the middle of its body, a
 /// wrong offset, two PATCHes at once).
 struct TusTests {
-    func request(_ port: Int, _ text: String, body: [UInt8] = [], cut: Bool = false) throws -> String {
+    func request(_ port: Int, _ text: String, body: [UInt8] = []) throws -> String {
         let c = try BlockingClient(port: port)
         c.send(Array(text.utf8) + body)
         c.shutdownWrite()
