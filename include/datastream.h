@@ -80,7 +80,8 @@ typedef enum ds_transport {
     DS_TRANSPORT_SEED_TCP = 2, /* PyDataStream's TCP framing */
     DS_TRANSPORT_UDP = 3,      /* the native reliable-UDP protocol */
     DS_TRANSPORT_SEED_UDP = 4, /* PyDataStream's UDP datagrams */
-    DS_TRANSPORT_HTTP = 5,     /* an HTTP request body (PUT /NAME) */
+    DS_TRANSPORT_HTTP = 5,     /* an HTTP request body (PUT /NAME, a form, tus) */
+    DS_TRANSPORT_WEBSOCKET = 6, /* the browser page's WebSocket at /ws */
 } ds_transport;
 
 typedef enum ds_event_kind {

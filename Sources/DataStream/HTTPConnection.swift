@@ -45,6 +45,9 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
     private var diskHold = DiskHold()
     private var uploadStarted: UInt64 = 0
     private var failedFile: UVOperationError?
+    /// The `101` answer of a WebSocket handshake: once the parse that found it returns, the
+    /// connection goes to a `WebSocketConnection` with the input after the request.
+    private var upgrade: [UInt8]?
 
     private var peer: SocketAddress? { acceptedPeer ?? (try? stream.peerAddress()) }
     private lazy var peerText: String = peer?.description ?? "?"
@@ -143,7 +146,7 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
         var offset = 0
         parsing = (slab, UnsafeRawPointer(slab.memory.baseAddress!))
         defer { parsing = nil }
-        while offset < count, !closing, machine.takesInput {
+        while offset < count, !closing, machine.takesInput || upgrade != nil {
             let input = UnsafeRawBufferPointer(rebasing: slab.memory[(start + offset)..<(start + count)])
             let n: Int
             do throws(HTTPRequestParser.Failure) {
@@ -155,6 +158,12 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
                 return
             }
             offset += n
+            if let switching = upgrade {
+                // The parser paused after the head; one more parse takes the request's end.
+                if !parser.upgraded, n > 0, offset < count { continue }
+                handOverToWebSocket(switching, slab, start: start + offset, count: count - offset)
+                return
+            }
             if n == 0 { break }
         }
         if offset < count, !closing, !machine.dropsInput {
@@ -164,7 +173,7 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
     }
 
     private func handle(_ event: HTTPRequestParser.Event) {
-        guard !closing else { return }
+        guard !closing, upgrade == nil else { return }
         switch event {
         case .head(let head):
             server.statistics.httpRequests += 1
@@ -334,6 +343,8 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
         case .readForm(let boundary, let continueFirst):
             form = MultipartParser(boundary: boundary)
             if continueFirst { try? stream.write(HTTPResponse.continueBytes) }
+        case .upgradeToWebSocket(let switching):
+            upgrade = switching
         case .linger:
             // Shut down the sending side once the response is out; read and drop until the end.
             try? stream.shutdown()
@@ -591,6 +602,23 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
             return
         }
         stream.close { [self] in server.connectionClosed(self) }
+    }
+
+    /// Writes the handshake's answer; a `WebSocketConnection` takes the stream, the input
+    /// after the request and this connection's place in the server's table.
+    private func handOverToWebSocket(_ switching: [UInt8], _ slab: Slab, start: Int, count: Int) {
+        closing = true
+        stream.stopReading()
+        pool.cancelWait(self)
+        server.statistics.httpResponses[101, default: 0] += 1
+        do throws(UVOperationError) { try stream.write(switching) } catch {
+            log(.debug, "write failed: \(error)")
+            stream.close { [self] in server.connectionClosed(self) }
+            return
+        }
+        let ws = WebSocketConnection(id: id, server: server, stream: stream, acceptedPeer: acceptedPeer)
+        server.connections.replace(self, with: ws)
+        ws.start(slab, start: start, count: count)
     }
 
     // MARK: - Served by the server

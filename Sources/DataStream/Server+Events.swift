@@ -13,6 +13,8 @@ public enum UploadTransport: Int32, Sendable, CaseIterable {
     case seedUDP = 4
     /// An HTTP request body (`PUT /NAME`).
     case http = 5
+    /// The browser page's WebSocket at `/ws`.
+    case webSocket = 6
 
     public var name: String {
         switch self {
@@ -21,6 +23,7 @@ public enum UploadTransport: Int32, Sendable, CaseIterable {
         case .udp: "udp"
         case .seedUDP: "seed-udp"
         case .http: "http"
+        case .webSocket: "websocket"
         }
     }
 }

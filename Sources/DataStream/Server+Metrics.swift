@@ -128,6 +128,11 @@ extension Server {
     /// The response to one of the HTTP resources the server answers itself.
     func httpResource(_ resource: HTTPConnectionMachine.Resource) -> HTTPResponse {
         switch resource {
+        case .page:
+            return HTTPResponse(status: 200, headers: [HTTPHeader("Content-Type", "text/html; charset=utf-8"),
+                                                       HTTPHeader("Cache-Control", "no-cache"),
+                                                       HTTPHeader("Content-Security-Policy", UploadPage.contentSecurityPolicy)],
+                                body: UploadPage.html)
         case .health:
             return .json(200, [("status", .string("alive"))])
         case .ready:

@@ -8,6 +8,10 @@ extension Server {
         public var httpRequests: UInt64 = 0
         public var httpBadRequests: UInt64 = 0
         public var httpResponses: [Int: UInt64] = [:]
+        /// Connections that became WebSockets at `/ws`, and those the frame codec closed for a
+        /// bad frame (unmasked, an oversized control frame, bad UTF-8, a text message too long).
+        public var webSocketConnections: UInt64 = 0
+        public var webSocketProtocolErrors: UInt64 = 0
         /// Completion hooks (`--on-stored`): started, ended with status 0, failed (another
         /// status, a signal, or not started), killed at the timeout, not run (too many waiting).
         public var hooksStarted: UInt64 = 0

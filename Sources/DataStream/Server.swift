@@ -26,6 +26,7 @@ public final class Server {
     let machineConfiguration: ConnectionStateMachine.Configuration
     let lifecycleConfiguration: ConnectionLifecycle.Configuration
     let httpConfiguration: HTTPConnectionMachine.Configuration
+    let webSocketConfiguration: WebSocketUploadMachine.Configuration
     /// What `/metrics` shows (see `Server+Metrics.swift`).
     let metrics: ServerMetrics
     /// Runs `--on-stored` for every stored upload (nil without it).
@@ -79,6 +80,8 @@ public final class Server {
         httpConfiguration = .init(maxFileSize: configuration.maxFileSize, maxNameLength: configuration.maxNameLength,
                                   headTimeout: TimeLimit.units(configuration.headerTimeout, perSecond: 1e9) ?? .max,
                                   idleTimeout: TimeLimit.units(configuration.idleTimeout, perSecond: 1e9) ?? .max)
+        webSocketConfiguration = .init(token: configuration.token, maxFileSize: configuration.maxFileSize, maxNameLength: configuration.maxNameLength,
+                                       idleTimeout: TimeLimit.units(configuration.idleTimeout, perSecond: 1e9) ?? .max)
         metrics = ServerMetrics()
         lifecycleConfiguration = .init(headerTimeout: configuration.headerTimeout, idleTimeout: configuration.idleTimeout,
                                        smallUploadBudget: configuration.smallUploadBudget)
@@ -446,7 +449,7 @@ public final class Server {
 
 /// Kinds of log line a hostile client can provoke at will (see `Server.noisy`).
 enum NoisyLine: Hashable, Sendable {
-    case connectionRefused, authenticationFailed, udpRefused, udpSeedRefused, hookDropped
+    case connectionRefused, authenticationFailed, udpRefused, udpSeedRefused, hookDropped, webSocketClosed
 }
 
 /// Why a server could not start: one clear line each.

@@ -34,7 +34,7 @@ public struct HTTPConnectionMachine {
 
     /// What the driver builds a response for itself (it needs the server's state).
     public enum Resource: Hashable, Sendable {
-        case health, ready, metrics
+        case health, ready, metrics, page
     }
 
     public enum Action: Hashable, Sendable {
@@ -75,6 +75,9 @@ public struct HTTPConnectionMachine {
         case readForm(boundary: String, continueFirst: Bool)
         /// Close the connection now.
         case close
+        /// `GET /ws` with a valid handshake: write these bytes (`101 Switching Protocols`),
+        /// then hand the connection, with the input after the request, to a WebSocket driver.
+        case upgradeToWebSocket([UInt8])
         /// The response that ends the connection is on its way: shut down the sending side and
         /// read and drop what the client still sends (a body not read), until its end or
         /// `tick` says `close`. Closing at once with unread input would reset the connection
@@ -227,15 +230,26 @@ public struct HTTPConnectionMachine {
             return .respond(.error(status, message, headers: headers), headOnly: headOnly)
         }
         guard head.versionMajor == 1 else { return refuse(505, "HTTP/1.x only") }
+        if WebSocketHandshake.claims(head) {
+            switch WebSocketHandshake.answer(head) {
+            case .switching(let switching):
+                state = .closed
+                return .upgradeToWebSocket(switching)
+            case .refused(let response):
+                state = .responding(close: !keepAlive || head.hasBody)
+                return .respond(response, headOnly: headOnly)
+            }
+        }
         if head.upgrade { return refuse(501, "protocol upgrades are not served on this route") }
         if Tus.claims(head.path) { return tusRequest(head, keepAlive: keepAlive) }
         switch HTTPRoute.route(head) {
-        case .health, .ready, .metrics:
+        case .health, .ready, .metrics, .page:
             if head.hasBody { return refuse(400, "this route takes no body") }
             state = .responding(close: !keepAlive)
             let resource: Resource = switch HTTPRoute.route(head) {
             case .health: .health
             case .ready: .ready
+            case .page: .page
             default: .metrics
             }
             return .serve(resource, headOnly: headOnly)

@@ -2,12 +2,15 @@
 ///
 /// - `PUT /NAME`: store the body as NAME (`PUT /` without a name: a generated name);
 /// - `POST /`: store the files of a `multipart/form-data` body (an HTML form, `curl -F`);
+/// - `GET /`: the upload page (its uploads go over the WebSocket at `/ws`);
 /// - `GET /healthz`, `GET /readyz`, `GET /metrics` (and HEAD of each).
 public enum HTTPRoute: Hashable, Sendable {
     /// Store the body; `name` is the decoded last part of the path (nil when empty).
     case put(name: [UInt8]?)
     /// `POST /`: store the files of a `multipart/form-data` body.
     case form
+    /// `GET /`: the browser's upload page.
+    case page
     case health
     case ready
     case metrics
@@ -36,10 +39,12 @@ public enum HTTPRoute: Hashable, Sendable {
             return .put(name: name.isEmpty ? nil : name)
         case .post where path == [UInt8(ascii: "/")]:
             return .form
+        case .get where path == [UInt8(ascii: "/")], .head where path == [UInt8(ascii: "/")]:
+            return .page
         case .get, .head, .post, .patch, .delete, .options:
-            return path == [UInt8(ascii: "/")] ? .methodNotAllowed(allow: "PUT, POST") : .notFound
+            return path == [UInt8(ascii: "/")] ? .methodNotAllowed(allow: "GET, HEAD, PUT, POST") : .notFound
         case .other:
-            return .methodNotAllowed(allow: "PUT, POST")
+            return .methodNotAllowed(allow: "GET, HEAD, PUT, POST")
         }
     }
 

@@ -161,6 +161,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
                 return false
             case .linger:
                 return false
+            case .upgradeToWebSocket(let switching):
+                precondition(switching.starts(with: Array("HTTP/1.1 101 ".utf8)))
+                return false
             case .readForm:
                 return false  // the form reader is tested by MultipartParserTests over every split
             }

@@ -99,7 +99,9 @@ public final class HTTPRequestParser {
             let me = HTTPRequestParser.owner(p)
             me.isBetweenMessages = true
             me.handler?(.end)
-            http_parser_pause(p, 1)
+            // After an upgrade's request the parser stops by itself, returning where the new
+            // protocol begins; a pause here would leave the head's last byte untaken.
+            if p.pointee.upgrade == 0 { http_parser_pause(p, 1) }
             return 0
         }
     }
@@ -157,7 +159,9 @@ public final class HTTPRequestParser {
             }
             throw Failure(name: String(cString: http_errno_name(errno)), detail: String(cString: http_errno_description(errno)))
         }
-        if parser.upgrade != 0 { upgraded = true }
+        // The upgrade flag is set with the head; the request ends (and the new protocol
+        // begins) only once the parse after the head's pause has taken its last byte.
+        if parser.upgrade != 0, errno != HPE_PAUSED { upgraded = true }
         return consumed
     }
 

@@ -108,8 +108,11 @@ struct HTTPRequestParserTests {
 
     @Test func anUpgradeStopsParsing() throws {
         let p = HTTPRequestParser()
-        let r = try run(p, "GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\u{81}\u{80}")
+        let head = "GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        let r = try run(p, head + "\u{01}\u{02}")
         #expect(r.heads.first?.upgrade == true)
         #expect(p.upgraded)
+        // It takes the head and nothing of the new protocol's bytes.
+        #expect(r.consumed == head.utf8.count)
     }
 }

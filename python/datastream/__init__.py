@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 __all__ = ["Server", "StoredUpload", "FailedUpload", "DataStreamError"]
 
-TRANSPORTS = {1: "tcp", 2: "seed-tcp", 3: "udp", 4: "seed-udp", 5: "http"}
+TRANSPORTS = {1: "tcp", 2: "seed-tcp", 3: "udp", 4: "seed-udp", 5: "http", 6: "websocket"}
 _STARTED, _STORED, _FAILED = 1, 2, 3
 
 
