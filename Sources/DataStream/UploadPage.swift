@@ -12,7 +12,7 @@ enum UploadPage {
     *{box-sizing:border-box}
     body{font:16px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;padding:1rem;max-width:46rem;margin-inline:auto}
     h1{font-size:1.4rem;margin:.2rem 0 1rem}
-    #drop{border:2px dashed #888;border-radius:.8rem;padding:1.4rem;text-align:center;cursor:pointer}
+    #drop{display:block;border:2px dashed #888;border-radius:.8rem;padding:1.4rem;text-align:center;cursor:pointer}
     #drop.over{border-color:var(--accent);background:rgba(37,99,235,.08)}
     #drop input{display:block;margin:.8rem auto 0;max-width:100%}
     #auth{display:none;margin:1rem 0;gap:.5rem;flex-wrap:wrap}
@@ -40,7 +40,7 @@ enum UploadPage {
     function fmtBytes(n) {
       const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB']; let i = 0;
       while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
-      return (i ? n.toFixed(1) : n) + ' ' + u[i];
+      return (i ? n.toFixed(1) : Math.round(n)) + ' ' + u[i];
     }
     function fmtTime(s) {
       if (!isFinite(s)) return '…';
@@ -120,6 +120,7 @@ enum UploadPage {
         const item = current;
         localStorage.setItem(key(item.file), m.id);
         item.sent = item.offset = item.startOffset = m.offset;
+        item.li.dataset.offset = m.offset;
         item.started = performance.now();
         show(item, m.offset ? 'resumed at ' + fmtBytes(m.offset) : 'sending', 'sending');
         send(item);
@@ -168,23 +169,26 @@ enum UploadPage {
 
     // Sends the file from item.offset, never letting more than HIGH_WATER wait in the socket.
     async function send(item) {
-      const socket = ws;
-      while (item.offset < item.file.size && socket === ws && current === item) {
-        if (socket.bufferedAmount > HIGH_WATER) { await new Promise((r) => setTimeout(r, 10)); }
+      const socket = ws, live = () => socket === ws && current === item;
+      const pause = (ms) => new Promise((r) => setTimeout(r, ms));
+      while (live() && item.offset < item.file.size) {
+        if (socket.bufferedAmount > HIGH_WATER) { await pause(10); }
         else {
           const end = Math.min(item.offset + CHUNK, item.file.size);
           const bytes = await item.file.slice(item.offset, end).arrayBuffer();
-          if (socket !== ws || current !== item) return;
+          if (!live()) return;
           socket.send(bytes); item.offset = end;
         }
+        if (!live()) return;
         item.sent = Math.max(item.startOffset, item.offset - socket.bufferedAmount);
         show(item, 'sending', 'sending');
       }
-      while (socket === ws && current === item && socket.bufferedAmount > 0) {
-        await new Promise((r) => setTimeout(r, 20));
+      while (live() && socket.bufferedAmount > 0) {
+        await pause(20);
+        if (!live()) return;
         item.sent = item.offset - socket.bufferedAmount; show(item, 'sending', 'sending');
       }
-      if (socket === ws && current === item) { item.sent = item.file.size; show(item, 'storing…', 'storing'); }
+      if (live()) { item.sent = item.file.size; show(item, 'storing…', 'storing'); }
     }
 
     $('files').addEventListener('change', (e) => { addFiles(e.target.files); e.target.value = ''; });

@@ -32,6 +32,8 @@ final class WebSocketConnection: ServedConnection, TCPStreamReader, UploadSinkOw
     private var closing = false
     /// Input the codec has not taken (reading paused for the file's sake).
     private var held: (slab: Slab, start: Int, count: Int)?
+    /// A close frame to queue once the messages before it are out.
+    private var closeToSend: (code: UInt16, reason: String)?
     /// The slab being fed, where its input starts, and where the next unmasked bytes go.
     private var feeding: (slab: Slab, start: Int, cursor: Int)?
 
@@ -193,7 +195,12 @@ final class WebSocketConnection: ServedConnection, TCPStreamReader, UploadSinkOw
     /// Writes what the codec has queued; once both sides have closed, closes the stream.
     private func flushOutput() {
         guard !closing, feeding == nil else { return }  // `process` flushes after the feed
-        let out = codec.takeOutput()
+        var out = codec.takeOutput()
+        if let (code, reason) = closeToSend {
+            closeToSend = nil
+            codec.close(code: code, reason: reason)
+            out += codec.takeOutput()
+        }
         if !out.isEmpty {
             do throws(UVOperationError) { try stream.write(out) } catch {
                 log(.debug, "write failed: \(error)")
@@ -252,8 +259,10 @@ final class WebSocketConnection: ServedConnection, TCPStreamReader, UploadSinkOw
             endUpload()
         case .close(let code, let reason, let message):
             if code == 1008 { server.noisy(.webSocketClosed, .info, "websocket closed: \(reason)", metadata: ["peer": "\(peerText)"]) }
+            // The codec sends a queued close frame before queued messages: the message goes
+            // out first, the close frame after it (`flushOutput`).
             if let message { codec.sendText(message) }
-            codec.close(code: code, reason: reason)
+            closeToSend = (code, reason)
             codec.pauseInput()
             endUpload()
             flushOutput()

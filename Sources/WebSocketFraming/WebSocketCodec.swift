@@ -34,8 +34,10 @@ public final class WebSocketCodec {
     private var frameFin = false
     private var messageIsText = false
     private var text: [UInt8] = []
-    /// Set when a failure of wslay's callbacks or memory ended the codec.
+    /// Set when a frame wslay could not parse, or a lack of memory, ended the codec.
     public private(set) var failed = false
+    /// The close frame to send after such a failure (empty once taken).
+    private var failureClose: [UInt8]?
 
     public init(maxTextBytes: Int) {
         self.maxTextBytes = maxTextBytes
@@ -81,7 +83,12 @@ public final class WebSocketCodec {
             return wslay_event_recv(context)
         }
         self.input = UnsafeRawBufferPointer(start: nil, count: 0)
-        if result != 0 { failed = true }
+        if result != 0 {
+            // A frame wslay could not parse (an oversized or fragmented control frame): it
+            // queued a close frame without a code; this codec sends 1002 in its place.
+            failed = true
+            failureClose = [0x88, 0x02, 0x03, 0xea]
+        }
         return taken
     }
 
@@ -113,6 +120,10 @@ public final class WebSocketCodec {
 
     /// The bytes to write for everything queued so far.
     public func takeOutput() -> [UInt8] {
+        if let close = failureClose {
+            failureClose = []
+            return close
+        }
         guard let context else { return [] }
         if wslay_event_send(context) != 0 { failed = true }
         defer { output = [] }
@@ -133,6 +144,7 @@ public final class WebSocketCodec {
 
     /// The code of the close frame this side sent, if it sent one.
     public var closeCodeSent: UInt16? {
+        if failureClose != nil { return 1002 }
         guard let context, wslay_event_get_close_sent(context) != 0 else { return nil }
         return wslay_event_get_status_code_sent(context)
     }
