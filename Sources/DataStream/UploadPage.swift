@@ -35,7 +35,7 @@ enum UploadPage {
     const CHUNK = 1 << 20, HIGH_WATER = 8 << 20;
     const $ = (id) => document.getElementById(id);
     const queue = [];
-    let ws = null, hello = null, token = null, current = null, retry = 0, totalBytes = 0, doneBytes = 0;
+    let ws = null, hello = null, token = null, authError = null, current = null, retry = 0, totalBytes = 0, doneBytes = 0;
 
     function fmtBytes(n) {
       const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB']; let i = 0;
@@ -110,12 +110,12 @@ enum UploadPage {
       if (m.type === 'hello') {
         hello = m; retry = 0;
         if (m.auth === 'hmac-sha256') {
-          if (!token) { $('auth').classList.add('shown'); setState('This server needs a token'); return; }
+          if (!token) { $('auth').classList.add('shown'); setState(authError || 'This server needs a token'); return; }
           return authenticate();
         }
         setState('Connected'); next();
       } else if (m.type === 'welcome') {
-        $('auth').classList.remove('shown'); setState('Connected'); next();
+        authError = null; $('auth').classList.remove('shown'); setState('Connected'); next();
       } else if (m.type === 'ready') {
         const item = current;
         localStorage.setItem(key(item.file), m.id);
@@ -133,7 +133,8 @@ enum UploadPage {
         next();
       } else if (m.type === 'error') {
         if (m.code === 'authentication_failed' || m.code === 'authentication_required') {
-          token = null; $('auth').classList.add('shown'); setState('Wrong token: ' + m.message); return;
+          token = null; authError = 'Wrong token: ' + m.message;
+          $('auth').classList.add('shown'); setState(authError); return;
         }
         const item = current;
         if (item) {
