@@ -79,7 +79,8 @@ public final class Server {
                                      httpAllowed: configuration.httpEnabled)
         httpConfiguration = .init(maxFileSize: configuration.maxFileSize, maxNameLength: configuration.maxNameLength,
                                   headTimeout: TimeLimit.units(configuration.headerTimeout, perSecond: 1e9) ?? .max,
-                                  idleTimeout: TimeLimit.units(configuration.idleTimeout, perSecond: 1e9) ?? .max)
+                                  idleTimeout: TimeLimit.units(configuration.idleTimeout, perSecond: 1e9) ?? .max,
+                                  token: configuration.token)
         webSocketConfiguration = .init(token: configuration.token, maxFileSize: configuration.maxFileSize, maxNameLength: configuration.maxNameLength,
                                        idleTimeout: TimeLimit.units(configuration.idleTimeout, perSecond: 1e9) ?? .max)
         metrics = ServerMetrics()

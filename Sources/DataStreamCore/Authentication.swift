@@ -20,4 +20,12 @@ public enum Authentication {
         let key = SymmetricKey(data: Array(token.utf8))
         return HMAC<SHA256>.isValidAuthenticationCode(response, authenticating: Wire.authContext + nonce, using: key)
     }
+
+    /// Whether `a` and `b` are equal, in a time that depends only on their lengths.
+    public static func equalInConstantTime(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        guard a.count == b.count else { return false }
+        var difference: UInt8 = 0
+        for i in a.indices { difference |= a[i] ^ b[i] }
+        return difference == 0
+    }
 }

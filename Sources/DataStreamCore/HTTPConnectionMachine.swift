@@ -21,9 +21,14 @@ public struct HTTPConnectionMachine {
         public var idleTimeout: UInt64
         /// Seconds an unfinished tus upload is kept after its last write (`Upload-Expires`).
         public var partialLifetime: Int
+        /// With a token, the upload routes (PUT, forms, tus) take only requests that carry it as
+        /// `Authorization: Bearer TOKEN` (401 otherwise).
+        public var token: String?
 
         public init(maxFileSize: UInt64 = 1 << 40, maxNameLength: Int = NamePolicy.defaultMaxLength,
-                    headTimeout: UInt64 = 30_000_000_000, idleTimeout: UInt64 = 60_000_000_000, partialLifetime: Int = 7 * 86_400) {
+                    headTimeout: UInt64 = 30_000_000_000, idleTimeout: UInt64 = 60_000_000_000, partialLifetime: Int = 7 * 86_400,
+                    token: String? = nil) {
+            self.token = token
             self.maxFileSize = maxFileSize
             self.maxNameLength = maxNameLength
             self.headTimeout = headTimeout
@@ -242,7 +247,14 @@ public struct HTTPConnectionMachine {
         }
         if head.upgrade { return refuse(501, "protocol upgrades are not served on this route") }
         if Tus.claims(head.path) { return tusRequest(head, keepAlive: keepAlive) }
-        switch HTTPRoute.route(head) {
+        let route = HTTPRoute.route(head)
+        switch route {
+        case .put, .form:
+            if !authorized(head) { return refuse(401, "this server needs its token: Authorization: Bearer TOKEN", headers: [Self.challenge]) }
+        default:
+            break
+        }
+        switch route {
         case .health, .ready, .metrics, .page:
             if head.hasBody { return refuse(400, "this route takes no body") }
             state = .responding(close: !keepAlive)
@@ -284,13 +296,26 @@ public struct HTTPConnectionMachine {
         }
     }
 
+    static let challenge = HTTPHeader("WWW-Authenticate", #"Bearer realm="datastream""#)
+
+    /// Whether the request may use an upload route: no token is set, or it carries the token.
+    private func authorized(_ head: HTTPRequestHead) -> Bool {
+        guard let token = configuration.token else { return true }
+        guard let value = head.header("Authorization"), value.count > 7, value.prefix(7).lowercased() == "bearer " else { return false }
+        return Authentication.equalInConstantTime(Array(value.dropFirst(7).utf8), Array(token.utf8))
+    }
+
     private mutating func tusRequest(_ head: HTTPRequestHead, keepAlive: Bool) -> Action {
         let headOnly = head.method == .head
         func answer(_ response: HTTPResponse) -> Action {
             state = .responding(close: !keepAlive || head.hasBody)
             return .respond(response, headOnly: headOnly)
         }
-        switch Tus.request(head) {
+        let request = Tus.request(head)
+        if request != .options, !authorized(head) {
+            return answer(Tus.error(401, "this server needs its token: Authorization: Bearer TOKEN").adding(Self.challenge))
+        }
+        switch request {
         case .refused(let status, let message):
             return answer(Tus.error(status, message))
         case .options:

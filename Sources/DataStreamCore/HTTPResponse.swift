@@ -21,6 +21,13 @@ public struct HTTPResponse: Hashable, Sendable {
         json(status, [("error", .string(message)), ("status", .number(UInt64(status)))], headers: headers)
     }
 
+    /// The response with one more header.
+    public func adding(_ header: HTTPHeader) -> HTTPResponse {
+        var r = self
+        r.headers.append(header)
+        return r
+    }
+
     /// A plain-text body.
     public static func text(_ status: Int, _ text: String, contentType: String = "text/plain; charset=utf-8") -> HTTPResponse {
         HTTPResponse(status: status, headers: [HTTPHeader("Content-Type", contentType)], body: Array(text.utf8))
@@ -50,6 +57,7 @@ public struct HTTPResponse: Hashable, Sendable {
         case 201: "Created"
         case 204: "No Content"
         case 400: "Bad Request"
+        case 401: "Unauthorized"
         case 404: "Not Found"
         case 405: "Method Not Allowed"
         case 406: "Not Acceptable"
