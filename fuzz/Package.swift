@@ -4,7 +4,7 @@
 // package's DataStreamFuzzing module, so the test suite can replay the corpora.
 import PackageDescription
 
-let names = ["native-frames", "seed-protocol", "names", "udp-datagrams", "udp-receiver", "flags", "http-requests", "multipart"]
+let names = ["native-frames", "seed-protocol", "names", "udp-datagrams", "udp-receiver", "flags", "http-requests", "multipart", "websocket"]
 
 let package = Package(
     name: "DataStreamFuzz",

@@ -1,5 +1,6 @@
 import DataStreamCore
 import HTTPParsing
+import WebSocketFraming
 
 /// The parsers that face the network, as fuzz targets: each takes arbitrary bytes, drives the
 /// code as a well-behaved driver would, and traps (`precondition`) when an invariant breaks —
@@ -31,6 +32,11 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// multipart/form-data bodies: whatever the bytes, reading them in arbitrary pieces gives
     /// exactly the parts, bytes and ends that reading them whole gives, and nothing traps.
     case multipart
+    /// The upload WebSocket: client frames through the frame codec (Debian's wslay) into the
+    /// upload machine, every file operation answered. Reading the bytes in arbitrary pieces gives
+    /// the same messages, payload and close codes as reading them whole; an upload is written
+    /// no further than its size and stored only when complete; names are safe; nothing traps.
+    case webSocket = "websocket"
 
     /// Runs one input.
     public func run(_ data: UnsafeRawBufferPointer) {
@@ -43,6 +49,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .flags: FuzzTarget.flags(data)
         case .httpRequests: FuzzTarget.http(data)
         case .multipart: FuzzTarget.multipart(data)
+        case .webSocket: FuzzTarget.webSocket(data)
         }
     }
 
@@ -472,5 +479,85 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             precondition(r.released <= r.flushed && r.flushed <= r.cumulative && r.cumulative <= count, "released \(r.released), flushed \(r.flushed), cumulative \(r.cumulative) of \(count)")
             precondition(r.windowLimit <= count && r.windowLimit &- r.released <= window, "window limit \(r.windowLimit) with \(r.released) released")
         }
+    }
+
+    // MARK: - WebSocket
+
+    private static func webSocket(_ data: UnsafeRawBufferPointer) {
+        guard data.count > 1 else { return }
+        var choices = Choices(state: UInt64(data[0]) &+ UInt64(data.count) &* 31)
+        let input = Array(data.dropFirst())
+        let id = UploadID(bytes: [UInt8](repeating: 3, count: 16))
+
+        // What one reading gives: messages, payload digests and closes, in order.
+        func read(piece: () -> Int) -> [String] {
+            let codec = WebSocketCodec(maxTextBytes: 300)
+            var m = WebSocketUploadMachine(configuration: .init(maxFileSize: 5000, maxNameLength: 64, idleTimeout: 10), now: 0)
+            var out: [String] = []
+            var payload: [UInt8] = []
+            var size: UInt64 = 0, written: UInt64 = 0
+            func flush() {
+                if !payload.isEmpty { out.append("binary \(payload.count) \(payload.reduce(UInt64(14695981039346656037)) { ($0 ^ UInt64($1)) &* 1099511628211 })") }
+                payload = []
+            }
+            func perform(_ action: WebSocketUploadMachine.Action) {
+                switch action {
+                case .none, .send, .endUpload, .hangUp, .close:
+                    break
+                case .createUpload(let name, let s):
+                    checkName(Array(name.utf8), accepted: name)
+                    precondition(s <= 5000, "an upload over the limit was created")
+                    (size, written) = (s, 0)
+                    perform(m.uploadCreated(id))
+                case .lookUpUpload:
+                    perform(m.lookedUp(name: nil, size: 0, held: 0))
+                case .openUpload(_, let offset):
+                    precondition(offset == 0)
+                    perform(m.uploadOpened(offset: 0))
+                case .write(let n, let last):
+                    written += UInt64(n)
+                    precondition(written <= size, "wrote \(written) of a \(size)-byte upload")
+                    if last {
+                        precondition(written == size, "stored \(written) of \(size) bytes")
+                        perform(m.uploadStored(name: "stored"))
+                    }
+                case .sendAndCommit:
+                    precondition(size == 0 && written == 0)
+                    perform(m.uploadStored(name: "stored"))
+                }
+            }
+            perform(m.start(nonce: []))
+            var at = 0
+            while at < input.count {
+                let end = min(input.count, at + piece())
+                let taken = input[at..<end].withUnsafeBytes { bytes in
+                    codec.feed(bytes) { event in
+                        switch event {
+                        case .text(let t):
+                            flush()
+                            out.append("text \(t.count)")
+                            perform(m.textReceived(t, now: 0))
+                        case .binary(let b):
+                            payload += b
+                            perform(m.binaryReceived(b.count, now: 0))
+                        case .closeReceived(let code):
+                            flush()
+                            out.append("close \(code)")
+                            perform(m.connectionEnded())
+                        }
+                    }
+                }
+                if taken == 0 { break }
+                at += taken
+            }
+            flush()
+            _ = codec.takeOutput()
+            out.append("sent \(codec.closeCodeSent.map(String.init) ?? "-") failed \(codec.failed)")
+            return out
+        }
+
+        let whole = read { input.count }
+        let pieces = read { 1 + choices.next(40) }
+        precondition(whole == pieces, "pieces read \(pieces), whole \(whole)")
     }
 }

@@ -61,7 +61,7 @@ struct Serve: ParsableCommand {
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
     @Option(parsing: .unconditional, help: "TCP port (0 picks a free one and prints it).") var port = "9000"
     @Option(help: "Directory to store uploads in (created if missing).") var dir = "./received"
-    @Option(help: "Require native clients to authenticate with this token.") var token: String?
+    @Option(help: "Require every upload to prove this token: native and WebSocket clients by HMAC, HTTP uploads by Authorization: Bearer.") var token: String?
     @Flag(help: "fsync each file before it is put into place, and the directory after (an acknowledged upload survives a power cut).") var fsync = false
     @Option(parsing: .unconditional, help: "Largest file accepted (bytes, or with a unit: 64MiB, 1GiB); checked before a byte is written.") var maxFileSize = "1TiB"
     @Option(parsing: .unconditional, help: "Free space to keep on the target file system (bytes, or 64MiB, 1GiB); an upload that would not fit, counting those in progress, is refused at its start.") var minFreeSpace = "64MiB"

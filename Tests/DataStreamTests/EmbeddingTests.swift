@@ -36,13 +36,17 @@ struct EmbeddingTests {
         let put = try BlockingClient(port: server.port)
         put.send(Array("PUT /over-http.bin HTTP/1.1\r\nContent-Length: \(http.count)\r\nConnection: close\r\n\r\n".utf8) + http)
         #expect(String(decoding: put.readUntilEOF() ?? [], as: UTF8.self).hasPrefix("HTTP/1.1 201 "))
-        #expect(waitUntil { recorder.stored.count == 5 })
+        let page = content(6, count: 150_000)
+        let ws = try BlockingClient(port: server.port)
+        #expect(ws.openWebSocket()?.contains(#""type":"hello""#) == true)
+        #expect(ws.uploadOverWebSocket(page, name: "over-websocket.bin")?.contains(#""type":"stored""#) == true)
+        #expect(waitUntil { recorder.stored.count == 6 })
         server.stop()
         #expect(server.loopClosedCleanly, "every handle the server opened is closed: uv_loop_close succeeds")
 
         let byTransport = Dictionary(uniqueKeysWithValues: recorder.stored.map { ($0.upload.transport, $0) })
         #expect(Set(byTransport.keys) == Set(UploadTransport.allCases))
-        let expected: [UploadTransport: [UInt8]] = [.tcp: native, .udp: nativeUDP, .seedTCP: seed, .seedUDP: seedUDP, .http: http]
+        let expected: [UploadTransport: [UInt8]] = [.tcp: native, .udp: nativeUDP, .seedTCP: seed, .seedUDP: seedUDP, .http: http, .webSocket: page]
         for (transport, stored) in byTransport {
             #expect(stored.path == server.directory + "/" + stored.storedName)
             #expect(FileManager.default.contents(atPath: stored.path).map(Array.init) == expected[transport], "\(transport)")

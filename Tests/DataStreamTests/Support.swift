@@ -250,7 +250,7 @@ final class BlockingClient {
         }
     }
 
-    private func readExactly(_ count: Int) -> [UInt8]? {
+    func readExactly(_ count: Int) -> [UInt8]? {
         var out: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: count)
         while out.count < count {
@@ -375,5 +375,54 @@ final class LogRecorder: @unchecked Sendable {
         func log(event: LogEvent) {
             recorder.append("\(event.level) \(event.message)")
         }
+    }
+}
+
+/// The upload WebSocket at `/ws`, spoken by hand over a `BlockingClient`.
+extension BlockingClient {
+    /// The handshake; then the server's first message (`hello`), or nil if it did not switch.
+    func openWebSocket() -> String? {
+        send(Array("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".utf8))
+        var head: [UInt8] = []
+        while head.suffix(4) != [13, 10, 13, 10] {
+            guard let b = readExactly(1) else { return nil }
+            head += b
+        }
+        guard String(decoding: head, as: UTF8.self).hasPrefix("HTTP/1.1 101 ") else { return nil }
+        return readWebSocketText()
+    }
+
+    /// Sends one masked client frame.
+    func sendWebSocketFrame(_ opcode: UInt8, _ payload: [UInt8]) {
+        var frame: [UInt8] = [0x80 | opcode]
+        if payload.count < 126 { frame.append(0x80 | UInt8(payload.count)) } else if payload.count <= 0xffff {
+            frame += [0x80 | 126, UInt8(payload.count >> 8), UInt8(payload.count & 0xff)]
+        } else {
+            frame.append(0x80 | 127)
+            for shift in stride(from: 56, through: 0, by: -8) { frame.append(UInt8((payload.count >> shift) & 0xff)) }
+        }
+        let mask: [UInt8] = [0x5a, 0x01, 0xc3, 0x77]
+        frame += mask
+        frame += payload.enumerated().map { $0.element ^ mask[$0.offset % 4] }
+        send(frame)
+    }
+
+    /// The next server frame's payload if it is text (nil for anything else).
+    func readWebSocketText() -> String? {
+        guard let h = readExactly(2) else { return nil }
+        var n = Int(h[1] & 0x7f)
+        if n == 126, let e = readExactly(2) { n = Int(e[0]) << 8 | Int(e[1]) } else if n == 127, let e = readExactly(8) {
+            n = e.reduce(0) { $0 << 8 | Int($1) }
+        }
+        guard let payload = readExactly(n), h[0] & 0x0f == 1 else { return nil }
+        return String(decoding: payload, as: UTF8.self)
+    }
+
+    /// One upload over the open socket: begin, ready, the bytes, stored; the last message.
+    func uploadOverWebSocket(_ bytes: [UInt8], name: String) -> String? {
+        sendWebSocketFrame(1, Array(#"{"type":"begin","name":"\#(name)","size":\#(bytes.count)}"#.utf8))
+        guard let ready = readWebSocketText(), ready.contains(#""type":"ready""#) else { return nil }
+        sendWebSocketFrame(2, bytes)
+        return readWebSocketText()
     }
 }
