@@ -26,6 +26,10 @@ public final class LoadGenerator {
         /// `PUT /NAME` over HTTP/1.1, one request per connection (`Connection: close`): done
         /// when the receiver answers 2xx and closes. DataStream and any WebDAV server (nginx).
         case httpPut = "http-put"
+        /// DataStream's upload WebSocket at `/ws` (docs/PROTOCOL.md §8), one upload per
+        /// connection: the handshake and `begin`, then binary frames once `ready` came; done at
+        /// `stored`.
+        case webSocket = "websocket"
     }
 
     /// Where to send, what, and how much.
@@ -242,7 +246,7 @@ public final class LoadGenerator {
             let dueAt = schedule?.startNext(now: now).dueAt
             let size = options.sizes.size(of: index, seed: options.seed)
             switch options.wireProtocol {
-            case .seed, .native, .httpPut:
+            case .seed, .native, .httpPut, .webSocket:
                 let upload = BenchUpload(generator: self, index: index, size: size)
                 upload.dueAt = dueAt ?? upload.startedAt
                 active[ObjectIdentifier(upload)] = upload
@@ -343,8 +347,10 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
     private var phase: Phase = .connecting
     /// Seed: the receiver closed after every byte was written, before the last write's callback.
     private var receiverClosedAfterAll = false
-    /// HTTP: the first bytes of the answer (its status line).
+    /// HTTP: the first bytes of the answer (its status line). WebSocket: what the receiver sent,
+    /// read up to `frameAt`.
     private var answer: [UInt8] = []
+    private var frameAt: Int?
     /// The native protocol's decisions (unused by seed uploads).
     private var client: NativeClientMachine
     private var digester: Digester?
@@ -392,8 +398,56 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
             phase = .streaming
             let head = "PUT /bench-\(options.seed)-\(index).bin HTTP/1.1\r\nHost: \(options.host)\r\nContent-Length: \(size)\r\nConnection: close\r\n\r\n"
             pump(prefix: Array(head.utf8))
+        case .webSocket:
+            phase = .awaitingServer
+            let handshake = "GET /ws HTTP/1.1\r\nHost: \(options.host)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ZGF0YXN0cmVhbWJlbmNoIQ==\r\n\r\n"
+            // Without a token, `begin` needs no answer first: it goes with the handshake.
+            write(Array(handshake.utf8) + (options.token == nil ? beginMessage : []))
         case .udpNative, .udpSeed:
             preconditionFailure("UDP uploads are BenchUDPUpload's")
+        }
+    }
+
+    private var beginMessage: [UInt8] {
+        WebSocketClientFrames.text(#"{"type":"begin","name":"bench-\#(options.seed)-\#(index).bin","size":\#(size)}"#)
+    }
+
+    /// Reads the receiver's WebSocket messages: `hello` (answered with the token's proof and
+    /// `begin`), `ready` (the bytes go), `stored` (done), `error` or a close (failed).
+    private func readWebSocket(_ bytes: UnsafeMutableRawBufferPointer.SubSequence) {
+        answer += bytes
+        if frameAt == nil {
+            guard let headEnd = answer.firstRange(of: [13, 10, 13, 10]) else { return }
+            guard answer.starts(with: Array("HTTP/1.1 101 ".utf8)) else {
+                end(.protocolError, "answered \(String(decoding: answer.prefix(12), as: UTF8.self))")
+                return
+            }
+            frameAt = headEnd.upperBound
+        }
+        while !ended, let at = frameAt, let frame = WebSocketClientFrames.serverFrame(in: answer, at: at) {
+            frameAt = frame.next
+            let message = String(decoding: answer[frame.payload], as: UTF8.self)
+            guard frame.opcode == WebSocketClientFrames.text else {
+                if frame.opcode == WebSocketClientFrames.close { end(.closedEarly, "the receiver closed the WebSocket") }
+                continue
+            }
+            if message.contains(#""type":"hello""#), let token = options.token {
+                guard let start = message.firstRange(of: #""nonce":""#)?.upperBound,
+                      let nonce = [UInt8](hex: String(message[start...].prefix(64))) else {
+                    end(.protocolError, "a hello without a nonce")
+                    return
+                }
+                let mac = Authentication.response(token: token, nonce: nonce).hexString
+                write(WebSocketClientFrames.text(#"{"type":"auth","mac":"\#(mac)"}"#) + beginMessage)
+            } else if message.contains(#""type":"ready""#), phase == .awaitingServer {
+                phase = .streaming
+                pump()
+            } else if message.contains(#""type":"stored""#) {
+                end(nil, "")
+            } else if message.contains(#""type":"error""#) {
+                end(.protocolError, message)
+            }
         }
     }
 
@@ -421,6 +475,11 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
                 : UnsafeRawBufferPointer(start: nil, count: 0)
             digester?.update(slice)
             offset += UInt64(slice.count)
+            if options.wireProtocol == .webSocket {
+                let head = WebSocketClientFrames.head(opcode: WebSocketClientFrames.binary, length: prefix.count + slice.count)
+                prefix = head + prefix
+                framing += head.count
+            }
             let n = prefix.count + slice.count - framing
             framing = 0
             writesInFlight += 1
@@ -460,6 +519,8 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
             perform(client.streamed(digest: digester!.finish()))
         case .httpPut:
             phase = .awaitingClose  // the answer, then the receiver's close
+        case .webSocket:
+            phase = .awaitingClose  // `stored`
         case .udpNative, .udpSeed:
             preconditionFailure("UDP uploads are BenchUDPUpload's")
         }
@@ -476,6 +537,10 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
             connected = true
             if options.wireProtocol == .httpPut {
                 if answer.count < 12 { answer += generator.readBuffer[0..<min(count, 12 - answer.count)] }
+                return
+            }
+            if options.wireProtocol == .webSocket {
+                readWebSocket(generator.readBuffer[0..<count])
                 return
             }
             guard options.wireProtocol == .native else {

@@ -350,7 +350,7 @@ struct Bench: ParsableCommand {
         """)
 
     @Option(help: "Receiver as HOST:PORT.") var to: String
-    @Option(name: .customLong("protocol"), help: "seed (size digits, bytes, close), native (DataStream's protocol), udp-native (its reliable UDP), udp-seed (the seed's UDP framing: no acknowledgement, so only --verify tells what arrived) or http-put (PUT /NAME, one per connection: DataStream or a WebDAV server).") var wireProtocol = "seed"
+    @Option(name: .customLong("protocol"), help: "seed (size digits, bytes, close), native (DataStream's protocol), udp-native (its reliable UDP), udp-seed (the seed's UDP framing: no acknowledgement, so only --verify tells what arrived), http-put (PUT /NAME, one per connection: DataStream or a WebDAV server) or websocket (DataStream's upload WebSocket at /ws, one upload per connection).") var wireProtocol = "seed"
     @Option(parsing: .unconditional, help: "Uploads in flight at once (one connection each).") var concurrency = "16"
     @Option(parsing: .unconditional, help: "Uploads in all (default 100, or unlimited with --duration).") var uploads: String?
     @Option(parsing: .unconditional, help: "Stop starting uploads after this many seconds.") var duration: String?

@@ -213,3 +213,30 @@ struct WebSocketUploadMachineTests {
         #expect(n.uploadCreated(id) == .none)
     }
 }
+
+struct WebSocketClientFramesTests {
+    @Test func headsCarryTheLengthInTheFormItNeedsAndAZeroMask() {
+        #expect(WebSocketClientFrames.head(opcode: 2, length: 5) == [0x82, 0x85, 0, 0, 0, 0])
+        #expect(WebSocketClientFrames.head(opcode: 2, length: 126) == [0x82, 0xfe, 0, 126, 0, 0, 0, 0])
+        #expect(WebSocketClientFrames.head(opcode: 2, length: 70_000) == [0x82, 0xff, 0, 0, 0, 0, 0, 1, 0x11, 0x70, 0, 0, 0, 0])
+        #expect(WebSocketClientFrames.text("hi") == [0x81, 0x82, 0, 0, 0, 0, 0x68, 0x69])
+    }
+
+    @Test func serverFramesAreReadOnlyWhenWhole() {
+        let long = [UInt8](repeating: 7, count: 300)
+        let bytes: [UInt8] = [0x81, 2, 0x68, 0x69] + [0x82, 126, 1, 44] + long + [0x88, 2, 0x03, 0xe8]
+        guard let a = WebSocketClientFrames.serverFrame(in: bytes, at: 0) else { Issue.record("no frame"); return }
+        #expect(a.opcode == 1 && Array(bytes[a.payload]) == [0x68, 0x69] && a.next == 4)
+        guard let b = WebSocketClientFrames.serverFrame(in: bytes, at: a.next) else { Issue.record("no frame"); return }
+        #expect(b.opcode == 2 && bytes[b.payload].count == 300)
+        guard let c = WebSocketClientFrames.serverFrame(in: bytes, at: b.next) else { Issue.record("no frame"); return }
+        #expect(c.opcode == 8 && c.next == bytes.count)
+        for cut in 0..<bytes.count where cut != 4 && cut != b.next {
+            let partial = Array(bytes[..<cut])
+            var at = 0
+            while let f = WebSocketClientFrames.serverFrame(in: partial, at: at) { at = f.next }
+            #expect(at <= cut)
+            #expect([0, 4, b.next].contains(at))
+        }
+    }
+}

@@ -24,7 +24,7 @@ func runBench(port: Int, _ configure: (inout LoadGenerator.Options) -> Void) thr
 }
 
 struct LoadGeneratorTests {
-    @Test(arguments: [LoadGenerator.WireProtocol.seed, .native, .udpNative, .httpPut])
+    @Test(arguments: [LoadGenerator.WireProtocol.seed, .native, .udpNative, .httpPut, .webSocket])
     func everyUploadIsStoredAndVerifies(wire: LoadGenerator.WireProtocol) throws {
         let server = try BackgroundServer()
         let sizes = try SizeDistribution(parsing: "0,10,5000,200KiB")

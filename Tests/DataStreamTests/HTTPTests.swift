@@ -49,6 +49,35 @@ struct HTTPTests {
         #expect(server.partials().isEmpty)
     }
 
+    @Test func withATokenCurlUploadsOnlyWithTheBearerHeader() throws {
+        let server = try BackgroundServer { $0.udpEnabled = false; $0.token = "t0k3n" }
+        defer { server.stop() }
+        let data = content(2, count: 2 << 20)
+        let path = writeTemporaryFile(data, name: "guarded.bin")
+        let url = "http://127.0.0.1:\(server.port)/"
+        let refused = try curl(["-T", path, "-w", "%{http_code}", "-o", "/dev/null", url])
+        #expect(refused.output == "401")
+        let form = try curl(["-F", "f=@\(path)", "-w", "%{http_code}", "-o", "/dev/null", url])
+        #expect(form.output == "401")
+        let wrong = try curl(["-T", path, "-H", "Authorization: Bearer t0k3m", "-w", "%{http_code}", "-o", "/dev/null", url])
+        #expect(wrong.output == "401")
+        #expect(server.storedFiles().isEmpty)
+        let right = try curl(["-T", path, "-H", "Authorization: Bearer t0k3n", url])
+        #expect(right.output == "{\"name\":\"guarded.bin\",\"size\":\(data.count)}\n")
+        #expect(server.contents("guarded.bin") == data)
+        #expect(statuses(try exchange(server.port, Array("GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n".utf8))) == [200])
+    }
+
+    @Test func thePageIsServedWithItsPolicy() throws {
+        let server = try BackgroundServer { $0.udpEnabled = false }
+        defer { server.stop() }
+        let page = try exchange(server.port, Array("GET / HTTP/1.1\r\nConnection: close\r\n\r\n".utf8))
+        #expect(statuses(page) == [200])
+        #expect(page.contains("Content-Type: text/html; charset=utf-8"))
+        #expect(page.contains("Content-Security-Policy: default-src 'none'; script-src 'sha256-"))
+        #expect(page.contains("<input id=\"files\" type=\"file\" multiple>"))
+    }
+
     @Test func aLargeBodyIsFollowedByTheNextPipelinedRequest() throws {
         let server = try BackgroundServer { $0.udpEnabled = false }
         defer { server.stop() }
