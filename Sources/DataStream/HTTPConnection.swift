@@ -12,20 +12,13 @@ import UV
 /// stream and its place in the server's table, and is held there until the stream's close
 /// callback. It owns the stream, the input held back while a request is being answered (so
 /// pipelined requests wait their turn), and the body's file and `UploadSink`.
-final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, BufferWaiter {
-    let id: UInt64
-    private let server: Server
-    private let stream: TCPStream
-    private let pool: BufferPool
-    private let store: Store
+final class HTTPConnection: TakenOverConnection, TCPStreamReader, UploadSinkOwner {
     private let parser: HTTPRequestParser
     private var machine: HTTPConnectionMachine
-    /// Why the connection is not reading now.
-    private var waitingForBuffer = false
+    /// Why the connection is not reading now (also `waitingForBuffer`).
     private var flowPaused = false
     private var peerEnded = false
     private var flow: WaterMarks
-    private var closing = false
     /// Input not parsed yet because the machine does not take input now.
     private var held: (slab: Slab, start: Int, count: Int)?
     /// The slab the bytes being parsed are in (body events point into it).
@@ -49,31 +42,11 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
     /// connection goes to a `WebSocketConnection` with the input after the request.
     private var upgrade: [UInt8]?
 
-    private var peer: SocketAddress? { acceptedPeer ?? (try? stream.peerAddress()) }
-    private lazy var peerText: String = peer?.description ?? "?"
-    private lazy var logger: Logger = {
-        var logger = server.logger
-        logger[metadataKey: "connection"] = "\(id)"
-        logger[metadataKey: "peer"] = "\(peer?.description ?? "?")"
-        logger[metadataKey: "protocol"] = "http"
-        return logger
-    }()
-
-    private func log(_ level: Logger.Level, _ message: @autoclosure () -> Logger.Message, metadata: @autoclosure () -> Logger.Metadata? = nil) {
-        guard server.logLevel <= level else { return }
-        logger.log(level: level, message(), metadata: metadata())
-    }
-
     init(id: UInt64, server: Server, stream: TCPStream, acceptedPeer: SocketAddress?) {
-        self.id = id
-        self.server = server
-        self.stream = stream
-        self.pool = server.pool
-        self.store = server.store
         self.parser = HTTPRequestParser(maxHeadBytes: server.configuration.maxHTTPHeadBytes)
         self.machine = HTTPConnectionMachine(configuration: server.httpConfiguration, now: monotonicNanoseconds())
         self.flow = WaterMarks(low: server.configuration.connectionBufferLow, high: server.configuration.connectionBufferHigh)
-        super.init(acceptedPeer: acceptedPeer)
+        super.init(id: id, server: server, stream: stream, acceptedPeer: acceptedPeer, protocolName: "http")
         server.statistics.httpConnections += 1
     }
 
@@ -85,12 +58,6 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
     }
 
     // MARK: - Reading
-
-    func readBuffer(for stream: TCPStream, suggestedSize: Int) -> UnsafeMutableRawBufferPointer? {
-        if let buffer = pool.readBuffer(for: self) { return buffer }
-        waitingForBuffer = true
-        return nil
-    }
 
     func stream(_ stream: TCPStream, didRead event: ReadEvent, buffer: UnsafeMutableRawBufferPointer?) {
         switch event {
@@ -115,11 +82,6 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
             peerEnded = true
             perform(machine.endOfStream())
         }
-    }
-
-    func buffersAvailable() {
-        waitingForBuffer = false
-        updateReading()
     }
 
     func sinkReleased(_ count: Int) {
@@ -264,7 +226,7 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
         updateReading()
     }
 
-    private func updateReading() {
+    override func updateReading() {
         guard !closing, stream.isOpen else { return }
         let shouldRead = !peerEnded && !waitingForBuffer && !flowPaused && held == nil && formPending == nil && (machine.takesInput || machine.dropsInput)
         if shouldRead && !stream.isReading {
@@ -585,8 +547,6 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
         guard !closing else { return }
         // A tus upload's partial stays for the next PATCH, whatever ended the connection.
         failUpload(.unexpectedEndOfStream(received: diskHold.received, expected: diskHold.limit), keepPartial: tusPartial != nil)
-        closing = true
-        pool.cancelWait(self)
         if let h = held {
             pool.release(h.slab)
             held = nil
@@ -595,21 +555,13 @@ final class HTTPConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, 
             pool.release(f.slab)
             formPending = nil
         }
-        if server.onEvent != nil { _ = peerText }
-        stream.stopReading()
-        // uv_close would cancel a queued answer: close once the writes queued so far are done.
-        if stream.writeQueueSize > 0, (try? stream.shutdown { [self] _ in stream.close { [self] in server.connectionClosed(self) } }) != nil {
-            return
-        }
-        stream.close { [self] in server.connectionClosed(self) }
+        closeStream()
     }
 
     /// Writes the handshake's answer; a `WebSocketConnection` takes the stream, the input
     /// after the request and this connection's place in the server's table.
     private func handOverToWebSocket(_ switching: [UInt8], _ slab: Slab, start: Int, count: Int) {
-        closing = true
-        stream.stopReading()
-        pool.cancelWait(self)
+        letGoOfStream()
         server.statistics.httpResponses[101, default: 0] += 1
         do throws(UVOperationError) { try stream.write(switching) } catch {
             log(.debug, "write failed: \(error)")

@@ -17,19 +17,12 @@ import WebSocketFraming
 /// Binary payload comes out of the codec unmasked, in wslay's own buffer; it is copied back into
 /// the receive slab it was read from, over bytes the codec has already taken, and written to the
 /// file from there, so an upload needs no memory beyond the server's receive slabs.
-final class WebSocketConnection: ServedConnection, TCPStreamReader, UploadSinkOwner, BufferWaiter {
-    let id: UInt64
-    private let server: Server
-    private let stream: TCPStream
-    private let pool: BufferPool
-    private let store: Store
+final class WebSocketConnection: TakenOverConnection, TCPStreamReader, UploadSinkOwner {
     private let codec: WebSocketCodec
     private var machine: WebSocketUploadMachine
-    private var waitingForBuffer = false
     private var flowPaused = false
     private var peerEnded = false
     private var flow: WaterMarks
-    private var closing = false
     /// Input the codec has not taken (reading paused for the file's sake).
     private var held: (slab: Slab, start: Int, count: Int)?
     /// A close frame to queue once the messages before it are out.
@@ -44,31 +37,11 @@ final class WebSocketConnection: ServedConnection, TCPStreamReader, UploadSinkOw
     private var uploadStarted: UInt64 = 0
     private var failedFile: UVOperationError?
 
-    private var peer: SocketAddress? { acceptedPeer ?? (try? stream.peerAddress()) }
-    private lazy var peerText: String = peer?.description ?? "?"
-    private lazy var logger: Logger = {
-        var logger = server.logger
-        logger[metadataKey: "connection"] = "\(id)"
-        logger[metadataKey: "peer"] = "\(peer?.description ?? "?")"
-        logger[metadataKey: "protocol"] = "websocket"
-        return logger
-    }()
-
-    private func log(_ level: Logger.Level, _ message: @autoclosure () -> Logger.Message, metadata: @autoclosure () -> Logger.Metadata? = nil) {
-        guard server.logLevel <= level else { return }
-        logger.log(level: level, message(), metadata: metadata())
-    }
-
     init(id: UInt64, server: Server, stream: TCPStream, acceptedPeer: SocketAddress?) {
-        self.id = id
-        self.server = server
-        self.stream = stream
-        self.pool = server.pool
-        self.store = server.store
         self.codec = WebSocketCodec(maxTextBytes: 64 * 1024)
         self.machine = WebSocketUploadMachine(configuration: server.webSocketConfiguration, now: monotonicNanoseconds())
         self.flow = WaterMarks(low: server.configuration.connectionBufferLow, high: server.configuration.connectionBufferHigh)
-        super.init(acceptedPeer: acceptedPeer)
+        super.init(id: id, server: server, stream: stream, acceptedPeer: acceptedPeer, protocolName: "websocket")
         server.statistics.webSocketConnections += 1
     }
 
@@ -80,12 +53,6 @@ final class WebSocketConnection: ServedConnection, TCPStreamReader, UploadSinkOw
     }
 
     // MARK: - Reading
-
-    func readBuffer(for stream: TCPStream, suggestedSize: Int) -> UnsafeMutableRawBufferPointer? {
-        if let buffer = pool.readBuffer(for: self) { return buffer }
-        waitingForBuffer = true
-        return nil
-    }
 
     func stream(_ stream: TCPStream, didRead event: ReadEvent, buffer: UnsafeMutableRawBufferPointer?) {
         switch event {
@@ -103,11 +70,6 @@ final class WebSocketConnection: ServedConnection, TCPStreamReader, UploadSinkOw
         case .noBuffer:
             break
         }
-    }
-
-    func buffersAvailable() {
-        waitingForBuffer = false
-        updateReading()
     }
 
     func sinkReleased(_ count: Int) {
@@ -182,7 +144,7 @@ final class WebSocketConnection: ServedConnection, TCPStreamReader, UploadSinkOw
         }
     }
 
-    private func updateReading() {
+    override func updateReading() {
         guard !closing, stream.isOpen else { return }
         let shouldRead = !peerEnded && !waitingForBuffer && !flowPaused && held == nil
         if shouldRead && !stream.isReading {
@@ -374,19 +336,11 @@ final class WebSocketConnection: ServedConnection, TCPStreamReader, UploadSinkOw
     private func closeNow() {
         guard !closing else { return }
         endUpload()
-        closing = true
-        pool.cancelWait(self)
         if let h = held {
             pool.release(h.slab)
             held = nil
         }
-        if server.onEvent != nil { _ = peerText }
-        stream.stopReading()
-        // uv_close would cancel a queued close frame: close once the writes queued so far are done.
-        if stream.writeQueueSize > 0, (try? stream.shutdown { [self] _ in stream.close { [self] in server.connectionClosed(self) } }) != nil {
-            return
-        }
-        stream.close { [self] in server.connectionClosed(self) }
+        closeStream()
     }
 
     // MARK: - Served by the server
