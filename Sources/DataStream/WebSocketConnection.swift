@@ -225,8 +225,7 @@ final class WebSocketConnection: TakenOverConnection, TCPStreamReader, UploadSin
             // out first, the close frame after it (`flushOutput`).
             if let message { codec.sendText(message) }
             closeToSend = (code, reason)
-            codec.pauseInput()
-            endUpload()
+            endUpload()  // what still comes is read for the client's close frame, and dropped
             flushOutput()
         case .hangUp:
             closeNow()
