@@ -27,8 +27,8 @@ public final class LoadGenerator {
         /// when the receiver answers 2xx and closes. DataStream and any WebDAV server (nginx).
         case httpPut = "http-put"
         /// DataStream's upload WebSocket at `/ws` (docs/PROTOCOL.md §8), one upload per
-        /// connection: the handshake and `begin`, then binary frames once `ready` came; done at
-        /// `stored`.
+        /// connection: the handshake, `begin` once `hello` came, binary frames once `ready`
+        /// came; done at `stored`.
         case webSocket = "websocket"
     }
 
@@ -402,8 +402,9 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
             phase = .awaitingServer
             let handshake = "GET /ws HTTP/1.1\r\nHost: \(options.host)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ZGF0YXN0cmVhbWJlbmNoIQ==\r\n\r\n"
-            // Without a token, `begin` needs no answer first: it goes with the handshake.
-            write(Array(handshake.utf8) + (options.token == nil ? beginMessage : []))
+            // `begin` waits for `hello`, as the page does (a receiver may drop a message sent
+            // with the handshake, before it listens to the socket: Vapor does).
+            write(Array(handshake.utf8))
         case .udpNative, .udpSeed:
             preconditionFailure("UDP uploads are BenchUDPUpload's")
         }
@@ -432,7 +433,9 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
                 if frame.opcode == WebSocketClientFrames.close { end(.closedEarly, "the receiver closed the WebSocket") }
                 continue
             }
-            if message.contains(#""type":"hello""#), let token = options.token {
+            if message.contains(#""type":"hello""#), options.token == nil {
+                write(beginMessage)
+            } else if message.contains(#""type":"hello""#), let token = options.token {
                 guard let start = message.firstRange(of: #""nonce":""#)?.upperBound,
                       let nonce = [UInt8](hex: String(message[start...].prefix(64))) else {
                     end(.protocolError, "a hello without a nonce")

@@ -59,7 +59,7 @@ async def upload_socket(request):
             f.close()
             os.rename(tmp, os.path.join(directory, name))
             f = None
-            await ws.send_str(json.dumps({"type": "stored", "name": name, "size": size}, separators=(",", ":")))
+            await ws.send_str(json.dumps({"type": "stored", "id": os.path.basename(tmp), "name": name, "size": size}, separators=(",", ":")))
     if f is not None:
         f.close()
         os.unlink(tmp)

@@ -50,12 +50,16 @@ final class Upload: @unchecked Sendable {
     }
 }
 
-func safeName(_ raw: String) -> String? {
+/// The last path component of `raw`, unless it is empty or hidden.
+@Sendable func safeName(_ raw: String) -> String? {
     let name = (raw as NSString).lastPathComponent
     return name.isEmpty || name.hasPrefix(".") ? nil : name
 }
 
-let app = try await Application.make(.production)
+// Vapor reads its own command line: it gets "serve"; the port and directory are ours.
+var environment = Environment.production
+environment.arguments = [arguments[0], "serve"]
+let app = try await Application.make(environment)
 app.http.server.configuration.hostname = "127.0.0.1"
 app.http.server.configuration.port = port
 app.http.server.configuration.backlog = 4096
@@ -79,26 +83,20 @@ app.on(.PUT, ":name", body: .stream) { req async throws -> Response in
     return Response(status: .created, body: .init(string: body))
 }
 
-app.webSocket("ws", maxFrameSize: 1 << 24) { req, ws in
-    let loop = req.eventLoop
-    let io = req.application.fileio
+/// One upload socket's state. websocket-kit calls back on the socket's event loop only.
+final class Session: @unchecked Sendable {
+    let ws: WebSocket
+    let io: NonBlockingFileIO
+    let loop: EventLoop
     var upload: Upload?
-    ws.send(#"{"type":"hello","version":1,"auth":"none"}"#)
-    func storeIfComplete() {
-        guard let u = upload, u.received == u.size else { return }
-        upload = nil
-        u.written.whenComplete { result in
-            do {
-                try result.get()
-                try u.finish()
-                ws.send(#"{"type":"stored","name":"\#(u.name)","size":\#(u.size)}"#)
-            } catch {
-                u.abandon()
-                _ = ws.close(code: .unexpectedServerError)
-            }
-        }
+
+    init(ws: WebSocket, io: NonBlockingFileIO, loop: EventLoop) {
+        self.ws = ws
+        self.io = io
+        self.loop = loop
     }
-    ws.onText { ws, text in
+
+    func text(_ text: String) {
         struct Begin: Decodable { var type: String; var name: String; var size: Int }
         guard upload == nil, let begin = try? JSONDecoder().decode(Begin.self, from: Data(text.utf8)), begin.type == "begin",
               let name = safeName(begin.name), let u = try? Upload(name: name, size: begin.size, eventLoop: loop) else {
@@ -109,7 +107,8 @@ app.webSocket("ws", maxFrameSize: 1 << 24) { req, ws in
         ws.send(#"{"type":"ready","id":"\#(UUID().uuidString)","offset":0}"#)
         storeIfComplete()
     }
-    ws.onBinary { ws, buffer in
+
+    func binary(_ buffer: ByteBuffer) {
         guard let u = upload, u.received + buffer.readableBytes <= u.size else {
             _ = ws.close(code: .policyViolation)
             return
@@ -117,7 +116,34 @@ app.webSocket("ws", maxFrameSize: 1 << 24) { req, ws in
         u.write(buffer, io: io, eventLoop: loop)
         storeIfComplete()
     }
-    ws.onClose.whenComplete { _ in upload?.abandon() }
+
+    private func storeIfComplete() {
+        guard let u = upload, u.received == u.size else { return }
+        upload = nil
+        u.written.whenComplete { [ws] result in
+            do {
+                try result.get()
+                try u.finish()
+                ws.send(#"{"type":"stored","id":"\#(u.temporary.suffix(36))","name":"\#(u.name)","size":\#(u.size)}"#)
+            } catch {
+                u.abandon()
+                _ = ws.close(code: .unexpectedServerError)
+            }
+        }
+    }
+
+    func closed() {
+        upload?.abandon()
+        upload = nil
+    }
+}
+
+app.webSocket("ws", maxFrameSize: .init(integerLiteral: 1 << 24)) { req, ws in
+    let session = Session(ws: ws, io: req.application.fileio, loop: req.eventLoop)
+    ws.send(#"{"type":"hello","version":1,"auth":"none"}"#)
+    ws.onText { _, text in session.text(text) }
+    ws.onBinary { _, buffer in session.binary(buffer) }
+    ws.onClose.whenComplete { _ in session.closed() }
 }
 
 try await app.execute()
