@@ -4,7 +4,6 @@
 // Layers (a lower one never imports a higher one):
 //   CLibUV (C)  <-  UV (the only importer of CLibUV)
 //   CHTTPParser (C)  <-  HTTPParsing (the only importer of CHTTPParser; builds Core's request heads)
-//   CWSLay (C)  <-  WebSocketFraming (the only importer of CWSLay: WebSocket frames in, messages out)
 //   DataStreamCore (pure Swift: wire formats, state machines, name policy)
 //   DataStream (drivers, store, sender: imports UV and DataStreamCore)
 //   DataStreamCAPI (the C API of include/datastream.h over DataStream: libdatastream)
@@ -45,11 +44,7 @@ let package = Package(
         .systemLibrary(
             name: "CHTTPParser", path: "CHTTPParser",
             providers: [.apt(["libhttp-parser-dev"])]),
-        .systemLibrary(
-            name: "CWSLay", path: "CWSLay",
-            providers: [.apt(["libwslay-dev"])]),
         .target(name: "UV", dependencies: ["CLibUV"]),
-        .target(name: "WebSocketFraming", dependencies: ["CWSLay"]),
         .target(name: "HTTPParsing", dependencies: ["CHTTPParser", "DataStreamCore"]),
         .target(
             name: "DataStreamCore",
@@ -57,7 +52,7 @@ let package = Package(
         .target(
             name: "DataStream",
             dependencies: [
-                "UV", "DataStreamCore", "CXXHash", "HTTPParsing", "WebSocketFraming",
+                "UV", "DataStreamCore", "CXXHash", "HTTPParsing",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -86,10 +81,9 @@ let package = Package(
         // docs/EMBEDDING.md's Swift example: the server on a loop its host made.
         .executableTarget(name: "swift-host", dependencies: ["DataStream", "UV", "CLibUV"], path: "examples/swift-host"),
         // Fuzz targets over the pure parsers (libFuzzer executables live in fuzz/, a separate package).
-        .target(name: "DataStreamFuzzing", dependencies: ["DataStreamCore", "HTTPParsing", "WebSocketFraming"]),
+        .target(name: "DataStreamFuzzing", dependencies: ["DataStreamCore", "HTTPParsing"]),
         .testTarget(name: "UVTests", dependencies: ["UV", "CLibUV"]),
         .testTarget(name: "HTTPParsingTests", dependencies: ["HTTPParsing", "DataStreamCore"]),
-        .testTarget(name: "WebSocketFramingTests", dependencies: ["WebSocketFraming"]),
         .testTarget(name: "DataStreamCoreTests", dependencies: ["DataStreamCore", "DataStreamFuzzing", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(
             name: "DataStreamTests",

@@ -2,21 +2,19 @@ import DataStreamCore
 import Glibc
 import Logging
 import UV
-import WebSocketFraming
 
 /// The driver of one WebSocket connection at `/ws` (the browser page's uploads): it gives what
-/// libuv reads to the frame codec (`WebSocketCodec`, over wslay), feeds the messages to the
-/// connection's `WebSocketUploadMachine`, and carries out the actions it returns: opening an
-/// upload's partial (the tus store: `Store+Tus`), writing its bytes, storing it, answering.
+/// libuv reads to the frame codec (`WebSocketCodec`), feeds the messages to the connection's
+/// `WebSocketUploadMachine`, and carries out the actions it returns: opening an upload's partial
+/// (the tus store: `Store+Tus`), writing its bytes, storing it, answering.
 ///
 /// Made by an `HTTPConnection` once it has written `101 Switching Protocols`; it takes that
 /// connection's stream and its place in the server's table, and is held there until the
 /// stream's close callback. It owns the stream, the codec, the input held while reading is
 /// paused, and the upload's partial and `UploadSink`.
 ///
-/// Binary payload comes out of the codec unmasked, in wslay's own buffer; it is copied back into
-/// the receive slab it was read from, over bytes the codec has already taken, and written to the
-/// file from there, so an upload needs no memory beyond the server's receive slabs.
+/// Binary payload is unmasked in place in the receive slab it was read into and written to the
+/// file from there, as a PUT body is: an upload needs no memory beyond the server's slabs.
 final class WebSocketConnection: TakenOverConnection, TCPStreamReader, UploadSinkOwner {
     private let codec: WebSocketCodec
     private var machine: WebSocketUploadMachine
@@ -25,10 +23,8 @@ final class WebSocketConnection: TakenOverConnection, TCPStreamReader, UploadSin
     private var flow: WaterMarks
     /// Input the codec has not taken (reading paused for the file's sake).
     private var held: (slab: Slab, start: Int, count: Int)?
-    /// A close frame to queue once the messages before it are out.
-    private var closeToSend: (code: UInt16, reason: String)?
-    /// The slab being fed, where its input starts, and where the next unmasked bytes go.
-    private var feeding: (slab: Slab, start: Int, cursor: Int)?
+    /// The slab being fed and where its input starts (binary events are ranges of it).
+    private var feeding: (slab: Slab, start: Int)?
 
     // The upload in progress.
     private var sink: UploadSink?
@@ -94,8 +90,8 @@ final class WebSocketConnection: TakenOverConnection, TCPStreamReader, UploadSin
     /// left is held. Then writes what the codec has to send, and closes once it is finished.
     private func process(_ slab: Slab, start: Int, count: Int) {
         guard !closing else { return }
-        feeding = (slab, start, start)
-        let input = UnsafeRawBufferPointer(rebasing: slab.memory[start..<(start + count)])
+        feeding = (slab, start)
+        let input = UnsafeMutableRawBufferPointer(rebasing: slab.memory[start..<(start + count)])
         let taken = codec.feed(input) { event in handle(event) }
         feeding = nil
         if taken < count, !closing, codec.isReading {
@@ -105,15 +101,16 @@ final class WebSocketConnection: TakenOverConnection, TCPStreamReader, UploadSin
         flushOutput()
     }
 
-    private func handle(_ event: WebSocketCodec.Event) {
-        guard !closing else { return }
+    /// One event of the codec; false stops the feed after it (the file needs reading paused).
+    private func handle(_ event: WebSocketCodec.Event) -> Bool {
+        guard !closing else { return false }
         switch event {
         case .text(let bytes):
             perform(machine.textReceived(bytes, now: monotonicNanoseconds()))
-        case .binary(let bytes):
-            let action = machine.binaryReceived(bytes.count, now: monotonicNanoseconds())
+        case .binary(let range):
+            let action = machine.binaryReceived(range.count, now: monotonicNanoseconds())
             if case .write(let n, let last) = action {
-                queue(bytes, count: n)
+                queue(range, count: n)
                 if last { commitUpload() }
             } else {
                 perform(action)
@@ -122,26 +119,16 @@ final class WebSocketConnection: TakenOverConnection, TCPStreamReader, UploadSin
             log(.debug, "close frame received", metadata: ["code": "\(code)"])
             perform(machine.connectionEnded())
         }
-        if flowPaused { codec.pauseInput() }
+        return !flowPaused
     }
 
-    /// Puts unmasked payload back into the slab being fed (over input already taken) and
-    /// queues it for the file; bytes the codec read in an earlier feed are copied into a slab
-    /// of their own.
-    private func queue(_ bytes: UnsafeRawBufferPointer, count: Int) {
-        guard let sink else { return }
+    /// Queues unmasked payload (`range` of the input being fed) for the upload's file, from
+    /// the receive slab it is in.
+    private func queue(_ range: Range<Int>, count: Int) {
+        guard let sink, let f = feeding else { return }
         server.metrics.received(count, .webSocket)
         if flow.added(count) == .pause { flowPaused = true }
-        if var f = feeding, f.cursor + count <= f.start + codec.takenInThisFeed {
-            UnsafeMutableRawBufferPointer(rebasing: f.slab.memory[f.cursor..<(f.cursor + count)]).copyMemory(from: bytes)
-            sink.append(f.slab, start: f.cursor, count: count)
-            f.cursor += count
-            feeding = f
-        } else {
-            let copy = pool.slab(copying: Array(bytes))
-            sink.append(copy, start: 0, count: count)
-            pool.release(copy)
-        }
+        sink.append(f.slab, start: f.start + range.lowerBound, count: count)
     }
 
     override func updateReading() {
@@ -157,12 +144,7 @@ final class WebSocketConnection: TakenOverConnection, TCPStreamReader, UploadSin
     /// Writes what the codec has queued; once both sides have closed, closes the stream.
     private func flushOutput() {
         guard !closing, feeding == nil else { return }  // `process` flushes after the feed
-        var out = codec.takeOutput()
-        if let (code, reason) = closeToSend {
-            closeToSend = nil
-            codec.close(code: code, reason: reason)
-            out += codec.takeOutput()
-        }
+        let out = codec.takeOutput()
         if !out.isEmpty {
             do throws(UVOperationError) { try stream.write(out) } catch {
                 log(.debug, "write failed: \(error)")
@@ -170,11 +152,11 @@ final class WebSocketConnection: TakenOverConnection, TCPStreamReader, UploadSin
                 return
             }
         }
-        if codec.isFinished || (codec.closeCodeSent != nil && !codec.isReading) {
-            if let code = codec.closeCodeSent, code != 1000, code != 1001, !machine.isClosed {
+        if codec.isFinished {
+            if let refusal = codec.refusal, !machine.isClosed {
                 // The codec refused a frame (1002, 1007, 1009): the connection ends here.
                 server.statistics.webSocketProtocolErrors += 1
-                server.noisy(.webSocketClosed, .info, "websocket closed: code \(code)", metadata: ["peer": "\(peerText)"])
+                server.noisy(.webSocketClosed, .info, "websocket closed: \(refusal)", metadata: ["peer": "\(peerText)"])
                 perform(machine.connectionEnded())
             }
             closeNow()
@@ -221,10 +203,8 @@ final class WebSocketConnection: TakenOverConnection, TCPStreamReader, UploadSin
             endUpload()
         case .close(let code, let reason, let message):
             if code == 1008 { server.noisy(.webSocketClosed, .info, "websocket closed: \(reason)", metadata: ["peer": "\(peerText)"]) }
-            // The codec sends a queued close frame before queued messages: the message goes
-            // out first, the close frame after it (`flushOutput`).
             if let message { codec.sendText(message) }
-            closeToSend = (code, reason)
+            codec.close(code: code, reason: reason)
             endUpload()  // what still comes is read for the client's close frame, and dropped
             flushOutput()
         case .hangUp:
