@@ -30,6 +30,8 @@ final class WebSocketConnection: TakenOverConnection, TCPStreamReader, UploadSin
     private var sink: UploadSink?
     private var partial: Store.TusPartial?
     private var reserved: UInt64 = 0
+    /// Its bytes are all in and it is being flushed and linked (`commitUpload`).
+    private var storing = false
     private var uploadStarted: UInt64 = 0
     private var failedFile: UVOperationError?
 
@@ -253,15 +255,18 @@ final class WebSocketConnection: TakenOverConnection, TCPStreamReader, UploadSin
 
     /// Every byte is in: flush, then link the partial under its name.
     private func commitUpload() {
-        guard let sink, let upload = partial else { return }
+        guard let sink, let upload = partial, !storing else { return }
+        storing = true
         sink.flush { [self] error in
             if let error {
-                sinkFailed(error)
+                storing = false
+                sinkFailed(error)  // the partial is kept
                 return
             }
-            guard let fd = sink.takeDescriptor() else { return }
+            guard let fd = sink.takeDescriptor() else { storing = false; return }
             let header = upload.upload.header
             store.commit(fd, partialPath: upload.path, metaPath: upload.metaPath, name: header.name) { [self] result in
+                storing = false
                 partial = nil
                 self.sink = nil
                 server.disk.release(reserved)
@@ -289,9 +294,10 @@ final class WebSocketConnection: TakenOverConnection, TCPStreamReader, UploadSin
         }
     }
 
-    /// The connection ends with an upload open: what reached the file stays, resumable.
+    /// The connection ends with an upload open: what reached the file stays, resumable. An
+    /// upload being stored is left to its commit.
     private func endUpload() {
-        guard let sink, let upload = partial else { return }
+        guard let sink, let upload = partial, !storing else { return }
         self.sink = nil
         partial = nil
         server.disk.release(reserved)

@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 import urllib.request
 
@@ -202,6 +203,23 @@ class Plain(WebSocketUploads):
         stored = c.message()
         self.assertEqual(stored["type"], "stored")
         self.assertNotIn("/", stored["name"])
+
+    def test_a_client_gone_after_its_last_byte_still_has_its_file_stored_once(self):
+        data = os.urandom(3 * 1024 * 1024)
+        c = RawSocket(self.port)
+        c.message()
+        c.send(masked(1, json.dumps({"type": "begin", "name": "left.bin", "size": len(data)}).encode()))
+        self.assertEqual(c.message()["type"], "ready")
+        c.send(masked(2, data))
+        c.s.close()  # gone without waiting for stored
+        deadline = time.monotonic() + 60
+        while self.metric('datastream_uploads_stored_total{transport="websocket"}') != 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertEqual(self.stored_names(), ["left.bin"])
+        with open(os.path.join(self.directory, "left.bin"), "rb") as f:
+            self.assertEqual(f.read(), data)
+        self.assertEqual(self.metric('datastream_uploads_failed_total{transport="websocket",reason="unexpected_end_of_stream"}'), None)
+        self.assertEqual([p for p in self.partials() if p.endswith(".part")], [])
 
     def test_more_bytes_than_the_size_close_with_1008_and_store_nothing(self):
         c = RawSocket(self.port)
