@@ -86,5 +86,48 @@ class Tus(unittest.TestCase):
         self.assertEqual(self.metric('datastream_uploads_stored_total{transport="http"}'), 1)
 
 
+
+class TusWithToken(unittest.TestCase):
+    """With --token, a tus client sends it as a bearer token; without it, it is refused (401)."""
+
+    def setUp(self):
+        self.work = tempfile.mkdtemp(prefix="datastream-tus-token-")
+        self.directory = self.work + "/in"
+        self.server = subprocess.Popen([DATASTREAM, "serve", "--port", "0", "--no-udp", "--dir", self.directory, "--token", "tus-t0ken"],
+                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.server.stdout.readline()
+        self.assertTrue(line.startswith("listening tcp "), line)
+        self.base = "http://127.0.0.1:%d" % int(line.rsplit(":", 1)[1])
+
+    def tearDown(self):
+        self.server.terminate()
+        self.server.wait(timeout=30)
+        self.server.stdout.close()
+        subprocess.run(["rm", "-rf", self.work])
+
+    def run_client(self, path, token):
+        env = dict(os.environ)
+        env.pop("DATASTREAM_TOKEN", None)
+        if token:
+            env["DATASTREAM_TOKEN"] = token
+        return subprocess.run([sys.executable, CLIENT, self.base + "/files/", path, self.work + "/urls", str(1 << 20)],
+                              capture_output=True, text=True, timeout=120, env=env)
+
+    def test_only_the_bearer_token_uploads(self):
+        path = os.path.join(self.work, "guarded.bin")
+        with open(path, "wb") as f:
+            f.write(os.urandom(2 * 1024 * 1024 + 1))
+        refused = self.run_client(path, None)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("401", refused.stderr)
+        wrong = self.run_client(path, "tus-t0kem")
+        self.assertNotEqual(wrong.returncode, 0)
+        self.assertEqual(os.listdir(self.directory + "/.datastream/partial"), [])
+        right = self.run_client(path, "tus-t0ken")
+        self.assertEqual(right.returncode, 0, right.stderr)
+        with open(path, "rb") as a, open(os.path.join(self.directory, "guarded.bin"), "rb") as b:
+            self.assertEqual(a.read(), b.read())
+
+
 if __name__ == "__main__":
     unittest.main(argv=[sys.argv[0]])
