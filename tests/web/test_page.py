@@ -16,6 +16,7 @@ import tempfile
 import time
 import unittest
 
+from receiver import Receiver
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -73,22 +74,12 @@ class Page(unittest.TestCase):
         subprocess.run(["rm", "-rf", self.work])
 
     def start_server(self):
-        args = [DATASTREAM, "serve", "--port", str(self.port), "--no-udp", "--dir", self.directory]
-        if self.token:
-            args += ["--token", self.token]
-        self.server = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        line = self.server.stdout.readline()
-        self.assertTrue(line.startswith("listening tcp "), line)
-        self.port = int(line.rsplit(":", 1)[1])
-        self.base = "http://127.0.0.1:%d/" % self.port
+        self.server = Receiver(DATASTREAM, self.directory, *(["--token", self.token] if self.token else []), port=self.port)
+        self.port = self.server.port
+        self.base = self.server.base + "/"
 
     def stop_server(self, kill=False):
-        if kill:
-            self.server.kill()
-        else:
-            self.server.terminate()
-        self.server.wait(timeout=30)
-        self.server.stdout.close()
+        self.server.stop(kill=kill)
 
     def payload(self, name, size):
         path = os.path.join(self.work, name)

@@ -5,13 +5,13 @@ byte once. Run by scripts/test-web inside a virtual environment with tuspy.
 Usage: python tests/web/test_tus.py PATH-TO-DATASTREAM
 """
 import os
-import re
 import signal
 import subprocess
 import sys
 import tempfile
 import unittest
-import urllib.request
+
+from receiver import Receiver
 
 DATASTREAM = sys.argv[1] if len(sys.argv) > 1 else ".build/debug/datastream"
 CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tus_client.py")
@@ -21,16 +21,12 @@ class Tus(unittest.TestCase):
     def setUp(self):
         self.work = tempfile.mkdtemp(prefix="datastream-tus-")
         self.directory = self.work + "/in"
-        self.server = subprocess.Popen([DATASTREAM, "serve", "--port", "0", "--no-udp", "--dir", self.directory],
-                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        line = self.server.stdout.readline()
-        self.assertTrue(line.startswith("listening tcp "), line)
-        self.base = "http://127.0.0.1:%d" % int(line.rsplit(":", 1)[1])
+        self.server = Receiver(DATASTREAM, self.directory)
+        self.base = self.server.base
+        self.metric = self.server.metric
 
     def tearDown(self):
-        self.server.terminate()
-        self.server.wait(timeout=30)
-        self.server.stdout.close()
+        self.server.stop()
         subprocess.run(["rm", "-rf", self.work])
 
     def payload(self, name, size):
@@ -38,12 +34,6 @@ class Tus(unittest.TestCase):
         with open(path, "wb") as f:
             f.write(os.urandom(size))
         return path
-
-    def metric(self, name):
-        with urllib.request.urlopen(self.base + "/metrics", timeout=10) as r:
-            text = r.read().decode()
-        m = re.search(r"^%s (\d+)" % re.escape(name), text, re.M)
-        return int(m.group(1)) if m else None
 
     def stored(self, name):
         with open(os.path.join(self.directory, name), "rb") as f:
@@ -93,16 +83,11 @@ class TusWithToken(unittest.TestCase):
     def setUp(self):
         self.work = tempfile.mkdtemp(prefix="datastream-tus-token-")
         self.directory = self.work + "/in"
-        self.server = subprocess.Popen([DATASTREAM, "serve", "--port", "0", "--no-udp", "--dir", self.directory, "--token", "tus-t0ken"],
-                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        line = self.server.stdout.readline()
-        self.assertTrue(line.startswith("listening tcp "), line)
-        self.base = "http://127.0.0.1:%d" % int(line.rsplit(":", 1)[1])
+        self.server = Receiver(DATASTREAM, self.directory, "--token", "tus-t0ken")
+        self.base = self.server.base
 
     def tearDown(self):
-        self.server.terminate()
-        self.server.wait(timeout=30)
-        self.server.stdout.close()
+        self.server.stop()
         subprocess.run(["rm", "-rf", self.work])
 
     def run_client(self, path, token):

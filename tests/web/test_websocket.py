@@ -8,7 +8,6 @@ Usage: python tests/web/test_websocket.py PATH-TO-DATASTREAM
 import base64
 import json
 import os
-import re
 import socket
 import struct
 import subprocess
@@ -16,7 +15,8 @@ import sys
 import tempfile
 import time
 import unittest
-import urllib.request
+
+from receiver import Receiver
 
 DATASTREAM = sys.argv[1] if len(sys.argv) > 1 else ".build/debug/datastream"
 CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ws_client.py")
@@ -105,19 +105,14 @@ class WebSocketUploads(unittest.TestCase):
     def setUp(self):
         self.work = tempfile.mkdtemp(prefix="datastream-ws-")
         self.directory = self.work + "/in"
-        args = [DATASTREAM, "serve", "--port", "0", "--no-udp", "--dir", self.directory, "--max-file-size", "10000000"]
-        if self.token:
-            args += ["--token", self.token]
-        self.server = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        line = self.server.stdout.readline()
-        self.assertTrue(line.startswith("listening tcp "), line)
-        self.port = int(line.rsplit(":", 1)[1])
+        extra = ["--max-file-size", "10000000"] + (["--token", self.token] if self.token else [])
+        self.server = Receiver(DATASTREAM, self.directory, *extra)
+        self.port = self.server.port
         self.url = "ws://127.0.0.1:%d/ws" % self.port
+        self.metric = self.server.metric
 
     def tearDown(self):
-        self.server.terminate()
-        self.server.wait(timeout=30)
-        self.server.stdout.close()
+        self.server.stop()
         subprocess.run(["rm", "-rf", self.work])
 
     def payload(self, name, size):
@@ -136,12 +131,6 @@ class WebSocketUploads(unittest.TestCase):
 
     def partials(self):
         return sorted(os.listdir(self.directory + "/.datastream/partial"))
-
-    def metric(self, name):
-        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.port, timeout=10) as r:
-            text = r.read().decode()
-        m = re.search(r"^%s (\d+)" % re.escape(name), text, re.M)
-        return int(m.group(1)) if m else None
 
     def same(self, path, name):
         with open(path, "rb") as a, open(os.path.join(self.directory, name), "rb") as b:
