@@ -33,7 +33,6 @@ final class WebSocketConnection: TakenOverConnection, TCPStreamReader, UploadSin
     /// Its bytes are all in and it is being flushed and linked (`commitUpload`).
     private var storing = false
     private var uploadStarted: UInt64 = 0
-    private var failedFile: UVOperationError?
 
     init(id: UInt64, server: Server, stream: TCPStream, acceptedPeer: SocketAddress?) {
         self.codec = WebSocketCodec(maxTextBytes: 64 * 1024)
@@ -83,7 +82,6 @@ final class WebSocketConnection: TakenOverConnection, TCPStreamReader, UploadSin
     }
 
     func sinkFailed(_ error: UVOperationError) {
-        failedFile = error
         log(.error, "upload failed: \(error)")
         perform(machine.uploadFailed(.storage(error)))
     }
@@ -284,7 +282,6 @@ final class WebSocketConnection: TakenOverConnection, TCPStreamReader, UploadSin
                 case .failure(let error):
                     // The partial is closed but stays: a later `begin` with its id stores it.
                     store.keepTus(header.uploadID, bytes: header.size)
-                    failedFile = error
                     log(.error, "upload failed: \(error)")
                     recordFailure(.storage(error), header, resumable: true)
                     perform(machine.uploadFailed(.storage(error)))
