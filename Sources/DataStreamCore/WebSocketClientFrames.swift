@@ -9,16 +9,7 @@ public enum WebSocketClientFrames {
 
     /// The head of a final, masked frame of `length` payload bytes; the payload follows as is.
     public static func head(opcode: UInt8, length: Int) -> [UInt8] {
-        var head: [UInt8] = [0x80 | opcode]
-        if length < 126 {
-            head.append(0x80 | UInt8(length))
-        } else if length <= 0xffff {
-            head += [0x80 | 126, UInt8(length >> 8), UInt8(length & 0xff)]
-        } else {
-            head.append(0x80 | 127)
-            for shift in stride(from: 56, through: 0, by: -8) { head.append(UInt8(truncatingIfNeeded: length >> shift)) }
-        }
-        return head + [0, 0, 0, 0]
+        WebSocketCodec.head(opcode, length: length, masked: true) + [0, 0, 0, 0]
     }
 
     /// A whole masked text frame.

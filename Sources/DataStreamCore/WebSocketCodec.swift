@@ -90,15 +90,22 @@ public final class WebSocketCodec {
 
     /// A server frame: final, unmasked.
     static func frame(_ opcode: UInt8, _ payload: [UInt8]) -> [UInt8] {
+        head(opcode, length: payload.count, masked: false) + payload
+    }
+
+    /// A final frame's head up to its mask key: the opcode, then the length in the shortest of
+    /// its three forms, with the mask bit when `masked` (the key follows it).
+    static func head(_ opcode: UInt8, length: Int, masked: Bool) -> [UInt8] {
+        let maskBit: UInt8 = masked ? 0x80 : 0
         var out: [UInt8] = [0x80 | opcode]
-        if payload.count < 126 {
-            out.append(UInt8(payload.count))
-        } else if payload.count <= 0xffff {
-            out += [126, UInt8(payload.count >> 8), UInt8(payload.count & 0xff)]
+        if length < 126 {
+            out.append(maskBit | UInt8(length))
+        } else if length <= 0xffff {
+            out += [maskBit | 126, UInt8(length >> 8), UInt8(length & 0xff)]
         } else {
-            out.append(127)
-            for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: payload.count >> shift)) }
+            out.append(maskBit | 127)
+            for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: length >> shift)) }
         }
-        return out + payload
+        return out
     }
 }
