@@ -118,6 +118,13 @@ for scenario in ["S1", "S2", "S3", "S4", "U1", "U2"]:
             g, d = statistics.median(gens) / n * 1e6, med("cpuSeconds", dr) / n * 1e6
             lines += [f"Against `discard`, the load generator used {g:,.1f} µs of CPU per upload and `discard` {d:,.1f} µs "
                       f"({g / d:.2f}x; issue 22 asks for at most 1.5x).", ""] if d > 0 else []
+            floor = limits.get("client-floor")
+            if scenario == "S3" and floor and d > 0:
+                f = floor["floor"]["cpuMicrosecondsPerUpload"]
+                fd = floor["discardCpuSeconds"] / max(floor["floor"]["uploads"], 1) * 1e6
+                lines += [f"The leanest client this kernel allows (`limits/client-floor`, C, ten system calls an upload, the same "
+                          f"segments) used {f:,.1f} µs per upload into `discard`, which used {fd:,.1f} µs ({f / fd:.2f}x); the "
+                          f"generator used {g / f:.2f}x the floor's CPU per upload.", ""]
     if scenario == "S3":
         lines += s3_budget()
 lines += ["## Limits", "", "| limit | rate |", "|---|---|"]
@@ -132,6 +139,10 @@ for k, label in [("create-files-tmpfile", "S3's files created alone, one thread:
     if k in limits:
         c = limits[k]["created"]
         lines.append(f"| {label} | {c['files'] / c['seconds']:,.0f} files/s, {c['cpuMicrosecondsPerFile']:.1f} µs of CPU per file |")
+if "client-floor" in limits:
+    f = limits["client-floor"]["floor"]
+    lines.append(f"| S3's uploads from the leanest client (limits/client-floor) into discard | {f['uploads'] / f['wallSeconds']:,.0f} files/s, "
+                 f"{f['cpuMicrosecondsPerUpload']:.1f} µs of client CPU per upload |")
 lines.append("")
 
 # Throughput and peak RSS against concurrency (the C sweep: 1 MiB uploads).

@@ -376,7 +376,10 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
     /// and counts as `connect` while nothing has been written.
     func start(_ address: SocketAddress, from source: SocketAddress?) {
         do {
-            let s = try TCPStream.connectNow(loop: generator.loop, to: address, from: source)
+            // Every protocol writes at once, so the handshake's ACK rides on the first bytes.
+            // Seed uploads end with a shutdown: a small one leaves as one segment with its FIN.
+            let segments: ClientSegments = options.wireProtocol == .seed ? [.ackWithFirstBytes, .holdPartialSegments] : [.ackWithFirstBytes]
+            let s = try TCPStream.connectNow(loop: generator.loop, to: address, from: source, segments: segments)
             stream = s
             try s.startReading(self)
         } catch {
@@ -460,7 +463,9 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
 
     /// Keeps two writes of file bytes in flight until all are written. `prefix` (the seed
     /// framing's size digits) goes out in the same write as the upload's first bytes, and the
-    /// 16-byte content header with the first window: a small upload is one `writev`.
+    /// 16-byte content header with the first window: a small upload is one `writev`. What the
+    /// kernel takes at once is done at once, so a seed upload's end (`shutdownNow`) follows its
+    /// last byte in the same turn of the loop, as an independent client's would.
     private func pump(prefix: [UInt8] = []) {
         guard phase == .streaming, let stream else { return }
         var prefix = prefix
@@ -485,16 +490,24 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
             }
             let n = prefix.count + slice.count - framing
             framing = 0
-            writesInFlight += 1
             do {
-                if prefix.isEmpty {
-                    try stream.write(unsafeBytes: slice) { [self] e in wrote(n, e) }
+                // What the kernel takes now is done now; only the rest waits for a callback.
+                let taken = writesInFlight > 0 ? 0 : try prefix.withUnsafeBytes { try stream.tryWrite($0, slice) }
+                if taken == prefix.count + slice.count {
+                    connected = true
+                    lastProgress = monotonicNanoseconds()
+                    sent += UInt64(n)
                 } else {
-                    try stream.write(copying: prefix, then: slice) { [self] e in wrote(n, e) }
+                    writesInFlight += 1
+                    let rest = UnsafeRawBufferPointer(rebasing: slice[max(0, taken - prefix.count)...])
+                    if taken >= prefix.count {
+                        try stream.write(unsafeBytes: rest) { [self] e in wrote(n, e) }
+                    } else {
+                        try stream.write(copying: prefix[taken...], then: rest) { [self] e in wrote(n, e) }
+                    }
                 }
             } catch {
-                writesInFlight -= 1
-                end(.connection, error.description)
+                end(.connection, "\(error)")
                 return
             }
             prefix = []
@@ -516,7 +529,7 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
         case .seed:
             if receiverClosedAfterAll { end(nil, ""); return }
             phase = .awaitingClose
-            do { try stream?.shutdown() } catch { end(.connection, error.description) }
+            do { try stream?.shutdownNow() } catch { end(.connection, error.description) }
         case .native:
             phase = .awaitingServer
             perform(client.streamed(digest: digester!.finish()))

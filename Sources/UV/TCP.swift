@@ -23,6 +23,21 @@ public protocol TCPStreamReader: AnyObject {
     func stream(_ stream: TCPStream, didRead event: ReadEvent, buffer: UnsafeMutableRawBufferPointer?)
 }
 
+/// How a connection made by `TCPStream.connectNow` may pack its first bytes into segments.
+/// Each saves the kernel a segment's trip through both ends of the connection, which on loopback
+/// the connecting process pays for. Neither changes the bytes the receiver reads.
+public struct ClientSegments: OptionSet, Sendable {
+    public let rawValue: Int
+    public init(rawValue: Int) { self.rawValue = rawValue }
+    /// The handshake's last ACK is not sent on its own: it rides on the first bytes written
+    /// (`TCP_QUICKACK` off before connecting). For a client that writes at once.
+    public static let ackWithFirstBytes = ClientSegments(rawValue: 1)
+    /// Segments shorter than the largest the path takes wait for more bytes or for `shutdown`
+    /// (`TCP_CORK`), so a short message and its end (FIN) leave as one segment. Only for a
+    /// client that ends its sending with `shutdown`: anything else waits up to 200 ms.
+    public static let holdPartialSegments = ClientSegments(rawValue: 2)
+}
+
 /// A connected TCP stream (accepted or connected). Whoever receives it owns it and must `close()` it;
 /// it keeps itself alive until libuv's close callback (see `Handle`). The libuv type is `uv_tcp_t`.
 ///
@@ -121,9 +136,14 @@ public final class TCPStream: Handle {
     /// a connection counts: one `socket(2)` non-blocking from the start, an optional source
     /// (as in `connect(loop:to:from:completion:)`, without `uv_tcp_bind`'s `SO_REUSEADDR`),
     /// `connect(2)`, and no `getsockopt(SO_ERROR)` or poll for the connect itself. libuv 1.44
-    /// still makes one `ioctl(FIONBIO)` when it takes the socket (`uv_tcp_open`).
-    public static func connectNow(loop: Loop, to address: SocketAddress, from source: SocketAddress? = nil) throws(UVOperationError) -> TCPStream {
+    /// still makes one `ioctl(FIONBIO)` when it takes the socket (`uv_tcp_open`), and one
+    /// `epoll_ctl` each to watch and to forget it.
+    ///
+    /// `segments` says how the connection's first bytes may be packed (`ClientSegments`).
+    public static func connectNow(loop: Loop, to address: SocketAddress, from source: SocketAddress? = nil, segments: ClientSegments = []) throws(UVOperationError) -> TCPStream {
         let fd = try clientSocket(ipv6: address.isIPv6, source: source, target: address.description)
+        if segments.contains(.ackWithFirstBytes) { setOption(fd, Int32(IPPROTO_TCP), TCP_QUICKACK, 0) }
+        if segments.contains(.holdPartialSegments) { setOption(fd, Int32(IPPROTO_TCP), TCP_CORK, 1) }
         if let source {
             let bound = source.withSockAddr { Glibc.bind(fd, $0, socklen_t(source.isIPv6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size)) }
             if bound != 0 {
@@ -149,14 +169,21 @@ public final class TCPStream: Handle {
     /// A non-blocking, close-on-exec TCP socket made in one call; with an IPv4 `source`, marked
     /// so that binding it picks no port (`IP_BIND_ADDRESS_NO_PORT`: the port is chosen at
     /// connect time, per destination).
-    private static func clientSocket(ipv6: Bool, source: SocketAddress?, target: String) throws(UVOperationError) -> Int32 {
+    private static func clientSocket(ipv6: Bool, source: SocketAddress?, target: @autoclosure () -> String) throws(UVOperationError) -> Int32 {
         let fd = socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        if fd < 0 { throw UVOperationError("socket", target: target, code: -errno) }
-        if let source, !source.isIPv6 {
-            var on: Int32 = 1
-            _ = setsockopt(fd, Int32(IPPROTO_IP), LinuxConstants.ipBindAddressNoPort, &on, socklen_t(MemoryLayout<Int32>.size))
+        if fd < 0 {
+            let code = -errno
+            throw UVOperationError("socket", target: target(), code: code)
         }
+        if let source, !source.isIPv6 { setOption(fd, Int32(IPPROTO_IP), LinuxConstants.ipBindAddressNoPort, 1) }
         return fd
+    }
+
+    /// An integer socket option that only saves work when it takes (the connection works
+    /// without it), so its failure is not an error.
+    private static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32) {
+        var value = value
+        _ = setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<Int32>.size))
     }
 
     private func bindSource(_ source: SocketAddress) throws(UVOperationError) {
@@ -277,6 +304,28 @@ public final class TCPStream: Handle {
             freeForLibuv(req)
             throw UVOperationError("write", code: status)
         }
+    }
+
+    /// Writes what the kernel takes of `first` then `second` now, without queueing the rest:
+    /// the count taken, 0 if nothing could be (the socket is full, or writes are queued). The
+    /// libuv function is `uv_try_write`.
+    public func tryWrite(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) throws(UVOperationError) -> Int {
+        try openInLibuv()
+        var bufs = [first, second].map { uv_buf_init(UnsafeMutablePointer(mutating: ($0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!).assumingMemoryBound(to: CChar.self)), UInt32($0.count)) }
+        let taken = bufs.withUnsafeMutableBufferPointer { uv_try_write(stream, $0.baseAddress, UInt32($0.count)) }
+        if taken == UV_EAGAIN.rawValue { return 0 }
+        if taken < 0 { throw UVOperationError("try_write", code: taken) }
+        return Int(taken)
+    }
+
+    /// Half-closes now: the peer sees end of stream at once. Only when no write is queued
+    /// (`writeQueueSize` is 0). libuv's `uv_shutdown` would wait for a writability poll on the
+    /// loop's next turn; this is `shutdown(2)` on the descriptor, which libuv's reads and close
+    /// do not mind.
+    public func shutdownNow() throws(UVOperationError) {
+        precondition(writeQueueSize == 0, "shutdownNow with writes queued")
+        guard let fd = descriptor else { throw UVOperationError("shutdown", code: UV_EBADF.rawValue) }
+        if Glibc.shutdown(fd, Int32(SHUT_WR)) != 0 { throw UVOperationError("shutdown", code: -errno) }
     }
 
     /// Bytes queued in libuv for writing and not yet taken by the kernel. The field is `write_queue_size`.

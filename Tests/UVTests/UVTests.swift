@@ -1,7 +1,7 @@
 import CLibUV
 import Glibc
 import Testing
-import UV
+@testable import UV
 import Foundation
 
 /// Tests in the style of libuv's own: each has its own loop, counts its callbacks, and ends by
@@ -546,6 +546,48 @@ struct TCPAndUDPTests {
         }
         loop.run()
         try loop.close()
+    }
+
+    /// `connectNow`'s segment packing, by the kernel's own count of the client's segments
+    /// (`tcpi_segs_out` in `TCP_INFO`): with both options a short message and its end leave in
+    /// one segment after the SYN (2); without, the handshake's ACK, the bytes and the FIN go
+    /// one by one (4). Either way `tryWrite` takes the whole message at once, `shutdownNow` ends
+    /// it at once, and the receiver finds every byte and the end when it accepts.
+    @Test(arguments: [true, false])
+    func connectNowPacksAShortMessageWithItsEnd(packed: Bool) throws {
+        let loop = try Loop()
+        let listener = try TCPListener(loop: loop)
+        try listener.bind(SocketAddress(host: "127.0.0.1", port: 0))
+        let collector = Collector()
+        try listener.listen { r in
+            guard let accepted = try? r.get() else { Issue.record("accept"); return }
+            while !collector.ended, accepted.readNow(collector) {}
+            accepted.close()
+            listener.close()
+        }
+        let message = Array("3000".utf8)
+        let body = (0..<3000).map { UInt8(truncatingIfNeeded: $0 * 11) }
+        let client = try TCPStream.connectNow(loop: loop, to: listener.localAddress(), segments: packed ? [.ackWithFirstBytes, .holdPartialSegments] : [])
+        let taken = try message.withUnsafeBytes { m in try body.withUnsafeBytes { try client.tryWrite(m, $0) } }
+        #expect(taken == message.count + body.count)
+        try client.shutdownNow()
+        #expect(try segmentsSent(client.descriptor!) == (packed ? 2 : 4))
+        loop.run()
+        #expect(collector.ended)
+        #expect(collector.received == message + body)
+        client.close()
+        loop.run()
+        try loop.close()
+    }
+
+    /// `tcpi_segs_out` (Linux 4.2): at byte 136 of the kernel's `struct tcp_info`, which
+    /// Glibc's shorter copy of the struct lacks.
+    private func segmentsSent(_ fd: Int32) throws -> UInt32 {
+        var info = [UInt8](repeating: 0, count: 232)
+        var length = socklen_t(info.count)
+        let status = info.withUnsafeMutableBytes { getsockopt(fd, Int32(IPPROTO_TCP), TCP_INFO, $0.baseAddress, &length) }
+        try #require(status == 0 && length >= 144)
+        return info.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 136, as: UInt32.self) }
     }
 
     final class DatagramCollector: UDPSocketReceiver {
