@@ -585,8 +585,7 @@ final class Connection: ServedConnection, TCPStreamReader, UploadSinkOwner, Buff
                 perform(machine.uploadOpened(heldBytes: header.size))
             case .success(.partial(let partial)):
                 if closing {
-                    store.closeQuietly(partial.fd, partial.path)
-                    store.release(header.uploadID)
+                    store.close(partial.fd, partial.path) { [store] in store.release(header.uploadID) }
                     return
                 }
                 native = partial
@@ -691,21 +690,21 @@ final class Connection: ServedConnection, TCPStreamReader, UploadSinkOwner, Buff
         }
         freeSmall()
         if let sink {
-            // The sink closes the descriptor (unless a commit took it); a named partial must go too.
+            // The descriptor (unless a commit took it) closes after a partial that goes is
+            // removed, so no other process claims it half removed.
             let native = self.native, header = nativeHeader, seedPath = self.seedPartial?.path
-            sink.close { [store] in
-                switch partial {
-                case .discard:
-                    if let seedPath { store.unlinkQuietly(seedPath) }
-                    if let native { store.discard(nil, path: native.path, metaPath: native.metaPath) }
-                case .keep, .none:
-                    if let seedPath { store.unlinkQuietly(seedPath) } // a seed partial is never resumable
-                    if let native, let header {
-                        store.letGo(header.uploadID, path: native.path, metaPath: native.metaPath, bytes: sink.writeOffset) { store.release(header.uploadID) }
-                        return
+            sink.finish { [store] fd in
+                if let native, let header {
+                    if partial == .discard {
+                        store.discard(fd, path: native.path, metaPath: native.metaPath)
+                        store.release(header.uploadID)
+                    } else {
+                        store.letGo(header.uploadID, fd: fd, path: native.path, metaPath: native.metaPath, bytes: sink.writeOffset) { store.release(header.uploadID) }
                     }
+                    return
                 }
-                if let header { store.release(header.uploadID) }
+                if let seedPath { store.unlinkQuietly(seedPath) } // a seed partial is never resumable
+                store.close(fd, sink.path) { if let header { store.release(header.uploadID) } }
             }
         } else if storedReceipt != nil, let header = nativeHeader {
             store.release(header.uploadID)

@@ -397,13 +397,11 @@ final class HTTPConnection: TakenOverConnection, TCPStreamReader, UploadSinkOwne
             case .success(let opened):
                 let header = opened.upload.header
                 if closing {
-                    store.closeQuietly(opened.fd, opened.path)
-                    store.keepTus(id, bytes: opened.upload.held)
+                    store.close(opened.fd, opened.path) { [store] in store.keepTus(id, bytes: opened.upload.held) }
                     return
                 }
                 if let full = server.disk.reserve(header.size - opened.upload.held) {
-                    store.closeQuietly(opened.fd, opened.path)
-                    store.keepTus(id, bytes: opened.upload.held)
+                    store.close(opened.fd, opened.path) { [store] in store.keepTus(id, bytes: opened.upload.held) }
                     perform(machine.uploadRefused(full))
                     break
                 }
@@ -530,16 +528,20 @@ final class HTTPConnection: TakenOverConnection, TCPStreamReader, UploadSinkOwne
         partial = nil
         let tus = tusPartial
         tusPartial = nil
-        sink.close { [store] in
-            if let named { store.unlinkQuietly(named) }
-            if let tus {
-                let id = tus.upload.header.uploadID
-                if keep { store.keepTus(id, bytes: sink.writeOffset) } else {
-                    store.discard(nil, path: tus.path, metaPath: tus.metaPath)
-                    store.release(id)
-                }
+        sink.finish { [store] fd in
+            if let tus, !keep {
+                // Removed before its descriptor closes, so no other process claims it half removed.
+                store.discard(fd, path: tus.path, metaPath: tus.metaPath)
+                store.release(tus.upload.header.uploadID)
+                then()
+                return
             }
-            then()
+            // Closed before the id is free and `then` answers: the next PATCH finds it unlocked.
+            store.close(fd, sink.path) {
+                if let named { store.unlinkQuietly(named) }
+                if let tus { store.keepTus(tus.upload.header.uploadID, bytes: sink.writeOffset) }
+                then()
+            }
         }
     }
 

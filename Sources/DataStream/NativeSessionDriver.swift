@@ -66,8 +66,9 @@ final class NativeSessionDriver {
             opening = false
             guard !ended else {
                 if case .success(let found) = result {
-                    if case .partial(let p) = found { server.store.closeQuietly(p.fd, p.path) }
-                    server.store.release(file.uploadID)
+                    // Unlocked before the id is free again.
+                    let store = server.store, id = file.uploadID
+                    if case .partial(let p) = found { store.close(p.fd, p.path) { store.release(id) } } else { store.release(id) }
                 }
                 retireIfDone()
                 return
@@ -305,9 +306,8 @@ final class NativeSessionDriver {
                 let store = server.store, id = file.uploadID
                 store.mismatched(id, fd: partial.fd, path: partial.path, metaPath: partial.metaPath, heldAtOpen: partial.held, heldNow: writtenEnd) { store.release(id) }
             } else {
-                server.store.closeQuietly(partial.fd, partial.path)
                 let store = server.store, id = file.uploadID
-                store.letGo(id, path: partial.path, metaPath: partial.metaPath, bytes: writtenEnd) { store.release(id) }
+                store.letGo(id, fd: partial.fd, path: partial.path, metaPath: partial.metaPath, bytes: writtenEnd) { store.release(id) }
             }
         }
     }
@@ -329,9 +329,8 @@ final class NativeSessionDriver {
         if let partial {
             self.partial = nil
             if keepPartial {
-                server.store.closeQuietly(partial.fd, partial.path)
                 let store = server.store, id = file.uploadID
-                store.letGo(id, path: partial.path, metaPath: partial.metaPath, bytes: writtenEnd) { store.release(id) }
+                store.letGo(id, fd: partial.fd, path: partial.path, metaPath: partial.metaPath, bytes: writtenEnd) { store.release(id) }
             } else {
                 server.store.discard(partial.fd, path: partial.path, metaPath: partial.metaPath)
                 server.store.release(file.uploadID)

@@ -69,7 +69,7 @@ public final class Server {
         }
         partialSweep = store.sweepPartials(maxAge: configuration.partialMaxAge, limits: configuration.partialLimits)
         if partialSweep.seedRemoved + partialSweep.staleRemoved + partialSweep.receiptsRemoved > 0 || partialSweep.kept > 0 {
-            logger.notice("partials at start: \(partialSweep.kept) kept for resume, \(partialSweep.staleRemoved) stale removed (older than \(configuration.partialMaxAge) s or incomplete), \(partialSweep.seedRemoved) seed partials of ended processes removed, \(partialSweep.receiptsRemoved) receipts of stored uploads removed (older than \(configuration.partialMaxAge) s)")
+            logger.notice("partials at start: \(partialSweep.kept) kept for resume (\(partialSweep.inUse) being written by another process), \(partialSweep.staleRemoved) stale removed (older than \(configuration.partialMaxAge) s or incomplete), \(partialSweep.seedRemoved) seed partials nobody holds removed, \(partialSweep.receiptsRemoved) receipts of stored uploads removed (older than \(configuration.partialMaxAge) s)")
         }
         disk = DiskBudget(directory: configuration.directory, minimumFree: configuration.minFreeSpace)
         pool = BufferPool(budget: configuration.processBufferBudget)  // 512 KiB slabs, reads of up to 256 KiB (fewer read calls for a fast sender)

@@ -133,7 +133,7 @@ final class SmallUploadBatcher {
         } catch where [UVError.operationNotSupported, .isDirectory, .invalidArgument].contains(error.error) {
             let named = Store.seedPartialPath(place.partialDirectory, pid: place.pid, number: job.partialNumber)
             do throws(UVOperationError) {
-                fd = try BlockingFileSystem.open(named, flags: [.readWrite, .create, .truncate, .noFollow], mode: 0o600)
+                fd = try Store.createLockedNow(named)
                 path = named
             } catch {
                 return .failure(error)
@@ -155,8 +155,8 @@ final class SmallUploadBatcher {
             }
         }
         if let writeError {
-            try? BlockingFileSystem.close(fd)
             if let path { try? BlockingFileSystem.unlink(path) }
+            try? BlockingFileSystem.close(fd)
             return .failure(writeError)
         }
         if let path {

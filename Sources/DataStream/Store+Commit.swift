@@ -98,15 +98,13 @@ extension Store {
 
     /// The blocking body of `commit` (threadpool only).
     /// Completes with the collision attempt the name was stored under (`NamePolicy.candidate`).
+    /// The descriptor closes last, after the link, the receipt and the partial's removal: its
+    /// lock keeps every other process off the partial until then, and one that claims the name
+    /// afterwards finds the receipt, or no partial.
     static func commitNow(_ fd: FileDescriptor, partialPath: String, metaPath: String?, name: String, directory: String, sync: Bool, syncDirectory: Bool = true, receipt: (header: FileHeader, digest: [UInt8], path: String)? = nil) -> Result<Int, UVOperationError> {
+        defer { try? BlockingFileSystem.close(fd, target: partialPath) }
         do throws(UVOperationError) {
-            if sync {
-                do throws(UVOperationError) { try BlockingFileSystem.fsync(fd, target: partialPath) } catch {
-                    try? BlockingFileSystem.close(fd, target: partialPath)
-                    throw error
-                }
-            }
-            try BlockingFileSystem.close(fd, target: partialPath)
+            if sync { try BlockingFileSystem.fsync(fd, target: partialPath) }
             let attempt = try linkUnderFreeName(name, in: directory) { path throws(UVOperationError) in try BlockingFileSystem.link(partialPath, to: path) }
             let stored = NamePolicy.candidate(name, attempt: attempt)
             if let receipt {
@@ -122,12 +120,12 @@ extension Store {
         }
     }
 
-    /// Deletes a partial (and its metadata), closing its descriptor first if given.
+    /// Deletes a partial (and its metadata), then closes its descriptor if given: removed while
+    /// still locked, so no other process claims it half removed.
     func discard(_ fd: FileDescriptor?, path: String, metaPath: String?) {
-        if let fd { closeQuietly(fd, path) }
-        unlinkQuietly(path)
-        if let metaPath { unlinkQuietly(metaPath) }
         if metaPath != nil, let id = nativeID(ofPartial: path) { partials.remove(id) }
+        let paths = [path] + (metaPath.map { [$0] } ?? [])
+        unlinkInTurn(paths) { [self] in if let fd { closeQuietly(fd, path) } }
     }
 
     /// A native upload failed verification: its partial is cut back or deleted, as
@@ -143,9 +141,8 @@ extension Store {
             guard let fd else { discard(nil, path: path, metaPath: metaPath); then(); return }
             do {
                 try fs.truncate(fd, to: Int64(length), target: path) { [self] error in
-                    closeQuietly(fd, path)
                     // A partial that cannot be cut back cannot be trusted either.
-                    if error != nil { discard(nil, path: path, metaPath: metaPath) }
+                    if error != nil { discard(fd, path: path, metaPath: metaPath) } else { closeQuietly(fd, path) }
                     then()
                 }
             } catch {
@@ -157,17 +154,19 @@ extension Store {
 
     /// A native upload's connection or session let its partial go holding `bytes`: an empty
     /// one is removed (there is nothing to resume, and a client that only announces uploads
-    /// must not leave files behind); others stay, counted against their owner.
+    /// must not leave files behind); others stay, counted against their owner. `fd` (the
+    /// partial's descriptor, if still open) closes after that, so an empty partial is removed
+    /// while still locked.
     /// `then` runs once that is done (the caller frees the upload id there, so a client that
     /// comes straight back finds the partial either kept or gone, never half removed).
-    func letGo(_ id: UploadID, path: String, metaPath: String, bytes: UInt64, then: @escaping () -> Void) {
+    func letGo(_ id: UploadID, fd: FileDescriptor?, path: String, metaPath: String, bytes: UInt64, then: @escaping () -> Void) {
         guard bytes == 0 else {
             partials.held(id, bytes: bytes)
-            then()
+            close(fd, path, then: then)
             return
         }
         partials.remove(id)
-        unlinkInTurn([path, metaPath], then: then)
+        unlinkInTurn([path, metaPath]) { [self] in close(fd, path, then: then) }
     }
 
     /// Removes `paths` one after another (missing ones are no error), then calls `then`.

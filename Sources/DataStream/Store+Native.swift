@@ -33,20 +33,34 @@ extension Store {
     /// (and the stored file still holds it), else resumes its partial if the metadata matches,
     /// else creates one. With `refusal` (the disk has no room for a new upload) only an upload
     /// stored before is answered, and anything else fails with `refusal`. The upload id is
-    /// marked busy until `release(_:)`.
+    /// marked busy here until `release(_:)`, and its partial is locked (`claimPartialNow`)
+    /// for as long as its descriptor is open, so no other process writes it meanwhile either.
     func openNative(_ header: FileHeader, owner: [UInt8], refusingNewWith refusal: ProtocolError? = nil, completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
-        // Not stored before: given the partial's metadata as read (nil if there is none).
-        let ifNotStored: (_ meta: [UInt8]?, _ done: @escaping (Result<NativeOpening, ProtocolError>) -> Void) -> Void = { [self] meta, done in
-            if let refusal { done(.failure(refusal)) } else { openPartial(header, owner: owner, meta: meta, done) }
-        }
         guard !activeUploads.contains(header.uploadID) else {
             completion(.failure(.uploadBusy))
             return
         }
         activeUploads.insert(header.uploadID)
-        let done: (Result<NativeOpening, ProtocolError>) -> Void = { [self] r in
+        lookUpNative(header, owner: owner, refusal: refusal, attempt: 0) { [self] r in
             if case .failure = r { activeUploads.remove(header.uploadID) }
             completion(r)
+        }
+    }
+
+    /// How many times an open looks an upload up again when it changed between the look-up
+    /// and the claim (another process stored it or removed its partial meanwhile).
+    static let lookUpAttempts = 3
+
+    /// One look-up of an upload: its receipt and its partial's metadata, then what they say.
+    private func lookUpNative(_ header: FileHeader, owner: [UInt8], refusal: ProtocolError?, attempt: Int, _ done: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
+        guard attempt < Store.lookUpAttempts else {
+            done(.failure(.storageFailed(reason: "the upload changed while it was being opened (another server stored or removed it); try again")))
+            return
+        }
+        let again = { [self] in lookUpNative(header, owner: owner, refusal: refusal, attempt: attempt + 1, done) }
+        // Not stored before: given the partial's metadata as read (nil if there is none).
+        let ifNotStored: (_ meta: [UInt8]?) -> Void = { [self] meta in
+            if let refusal { done(.failure(refusal)) } else { openPartial(header, owner: owner, meta: meta, again: again, done) }
         }
         let receiptPath = receiptPath(header.uploadID), metaPath = metaPath(header.uploadID)
         let lookedUp: (Result<(receipt: [UInt8]?, meta: [UInt8]?), UVOperationError>?) -> Void = { [self] r in
@@ -56,10 +70,10 @@ extension Store {
             case .failure(let e)?:
                 done(.failure(.storage(e)))
             case .success(let found)?:
-                guard let bytes = found.receipt else { ifNotStored(found.meta, done); return }
+                guard let bytes = found.receipt else { ifNotStored(found.meta); return }
                 guard let receipt = UploadReceipt(decoding: bytes) else {
                     unlinkQuietly(receiptPath)
-                    ifNotStored(found.meta, done)
+                    ifNotStored(found.meta)
                     return
                 }
                 guard receipt.header == header else {
@@ -76,7 +90,7 @@ extension Store {
                         done(.success(.stored(receipt)))
                     } else {
                         unlinkQuietly(receiptPath)
-                        ifNotStored(found.meta, done)
+                        ifNotStored(found.meta)
                     }
                 }
             }
@@ -130,14 +144,14 @@ extension Store {
     }
 
     /// Resumes the partial its metadata (`meta`, as read) describes, if it matches `header`;
-    /// creates one if there is no metadata.
-    func openPartial(_ header: FileHeader, owner: [UInt8], meta bytes: [UInt8]?, _ done: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
+    /// creates one if there is no metadata. `again` looks the upload up anew (it changed).
+    func openPartial(_ header: FileHeader, owner: [UInt8], meta bytes: [UInt8]?, again: @escaping () -> Void, _ done: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
         guard let bytes else {
             if case .refuse(let reason) = partials.admit(owner: owner) {
                 done(.failure(.serverBusy(reason: reason)))
                 return
             }
-            createNative(header, owner: owner, done)
+            createNative(header, owner: owner, again: again, done)
             return
         }
         guard let recorded = PartialMetadata(decoding: bytes) else {
@@ -150,45 +164,124 @@ extension Store {
             done(.failure(.resumeMismatch(detail: "this upload id is held by another file (its size, digest or name differ)")))
             return
         }
-        resumeNative(header, done)
+        resumeNative(header, owner: owner, again: again, done)
     }
 
     /// Marks the upload id free again (its connection is done with it).
     func release(_ id: UploadID) { activeUploads.remove(id) }
 
-    func createNative(_ header: FileHeader, owner: [UInt8], _ completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
-        let meta = metaPath(header.uploadID), part = partialPath(header.uploadID)
-        let record = PartialMetadata(header, owner: owner).encoded
+    /// What a claim on a native partial found (see `claimPartialNow`).
+    enum PartialClaim {
+        /// The partial is this descriptor's (locked) until it closes.
+        case claimed(FileDescriptor)
+        /// A connection here or in another process holds it.
+        case busy
+        /// There is no partial under that name.
+        case missing
+        /// The upload moved on between the look-up and the claim (stored, or its partial
+        /// removed or replaced): look it up again.
+        case changed
+    }
+
+    /// Opens an existing partial for writing and locks it (blocking: threadpool only). The
+    /// lock is checked against the name afterwards: a partial stored or removed by its holder
+    /// between the open and the lock is no longer under that name, and is not claimed.
+    static func claimPartialNow(_ part: String) throws(UVOperationError) -> PartialClaim {
+        let fd: FileDescriptor
+        do throws(UVOperationError) { fd = try BlockingFileSystem.open(part, flags: [.readWrite, .noFollow]) } catch where error.error == .noSuchFile { return .missing }
+        do throws(UVOperationError) {
+            guard try BlockingFileSystem.lockExclusively(fd, target: part) else {
+                try? BlockingFileSystem.close(fd, target: part)
+                return .busy
+            }
+            guard try BlockingFileSystem.names(part, fd) else {
+                try? BlockingFileSystem.close(fd, target: part)
+                return .changed
+            }
+            return .claimed(fd)
+        } catch {
+            try? BlockingFileSystem.close(fd, target: part)
+            throw error
+        }
+    }
+
+    /// Creates (or takes over an unclaimed, unrecorded) partial and locks it, empties it and
+    /// records its metadata, in that order (blocking: threadpool only): the metadata, which
+    /// makes an upload resumable, only ever describes a partial its writer holds. If the
+    /// upload was stored meanwhile (a receipt appeared after the look-up) nothing is created.
+    static func createPartialNow(_ part: String, meta: String, record: [UInt8], receiptPath: String, sync: Bool) throws(UVOperationError) -> PartialClaim {
+        let fd = try BlockingFileSystem.open(part, flags: [.readWrite, .create, .noFollow], mode: 0o600)
+        do throws(UVOperationError) {
+            guard try BlockingFileSystem.lockExclusively(fd, target: part) else {
+                try? BlockingFileSystem.close(fd, target: part)
+                return .busy
+            }
+            guard try BlockingFileSystem.names(part, fd) else {
+                try? BlockingFileSystem.close(fd, target: part)
+                return .changed
+            }
+            if try readSmallNow(receiptPath) != nil {
+                // Held, so no one writes it: a partial beside a receipt is of no use.
+                try? BlockingFileSystem.unlink(part)
+                try? BlockingFileSystem.close(fd, target: part)
+                return .changed
+            }
+            try BlockingFileSystem.truncate(fd, to: 0, target: part)
+            try writeSmallNow(record, to: meta, sync: sync)
+            return .claimed(fd)
+        } catch {
+            // Removed while still held, then let go: nobody can claim it half made.
+            try? BlockingFileSystem.unlink(part)
+            try? BlockingFileSystem.close(fd, target: part)
+            throw error
+        }
+    }
+
+    /// Creates the partial of a new upload (and its metadata), locked. `again` looks the
+    /// upload up anew if it changed meanwhile (nil: a fresh id that cannot have).
+    func createNative(_ header: FileHeader, owner: [UInt8], again: (() -> Void)? = nil, _ completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
+        let meta = metaPath(header.uploadID), part = partialPath(header.uploadID), receipt = receiptPath(header.uploadID)
+        let record = PartialMetadata(header, owner: owner).encoded, sync = fsyncEnabled
         // Counted from now, so uploads opened at the same moment cannot pass the cap together.
         partials.add(header.uploadID, owner: owner, bytes: 0)
-        let completion: (Result<NativeOpening, ProtocolError>) -> Void = { [self] r in
-            if case .failure = r { partials.remove(header.uploadID) }
-            completion(r)
-        }
-        writeSmallFile(meta, record) { [self] e in
-            if let e { completion(.failure(.storage(e))); return }
-            // No partial, no metadata: a refused open leaves nothing behind, and the client
-            // hears of the refusal only once the metadata is gone.
-            let refused: (UVOperationError) -> Void = { [fs] e in
-                do { try fs.unlink(meta) { _ in completion(.failure(.storage(e))) } } catch { completion(.failure(.storage(e))) }
+        claim({ () throws(UVOperationError) in try Store.createPartialNow(part, meta: meta, record: record, receiptPath: receipt, sync: sync) }) { [self] r in
+            if case .success(.claimed(let fd)) = r {
+                completion(.success(.partial(NativePartial(fd: fd, path: part, metaPath: meta, held: 0, digester: Digester(header.digest)))))
+                return
             }
-            submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { refused(e) } }) { [fs] () throws(UVOperationError) in
-                try fs.open(part, flags: [.writeOnly, .create, .truncate, .noFollow], mode: 0o600) { r in
-                    switch r {
-                    case .failure(let e): refused(e)
-                    case .success(let fd): completion(.success(.partial(NativePartial(fd: fd, path: part, metaPath: meta, held: 0, digester: Digester(header.digest)))))
-                    }
-                }
+            partials.remove(header.uploadID)
+            switch r {
+            case .success(.changed) where again != nil: again!()
+            case .success(.busy): completion(.failure(.uploadBusy))
+            case .success: completion(.failure(.storageFailed(reason: "the new upload's partial was taken")))
+            case .failure(let e): completion(.failure(.storage(e)))
             }
         }
     }
 
-    func resumeNative(_ header: FileHeader, _ completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
+    /// Runs a claim on the threadpool; its result comes back on the loop thread.
+    private func claim(_ body: @escaping @Sendable () throws(UVOperationError) -> PartialClaim, completion: @escaping (Result<PartialClaim, UVOperationError>) -> Void) {
+        do throws(UVOperationError) {
+            try runBlocking({ () -> Result<PartialClaim, UVOperationError> in
+                do throws(UVOperationError) { return .success(try body()) } catch { return .failure(error) }
+            }, completion: { completion($0 ?? .failure(UVOperationError("queue_work", code: UVError.canceled.code))) })
+        } catch {
+            completion(.failure(error))
+        }
+    }
+
+    /// Resumes a partial: claims it, then hashes what it holds. A partial that is gone while
+    /// its metadata is not (a crash between the two) is created afresh.
+    func resumeNative(_ header: FileHeader, owner: [UInt8], again: @escaping () -> Void, _ completion: @escaping (Result<NativeOpening, ProtocolError>) -> Void) {
         let meta = metaPath(header.uploadID), part = partialPath(header.uploadID)
         let storage: (UVOperationError) -> Void = { e in completion(.failure(.storage(e))) }
-        submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { storage(e) } }) { [fs] () throws(UVOperationError) in
-            try fs.open(part, flags: [.readWrite, .create, .noFollow], mode: 0o600) { [self] r in
-                guard case .success(let fd) = r else { if case .failure(let e) = r { storage(e) }; return }
+        claim({ () throws(UVOperationError) in try Store.claimPartialNow(part) }) { [self] r in
+            switch r {
+            case .failure(let e): storage(e)
+            case .success(.busy): completion(.failure(.uploadBusy))
+            case .success(.changed): again()
+            case .success(.missing): createNative(header, owner: owner, again: again, completion)
+            case .success(.claimed(let fd)):
                 submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { self.closeQuietly(fd, part); storage(e) } }) { [fs] () throws(UVOperationError) in
                     try fs.size(of: fd, target: part) { [self] r in
                         switch r {
@@ -249,9 +342,16 @@ extension Store {
         return nil
     }
 
-    /// Writes a receipt in one step: into `path.tmp`, then renamed over `path`.
+    /// Writes a receipt in one step (`writeSmallNow`).
     static func writeReceiptNow(_ receipt: UploadReceipt, to path: String, sync: Bool) throws(UVOperationError) {
-        let temporary = path + ".tmp", bytes = receipt.encoded
+        try writeSmallNow(receipt.encoded, to: path, sync: sync)
+    }
+
+    /// Writes a small file (a receipt, a partial's metadata) in one step: into `path.tmp`, then
+    /// renamed over `path`, so a reader in any process finds the old bytes or the new, never
+    /// a half-written file. Its writer must be the only one (it holds the upload).
+    static func writeSmallNow(_ bytes: [UInt8], to path: String, sync: Bool) throws(UVOperationError) {
+        let temporary = path + ".tmp"
         let fd = try BlockingFileSystem.open(temporary, flags: [.writeOnly, .create, .truncate, .noFollow], mode: 0o600)
         do throws(UVOperationError) {
             let failure = bytes.withUnsafeBytes { b -> UVOperationError? in

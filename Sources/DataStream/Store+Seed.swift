@@ -38,11 +38,27 @@ extension Store {
 
     func openNamedSeedPartial(completion: @escaping (Result<SeedPartial, UVOperationError>) -> Void) {
         let path = nextSeedPartialPath()
-        submit(completion) { [fs] () throws(UVOperationError) in
-            try fs.open(path, flags: [.readWrite, .create, .truncate, .noFollow], mode: 0o600) { r in
-                completion(r.map { SeedPartial(fd: $0, path: path, label: path) })
-            }
+        do throws(UVOperationError) {
+            try runBlocking({ () -> Result<SeedPartial, UVOperationError> in
+                do throws(UVOperationError) { return .success(SeedPartial(fd: try Store.createLockedNow(path), path: path, label: path)) } catch { return .failure(error) }
+            }, completion: { completion($0 ?? .failure(UVOperationError("queue_work", target: path, code: UVError.canceled.code))) })
+        } catch {
+            completion(.failure(error))
         }
+    }
+
+    /// Creates a named seed partial, which must not exist yet, and locks it (blocking:
+    /// threadpool only): a sweep in any process leaves a locked partial alone.
+    static func createLockedNow(_ path: String) throws(UVOperationError) -> FileDescriptor {
+        let fd = try BlockingFileSystem.open(path, flags: [.readWrite, .create, .exclusive, .noFollow], mode: 0o600)
+        do throws(UVOperationError) {
+            _ = try BlockingFileSystem.lockExclusively(fd, target: path)  // a file just made is nobody else's
+        } catch {
+            try? BlockingFileSystem.unlink(path)
+            try? BlockingFileSystem.close(fd, target: path)
+            throw error
+        }
+        return fd
     }
 
     /// Stores a complete seed upload under `name` (or `name-1`, ... if taken), as `commit` does
@@ -69,11 +85,11 @@ extension Store {
         }
     }
 
-    /// Forgets a seed upload's file: closes it (a file without a name goes with it) and deletes
-    /// a named partial.
+    /// Forgets a seed upload's file: deletes a named partial, then closes it (a file without a
+    /// name goes with its descriptor).
     func discardSeed(_ partial: SeedPartial) {
-        closeQuietly(partial.fd, partial.label)
-        if let path = partial.path { unlinkQuietly(path) }
+        guard let path = partial.path else { closeQuietly(partial.fd, partial.label); return }
+        discard(partial.fd, path: path, metaPath: nil)
     }
 
     /// A fresh path for a seed upload's partial file.
@@ -87,10 +103,20 @@ extension Store {
         return seedCounter
     }
 
-    /// The path of this process's `number`-th seed partial.
+    /// The path of this process's `number`-th seed partial: the host's name and the process id
+    /// keep processes on several machines sharing the directory apart.
     static func seedPartialPath(_ partialDirectory: String, pid: pid_t, number: UInt64) -> String {
-        "\(partialDirectory)/seed-\(pid)-\(number).part"
+        "\(partialDirectory)/seed-\(hostName)-\(pid)-\(number).part"
     }
+
+    /// This machine's name, as far as it is safe in a file name.
+    static let hostName: String = {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "host" }
+        let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let safe = String(name.map { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "." || $0 == "-") ? $0 : "_" })
+        return safe.isEmpty ? "host" : safe
+    }()
 
     /// The generated name of the next seed upload.
     func nextSeedName() -> SeedUploadName {

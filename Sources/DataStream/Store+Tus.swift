@@ -41,8 +41,8 @@ extension Store {
         createNative(header, owner: owner) { [self] r in
             switch r {
             case .success(.partial(let p)):
-                closeQuietly(p.fd, p.path)
-                completion(.success(header.uploadID))
+                // Let go (unlocked) before the id is handed out, so its first PATCH finds it free.
+                close(p.fd, p.path) { completion(.success(header.uploadID)) }
             case .success(.stored):
                 completion(.failure(.storageFailed(reason: "a fresh id was taken")))
             case .failure(let e):
@@ -84,7 +84,12 @@ extension Store {
             try runBlocking({ () -> Result<TusPartial, TusRefusal> in
                 do throws(UVOperationError) {
                     guard let bytes = try Store.readSmallNow(meta), let recorded = PartialMetadata(decoding: bytes) else { return .failure(.notFound) }
-                    let fd = try BlockingFileSystem.open(part, flags: [.writeOnly, .noFollow])
+                    let fd: FileDescriptor
+                    switch try Store.claimPartialNow(part) {
+                    case .claimed(let claimed): fd = claimed
+                    case .busy: return .failure(.busy)
+                    case .missing, .changed: return .failure(.notFound)  // stored or ended meanwhile
+                    }
                     let held: UInt64
                     do throws(UVOperationError) { held = try BlockingFileSystem.status(of: fd, target: part).size } catch {
                         try? BlockingFileSystem.close(fd)
@@ -132,16 +137,27 @@ extension Store {
                 activeUploads.insert(id)
                 let part = partialPath(id), meta = metaPath(id)
                 do throws(UVOperationError) {
-                    try runBlocking({ () -> UVOperationError? in
+                    // Claimed first, so an upload another process is writing is not removed.
+                    try runBlocking({ () -> Result<Void, TusRefusal> in
                         do throws(UVOperationError) {
-                            try? BlockingFileSystem.unlink(part)
+                            let claim = try Store.claimPartialNow(part)
+                            switch claim {
+                            case .busy, .changed: return .failure(.busy)
+                            case .claimed(let fd):
+                                // Removed while held, then let go.
+                                defer { try? BlockingFileSystem.close(fd, target: part) }
+                                try? BlockingFileSystem.unlink(part)
+                            case .missing: break
+                            }
                             try BlockingFileSystem.unlink(meta)
-                            return nil
-                        } catch { return error }
-                    }, completion: { [self] (r: UVOperationError??) in
+                            return .success(())
+                        } catch where error.error == .noSuchFile {
+                            return .failure(.notFound)
+                        } catch { return .failure(.failed(.storage(error))) }
+                    }, completion: { [self] (r: Result<Void, TusRefusal>?) in
                         activeUploads.remove(id)
-                        partials.remove(id)
-                        if let e = r ?? nil { completion(.failure(.failed(.storage(e)))) } else { completion(.success(())) }
+                        if case .success? = r { partials.remove(id) }
+                        completion(r ?? .failure(.failed(.storageFailed(reason: "the removal did not run"))))
                     })
                 } catch {
                     activeUploads.remove(id)

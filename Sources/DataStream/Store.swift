@@ -74,20 +74,29 @@ final class Store {
 
     /// What the start-up sweep of the partial folder did.
     struct PartialSweep: Sendable, Equatable {
-        /// Seed partials of processes that are gone (a seed upload cannot resume).
+        /// Seed partials nobody holds (a seed upload cannot resume).
         var seedRemoved = 0
         /// Native partials older than the age limit, or missing their data or metadata file.
         var staleRemoved = 0
         /// Native partials kept for their clients to resume.
         var kept = 0
+        /// Native partials another process is writing now (left alone, counted in `kept`).
+        var inUse = 0
         /// Receipts of stored uploads older than the age limit (and half-written ones).
         var receiptsRemoved = 0
     }
 
+    /// A small file half written (`name.tmp`) and not touched for this long is left over from
+    /// a process that died writing it; a younger one may be another live process's.
+    static let leftoverAge: Double = 60
+
     /// At start-up, before the loop serves anything (so blocking calls are fine here): removes
-    /// seed partials whose process is gone, native partials whose data or metadata file is
-    /// missing, and native partials not written to for `maxAge` seconds; keeps the rest for resume.
-    /// Receipts of stored uploads (`ID.done`) older than `maxAge` go too.
+    /// seed partials nobody holds, native partials whose data or metadata file is missing, and
+    /// native partials not written to for `maxAge` seconds; keeps the rest for resume.
+    /// Receipts of stored uploads (`ID.done`) older than `maxAge` go too. Other processes may
+    /// share the directory: a partial one of them holds (locked, see `claimPartialNow`) is
+    /// theirs and stays whatever its age, and so does a half-written small file younger than
+    /// `leftoverAge`.
     func sweepPartials(maxAge: Double, limits: PartialLedger.Limits = .init()) -> PartialSweep {
         partials = PartialLedger(limits: limits)
         var sweep = PartialSweep()
@@ -100,19 +109,32 @@ final class Store {
         closedir(dir)
         let now = time(nil)
         let present = Set(names)
+        let age = { [partialDirectory] (name: String) -> Double? in
+            var st = stat()
+            return lstat(partialDirectory + "/" + name, &st) == 0 ? Double(now - st.st_mtim.tv_sec) : nil
+        }
+        let held = { [partialDirectory] (name: String) -> Bool in
+            // Unknown counts as held: a partial is never removed on a guess.
+            (try? BlockingFileSystem.isLocked(atPath: partialDirectory + "/" + name)) ?? true
+        }
         for name in names {
             let path = partialDirectory + "/" + name
+            if name.hasSuffix(".tmp") {
+                if let a = age(name), a > Store.leftoverAge {
+                    unlink(path)
+                    if name.hasSuffix(".done.tmp") { sweep.receiptsRemoved += 1 }
+                }
+                continue
+            }
             if name.hasPrefix("seed-"), name.hasSuffix(".part") {
-                let pidText = name.dropFirst(5).prefix { $0 != "-" }
-                if let owner = Int32(pidText), owner != pid, kill(owner, 0) != 0, errno == ESRCH {
+                if !held(name) {
                     unlink(path)
                     sweep.seedRemoved += 1
                 }
                 continue
             }
-            if name.hasSuffix(".done") || name.hasSuffix(".done.tmp") {
-                var st = stat()
-                if name.hasSuffix(".tmp") || (lstat(path, &st) == 0 && Double(now - st.st_mtim.tv_sec) > maxAge) {
+            if name.hasSuffix(".done") {
+                if let a = age(name), a > maxAge {
                     unlink(path)
                     sweep.receiptsRemoved += 1
                 }
@@ -122,18 +144,21 @@ final class Store {
             let base = String(name.dropLast(5))
             let data = base + ".part", meta = base + ".meta"
             guard name == data || !present.contains(data) else { continue }  // judged with its .part
-            var st = stat()
+            let inUse = present.contains(data) && held(data)
             let complete = present.contains(data) && present.contains(meta)
-            let stale = lstat(partialDirectory + "/" + (present.contains(data) ? data : meta), &st) == 0 && Double(now - st.st_mtim.tv_sec) > maxAge
-            if !complete || stale {
+            let stale = (age(present.contains(data) ? data : meta) ?? 0) > maxAge
+            if !inUse && (!complete || stale) {
                 unlink(partialDirectory + "/" + data)
                 unlink(partialDirectory + "/" + meta)
                 sweep.staleRemoved += 1
             } else {
                 sweep.kept += 1
+                if inUse { sweep.inUse += 1 }
                 // Counted against its owner's cap (read once, at start-up, before serving).
+                var st = stat()
+                let bytes = lstat(partialDirectory + "/" + data, &st) == 0 ? UInt64(max(0, st.st_size)) : 0
                 let owner = (try? Store.readSmallNow(partialDirectory + "/" + meta)).flatMap { $0 }.flatMap(PartialMetadata.init(decoding:))?.owner ?? []
-                if let id = UploadID(hex: base) { partials.add(id, owner: owner, bytes: UInt64(max(0, st.st_size))) }
+                if let id = UploadID(hex: base) { partials.add(id, owner: owner, bytes: bytes) }
             }
         }
         return sweep
@@ -195,35 +220,15 @@ final class Store {
     // MARK: - Small helpers
 
     func closeQuietly(_ fd: FileDescriptor, _ path: String) { try? fs.close(fd, target: path) }
+    /// Closes `fd` if given, then calls `then` (whether or not the close succeeded).
+    func close(_ fd: FileDescriptor?, _ path: String, then: @escaping () -> Void) {
+        guard let fd else { then(); return }
+        do throws(UVOperationError) { try fs.close(fd, target: path) { _ in then() } } catch { then() }
+    }
     func unlinkQuietly(_ path: String) { try? fs.unlink(path) }
 
     func submit<T>(_ completion: @escaping (Result<T, UVOperationError>) -> Void, _ body: () throws(UVOperationError) -> Void) {
         do throws(UVOperationError) { try body() } catch { completion(.failure(error)) }
-    }
-
-    func writeSmallFile(_ path: String, _ bytes: [UInt8], completion: @escaping (UVOperationError?) -> Void) {
-        let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 16)
-        bytes.withUnsafeBytes { copy.copyMemory(from: $0) }
-        let done: (UVOperationError?) -> Void = { e in copy.deallocate(); completion(e) }
-        submit({ (r: Result<Void, UVOperationError>) in if case .failure(let e) = r { done(e) } }) { [fs] () throws(UVOperationError) in
-            try fs.open(path, flags: [.writeOnly, .create, .truncate, .noFollow], mode: 0o600) { [self] r in
-                switch r {
-                case .failure(let e): done(e)
-                case .success(let fd):
-                    writeAll(fd, path, UnsafeRawBufferPointer(rebasing: copy[0..<bytes.count]), at: 0) { [self] e in
-                        if let e { closeQuietly(fd, path); done(e); return }
-                        let close: () -> Void = {
-                            do throws(UVOperationError) { try fs.close(fd, target: path, completion: done) } catch { done(error) }
-                        }
-                        if fsyncEnabled {
-                            do throws(UVOperationError) { try fs.fsync(fd, target: path) { e in if let e { self.closeQuietly(fd, path); done(e) } else { close() } } } catch { closeQuietly(fd, path); done(error) }
-                        } else {
-                            close()
-                        }
-                    }
-                }
-            }
-        }
     }
 }
 

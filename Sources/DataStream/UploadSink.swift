@@ -110,6 +110,13 @@ final class UploadSink {
         }
     }
 
+    /// Waits for any write in flight, then hands the descriptor over (nil if a commit took it):
+    /// for a caller that must act on the file before it closes it, such as removing a partial
+    /// while its lock is still held.
+    func finish(_ completion: @escaping (FileDescriptor?) -> Void) {
+        flush { [self] _ in completion(takeDescriptor()) }
+    }
+
     /// Hands the descriptor over to the caller (for commit); the sink no longer closes it.
     func takeDescriptor() -> FileDescriptor? {
         defer { fd = nil; closed = true }

@@ -226,13 +226,11 @@ final class WebSocketConnection: TakenOverConnection, TCPStreamReader, UploadSin
             case .success(let opened):
                 let header = opened.upload.header
                 guard !closing else {
-                    store.closeQuietly(opened.fd, opened.path)
-                    store.keepTus(uploadID, bytes: opened.upload.held)
+                    store.close(opened.fd, opened.path) { [store] in store.keepTus(uploadID, bytes: opened.upload.held) }
                     return
                 }
                 if let full = server.disk.reserve(header.size - opened.upload.held) {
-                    store.closeQuietly(opened.fd, opened.path)
-                    store.keepTus(uploadID, bytes: opened.upload.held)
+                    store.close(opened.fd, opened.path) { [store] in store.keepTus(uploadID, bytes: opened.upload.held) }
                     perform(machine.uploadRefused(full))
                     return
                 }

@@ -4,6 +4,7 @@ import Foundation
 import Glibc
 import Testing
 import UV
+import UV
 
 /// Limits, timeouts and security defaults of the TCP receiver, on real sockets.
 struct TimeoutTests {
@@ -317,8 +318,9 @@ struct DescriptorExhaustionTests {
 }
 
 struct PartialSweepTests {
-    /// At start: seed partials of ended processes go, native partials older than the age limit
-    /// or missing their metadata go, recent complete ones stay resumable.
+    /// At start: seed partials nobody holds go, native partials older than the age limit or
+    /// missing their metadata go, recent complete ones stay resumable. A partial some process
+    /// holds (locked, as a live server's are) stays whatever its age.
     @Test func startUpRemovesStaleAndOrphanedPartialsAndKeepsResumableOnes() throws {
         let directory = BackgroundServer.temporaryDirectory()
         let partial = directory + "/.datastream/partial"
@@ -334,15 +336,25 @@ struct PartialSweepTests {
                 utimes(partial + "/" + name, &times)
             }
         }
-        touch("seed-\(ended.processIdentifier)-1.part")
-        touch("seed-\(getpid())-999.part")  // a live process's (this one's): left alone
+        touch("seed-host-\(ended.processIdentifier)-1.part")
+        touch("seed-host-\(getpid())-999.part")  // held below: a live process's, left alone
         touch("aaaa.part", ageSeconds: 7200); touch("aaaa.meta", ageSeconds: 7200)  // stale
+        touch("eeee.part", ageSeconds: 7200); touch("eeee.meta", ageSeconds: 7200)  // as old, but held
         touch("bbbb.part"); touch("bbbb.meta")  // resumable
         touch("cccc.part")  // no metadata
         touch("dddd.meta")  // no data
+        touch("ffff.meta.tmp", ageSeconds: 120)  // left by a writer that died
+        touch("gggg.meta.tmp")  // a live writer's, maybe
+        // Held as another server holds what it writes: an open file description's lock.
+        let holds = try ["seed-host-\(getpid())-999.part", "eeee.part"].map { name in
+            let fd = try BlockingFileSystem.open(partial + "/" + name, flags: [.readWrite])
+            #expect(try BlockingFileSystem.lockExclusively(fd))
+            return fd
+        }
+        defer { for fd in holds { try? BlockingFileSystem.close(fd) } }
         let server = try BackgroundServer(directory: directory) { $0.partialMaxAge = 3600 }
         server.stop()
-        #expect(server.partials() == ["bbbb.meta", "bbbb.part", "seed-\(getpid())-999.part"])
+        #expect(server.partials() == ["bbbb.meta", "bbbb.part", "eeee.meta", "eeee.part", "gggg.meta.tmp", "seed-host-\(getpid())-999.part"])
     }
 }
 

@@ -179,6 +179,63 @@ public enum BlockingFileSystem {
         }
     }
 
+    /// Takes an exclusive lock on the whole file for the open file description behind `fd`
+    /// (`F_OFD_SETLK`; `fd` must be open for writing). It is held until the last descriptor of
+    /// that description closes, however the holder ends (a `kill -9` included), and it
+    /// conflicts with every other open of the file: another process's, on this machine or (on
+    /// a network file system with POSIX locks) another, and this process's own. Returns false,
+    /// without waiting, if someone else holds a lock on the file. libuv has no file locks; this
+    /// is `fcntl(2)`.
+    public static func lockExclusively(_ fd: FileDescriptor, target: String? = nil) throws(UVOperationError) -> Bool {
+        var lock = wholeFile(F_WRLCK)
+        if fcntl(fd.rawValue, LinuxConstants.fOFDSetLock, &lock) == 0 { return true }
+        let code = errno
+        if code == EAGAIN || code == EACCES { return false }
+        throw UVOperationError("fcntl(F_OFD_SETLK)", target: target, code: -code)
+    }
+
+    /// Whether someone holds a lock on the file at `path` that `lockExclusively` would wait for
+    /// (`F_OFD_GETLK`): how a sweep leaves alone what a live process is using. A file that is
+    /// not there is not locked.
+    public static func isLocked(atPath path: String) throws(UVOperationError) -> Bool {
+        let fd: FileDescriptor
+        do throws(UVOperationError) { fd = try open(path, flags: [.readOnly, .noFollow]) } catch where error.error == .noSuchFile { return false }
+        defer { try? close(fd, target: path) }
+        var lock = wholeFile(F_WRLCK)
+        if fcntl(fd.rawValue, LinuxConstants.fOFDGetLock, &lock) != 0 {
+            throw UVOperationError("fcntl(F_OFD_GETLK)", target: path, code: -errno)
+        }
+        return lock.l_type != Int16(F_UNLCK)
+    }
+
+    private static func wholeFile(_ type: Int32) -> flock {
+        var lock = flock()
+        lock.l_type = Int16(type)
+        lock.l_whence = Int16(SEEK_SET)
+        lock.l_start = 0
+        lock.l_len = 0  // to the end, however the file grows
+        lock.l_pid = 0  // required for OFD locks
+        return lock
+    }
+
+    /// Whether `path` still names the file open as `fd` (the same device and inode): after a
+    /// lock is taken, whether the name was removed or given to another file meanwhile.
+    public static func names(_ path: String, _ fd: FileDescriptor) throws(UVOperationError) -> Bool {
+        let open = try status(of: fd, target: path)
+        do throws(UVOperationError) {
+            let named = try status(atPath: path)
+            return named.inode == open.inode && named.device == open.device
+        } catch where error.error == .noSuchFile {
+            return false
+        }
+    }
+
+    /// Cuts the file back (or extends it with zeros) to `length` bytes. The libuv function is
+    /// `uv_fs_ftruncate`.
+    public static func truncate(_ fd: FileDescriptor, to length: Int64, target: String? = nil) throws(UVOperationError) {
+        _ = try run("fs_ftruncate", target) { uv_fs_ftruncate(nil, $0, fd.rawValue, length, nil) }
+    }
+
     /// The libuv function is `uv_fs_unlink`.
     public static func unlink(_ path: String) throws(UVOperationError) {
         _ = try run("fs_unlink", path) { uv_fs_unlink(nil, $0, path, nil) }

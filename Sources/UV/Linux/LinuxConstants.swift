@@ -11,6 +11,10 @@ enum LinuxConstants {
     static let udpGRO: Int32 = 104
     /// `IP_BIND_ADDRESS_NO_PORT` (Linux 4.2): choose the port at connect(2), not at bind(2).
     static let ipBindAddressNoPort: Int32 = 24
+    /// `F_OFD_GETLK`, `F_OFD_SETLK` (Linux 3.15): record locks owned by an open file
+    /// description rather than a process (Glibc exports them only with `_GNU_SOURCE`).
+    static let fOFDGetLock: Int32 = 36
+    static let fOFDSetLock: Int32 = 37
     /// `__O_TMPFILE`: with `O_DIRECTORY`, `O_TMPFILE` (a file without a name).
     static let oTmpFile: Int32 = 0o20000000
 }
