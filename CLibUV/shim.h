@@ -4,7 +4,9 @@
 // (the listener accepts itself, to handle running out of descriptors; see TCPListener),
 // splice (socket to pipe to file without a copy in user space; see BlockingSocketMove),
 // openat with O_PATH (files created relative to a directory descriptor; see
-// BlockingFileSystem) and ioctl(FIONREAD) (bytes waiting in a socket; see receiveQueueBytes).
+// BlockingFileSystem) and ioctl(FIONREAD) (bytes waiting in a socket; see receiveQueueBytes);
+// and the C11 atomics Swift cannot apply to memory it did not allocate (words in a file mapped
+// by several processes; see SharedSlots).
 #ifndef DATASTREAM_CLIBUV_SHIM_H
 #define DATASTREAM_CLIBUV_SHIM_H
 #include <uv.h>
@@ -48,5 +50,15 @@ static inline long datastream_splice(int fdIn, long long *offsetIn, int fdOut, l
 /// openat(2) (glibc's is variadic): the new descriptor, or -1 with errno set.
 static inline int datastream_openat(int dirfd, const char *path, int flags, unsigned int mode) {
     return (int)syscall(SYS_openat, dirfd, path, flags, mode);
+}
+/// Sequentially consistent atomics on a 64-bit word in shared memory (C11 builtins).
+static inline unsigned long long datastream_atomic_load(const unsigned long long *word) {
+    return __atomic_load_n(word, __ATOMIC_SEQ_CST);
+}
+static inline void datastream_atomic_store(unsigned long long *word, unsigned long long value) {
+    __atomic_store_n(word, value, __ATOMIC_SEQ_CST);
+}
+static inline unsigned long long datastream_atomic_add(unsigned long long *word, unsigned long long delta) {
+    return __atomic_add_fetch(word, delta, __ATOMIC_SEQ_CST);
 }
 #endif

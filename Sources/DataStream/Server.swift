@@ -71,7 +71,8 @@ public final class Server {
         if partialSweep.seedRemoved + partialSweep.staleRemoved + partialSweep.receiptsRemoved > 0 || partialSweep.kept > 0 {
             logger.notice("partials at start: \(partialSweep.kept) kept for resume (\(partialSweep.inUse) being written by another process), \(partialSweep.staleRemoved) stale removed (older than \(configuration.partialMaxAge) s or incomplete), \(partialSweep.seedRemoved) seed partials nobody holds removed, \(partialSweep.receiptsRemoved) receipts of stored uploads removed (older than \(configuration.partialMaxAge) s)")
         }
-        disk = DiskBudget(directory: configuration.directory, minimumFree: configuration.minFreeSpace)
+        disk = DiskBudget(directory: configuration.directory, minimumFree: configuration.minFreeSpace, sharedFile: configuration.directory + "/.datastream/budget")
+        if !disk.isShared { logger.warning("cannot share the disk budget through \(configuration.directory)/.datastream/budget: other processes on this directory are not counted") }
         pool = BufferPool(budget: configuration.processBufferBudget)  // 512 KiB slabs, reads of up to 256 KiB (fewer read calls for a fast sender)
         seedProtocolAllowed = configuration.allowSeedProtocol || Server.isLoopback(configuration.host)
         machineConfiguration = .init(token: configuration.token, maxFileSize: configuration.maxFileSize,

@@ -96,6 +96,41 @@ struct DiskFullTests {
         #expect(server.partials().isEmpty)
     }
 
+    /// Two servers on one directory budget together: an upload one of them holds counts on the
+    /// other, which refuses what would not fit beside it; once it is let go, the other accepts.
+    @Test func anUploadAnotherServerHoldsCountsAgainstTheBudget() throws {
+        let fs = try SmallFileSystem(megabytes: 8)
+        let a = try BackgroundServer(directory: fs.directory) { $0.minFreeSpace = 0; $0.udpEnabled = false }
+        let b = try BackgroundServer(directory: fs.directory) { $0.minFreeSpace = 0; $0.udpEnabled = false }
+        defer { a.stop(); b.stop() }
+        let data = content(103, count: 5 << 20)
+        let header = FileHeader(uploadID: .random(), size: UInt64(data.count), digest: .xxh3_128, name: "held.bin")
+        var holder: BlockingClient? = try BlockingClient(port: a.port)
+        try holder?.handshake()
+        #expect(try holder?.announce(header) == 0)
+        holder?.send(Array(data[0..<(1 << 20)]))
+        #expect(a.waitForStatistics { $0.bytesReceived >= 1 << 20 })
+
+        let other = FileHeader(uploadID: .random(), size: 4 << 20, digest: .xxh3_128, name: "other.bin")
+        let refused = try BlockingClient(port: b.port)
+        try refused.handshake()
+        refused.send(Wire.file(other))
+        let answer = try #require(refused.readFrame())
+        #expect(answer.type == .result)
+        #expect(try Wire.decodeResult(answer.payload).message.hasPrefix("disk full"))
+
+        holder = nil  // A lets the upload go: its 1 MiB stays as a partial, its hold goes
+        let fits = content(104, count: 4 << 20)
+        let accepted = FileHeader(uploadID: .random(), size: UInt64(fits.count), digest: .xxh3_128, name: "fits.bin")
+        #expect(b.eventually {
+            guard let c = try? BlockingClient(port: b.port), (try? c.handshake()) != nil, (try? c.announce(accepted)) == 0 else { return false }
+            c.send(fits)
+            c.send(Wire.end(digest: Digests.compute(.xxh3_128, fits)))
+            return (try? c.result())?.status == .stored
+        })
+        #expect(b.contents("fits.bin").map { $0 == fits } == true)
+    }
+
     /// The disk fills while an upload is being written (another writer took the space): the
     /// client hears "disk full" (code 23), nothing appears under a final name, the native
     /// partial is kept and resumes once there is room, and other uploads are served.

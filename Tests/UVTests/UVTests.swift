@@ -796,3 +796,33 @@ struct BlockingSocketMoveTests {
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == Data(sent))
     }
 }
+
+struct SharedSlotsTests {
+    /// Two holders of one slot file (as two processes would be: their locks are two open file
+    /// descriptions') get different slots, see each other's words at once, and a slot whose
+    /// holder went is free again, for the next holder, with its words zeroed.
+    @Test func holdersGetTheirOwnSlotsSeeEachOtherAndFreeSlotsWhenGone() throws {
+        let path = "/tmp/uv-slots-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { unlink(path) }
+        let a = try SharedSlots(path: path, slots: 4, wordsPerSlot: 2)
+        var b: SharedSlots? = try SharedSlots(path: path, slots: 4, wordsPerSlot: 2)
+        #expect(a.ownSlot != b!.ownSlot)
+        a.store(1, 40)
+        b!.add(1, 2)
+        b!.add(1, UInt64(bitPattern: -1))  // a step down
+        #expect(a.load(slot: b!.ownSlot, word: 1) == 1)
+        #expect(b!.load(slot: a.ownSlot, word: 1) == 40)
+        #expect(a.sum(1, over: a.heldSlots()) == 41)
+        #expect(Set(a.heldSlots()) == [a.ownSlot, b!.ownSlot])
+        let gone = b!.ownSlot
+        b = nil
+        #expect(a.heldSlots() == [a.ownSlot])
+        let c = try SharedSlots(path: path, slots: 4, wordsPerSlot: 2)
+        #expect(c.ownSlot == gone)
+        #expect(c.load(slot: gone, word: 1) == 0)
+        // Every slot held: the next claim fails with a typed error.
+        let more = try (0..<2).map { _ in try SharedSlots(path: path, slots: 4, wordsPerSlot: 2) }
+        #expect(throws: UVOperationError.self) { try SharedSlots(path: path, slots: 4, wordsPerSlot: 2) }
+        _ = more
+    }
+}

@@ -236,6 +236,16 @@ public enum BlockingFileSystem {
         _ = try run("fs_ftruncate", target) { uv_fs_ftruncate(nil, $0, fd.rawValue, length, nil) }
     }
 
+    /// Bytes free for unprivileged users on the file system holding `path`. The libuv
+    /// function is `uv_fs_statfs`.
+    public static func availableBytes(at path: String) throws(UVOperationError) -> UInt64 {
+        try run("fs_statfs", path, { uv_fs_statfs(nil, $0, path, nil) }) { req in
+            guard let raw = req.pointee.ptr else { return 0 }
+            let stats = raw.assumingMemoryBound(to: uv_statfs_t.self).pointee
+            return stats.f_bavail.multipliedReportingOverflow(by: stats.f_bsize).partialValue
+        }
+    }
+
     /// The libuv function is `uv_fs_unlink`.
     public static func unlink(_ path: String) throws(UVOperationError) {
         _ = try run("fs_unlink", path) { uv_fs_unlink(nil, $0, path, nil) }
