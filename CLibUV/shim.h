@@ -4,7 +4,8 @@
 // (the listener accepts itself, to handle running out of descriptors; see TCPListener),
 // splice (socket to pipe to file without a copy in user space; see BlockingSocketMove),
 // openat with O_PATH (files created relative to a directory descriptor; see
-// BlockingFileSystem) and ioctl(FIONREAD) (bytes waiting in a socket; see receiveQueueBytes);
+// BlockingFileSystem), ioctl(FIONREAD) (bytes waiting in a socket; see receiveQueueBytes) and
+// prctl(PR_SET_PDEATHSIG) (a worker ends with its supervisor; see ParentDeath);
 // and the C11 atomics Swift cannot apply to memory it did not allocate (words in a file mapped
 // by several processes; see SharedSlots).
 #ifndef DATASTREAM_CLIBUV_SHIM_H
@@ -50,6 +51,10 @@ static inline long datastream_splice(int fdIn, long long *offsetIn, int fdOut, l
 /// openat(2) (glibc's is variadic): the new descriptor, or -1 with errno set.
 static inline int datastream_openat(int dirfd, const char *path, int flags, unsigned int mode) {
     return (int)syscall(SYS_openat, dirfd, path, flags, mode);
+}
+/// prctl(PR_SET_PDEATHSIG, signal) (glibc's prctl is variadic): 0, or -1 with errno set.
+static inline int datastream_parent_death_signal(int signal) {
+    return (int)syscall(SYS_prctl, 1 /* PR_SET_PDEATHSIG */, (unsigned long)signal, 0UL, 0UL, 0UL);
 }
 /// Sequentially consistent atomics on a 64-bit word in shared memory (C11 builtins).
 static inline unsigned long long datastream_atomic_load(const unsigned long long *word) {

@@ -95,6 +95,14 @@ extension Server {
         public var udpMaxSeedSessions = 64
         /// Seed UDP sources at once from one IP address (one host cannot take every slot).
         public var udpMaxSeedSessionsPerAddress = 16
+        /// One of several processes serving the same ports (`serve --workers`): the TCP and UDP
+        /// sockets are bound with `SO_REUSEPORT`, so the kernel spreads connections and UDP
+        /// sources over the processes that bind them.
+        public var sharedPorts = false
+        /// The secret UDP handshake cookies are made with (32 bytes); nil: a random one of this
+        /// process's own. Processes sharing a UDP port share it, so a source whose datagrams
+        /// move to another of them (one restarted) keeps its cookie.
+        public var udpCookieSecret: [UInt8]?
         public init() {}
     }
 }

@@ -191,7 +191,7 @@ public final class Server {
             let address = try SocketAddress.resolve(configuration.host, port: configuration.port, on: loop)
             let listener = try TCPListener(loop: loop)
             do throws(UVOperationError) {
-                try listener.bind(address)
+                if configuration.sharedPorts { try listener.bindShared(address) } else { try listener.bind(address) }
                 try listener.listen(backlog: configuration.backlog) { [unowned self] result in accept(result) }
             } catch {
                 listener.close()
@@ -219,7 +219,8 @@ public final class Server {
         admission.seedProtocolAllowed = seedProtocolAllowed
         admission.token = configuration.token
         let receiver = try UDPReceiver(server: self, address: address, receiveBufferBytes: configuration.udpReceiveBuffer,
-                                   receiveOffload: configuration.udpReceiveOffload, limits: limits, admission: admission)
+                                   receiveOffload: configuration.udpReceiveOffload, limits: limits, admission: admission,
+                                   sharedPort: configuration.sharedPorts, cookieSecret: configuration.udpCookieSecret)
         udp = receiver
         udpClosed = false
         do throws(UVOperationError) {

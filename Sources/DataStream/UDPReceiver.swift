@@ -55,16 +55,16 @@ final class UDPReceiver: UDPSocketReceiver {
     }
 
     init(server: Server, address: SocketAddress, receiveBufferBytes: Int32, receiveOffload: Bool, limits: Limits,
-         admission: UDPAdmission.Limits) throws(UVOperationError) {
+         admission: UDPAdmission.Limits, sharedPort: Bool = false, cookieSecret: [UInt8]? = nil) throws(UVOperationError) {
         self.server = server
         self.store = server.store
         self.logger = server.logger
         self.limits = limits
         self.idleTimeoutMicroseconds = TimeLimit.units(limits.idleTimeout, perSecond: 1e6) ?? .max
-        self.admission = UDPAdmission(limits: admission)
+        self.admission = UDPAdmission(limits: admission, cookies: HandshakeCookie(secret: cookieSecret))
         socket = try UDPSocket(loop: server.loop, batchedReceive: true)
         do throws(UVOperationError) {
-            try socket.bind(address)
+            if sharedPort { try socket.bindShared(address) } else { try socket.bind(address) }
             grantedReceiveBuffer = try socket.requestReceiveBuffer(receiveBufferBytes)
             if receiveOffload { self.receiveOffload = try socket.enableReceiveOffload() }
             timer = try Timer(loop: server.loop)

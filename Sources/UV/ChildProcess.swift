@@ -11,10 +11,28 @@ public final class ChildProcess: Handle {
 
     /// Runs `path` with `arguments` (the first is its name), its standard input read from
     /// `stdin` (a descriptor, closed here once the child has it; nil: /dev/null), standard
-    /// output and error both to this process's standard error. `onExit` gets the exit status
-    /// and the signal that ended it (0 if none). The libuv function is `uv_spawn`.
-    public init(loop: Loop, path: String, arguments: [String], stdin: Int32?, onExit: @escaping (_ status: Int64, _ signal: Int32) -> Void) throws(UVOperationError) {
+    /// output to `stdout` (likewise closed here; nil: this process's standard error) and
+    /// standard error to this process's. `environment` ("NAME=value" each) replaces this
+    /// process's if given. A `detached` child leads a session of its own, so a terminal's
+    /// SIGINT reaches only this process, which decides what the child hears. `onExit` gets the
+    /// exit status and the signal that ended it (0 if none). The libuv function is `uv_spawn`.
+    public init(loop: Loop, path: String, arguments: [String], stdin: Int32?, stdout: Int32? = nil, environment: [String]? = nil,
+                detached: Bool = false, onExit: @escaping (_ status: Int64, _ signal: Int32) -> Void) throws(UVOperationError) {
         defer { if let stdin { Glibc.close(stdin) } }
+        defer { if let stdout { Glibc.close(stdout) } }
+        // A C array of C strings that lives until uv_spawn has returned.
+        let cEnvironment: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = environment.map { names in
+            let array = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: names.count + 1)
+            for (i, entry) in names.enumerated() { array[i] = strdup(entry) }
+            array[names.count] = nil
+            return array
+        }
+        defer {
+            if let cEnvironment, let environment {
+                for i in 0..<environment.count { free(cEnvironment[i]) }
+                cEnvironment.deallocate()
+            }
+        }
         let devNull = stdin == nil ? open("/dev/null", O_RDONLY | O_CLOEXEC) : -1
         defer { if devNull >= 0 { Glibc.close(devNull) } }
         var cArguments: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
@@ -23,7 +41,7 @@ public final class ChildProcess: Handle {
         stdio[0].flags = UV_INHERIT_FD
         stdio[0].data.fd = stdin ?? devNull
         stdio[1].flags = UV_INHERIT_FD
-        stdio[1].data.fd = 2
+        stdio[1].data.fd = stdout ?? 2
         stdio[2].flags = UV_INHERIT_FD
         stdio[2].data.fd = 2
         let spawned: Result<UnsafeMutableRawPointer, UVOperationError> = path.withCString { file in
@@ -35,6 +53,8 @@ public final class ChildProcess: Handle {
                     options.args = args.baseAddress
                     options.stdio_count = 3
                     options.stdio = containers.baseAddress
+                    options.env = cEnvironment
+                    if detached { options.flags = UInt32(UV_PROCESS_DETACHED.rawValue) }
                     // A failed uv_spawn has still put the handle on the loop: it is closed, then freed.
                     let raw = allocateForLibuv(uv_handle_size(UV_PROCESS))
                     let status = uv_spawn(loop.uv, raw.assumingMemoryBound(to: uv_process_t.self), &options)

@@ -56,6 +56,11 @@ struct Serve: ParsableCommand {
         seed uploads (which cannot resume) are deleted. The exit status is then 0, with a line
         saying how many finished and how many were cut. A second signal exits at once (130). A bad
         argument, a port in use or an unusable directory gives one line and exit status 1.
+
+        --workers N runs N worker processes on the same ports (SO_REUSEPORT), each with its own
+        loop; this process supervises them: it prints the listening lines once every worker
+        listens, starts a worker again if one dies, and passes SIGTERM and SIGINT on as a drain.
+        Several servers, workers or not, may share one --dir (docs/SCALE.md).
         """)
 
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
@@ -95,6 +100,8 @@ struct Serve: ParsableCommand {
     @Option(parsing: .unconditional, help: "Seed UDP uploads (sources) at once from one IP address.") var udpMaxSeedSessionsPerAddress = "16"
     @Option(parsing: .unconditional, help: "Receive window memory per native UDP upload (bytes, or 16MiB).") var udpWindow = "16MiB"
     @Option(parsing: .unconditional, help: "Receive window memory of all native UDP uploads together (bytes, or 512MiB); an upload that would exceed it gets ABORT 'server busy'.") var udpMemory = "512MiB"
+    @Option(parsing: .unconditional, help: "Worker processes serving the same ports, each with its own loop (SO_REUSEPORT): 1 to 256, or auto (one per core). A supervisor starts them, restarts one that dies, and drains them all on SIGTERM or SIGINT.") var workers = "1"
+    @Option(parsing: .unconditional, help: .hidden) var workerSlot: String?
     @Option(parsing: .unconditional, help: "Threads that write files (libuv's threadpool). Default: one per core (at least 2); with --fsync, which waits on the disk, twice that (at least libuv's 4). UV_THREADPOOL_SIZE in the environment is used if this is not given.") var threadpoolSize: String?
 
     func run() throws {
@@ -130,11 +137,33 @@ struct Serve: ParsableCommand {
             flag { try configuration.set(name, value, flag: "--" + name) }
         }
         let drainSeconds = flag { try FlagValue.seconds(self.drainTimeout, flag: "--drain-timeout", in: 0...longest) }
+        let workerCount = workers.trimmingCharacters(in: .whitespaces) == "auto" ? min(256, Threadpool.cores)
+            : flag { try FlagValue.integer(workers, flag: "--workers", in: 1...256) }
         let level = logLevel
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
+        }
+        // A parent may have spawned us with these signals blocked (Foundation's Process does):
+        // unblock them, or SIGINT/SIGTERM would never reach the loop, nor a worker's end
+        // (SIGCHLD) a supervisor's.
+        var unblock = sigset_t()
+        sigemptyset(&unblock)
+        for signum in [SIGINT, SIGTERM, SIGCHLD] { sigaddset(&unblock, signum) }
+        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
+        if let workerSlot {
+            // One of a supervisor's workers: its ports are shared, its UDP cookies made with the
+            // supervisor's secret, and it ends (draining) if the supervisor does.
+            _ = flag { try FlagValue.integer(workerSlot, flag: "--worker-slot", in: 0...255) }
+            configuration.sharedPorts = true
+            configuration.udpCookieSecret = ProcessInfo.processInfo.environment["DATASTREAM_WORKER_SECRET"].flatMap { [UInt8](hex: $0) }
+            if let supervisor = ProcessInfo.processInfo.environment["DATASTREAM_SUPERVISOR_PID"].flatMap({ pid_t($0) }),
+               !ParentDeath.signalOnParentDeath(SIGTERM, expectedParent: supervisor) {
+                die("the supervisor (pid \(supervisor)) has ended")
+            }
+        } else if workerCount > 1 {
+            runSupervisor(configuration, workers: workerCount)
         }
         let loop: Loop
         do { loop = try Loop() } catch { die("\(error)") }
@@ -145,13 +174,6 @@ struct Serve: ParsableCommand {
         let address: SocketAddress
         do { address = try server.start() } catch { die("\(error)") }
         Logger(label: "datastream").info("file threads: \(Threadpool.requestedSize.map(String.init) ?? "libuv's default") (UV_THREADPOOL_SIZE)")
-        // A parent may have spawned us with these signals blocked (Foundation's Process does):
-        // unblock them, or SIGINT/SIGTERM would never reach the loop.
-        var unblock = sigset_t()
-        sigemptyset(&unblock)
-        sigaddset(&unblock, SIGINT)
-        sigaddset(&unblock, SIGTERM)
-        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
         var signals: [UV.Signal] = []
         var stopping = false
         for signum in [SIGINT, SIGTERM] {
@@ -184,6 +206,61 @@ struct Serve: ParsableCommand {
         let s = server.statistics
         FileHandle.standardError.write(Data("datastream: stopped; \(s.uploadsStored) uploads stored\(s.uploadsAlreadyStored > 0 ? " (and \(s.uploadsAlreadyStored) sent again, already stored)" : ""), \(s.uploadsFailed) failed, \(s.connectionsAccepted) connections (\(s.connectionsTimedOut) timed out, \(s.connectionsRefused) refused), \(s.uploadsDrained) drained\n".utf8))
         try? loop.close()
+    }
+}
+
+extension Serve {
+    /// `--workers N`: reserves the ports (bound with SO_REUSEPORT, so the workers can bind them
+    /// too), starts N workers, prints the listening lines once every worker listens, and exits
+    /// when they have all ended (after SIGTERM or SIGINT, drained).
+    func runSupervisor(_ configuration: Server.Configuration, workers: Int) -> Never {
+        let loop: Loop
+        do { loop = try Loop() } catch { die("\(error)") }
+        let tcp: SocketAddress
+        var udp: SocketAddress?
+        var udpReservation: UDPSocket?
+        let reservation: TCPListener
+        do {
+            reservation = try TCPListener(loop: loop)
+            try reservation.bindShared(SocketAddress.resolve(configuration.host, port: configuration.port, on: loop))
+            tcp = try reservation.localAddress()
+            if configuration.udpEnabled {
+                // Held until every worker listens, so no one else takes the number meanwhile.
+                let u = try UDPSocket(loop: loop)
+                try u.bindShared(SocketAddress(host: tcp.host, port: configuration.udpPort ?? tcp.port))
+                udp = try u.localAddress()
+                udpReservation = u
+            }
+        } catch { die("\(error)") }
+        let secret = (0..<32).map { _ in UInt8.random(in: 0...255) }.hexString
+        let original = Array(CommandLine.arguments.dropFirst())
+        let plan = WorkerSupervisor.Plan(
+            executable: "/proc/self/exe",
+            arguments: { [udp] slot in WorkerCommandLine.arguments(from: original, port: tcp.port, udpPort: udp?.port, slot: slot) },
+            workers: workers,
+            environment: ["DATASTREAM_WORKER_SECRET=\(secret)", "DATASTREAM_SUPERVISOR_PID=\(getpid())"])
+        var exitStatus: Int32 = 0
+        let supervisor = WorkerSupervisor(loop: loop, plan: plan, onReady: {
+            udpReservation?.close()
+            udpReservation = nil
+            print("listening tcp \(tcp)")
+            if let udp { print("listening udp \(udp)") }
+            fflush(stdout)
+        }, onWorkerEvent: { line in
+            FileHandle.standardError.write(Data("datastream: \(line)\n".utf8))
+        }, onExit: { status, reason in
+            if let reason { FileHandle.standardError.write(Data("datastream: \(reason)\n".utf8)) }
+            exitStatus = status
+            udpReservation?.close()
+            reservation.close()
+        })
+        supervisor.expectsUDP = udp != nil
+        do { try supervisor.start() } catch { die("\(error)") }
+        loop.run()
+        let restarts = supervisor.restarts.reduce(0, +)
+        FileHandle.standardError.write(Data("datastream: supervisor stopped; \(workers) workers, \(restarts) restarts\n".utf8))
+        try? loop.close()
+        Glibc.exit(exitStatus)
     }
 }
 
