@@ -103,6 +103,20 @@ extension Server {
         /// process's own. Processes sharing a UDP port share it, so a source whose datagrams
         /// move to another of them (one restarted) keeps its cookie.
         public var udpCookieSecret: [UInt8]?
+        /// One worker of `serve --workers`: where it publishes its numbers for the others'
+        /// `/metrics` and the supervisor's last line (`WorkerShare`).
+        public var workerSlot: WorkerSlot?
+        public struct WorkerSlot: Sendable {
+            /// The supervisor's file of slots (one per worker).
+            public var file: String
+            public var slot: Int
+            public var workers: Int
+            public init(file: String, slot: Int, workers: Int) {
+                self.file = file
+                self.slot = slot
+                self.workers = workers
+            }
+        }
         public init() {}
     }
 }

@@ -123,6 +123,8 @@ public final class Server {
     /// The most refused connections kept waiting at once; past it they are closed at once.
     static let maxRefusing = 256
     private var sweepTimer: Timer?
+    /// Where this worker of `serve --workers` publishes its numbers (nil: a server on its own).
+    private(set) var workerShare: WorkerShare?
     var descriptorRetryTimer: Timer?
     /// Connections that may read again, served at the start of the next loop iteration (`readSoon`).
     private var readSoonQueue: [Connection] = []
@@ -151,6 +153,11 @@ public final class Server {
 
     private func startHandles() throws(ServerError) -> SocketAddress {
         do throws(UVOperationError) {
+            if let place = configuration.workerSlot {
+                let share = try WorkerShare(place)
+                workerShare = share
+                metrics.share = share
+            }
             let t = try Timer(loop: loop)
             // A tenth of the shorter timeout, between 50 ms and a second (a limit that is not a
             // finite positive number counts as none).
@@ -441,6 +448,10 @@ public final class Server {
         hook?.checkTimeouts(now: now)
         disk.refresh(store.fs)
         pool.wakeIfRoom()
+        if let share = workerShare {
+            share.publish(currentGauges)
+            share.refresh(loop)
+        }
     }
 
     func finishStopIfDone() {

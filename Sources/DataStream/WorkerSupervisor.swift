@@ -129,8 +129,10 @@ public final class WorkerSupervisor {
             lines[i].removeSubrange(...newline)
             // The last of its listening lines: tcp, then udp unless it has none.
             if line.hasPrefix("listening ") { listeningLines[i].append(line) }
-            if line.hasPrefix("listening tcp"), !expectsUDP { perform(machine.listening(i, now: now)) }
-            if line.hasPrefix("listening udp") { perform(machine.listening(i, now: now)) }
+            if line.hasPrefix("listening tcp") && !expectsUDP || line.hasPrefix("listening udp") {
+                if machine.restarts[i] > 0 { onWorkerEvent("worker \(i) listens again") }
+                perform(machine.listening(i, now: now))
+            }
         }
     }
 

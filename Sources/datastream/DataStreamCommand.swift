@@ -155,7 +155,11 @@ struct Serve: ParsableCommand {
         if let workerSlot {
             // One of a supervisor's workers: its ports are shared, its UDP cookies made with the
             // supervisor's secret, and it ends (draining) if the supervisor does.
-            _ = flag { try FlagValue.integer(workerSlot, flag: "--worker-slot", in: 0...255) }
+            let slot = flag { try FlagValue.integer(workerSlot, flag: "--worker-slot", in: 0...255) }
+            let environment = ProcessInfo.processInfo.environment
+            if let file = environment["DATASTREAM_WORKER_FILE"], let count = environment["DATASTREAM_WORKERS"].flatMap({ Int($0) }), slot < count {
+                configuration.workerSlot = .init(file: file, slot: slot, workers: count)
+            }
             configuration.sharedPorts = true
             configuration.udpCookieSecret = ProcessInfo.processInfo.environment["DATASTREAM_WORKER_SECRET"].flatMap { [UInt8](hex: $0) }
             if let supervisor = ProcessInfo.processInfo.environment["DATASTREAM_SUPERVISOR_PID"].flatMap({ pid_t($0) }),
@@ -203,9 +207,13 @@ struct Serve: ParsableCommand {
         }
         fflush(stdout)
         loop.run()
-        let s = server.statistics
-        FileHandle.standardError.write(Data("datastream: stopped; \(s.uploadsStored) uploads stored\(s.uploadsAlreadyStored > 0 ? " (and \(s.uploadsAlreadyStored) sent again, already stored)" : ""), \(s.uploadsFailed) failed, \(s.connectionsAccepted) connections (\(s.connectionsTimedOut) timed out, \(s.connectionsRefused) refused), \(s.uploadsDrained) drained\n".utf8))
+        FileHandle.standardError.write(Data("datastream: \(workerSlot.map { "worker \($0) " } ?? "")stopped; \(Serve.summary(server.statistics))\n".utf8))
         try? loop.close()
+    }
+
+    /// What a stop line says of a server's statistics.
+    static func summary(_ s: Server.Statistics) -> String {
+        "\(s.uploadsStored) uploads stored\(s.uploadsAlreadyStored > 0 ? " (and \(s.uploadsAlreadyStored) sent again, already stored)" : ""), \(s.uploadsFailed) failed, \(s.connectionsAccepted) connections (\(s.connectionsTimedOut) timed out, \(s.connectionsRefused) refused), \(s.uploadsDrained) drained"
     }
 }
 
@@ -233,12 +241,18 @@ extension Serve {
             }
         } catch { die("\(error)") }
         let secret = (0..<32).map { _ in UInt8.random(in: 0...255) }.hexString
+        // Where the workers publish their numbers for each other's /metrics and this last line.
+        var isDirectory: ObjCBool = false
+        let shm = FileManager.default.fileExists(atPath: "/dev/shm", isDirectory: &isDirectory) && isDirectory.boolValue && access("/dev/shm", W_OK) == 0
+        let numbers = (shm ? "/dev/shm" : NSTemporaryDirectory()) + "/datastream-workers-\(getpid())"
+        unlink(numbers)
         let original = Array(CommandLine.arguments.dropFirst())
         let plan = WorkerSupervisor.Plan(
             executable: "/proc/self/exe",
             arguments: { [udp] slot in WorkerCommandLine.arguments(from: original, port: tcp.port, udpPort: udp?.port, slot: slot) },
             workers: workers,
-            environment: ["DATASTREAM_WORKER_SECRET=\(secret)", "DATASTREAM_SUPERVISOR_PID=\(getpid())"])
+            environment: ["DATASTREAM_WORKER_SECRET=\(secret)", "DATASTREAM_SUPERVISOR_PID=\(getpid())",
+                          "DATASTREAM_WORKER_FILE=\(numbers)", "DATASTREAM_WORKERS=\(workers)"])
         var exitStatus: Int32 = 0
         let supervisor = WorkerSupervisor(loop: loop, plan: plan, onReady: {
             udpReservation?.close()
@@ -258,7 +272,9 @@ extension Serve {
         do { try supervisor.start() } catch { die("\(error)") }
         loop.run()
         let restarts = supervisor.restarts.reduce(0, +)
-        FileHandle.standardError.write(Data("datastream: supervisor stopped; \(workers) workers, \(restarts) restarts\n".utf8))
+        let all = Server.workerTotals(file: numbers, workers: workers).map { "; all of them: \($0.uploadsStored) uploads stored, \($0.uploadsFailed) failed, \($0.bytesReceived) bytes received" } ?? ""
+        unlink(numbers)
+        FileHandle.standardError.write(Data("datastream: supervisor stopped; \(workers) workers, \(restarts) restarts\(all)\n".utf8))
         try? loop.close()
         Glibc.exit(exitStatus)
     }

@@ -528,10 +528,15 @@ struct ForeignConnectionTests {
         owner.shutdownWrite()
         _ = owner.readUntilEOF()
         #expect(server.eventually { server.onLoop { $0.connectionCount } == 0 })
-        // Someone else, with the id and the header: the rest as garbage, then a wrong END.
-        let other = try BlockingClient(port: server.port)
-        try other.handshake()
-        #expect(try other.announce(header) == 5_000)
+        // Someone else, with the id and the header: the rest as garbage, then a wrong END. (The
+        // id is busy until the server has closed the owner's partial: tried again until then.)
+        var foreign: BlockingClient?
+        #expect(server.eventually {
+            guard let c = try? BlockingClient(port: server.port), (try? c.handshake()) != nil, let offset = try? c.announce(header) else { return false }
+            foreign = c
+            return offset == 5_000
+        })
+        let other = try #require(foreign)
         let garbage = content(92, count: 15_000)
         other.send(garbage)
         other.send(Wire.end(digest: Digests.compute(.sha256, data)))  // not the digest of what it sent

@@ -49,10 +49,21 @@ final class BackgroundServer: @unchecked Sendable {
     }
 
     static func temporaryDirectory() -> String {
+        _ = removeEndedRunsDirectories
         let path = "/tmp/datastream-tests-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
         mkdir(path, 0o755)
         return path
     }
+
+    /// The directories of earlier test runs (their process is gone) go, once per run: each run
+    /// writes hundreds of MiB of uploads.
+    private static let removeEndedRunsDirectories: Void = {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? [] where name.hasPrefix("datastream-tests-") {
+            guard let pid = Int32(name.dropFirst("datastream-tests-".count).prefix { $0 != "-" }), pid != getpid(),
+                  kill(pid, 0) != 0, errno == ESRCH else { continue }
+            try? FileManager.default.removeItem(atPath: "/tmp/" + name)
+        }
+    }()
 
     private func run(_ configuration: Server.Configuration) {
         if borrowedLoop {

@@ -806,23 +806,30 @@ struct SharedSlotsTests {
         defer { unlink(path) }
         let a = try SharedSlots(path: path, slots: 4, wordsPerSlot: 2)
         var b: SharedSlots? = try SharedSlots(path: path, slots: 4, wordsPerSlot: 2)
-        #expect(a.ownSlot != b!.ownSlot)
+        let slotA = try #require(a.ownSlot), slotB = try #require(b?.ownSlot)
+        #expect(slotA != slotB)
         a.store(1, 40)
         b!.add(1, 2)
         b!.add(1, UInt64(bitPattern: -1))  // a step down
-        #expect(a.load(slot: b!.ownSlot, word: 1) == 1)
-        #expect(b!.load(slot: a.ownSlot, word: 1) == 40)
+        #expect(a.load(slot: slotB, word: 1) == 1)
+        #expect(b!.load(slot: slotA, word: 1) == 40)
         #expect(a.sum(1, over: a.heldSlots()) == 41)
-        #expect(Set(a.heldSlots()) == [a.ownSlot, b!.ownSlot])
-        let gone = b!.ownSlot
+        #expect(Set(a.heldSlots()) == [slotA, slotB])
         b = nil
-        #expect(a.heldSlots() == [a.ownSlot])
+        #expect(a.heldSlots() == [slotA])
+        // A reader takes no slot and sees what the one that ended left.
+        let reader = try SharedSlots(path: path, slots: 4, wordsPerSlot: 2, claim: .none)
+        #expect(reader.ownSlot == nil && reader.load(slot: slotB, word: 1) == 1)
+        // Taking that very slot over keeps its words; a held slot cannot be taken.
+        let successor = try SharedSlots(path: path, slots: 4, wordsPerSlot: 2, claim: .slot(slotB))
+        #expect(successor.ownSlot == slotB && successor.load(slot: slotB, word: 1) == 1)
+        #expect(throws: UVOperationError.self) { try SharedSlots(path: path, slots: 4, wordsPerSlot: 2, claim: .slot(slotA)) }
+        // Any free slot starts at zero.
         let c = try SharedSlots(path: path, slots: 4, wordsPerSlot: 2)
-        #expect(c.ownSlot == gone)
-        #expect(c.load(slot: gone, word: 1) == 0)
+        #expect(c.ownSlot.map { c.load(slot: $0, word: 1) } == 0)
         // Every slot held: the next claim fails with a typed error.
-        let more = try (0..<2).map { _ in try SharedSlots(path: path, slots: 4, wordsPerSlot: 2) }
+        let more = try SharedSlots(path: path, slots: 4, wordsPerSlot: 2)
         #expect(throws: UVOperationError.self) { try SharedSlots(path: path, slots: 4, wordsPerSlot: 2) }
-        _ = more
+        _ = (more, successor)
     }
 }

@@ -15,15 +15,27 @@ public final class SharedSlots: @unchecked Sendable {
     public let path: String
     public let slotCount: Int
     public let wordsPerSlot: Int
-    /// This process's slot.
-    public let ownSlot: Int
+    /// Which slot a process takes.
+    public enum Claim: Sendable {
+        /// The first free one, its words zeroed.
+        case anyFree
+        /// This one (it must be free), its words kept: a process taking over from one that
+        /// ended goes on from what it left.
+        case slot(Int)
+        /// None: this process only reads.
+        case none
+    }
+
+    /// This process's slot (nil: it only reads).
+    public let ownSlot: Int?
     private let fd: Int32
     private let words: UnsafeMutablePointer<UInt64>
     private let byteCount: Int
 
-    /// Opens (or creates) the file at `path`, maps it, and claims a free slot, whose words
-    /// start at zero. Blocking: at start-up, before a loop runs. Fails if every slot is held.
-    public init(path: String, slots: Int, wordsPerSlot: Int) throws(UVOperationError) {
+    /// Opens (or creates) the file at `path`, maps it, and claims a slot as `claim` says.
+    /// Blocking: at start-up, before a loop runs. Fails if the slot asked for (or, for
+    /// `anyFree`, every slot) is held.
+    public init(path: String, slots: Int, wordsPerSlot: Int, claim: Claim = .anyFree) throws(UVOperationError) {
         precondition(slots > 0 && wordsPerSlot > 0)
         self.path = path
         self.slotCount = slots
@@ -45,18 +57,20 @@ public final class SharedSlots: @unchecked Sendable {
         }
         self.fd = fd
         words = mapped.assumingMemoryBound(to: UInt64.self)
-        var claimed: Int?
-        for slot in 0..<slots where SharedSlots.lock(fd, slot: slot, wordsPerSlot: wordsPerSlot, command: LinuxConstants.fOFDSetLock) {
-            claimed = slot
-            break
+        let candidates: [Int]
+        switch claim {
+        case .anyFree: candidates = Array(0..<slots)
+        case .slot(let i): candidates = (0..<slots).contains(i) ? [i] : []
+        case .none: candidates = []
         }
-        guard let claimed else {
+        let claimed = candidates.first { SharedSlots.lock(fd, slot: $0, wordsPerSlot: wordsPerSlot, command: LinuxConstants.fOFDSetLock) }
+        if claimed == nil, case .none = claim {} else if claimed == nil {
             munmap(mapped, byteCount)
             close(fd)
             throw UVOperationError("claim a slot", target: path, code: UVError.busy.code)
         }
         ownSlot = claimed
-        for word in 0..<wordsPerSlot { store(word, 0) }
+        if case .anyFree = claim { for word in 0..<wordsPerSlot { store(word, 0) } }
     }
 
     deinit {
@@ -71,6 +85,7 @@ public final class SharedSlots: @unchecked Sendable {
 
     /// Sets one of this process's words.
     public func store(_ word: Int, _ value: UInt64) {
+        guard let ownSlot else { preconditionFailure("a reader has no slot to write") }
         address(ownSlot, word).withMemoryRebound(to: CUnsignedLongLong.self, capacity: 1) { datastream_atomic_store($0, CUnsignedLongLong(value)) }
     }
 
@@ -78,7 +93,8 @@ public final class SharedSlots: @unchecked Sendable {
     /// process's words and returns the new value.
     @discardableResult
     public func add(_ word: Int, _ delta: UInt64) -> UInt64 {
-        address(ownSlot, word).withMemoryRebound(to: CUnsignedLongLong.self, capacity: 1) { UInt64(datastream_atomic_add($0, CUnsignedLongLong(delta))) }
+        guard let ownSlot else { preconditionFailure("a reader has no slot to write") }
+        return address(ownSlot, word).withMemoryRebound(to: CUnsignedLongLong.self, capacity: 1) { UInt64(datastream_atomic_add($0, CUnsignedLongLong(delta))) }
     }
 
     /// A word of any slot.
