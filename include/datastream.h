@@ -64,7 +64,7 @@ void ds_config_free(ds_config *config);
  * max-partial-bytes-per-address, max-partials, max-partial-bytes, header-timeout, idle-timeout,
  * allow-anonymous, allow-seed-protocol, udp, udp-port, udp-receive-buffer, udp-idle-timeout,
  * udp-offload, udp-max-sessions, udp-max-sessions-per-address, udp-max-seed-sessions,
- * udp-max-seed-sessions-per-address, udp-window, udp-memory. */
+ * udp-max-seed-sessions-per-address, udp-window, udp-memory, proxy-protocol. */
 int ds_config_set(ds_config *config, const char *name, const char *value);
 
 /* Typed shortcuts for the common ones. */

@@ -85,6 +85,10 @@ final class Connection: ServedConnection, TCPStreamReader, UploadSinkOwner, Buff
     /// A close asked for while a drain's work item was running: carried out once it stopped.
     private var closeAfterDrain: (reply: [UInt8]?, reason: ProtocolError?, partial: ConnectionStateMachine.PartialDisposition)?
 
+    /// The first bytes must not be a PROXY header (`--proxy-protocol` is on and this peer is
+    /// not a proxy allowed to send one).
+    var refusesProxyHeaders = false
+
     init(id: UInt64, server: Server, stream: TCPStream, acceptedPeer: SocketAddress?) {
         self.id = id
         self.server = server
@@ -143,6 +147,15 @@ final class Connection: ServedConnection, TCPStreamReader, UploadSinkOwner, Buff
         switch event {
         case .data(let count):
             guard count > 0 else { return }
+            if refusesProxyHeaders, let buffer {
+                refusesProxyHeaders = false
+                if ProxyProtocol.looksLikeHeader(UnsafeRawBufferPointer(rebasing: buffer[0..<count])) {
+                    _ = pool.received(count)  // the lent buffer is accounted for, its bytes dropped
+                    server.statistics.connectionsRefused += 1
+                    closeConnection(reply: nil, reason: .connectionFailed(reason: "a PROXY header from an address not allowed to send one (--proxy-protocol)"), partial: .none)
+                    return
+                }
+            }
             lifecycle.clientSent(now: monotonicNanoseconds())
             let (slab, start) = pool.received(count)
             server.statistics.bytesReceived += UInt64(count)

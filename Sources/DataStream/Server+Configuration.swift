@@ -95,6 +95,11 @@ extension Server {
         public var udpMaxSeedSessions = 64
         /// Seed UDP sources at once from one IP address (one host cannot take every slot).
         public var udpMaxSeedSessionsPerAddress = 16
+        /// Proxies allowed to send a PROXY protocol v2 header (`--proxy-protocol`): numeric
+        /// addresses or prefixes (`10.0.0.0/8`, `::1`). A connection from one of them must begin
+        /// with a header, and is then served as coming from the client it names; from anyone
+        /// else a PROXY header is refused. Empty: none (the default).
+        public var proxyProtocolFrom: [String] = []
         /// One of several processes serving the same ports (`serve --workers`): the TCP and UDP
         /// sockets are bound with `SO_REUSEPORT`, so the kernel spreads connections and UDP
         /// sources over the processes that bind them.

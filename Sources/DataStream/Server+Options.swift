@@ -31,6 +31,11 @@ extension Server.Configuration {
             "port": { c, v, f throws(FlagValue.Invalid) in c.port = try FlagValue.port(v, flag: f) },
             "dir": { c, v, _ in c.directory = v },
             "token": { c, v, _ in c.token = v },
+            "proxy-protocol": { c, v, f throws(FlagValue.Invalid) in
+                c.proxyProtocolFrom = try FlagValue.list(v, flag: f, expected: "numeric addresses or prefixes, comma-separated (127.0.0.1, 10.0.0.0/8, ::1)") {
+                    Server.proxyPrefix($0) != nil
+                }
+            },
             "fsync": { c, v, f throws(FlagValue.Invalid) in c.fsync = try FlagValue.boolean(v, flag: f) },
             "max-file-size": { c, v, f throws(FlagValue.Invalid) in c.maxFileSize = try FlagValue.bytes(v, flag: f, in: 1...(1 << 60)) },
             "min-free-space": { c, v, f throws(FlagValue.Invalid) in c.minFreeSpace = try FlagValue.bytes(v, flag: f, in: 0...(1 << 60)) },

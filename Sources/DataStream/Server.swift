@@ -71,6 +71,7 @@ public final class Server {
         if partialSweep.seedRemoved + partialSweep.staleRemoved + partialSweep.receiptsRemoved > 0 || partialSweep.kept > 0 {
             logger.notice("partials at start: \(partialSweep.kept) kept for resume (\(partialSweep.inUse) being written by another process), \(partialSweep.staleRemoved) stale removed (older than \(configuration.partialMaxAge) s or incomplete), \(partialSweep.seedRemoved) seed partials nobody holds removed, \(partialSweep.receiptsRemoved) receipts of stored uploads removed (older than \(configuration.partialMaxAge) s)")
         }
+        proxyPrefixes = configuration.proxyProtocolFrom.compactMap(Server.proxyPrefix)
         disk = DiskBudget(directory: configuration.directory, minimumFree: configuration.minFreeSpace, sharedFile: configuration.directory + "/.datastream/budget")
         if !disk.isShared { logger.warning("cannot share the disk budget through \(configuration.directory)/.datastream/budget: other processes on this directory are not counted") }
         pool = BufferPool(budget: configuration.processBufferBudget)  // 512 KiB slabs, reads of up to 256 KiB (fewer read calls for a fast sender)
@@ -123,6 +124,10 @@ public final class Server {
     /// The most refused connections kept waiting at once; past it they are closed at once.
     static let maxRefusing = 256
     private var sweepTimer: Timer?
+    /// `--proxy-protocol`: the proxies allowed to send PROXY headers, and the connections from
+    /// them whose header is being read.
+    let proxyPrefixes: [ProxyProtocol.Prefix]
+    private var proxyReaders: [ObjectIdentifier: ProxyHeaderReader] = [:]
     /// Where this worker of `serve --workers` publishes its numbers (nil: a server on its own).
     private(set) var workerShare: WorkerShare?
     var descriptorRetryTimer: Timer?
@@ -278,6 +283,7 @@ public final class Server {
         }
         for connection in connections { connection.abort() }
         for refusal in refusing.values { refusal.cancel() }
+        for reader in proxyReaders.values { reader.cancel() }
         if let hook {
             hookClosed = false
             hook.stop { [self] in
@@ -300,10 +306,56 @@ public final class Server {
         case .success(let stream):
             nextConnectionID += 1
             statistics.connectionsAccepted += 1
+            if !proxyPrefixes.isEmpty {
+                // Behind a proxy: from an allowed one the PROXY header comes first, and names
+                // the client the connection is admitted as.
+                guard let proxy = try? stream.peerAddress() else { stream.close(); return }
+                if proxyPrefixes.contains(where: { $0.contains(proxy.addressBytes) }) {
+                    let reader = ProxyHeaderReader(server: self, stream: stream, proxy: proxy)
+                    proxyReaders[ObjectIdentifier(reader)] = reader
+                    reader.start(timeout: configuration.headerTimeout)
+                    return
+                }
+                admit(stream, peer: proxy, refusingProxyHeaders: true)
+                return
+            }
+            admit(stream, peer: nil, refusingProxyHeaders: false)
+        }
+    }
+
+    /// A PROXY header named the client of `stream`: admitted as coming from it.
+    func proxyHeaderRead(_ reader: ProxyHeaderReader, stream: TCPStream, client: SocketAddress) {
+        proxyReaders[ObjectIdentifier(reader)] = nil
+        admit(stream, peer: client, refusingProxyHeaders: false)
+    }
+
+    /// A connection from an allowed proxy sent no usable PROXY header (the reader closed it).
+    func proxyHeaderFailed(_ reader: ProxyHeaderReader, reason: String) {
+        proxyReaders[ObjectIdentifier(reader)] = nil
+        statistics.connectionsRefused += 1
+        noisy(.connectionRefused, .warning, "connection refused: \(reason)", metadata: ["peer": "\(reader.proxy)"])
+        finishStopIfDone()
+    }
+
+    /// The numeric address or prefix of `--proxy-protocol` (`10.0.0.0/8`, `::1`), or nil.
+    static func proxyPrefix(_ text: String) -> ProxyProtocol.Prefix? {
+        let parts = text.split(separator: "/", maxSplits: 1).map(String.init)
+        guard let first = parts.first, let address = try? SocketAddress(host: first, port: 0) else { return nil }
+        let bytes = address.addressBytes
+        guard parts.count == 2 else { return ProxyProtocol.Prefix(address: bytes, bits: bytes.count * 8) }
+        guard let bits = Int(parts[1]), (0...bytes.count * 8).contains(bits) else { return nil }
+        return ProxyProtocol.Prefix(address: bytes, bits: bits)
+    }
+
+    /// Takes a connection in: the per-address cap and the authentication backoff by `peer` (the
+    /// client's address, told by a proxy; nil: looked up if a check needs it), then a
+    /// `Connection` (which refuses a PROXY header from `peer` when `refusingProxyHeaders`).
+    private func admit(_ stream: TCPStream, peer given: SocketAddress?, refusingProxyHeaders: Bool) {
+        do {
             // The peer is looked up only for the per-address cap and the authentication
             // backoff (log lines look it up themselves).
             let backoff = configuration.token != nil && authenticationBackoff.count > 0
-            let peer = configuration.maxConnectionsPerAddress > 0 || backoff ? try? stream.peerAddress() : nil
+            let peer = given ?? (configuration.maxConnectionsPerAddress > 0 || backoff ? try? stream.peerAddress() : nil)
             if let peer {
                 let key = peer.hostIdentityBytes
                 var refusal: ProtocolError?
@@ -319,6 +371,7 @@ public final class Server {
                 if configuration.maxConnectionsPerAddress > 0 { connectionsPerHost[key, default: 0] += 1 }
             }
             let connection = Connection(id: nextConnectionID, server: self, stream: stream, acceptedPeer: peer)
+            connection.refusesProxyHeaders = refusingProxyHeaders
             connections.insert(connection)
             if connections.count >= maxConnections, let listener, !listener.isAcceptingPaused {
                 listener.pauseAccepting()
@@ -455,7 +508,7 @@ public final class Server {
     }
 
     func finishStopIfDone() {
-        guard let callback = stopCallback, listenerClosed, udpClosed, hookClosed, connections.isEmpty, refusing.isEmpty else { return }
+        guard let callback = stopCallback, listenerClosed, udpClosed, hookClosed, connections.isEmpty, refusing.isEmpty, proxyReaders.isEmpty else { return }
         stopCallback = nil
         callback()
     }

@@ -16,6 +16,14 @@ public enum FlagValue {
     /// clock the server keeps counts a year with room to spare.
     public static let longestSeconds: Double = 365 * 86_400
 
+    /// A comma-separated list (spaces around entries ignored, empty entries dropped) whose every
+    /// entry `valid` accepts; `expected` says what one must be.
+    public static func list(_ text: String, flag: String, expected: String, valid: (String) -> Bool) throws(Invalid) -> [String] {
+        let entries = text.split(separator: ",").map { String($0).trimmingSpaces() }.filter { !$0.isEmpty }
+        if let bad = entries.first(where: { !valid($0) }) { throw Invalid(flag, bad, expected: expected) }
+        return entries
+    }
+
     /// A whole number in `range`.
     public static func integer(_ text: String, flag: String, in range: ClosedRange<Int>) throws(Invalid) -> Int {
         let expected = "a whole number from \(range.lowerBound) to \(range.upperBound)"

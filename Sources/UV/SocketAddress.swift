@@ -21,6 +21,43 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
 
     init(storage: sockaddr_storage) { self.storage = storage }
 
+    /// The address of a 4-byte (IPv4) or 16-byte (IPv6) host address and a port; nil for any
+    /// other length.
+    public init?(address: [UInt8], port: Int) {
+        var storage = sockaddr_storage()
+        let p = UInt16(truncatingIfNeeded: port).bigEndian
+        switch address.count {
+        case 4:
+            withUnsafeMutablePointer(to: &storage) { s in
+                s.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { a in
+                    a.pointee.sin_family = sa_family_t(AF_INET)
+                    a.pointee.sin_port = p
+                    withUnsafeMutableBytes(of: &a.pointee.sin_addr) { $0.copyBytes(from: address) }
+                }
+            }
+        case 16:
+            withUnsafeMutablePointer(to: &storage) { s in
+                s.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { a in
+                    a.pointee.sin6_family = sa_family_t(AF_INET6)
+                    a.pointee.sin6_port = p
+                    withUnsafeMutableBytes(of: &a.pointee.sin6_addr) { $0.copyBytes(from: address) }
+                }
+            }
+        default:
+            return nil
+        }
+        self.storage = storage
+    }
+
+    /// The host address alone: 4 bytes (IPv4) or 16 (IPv6).
+    public var addressBytes: [UInt8] {
+        var s = storage
+        return withUnsafePointer(to: &s) { p in
+            if isIPv6 { return p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { a in withUnsafeBytes(of: a.pointee.sin6_addr) { Array($0) } } }
+            return p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { a in withUnsafeBytes(of: a.pointee.sin_addr) { Array($0) } }
+        }
+    }
+
     /// The address of `host` (a numeric IPv4 or IPv6 address, brackets allowed: `[::1]`, or a
     /// name such as `localhost`, looked up once) and `port`. A name is resolved synchronously
     /// (`uv_getaddrinfo` without a callback): call it before the loop serves anything, as at

@@ -243,6 +243,46 @@ public final class TCPStream: Handle {
         }
     }
 
+    /// What a `peekNow` or `takeNow` found.
+    public enum Peeked: Equatable, Sendable {
+        /// This many bytes (at most the buffer's size).
+        case bytes(Int)
+        /// Nothing yet: wait for the socket to be readable.
+        case nothingYet
+        case endOfStream
+        case failed(UVError)
+    }
+
+    /// Copies what the socket holds now into `buffer` without taking it (`MSG_PEEK`): a later
+    /// read gets the same bytes. For a header whose length is known only once its start is in
+    /// (a PROXY header), read exactly with `takeNow` once it is all there, so nothing after it
+    /// is taken. Only while libuv does not read the stream. libuv has no such call; this is
+    /// `recv(2)` on the descriptor.
+    public func peekNow(into buffer: UnsafeMutableRawBufferPointer) -> Peeked {
+        receive(into: buffer, flags: Int32(MSG_PEEK) | Int32(MSG_DONTWAIT))
+    }
+
+    /// Takes up to `buffer.count` bytes the socket holds now (after `peekNow` saw them: exactly
+    /// those). Only while libuv does not read the stream; `recv(2)` on the descriptor.
+    public func takeNow(into buffer: UnsafeMutableRawBufferPointer) -> Peeked {
+        receive(into: buffer, flags: Int32(MSG_DONTWAIT))
+    }
+
+    private func receive(into buffer: UnsafeMutableRawBufferPointer, flags: Int32) -> Peeked {
+        precondition(!isReading, "a raw receive while libuv reads the stream")
+        guard let fd = descriptor else { return .failed(.badDescriptor) }
+        while true {
+            let n = recv(fd, buffer.baseAddress, buffer.count, flags)
+            if n > 0 { return .bytes(n) }
+            if n == 0 { return .endOfStream }
+            switch errno {
+            case EINTR: continue
+            case EAGAIN, EWOULDBLOCK: return .nothingYet
+            case let code: return .failed(UVError(code: -code))
+            }
+        }
+    }
+
     /// Stops reading; the reader is kept for a later `startReading`. The libuv function is `uv_read_stop`.
     public func stopReading() {
         guard isReading else { return }

@@ -100,6 +100,7 @@ struct Serve: ParsableCommand {
     @Option(parsing: .unconditional, help: "Seed UDP uploads (sources) at once from one IP address.") var udpMaxSeedSessionsPerAddress = "16"
     @Option(parsing: .unconditional, help: "Receive window memory per native UDP upload (bytes, or 16MiB).") var udpWindow = "16MiB"
     @Option(parsing: .unconditional, help: "Receive window memory of all native UDP uploads together (bytes, or 512MiB); an upload that would exceed it gets ABORT 'server busy'.") var udpMemory = "512MiB"
+    @Option(help: "Proxies allowed to send a PROXY protocol v2 header (HAProxy's send-proxy-v2), comma-separated numeric addresses or prefixes (127.0.0.1, 10.0.0.0/8): a connection from one must begin with the header and is served as coming from the client it names (per-address caps, logs); from anyone else a PROXY header is refused.") var proxyProtocol: String?
     @Option(parsing: .unconditional, help: "Worker processes serving the same ports, each with its own loop (SO_REUSEPORT): 1 to 256, or auto (one per core). A supervisor starts them, restarts one that dies, and drains them all on SIGTERM or SIGINT.") var workers = "1"
     @Option(parsing: .unconditional, help: .hidden) var workerSlot: String?
     @Option(parsing: .unconditional, help: "Threads that write files (libuv's threadpool). Default: one per core (at least 2); with --fsync, which waits on the disk, twice that (at least libuv's 4). UV_THREADPOOL_SIZE in the environment is used if this is not given.") var threadpoolSize: String?
@@ -131,6 +132,7 @@ struct Serve: ParsableCommand {
         ]
         if let token { settings.append(("token", token)) }
         if let udpPort { settings.append(("udp-port", udpPort)) }
+        if let proxyProtocol { settings.append(("proxy-protocol", proxyProtocol)) }
         if let onStored { settings.append(("on-stored", onStored)) }
         if let maxConnections { settings.append(("max-connections", maxConnections)) }
         for (name, value) in settings {

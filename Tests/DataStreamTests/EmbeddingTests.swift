@@ -159,7 +159,12 @@ struct ConfigurationOptionTests {
             #expect(throws: (any Error).self, "\(name) \(bad)") { try c.set(name, bad) }
         }
         #expect(throws: Server.Configuration.UnknownOption.self) { try c.set("colour", "blue") }
-        #expect(Server.Configuration.optionNames.count == 35)
+        #expect(Server.Configuration.optionNames.count == 36)
+        try c.set("proxy-protocol", "127.0.0.1, 10.0.0.0/8,::1")
+        #expect(c.proxyProtocolFrom == ["127.0.0.1", "10.0.0.0/8", "::1"])
+        for bad in ["localhost", "10.0.0.0/33", "10.0.0.0/x", "::1/129"] {
+            #expect(throws: (any Error).self, "\(bad)") { try c.set("proxy-protocol", bad) }
+        }
         try c.set("http", "off")
         try c.set("max-http-head", "8KiB")
         #expect(!c.httpEnabled && c.maxHTTPHeadBytes == 8 << 10)
