@@ -19,75 +19,12 @@ Prints one line per round and a summary; exit status 1 on any bad, missing or do
 a failed resend. Usage:
   scripts/faults/shared-dir.py [--rounds 3] [--uploads 1000] [--nodes 3] [--binary PATH]
 """
-import argparse, hashlib, json, os, random, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, hashlib, os, random, shutil, signal, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_node(binary, directory, port, log):
-    p = subprocess.Popen([binary, "serve", "--port", str(port), "--dir", directory, "--no-udp",
-                          "--log-level", "warning", "--min-free-space", "0"],
-                         stdout=subprocess.PIPE, stderr=log)
-    line = p.stdout.readline().decode()
-    if not line.startswith("listening tcp"):
-        raise SystemExit(f"node did not start: {line!r}")
-    return p
-
-
-def send(binary, port, files, env):
-    return subprocess.Popen([binary, "send", *files, "--to", f"127.0.0.1:{port}", "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-
-
-def outcomes(proc):
-    out, _ = proc.communicate()
-    try:
-        return json.loads(out.decode() or "{}").get("files", [])
-    except json.JSONDecodeError:
-        return []  # killed: nothing confirmed by this sender
-
-
-def digest(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def check_final_names(target, sources):
-    """Files under final names: each must be the source its name comes from, and one each."""
-    bad, stored = [], {}
-    for name in os.listdir(target):
-        if name == ".datastream":
-            continue
-        base = name
-        stem, dot, ext = name.rpartition(".")
-        if stem and "-" in stem and stem.rsplit("-", 1)[1].isdigit():
-            base = stem.rsplit("-", 1)[0] + dot + ext  # NAME-1.bin: a second copy of NAME.bin
-        src = sources.get(base)
-        path = os.path.join(target, name)
-        if src is None or os.path.getsize(path) != src[1] or digest(path) != src[2]:
-            bad.append(name)
-        else:
-            stored.setdefault(base, []).append(name)
-    return bad, stored
-
-
-def partial_name(meta_path):
-    """The client's file name a partial's metadata records (docs/PROTOCOL.md), or None."""
-    try:
-        lines = open(meta_path, "rb").read().decode().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        if line.startswith("name "):
-            return bytes.fromhex(line[5:]).decode()
-    return None
+from fleet_common import check_final_names, free_port, outcomes, partial_name, send, start_node
 
 
 def main():
