@@ -189,6 +189,12 @@ extension Store {
     static func claimPartialNow(_ part: String) throws(UVOperationError) -> PartialClaim {
         let fd: FileDescriptor
         do throws(UVOperationError) { fd = try BlockingFileSystem.open(part, flags: [.readWrite, .noFollow]) } catch where error.error == .noSuchFile { return .missing }
+        return try holdNow(fd, part)
+    }
+
+    /// Locks the open partial `fd` and checks that `part` still names it: `.claimed(fd)`, or
+    /// (with `fd` closed) `.busy` or `.changed` (blocking: threadpool only).
+    private static func holdNow(_ fd: FileDescriptor, _ part: String) throws(UVOperationError) -> PartialClaim {
         do throws(UVOperationError) {
             guard try BlockingFileSystem.lockExclusively(fd, target: part) else {
                 try? BlockingFileSystem.close(fd, target: part)
@@ -210,16 +216,9 @@ extension Store {
     /// makes an upload resumable, only ever describes a partial its writer holds. If the
     /// upload was stored meanwhile (a receipt appeared after the look-up) nothing is created.
     static func createPartialNow(_ part: String, meta: String, record: [UInt8], receiptPath: String, sync: Bool) throws(UVOperationError) -> PartialClaim {
-        let fd = try BlockingFileSystem.open(part, flags: [.readWrite, .create, .noFollow], mode: 0o600)
+        let claim = try holdNow(BlockingFileSystem.open(part, flags: [.readWrite, .create, .noFollow], mode: 0o600), part)
+        guard case .claimed(let fd) = claim else { return claim }
         do throws(UVOperationError) {
-            guard try BlockingFileSystem.lockExclusively(fd, target: part) else {
-                try? BlockingFileSystem.close(fd, target: part)
-                return .busy
-            }
-            guard try BlockingFileSystem.names(part, fd) else {
-                try? BlockingFileSystem.close(fd, target: part)
-                return .changed
-            }
             if try readSmallNow(receiptPath) != nil {
                 // Held, so no one writes it: a partial beside a receipt is of no use.
                 try? BlockingFileSystem.unlink(part)

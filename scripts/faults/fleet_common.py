@@ -70,3 +70,17 @@ def partial_name(meta_path):
         if line.startswith("name "):
             return bytes.fromhex(line[5:]).decode()
     return None
+
+
+def make_sources(rng, directory, prefix, count, size):
+    """`count` files of random bytes named PREFIX_I.bin in `directory` (`size(rng)` bytes each):
+    name -> (path, size, sha256)."""
+    os.makedirs(directory, exist_ok=True)
+    sources = {}
+    for i in range(count):
+        name = f"{prefix}_{i}.bin"
+        data = rng.randbytes(size(rng))
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(data)
+        sources[name] = (os.path.join(directory, name), len(data), hashlib.sha256(data).hexdigest())
+    return sources

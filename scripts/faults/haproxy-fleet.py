@@ -19,10 +19,10 @@ too). NODES `datastream serve` processes share one target directory and take PRO
 Prints what it found; exit status 1 on any failure. Usage:
   scripts/faults/haproxy-fleet.py [--uploads 1000] [--nodes 3] [--binary PATH]
 """
-import argparse, hashlib, json, os, random, shutil, signal, socket, ssl, struct, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, random, shutil, signal, socket, ssl, struct, subprocess, sys, tempfile, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fleet_common import check_final_names, free_port, outcomes, partial_name, send, start_node  # noqa: E402
+from fleet_common import check_final_names, free_port, make_sources, outcomes, partial_name, send, start_node  # noqa: E402
 
 HELLO = bytes([0x01]) + struct.pack(">I", 8) + b"DSTM" + bytes([1, 0, 0, 0])
 WELCOME, ERROR = 0x02, 0x7F
@@ -151,15 +151,8 @@ def main():
             failures.append("bench through HAProxy")
 
         # 2. kill -9 of a node under `datastream send` through HAProxy; the cut ones go again.
-        src = os.path.join(work, "src")
-        os.makedirs(src)
-        sources = {}
-        for i in range(60):
-            name = f"fleet_{i}.bin"
-            data = rng.randbytes(16 << 20 if i % 10 == 0 else rng.randint(1, 512 << 10))
-            with open(os.path.join(src, name), "wb") as f:
-                f.write(data)
-            sources[name] = (os.path.join(src, name), len(data), hashlib.sha256(data).hexdigest())
+        # A tenth of them large enough (16 MiB) to be cut mid-way on loopback.
+        sources = make_sources(rng, os.path.join(work, "src"), "fleet", 60, lambda g: 16 << 20 if g.random() < 0.1 else g.randint(1, 512 << 10))
         names = sorted(sources)
         senders = [send(a.binary, tcp_port, [sources[n][0] for n in names[k::6]], env) for k in range(6)]
         partial_dir = os.path.join(target, ".datastream", "partial")
@@ -192,6 +185,10 @@ def main():
         if failed or bad or missing or twice or resumed != len(held):
             failures.append("kill -9 of a node")
         nodes[victim] = start_node(a.binary, target, ports[victim], log, node_args)
+        # Back in every backend before the next checks (the cap's goes to n0 alone).
+        if not wait_until(lambda: sum(1 for line in admin(work, "show stat").splitlines()
+                                      if line.startswith(("nodes,n", "web,n", "first,n")) and ",UP," in line) == 2 * a.nodes + 1):
+            failures.append(f"node {victim} back up in HAProxy")
 
         # 3. The cap of 8 connections per address counts the client's address.
         held_open = [hello_from("127.0.0.9", cap_port) for _ in range(8)]

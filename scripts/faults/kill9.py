@@ -13,64 +13,12 @@ resume), and the server is killed with SIGKILL at a random moment. Then:
 Prints one line per round and a summary; exit status 1 on any bad file or failed upload.
 Usage: scripts/faults/kill9.py [--rounds 20] [--uploads 1000] [--binary .build/release/datastream]
 """
-import argparse, hashlib, json, os, random, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, os, random, shutil, signal, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(binary, directory, port, log):
-    p = subprocess.Popen([binary, "serve", "--port", str(port), "--dir", directory, "--no-udp",
-                          "--log-level", "warning", "--min-free-space", "0"],
-                         stdout=subprocess.PIPE, stderr=log)
-    line = p.stdout.readline().decode()
-    if not line.startswith("listening tcp"):
-        raise SystemExit(f"server did not start: {line!r}")
-    return p
-
-
-def send(binary, port, files):
-    return subprocess.Popen([binary, "send", *files, "--to", f"127.0.0.1:{port}", "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-
-
-def outcomes(proc):
-    out, _ = proc.communicate()
-    try:
-        return json.loads(out.decode() or "{}").get("files", [])
-    except json.JSONDecodeError:
-        return []  # killed mid-line: nothing confirmed from this sender
-
-
-def digest(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def check_final_names(target, sources):
-    """Files under final names: each must equal the source its name comes from."""
-    bad, stored = [], {}
-    for name in os.listdir(target):
-        if name == ".datastream":
-            continue
-        base = name
-        # Collision-free names: report.bin, report-1.bin, ...
-        stem, dot, ext = name.rpartition(".")
-        if stem and "-" in stem and stem.rsplit("-", 1)[1].isdigit():
-            base = stem.rsplit("-", 1)[0] + dot + ext
-        src = sources.get(base)
-        path = os.path.join(target, name)
-        if src is None or os.path.getsize(path) != src[1] or digest(path) != src[2]:
-            bad.append(name)
-        else:
-            stored.setdefault(base, []).append(name)
-    return bad, stored
+from fleet_common import check_final_names, free_port, make_sources, outcomes, send, start_node  # noqa: E402
 
 
 def main():
@@ -89,19 +37,13 @@ def main():
         for r in range(1, a.rounds + 1):
             src_dir, target = os.path.join(work, f"src{r}"), os.path.join(work, f"in{r}")
             os.makedirs(src_dir)
-            sources = {}
-            for i in range(a.uploads):
-                name = f"r{r}_{i}.bin"
-                data = rng.randbytes(rng.randint(1, a.max_size))
-                with open(os.path.join(src_dir, name), "wb") as f:
-                    f.write(data)
-                sources[name] = (os.path.join(src_dir, name), len(data), hashlib.sha256(data).hexdigest())
+            sources = make_sources(rng, src_dir, f"r{r}", a.uploads, lambda g: g.randint(1, a.max_size))
             names = sorted(sources)
             groups = [names[k::a.senders] for k in range(a.senders)]
             port = free_port()
             log = open(os.path.join(work, f"server{r}.log"), "ab")
-            server = start_server(a.binary, target, port, log)
-            senders = [send(a.binary, port, [sources[n][0] for n in g]) for g in groups]
+            server = start_node(a.binary, target, port, log)
+            senders = [send(a.binary, port, [sources[n][0] for n in g], None) for g in groups]
             # Kill once a random share of the uploads is stored (so always mid-flight).
             goal = rng.randint(0, int(a.uploads * 0.9))
             deadline = time.time() + 120
@@ -120,11 +62,11 @@ def main():
             unconfirmed_stored = [n for n in stored if n not in confirmed]
             partials = [p for p in os.listdir(os.path.join(target, ".datastream", "partial")) if p.endswith(".part")]
             # Restart and resume what was not confirmed.
-            server = start_server(a.binary, target, port, log)
+            server = start_node(a.binary, target, port, log)
             rest = [n for n in names if n not in confirmed]
             groups = [rest[k::a.senders] for k in range(a.senders)]
             resumed, failed = 0, 0
-            for s in [send(a.binary, port, [sources[n][0] for n in g]) for g in groups if g]:
+            for s in [send(a.binary, port, [sources[n][0] for n in g], None) for g in groups if g]:
                 for o in outcomes(s):
                     if not o.get("ok"):
                         failed += 1

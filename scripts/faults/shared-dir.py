@@ -19,12 +19,12 @@ Prints one line per round and a summary; exit status 1 on any bad, missing or do
 a failed resend. Usage:
   scripts/faults/shared-dir.py [--rounds 3] [--uploads 1000] [--nodes 3] [--binary PATH]
 """
-import argparse, hashlib, os, random, shutil, signal, sys, tempfile, time
+import argparse, os, random, shutil, signal, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-from fleet_common import check_final_names, free_port, outcomes, partial_name, send, start_node
+from fleet_common import check_final_names, free_port, make_sources, outcomes, partial_name, send, start_node
 
 
 def main():
@@ -50,13 +50,8 @@ def main():
         for r in range(1, a.rounds + 1):
             src_dir, target = os.path.join(work, f"src{r}"), os.path.join(work, f"in{r}")
             os.makedirs(src_dir)
-            sources = {}
-            for i in range(a.uploads):
-                name = f"r{r}_{i}.bin"
-                data = rng.randbytes(a.large_size if rng.random() < a.large_share else rng.randint(1, a.max_size))
-                with open(os.path.join(src_dir, name), "wb") as f:
-                    f.write(data)
-                sources[name] = (os.path.join(src_dir, name), len(data), hashlib.sha256(data).hexdigest())
+            sources = make_sources(rng, src_dir, f"r{r}", a.uploads,
+                                   lambda g: a.large_size if g.random() < a.large_share else g.randint(1, a.max_size))
             names = sorted(sources)
             log = open(os.path.join(work, f"nodes{r}.log"), "ab")
             ports = [free_port() for _ in range(a.nodes)]
