@@ -107,7 +107,12 @@ public final class WorkerSupervisor {
             let (reader, writeEnd) = try PipeReader.make(loop: loop)
             outputs[i] = reader
             lines[i] = []
-            try reader.start(onData: { [unowned self] bytes in read(bytes, from: i) }, onEnd: { [weak reader] in reader?.close() })
+            // The reader keeps itself alive until closed (a Handle), so `unowned` is safe; not
+            // `weak`, whose side table LeakSanitizer cannot follow.
+            try reader.start(onData: { [unowned self] bytes in read(bytes, from: i) }, onEnd: { [unowned self, unowned reader] in
+                reader.close()
+                if outputs[i] === reader { outputs[i] = nil }
+            })
             let environment = ProcessEnvironment.current + plan.environment
             processes[i] = try ChildProcess(loop: loop, path: plan.executable, arguments: ["datastream"] + plan.arguments(i), stdin: nil,
                                             stdout: writeEnd, environment: environment, detached: true) { [unowned self] status, signal in

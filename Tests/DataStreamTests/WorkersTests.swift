@@ -89,7 +89,7 @@ struct WorkersTests {
         // SIGTERM drains both workers; the supervisor exits 0 once they have ended, with a
         // line that adds up every worker's (the first, killed, one's too).
         let stopped = try #require(server.stop(signal: SIGTERM))
-        #expect(stopped.status == 0)
+        #expect(stopped.status == 0, "\(stopped.log.suffix(4000))")
         #expect(stopped.log.components(separatedBy: "datastream: drained;").count - 1 == 2, "\(stopped.log)")
         #expect(stopped.log.contains("supervisor stopped; 2 workers, 1 restarts; all of them: 248 uploads stored, 0 failed"), "\(stopped.log)")
         #expect(now.allSatisfy { kill($0, 0) != 0 }, "no worker outlives the supervisor")
