@@ -351,35 +351,33 @@ public final class Server {
     /// client's address, told by a proxy; nil: looked up if a check needs it), then a
     /// `Connection` (which refuses a PROXY header from `peer` when `refusingProxyHeaders`).
     private func admit(_ stream: TCPStream, peer given: SocketAddress?, refusingProxyHeaders: Bool) {
-        do {
-            // The peer is looked up only for the per-address cap and the authentication
-            // backoff (log lines look it up themselves).
-            let backoff = configuration.token != nil && authenticationBackoff.count > 0
-            let peer = given ?? (configuration.maxConnectionsPerAddress > 0 || backoff ? try? stream.peerAddress() : nil)
-            if let peer {
-                let key = peer.hostIdentityBytes
-                var refusal: ProtocolError?
-                if configuration.maxConnectionsPerAddress > 0, connectionsPerHost[key, default: 0] >= configuration.maxConnectionsPerAddress {
-                    refusal = .tooManyConnections(limit: configuration.maxConnectionsPerAddress)
-                } else if backoff, let wait = authenticationBackoff.wait(for: key, now: monotonicNanoseconds()) {
-                    refusal = .serverBusy(reason: "too many failed authentications from this address; try again in \((wait + 999_999_999) / 1_000_000_000) s")
-                }
-                if let refusal {
-                    refuse(stream, peer: peer, refusal)
-                    return
-                }
-                if configuration.maxConnectionsPerAddress > 0 { connectionsPerHost[key, default: 0] += 1 }
+        // The peer is looked up only for the per-address cap and the authentication
+        // backoff (log lines look it up themselves).
+        let backoff = configuration.token != nil && authenticationBackoff.count > 0
+        let peer = given ?? (configuration.maxConnectionsPerAddress > 0 || backoff ? try? stream.peerAddress() : nil)
+        if let peer {
+            let key = peer.hostIdentityBytes
+            var refusal: ProtocolError?
+            if configuration.maxConnectionsPerAddress > 0, connectionsPerHost[key, default: 0] >= configuration.maxConnectionsPerAddress {
+                refusal = .tooManyConnections(limit: configuration.maxConnectionsPerAddress)
+            } else if backoff, let wait = authenticationBackoff.wait(for: key, now: monotonicNanoseconds()) {
+                refusal = .serverBusy(reason: "too many failed authentications from this address; try again in \((wait + 999_999_999) / 1_000_000_000) s")
             }
-            let connection = Connection(id: nextConnectionID, server: self, stream: stream, acceptedPeer: peer)
-            connection.refusesProxyHeaders = refusingProxyHeaders
-            connections.insert(connection)
-            if connections.count >= maxConnections, let listener, !listener.isAcceptingPaused {
-                listener.pauseAccepting()
-                statistics.acceptPauses += 1
-                logger.warning("at the connection cap (\(maxConnections)): accepting paused until one closes")
+            if let refusal {
+                refuse(stream, peer: peer, refusal)
+                return
             }
-            connection.start()
+            if configuration.maxConnectionsPerAddress > 0 { connectionsPerHost[key, default: 0] += 1 }
         }
+        let connection = Connection(id: nextConnectionID, server: self, stream: stream, acceptedPeer: peer)
+        connection.refusesProxyHeaders = refusingProxyHeaders
+        connections.insert(connection)
+        if connections.count >= maxConnections, let listener, !listener.isAcceptingPaused {
+            listener.pauseAccepting()
+            statistics.acceptPauses += 1
+            logger.warning("at the connection cap (\(maxConnections)): accepting paused until one closes")
+        }
+        connection.start()
     }
 
     /// `connection` may read again (a receive buffer came back to the pool): it reads straight

@@ -18,11 +18,15 @@ public final class WorkerSupervisor {
         public var workers: Int
         /// The environment of every worker: this process's, plus these ("NAME=value").
         public var environment: [String]
-        public init(executable: String, arguments: @escaping @Sendable (Int) -> [String], workers: Int, environment: [String]) {
+        /// Whether workers listen on UDP too: then a worker listens once it printed its UDP
+        /// line, else its TCP one.
+        public var udp: Bool
+        public init(executable: String, arguments: @escaping @Sendable (Int) -> [String], workers: Int, environment: [String], udp: Bool) {
             self.executable = executable
             self.arguments = arguments
             self.workers = workers
             self.environment = environment
+            self.udp = udp
         }
     }
 
@@ -57,9 +61,6 @@ public final class WorkerSupervisor {
 
     /// Restarts so far, by worker.
     public var restarts: [Int] { machine.restarts }
-
-    /// The workers' process ids now (nil where one is not running).
-    public var workerProcessIDs: [Int32?] { processes.map { $0?.pid } }
 
     private static func monotonicSeconds() -> Double {
         var t = timespec()
@@ -109,10 +110,17 @@ public final class WorkerSupervisor {
             lines[i] = []
             // The reader keeps itself alive until closed (a Handle), so `unowned` is safe; not
             // `weak`, whose side table LeakSanitizer cannot follow.
-            try reader.start(onData: { [unowned self] bytes in read(bytes, from: i) }, onEnd: { [unowned self, unowned reader] in
+            do throws(UVOperationError) {
+                try reader.start(onData: { [unowned self] bytes in read(bytes, from: i) }, onEnd: { [unowned self, unowned reader] in
+                    reader.close()
+                    if outputs[i] === reader { outputs[i] = nil }
+                })
+            } catch {
+                Glibc.close(writeEnd)  // (the child, which would have closed it, never starts)
                 reader.close()
-                if outputs[i] === reader { outputs[i] = nil }
-            })
+                outputs[i] = nil
+                throw error
+            }
             let environment = ProcessEnvironment.current + plan.environment
             processes[i] = try ChildProcess(loop: loop, path: plan.executable, arguments: ["datastream"] + plan.arguments(i), stdin: nil,
                                             stdout: writeEnd, environment: environment, detached: true) { [unowned self] status, signal in
@@ -133,18 +141,12 @@ public final class WorkerSupervisor {
             let line = String(decoding: lines[i][..<newline], as: UTF8.self)
             lines[i].removeSubrange(...newline)
             // The last of its listening lines: tcp, then udp unless it has none.
-            if line.hasPrefix("listening ") { listeningLines[i].append(line) }
-            if line.hasPrefix("listening tcp") && !expectsUDP || line.hasPrefix("listening udp") {
+            if line.hasPrefix(plan.udp ? "listening udp" : "listening tcp") {
                 if machine.restarts[i] > 0 { onWorkerEvent("worker \(i) listens again") }
                 perform(machine.listening(i, now: now))
             }
         }
     }
-
-    /// Whether workers print a UDP line (set by the caller before `start`).
-    public var expectsUDP = true
-    /// The listening lines each worker printed.
-    public private(set) lazy var listeningLines: [[String]] = Array(repeating: [], count: plan.workers)
 
     private func schedule(_ i: Int, at: Double) {
         do throws(UVOperationError) {

@@ -254,7 +254,8 @@ extension Serve {
             arguments: { [udp] slot in WorkerCommandLine.arguments(from: original, port: tcp.port, udpPort: udp?.port, slot: slot) },
             workers: workers,
             environment: ["DATASTREAM_WORKER_SECRET=\(secret)", "DATASTREAM_SUPERVISOR_PID=\(getpid())",
-                          "DATASTREAM_WORKER_FILE=\(numbers)", "DATASTREAM_WORKERS=\(workers)"])
+                          "DATASTREAM_WORKER_FILE=\(numbers)", "DATASTREAM_WORKERS=\(workers)"],
+            udp: udp != nil)
         var exitStatus: Int32 = 0
         let supervisor = WorkerSupervisor(loop: loop, plan: plan, onReady: {
             udpReservation?.close()
@@ -270,7 +271,6 @@ extension Serve {
             udpReservation?.close()
             reservation.close()
         })
-        supervisor.expectsUDP = udp != nil
         do { try supervisor.start() } catch { die("\(error)") }
         loop.run()
         let restarts = supervisor.restarts.reduce(0, +)
