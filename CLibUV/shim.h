@@ -16,6 +16,7 @@
 #include <netinet/in.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
+#include <sys/epoll.h>
 
 /// The same layout as glibc's `struct mmsghdr`.
 struct datastream_mmsghdr {

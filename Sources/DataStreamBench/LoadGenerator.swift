@@ -183,6 +183,19 @@ public final class LoadGenerator {
     /// Every upload reads into this (one loop thread; each read is handled before the next).
     /// Small: seed framing gets only end of stream, the native protocol a few short frames.
     let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 16)
+    /// Seed uploads' sockets (`BenchSeedUpload`), for the run.
+    private(set) var clientSockets: ClientSocketGroup?
+    /// The last size's decimal digits (the seed framing's prefix): most runs have one size.
+    private var lastDigits: (size: UInt64, digits: [UInt8]) = (0, Array("0".utf8))
+
+    /// `size` in decimal digits, in an array with room for `extra` bytes more.
+    func digits(of size: UInt64, reserving extra: Int) -> [UInt8] {
+        if lastDigits.size != size { lastDigits = (size, Array(String(size).utf8)) }
+        var head: [UInt8] = []
+        head.reserveCapacity(lastDigits.digits.count + extra)
+        head += lastDigits.digits
+        return head
+    }
 
     public init(loop: Loop, options: Options) {
         self.loop = loop
@@ -200,6 +213,7 @@ public final class LoadGenerator {
         if !target.isIPv6, target.isLoopback, options.sourceAddresses > 1 {
             sources = try (1...min(options.sourceAddresses, 254)).map { (i) throws(UVOperationError) in try SocketAddress(host: "127.0.0.\(i)", port: 0) }
         }
+        if options.wireProtocol == .seed { clientSockets = try ClientSocketGroup(loop: loop) }
         self.completion = completion
         self.progress = progress
         startedAt = monotonicNanoseconds()
@@ -237,7 +251,9 @@ public final class LoadGenerator {
     }
 
     private func fill() {
-        let now = monotonicNanoseconds()
+        // Only the open model needs the time here: a closed run reads the clock per upload
+        // only for its latency.
+        let now = schedule == nil ? 0 : monotonicNanoseconds()
         var due = schedule?.dueCount(now: now) ?? .max
         while due > 0, active.count < options.concurrency, mayStartMore, let address {
             due -= 1
@@ -245,12 +261,18 @@ public final class LoadGenerator {
             nextIndex += 1
             let dueAt = schedule?.startNext(now: now).dueAt
             let size = options.sizes.size(of: index, seed: options.seed)
+            let source = sources.isEmpty ? nil : sources[Int(index % UInt64(sources.count))]
             switch options.wireProtocol {
-            case .seed, .native, .httpPut, .webSocket:
+            case .seed:
+                let upload = BenchSeedUpload(generator: self, index: index, size: size)
+                upload.dueAt = dueAt ?? upload.startedAt
+                active[ObjectIdentifier(upload)] = upload
+                upload.start(clientSockets!, to: address, from: source)
+            case .native, .httpPut, .webSocket:
                 let upload = BenchUpload(generator: self, index: index, size: size)
                 upload.dueAt = dueAt ?? upload.startedAt
                 active[ObjectIdentifier(upload)] = upload
-                upload.start(address, from: sources.isEmpty ? nil : sources[Int(index % UInt64(sources.count))])
+                upload.start(address, from: source)
             case .udpNative, .udpSeed:
                 let upload = BenchUDPUpload(generator: self, index: index, size: size)
                 upload.dueAt = dueAt ?? upload.startedAt
@@ -311,6 +333,8 @@ public final class LoadGenerator {
         timer = nil
         pacer?.close()
         pacer = nil
+        clientSockets?.close()
+        clientSockets = nil
         completion(final)
     }
 }
@@ -327,9 +351,10 @@ protocol BenchTransfer: AnyObject {
     func fail(_ kind: LoadGenerator.FailureKind, _ message: String)
 }
 
-/// One upload of a bench run on its own connection: writes the derived bytes (two writes in
-/// flight at most, straight from the shared pattern) and waits for the receiver's confirmation
-/// (end of stream for seed framing, RESULT for the native protocol). Owned by its generator.
+/// One upload of a bench run on its own connection in the native protocol, HTTP or WebSocket
+/// (seed framing is `BenchSeedUpload`'s): writes the derived bytes (two writes in flight at
+/// most, straight from the shared pattern) and waits for the receiver's confirmation (RESULT,
+/// the HTTP answer, `stored`). Owned by its generator.
 final class BenchUpload: TCPStreamReader, BenchTransfer {
     unowned let generator: LoadGenerator
     let index: UInt64
@@ -345,13 +370,11 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
     private var writesInFlight = 0
     private var sent: UInt64 = 0
     private var phase: Phase = .connecting
-    /// Seed: the receiver closed after every byte was written, before the last write's callback.
-    private var receiverClosedAfterAll = false
     /// HTTP: the first bytes of the answer (its status line). WebSocket: what the receiver sent,
     /// read up to `frameAt`.
     private var answer: [UInt8] = []
     private var frameAt: Int?
-    /// The native protocol's decisions (unused by seed uploads).
+    /// The native protocol's decisions (unused by HTTP and WebSocket uploads).
     private var client: NativeClientMachine
     private var digester: Digester?
     private var ended = false
@@ -377,9 +400,7 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
     func start(_ address: SocketAddress, from source: SocketAddress?) {
         do {
             // Every protocol writes at once, so the handshake's ACK rides on the first bytes.
-            // Seed uploads end with a shutdown: a small one leaves as one segment with its FIN.
-            let segments: ClientSegments = options.wireProtocol == .seed ? [.ackWithFirstBytes, .holdPartialSegments] : [.ackWithFirstBytes]
-            let s = try TCPStream.connectNow(loop: generator.loop, to: address, from: source, segments: segments)
+            let s = try TCPStream.connectNow(loop: generator.loop, to: address, from: source, segments: [.ackWithFirstBytes])
             stream = s
             try s.startReading(self)
         } catch {
@@ -391,9 +412,6 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
 
     private func begin() {
         switch options.wireProtocol {
-        case .seed:
-            phase = .streaming
-            pump(prefix: Array(String(size).utf8))
         case .native:
             phase = .awaitingServer
             perform(client.connected())
@@ -408,8 +426,8 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
             // `begin` waits for `hello`, as the page does (a receiver may drop a message sent
             // with the handshake, before it listens to the socket: Vapor does).
             write(Array(handshake.utf8))
-        case .udpNative, .udpSeed:
-            preconditionFailure("UDP uploads are BenchUDPUpload's")
+        case .seed, .udpNative, .udpSeed:
+            preconditionFailure("seed and UDP uploads have their own classes")
         }
     }
 
@@ -461,11 +479,10 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
         do { try stream?.write(bytes) } catch { end(.connection, error.description) }
     }
 
-    /// Keeps two writes of file bytes in flight until all are written. `prefix` (the seed
-    /// framing's size digits) goes out in the same write as the upload's first bytes, and the
-    /// 16-byte content header with the first window: a small upload is one `writev`. What the
-    /// kernel takes at once is done at once, so a seed upload's end (`shutdownNow`) follows its
-    /// last byte in the same turn of the loop, as an independent client's would.
+    /// Keeps two writes of file bytes in flight until all are written. `prefix` (the HTTP
+    /// request head) goes out in the same write as the upload's first bytes, and the 16-byte
+    /// content header with the first window: a small upload is one `writev`. What the kernel
+    /// takes at once is done at once.
     private func pump(prefix: [UInt8] = []) {
         guard phase == .streaming, let stream else { return }
         var prefix = prefix
@@ -526,10 +543,6 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
 
     private func streamed() {
         switch options.wireProtocol {
-        case .seed:
-            if receiverClosedAfterAll { end(nil, ""); return }
-            phase = .awaitingClose
-            do { try stream?.shutdownNow() } catch { end(.connection, error.description) }
         case .native:
             phase = .awaitingServer
             perform(client.streamed(digest: digester!.finish()))
@@ -537,8 +550,8 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
             phase = .awaitingClose  // the answer, then the receiver's close
         case .webSocket:
             phase = .awaitingClose  // `stored`
-        case .udpNative, .udpSeed:
-            preconditionFailure("UDP uploads are BenchUDPUpload's")
+        case .seed, .udpNative, .udpSeed:
+            preconditionFailure("seed and UDP uploads have their own classes")
         }
     }
 
@@ -559,10 +572,6 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
                 readWebSocket(generator.readBuffer[0..<count])
                 return
             }
-            guard options.wireProtocol == .native else {
-                end(.protocolError, "the receiver sent bytes to a seed-framing upload")
-                return
-            }
             var at = 0
             while at < count, !ended {
                 let (taken, action) = client.bytesReceived(UnsafeRawBufferPointer(rebasing: generator.readBuffer[at..<count]))
@@ -580,10 +589,6 @@ final class BenchUpload: TCPStreamReader, BenchTransfer {
                 }
             } else if phase == .awaitingClose {
                 end(nil, "")
-            } else if phase == .streaming, options.wireProtocol == .seed, offset == size {
-                // Every byte was handed to the kernel and the receiver, having them all, closed
-                // before the last write's callback ran: done once that callback reports success.
-                receiverClosedAfterAll = true
             } else {
                 end(.closedEarly, "the receiver closed the connection")
             }

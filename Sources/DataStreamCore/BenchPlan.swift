@@ -144,10 +144,17 @@ public final class BenchContent: @unchecked Sendable {
 
     /// The 16-byte header of upload `index`.
     public func header(of index: UInt64) -> [UInt8] {
-        var h: [UInt8] = [0x44, 0x53, 0x42, 0x31]  // "DSB1"
-        withUnsafeBytes(of: UInt32(truncatingIfNeeded: seed).littleEndian) { h.append(contentsOf: $0) }
-        withUnsafeBytes(of: index.littleEndian) { h.append(contentsOf: $0) }
+        var h: [UInt8] = []
+        appendHeader(of: index, count: Self.headerLength, to: &h)
         return h
+    }
+
+    /// Appends the first `count` bytes of `header(of:)` to `bytes` (one allocation at most, for
+    /// a sender that puts framing before them).
+    public func appendHeader(of index: UInt64, count: Int, to bytes: inout [UInt8]) {
+        var h = (UInt32(0x3142_5344).littleEndian, UInt32(truncatingIfNeeded: seed).littleEndian, index.littleEndian)  // "DSB1"
+        bytes.reserveCapacity(bytes.count + count)
+        withUnsafeBytes(of: &h) { bytes.append(contentsOf: $0.prefix(min(count, Self.headerLength))) }
     }
 
     /// The upload index a file's first 16 bytes name, if they are a header of this run.

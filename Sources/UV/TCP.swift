@@ -23,7 +23,8 @@ public protocol TCPStreamReader: AnyObject {
     func stream(_ stream: TCPStream, didRead event: ReadEvent, buffer: UnsafeMutableRawBufferPointer?)
 }
 
-/// How a connection made by `TCPStream.connectNow` may pack its first bytes into segments.
+/// How a connection made by `TCPStream.connectNow` or `ClientSocketGroup.connect` may pack its
+/// first bytes into segments.
 /// Each saves the kernel a segment's trip through both ends of the connection, which on loopback
 /// the connecting process pays for. Neither changes the bytes the receiver reads.
 public struct ClientSegments: OptionSet, Sendable {
@@ -32,10 +33,6 @@ public struct ClientSegments: OptionSet, Sendable {
     /// The handshake's last ACK is not sent on its own: it rides on the first bytes written
     /// (`TCP_QUICKACK` off before connecting). For a client that writes at once.
     public static let ackWithFirstBytes = ClientSegments(rawValue: 1)
-    /// Segments shorter than the largest the path takes wait for more bytes or for `shutdown`
-    /// (`TCP_CORK`), so a short message and its end (FIN) leave as one segment. Only for a
-    /// client that ends its sending with `shutdown`: anything else waits up to 200 ms.
-    public static let holdPartialSegments = ClientSegments(rawValue: 2)
 }
 
 /// A connected TCP stream (accepted or connected). Whoever receives it owns it and must `close()` it;
@@ -141,9 +138,20 @@ public final class TCPStream: Handle {
     ///
     /// `segments` says how the connection's first bytes may be packed (`ClientSegments`).
     public static func connectNow(loop: Loop, to address: SocketAddress, from source: SocketAddress? = nil, segments: ClientSegments = []) throws(UVOperationError) -> TCPStream {
+        let fd = try startConnecting(to: address, from: source, segments: segments)
+        do {
+            return try TCPStream(loop: loop, accepted: fd)
+        } catch {
+            Glibc.close(fd)
+            throw error
+        }
+    }
+
+    /// The socket `connectNow` (and `ClientSocketGroup.connect`) start: made non-blocking, given
+    /// `segments`' options and `source`, with `connect(2)` under way. Yours to close.
+    static func startConnecting(to address: SocketAddress, from source: SocketAddress?, segments: ClientSegments) throws(UVOperationError) -> Int32 {
         let fd = try clientSocket(ipv6: address.isIPv6, source: source, target: address.description)
         if segments.contains(.ackWithFirstBytes) { setOption(fd, Int32(IPPROTO_TCP), TCP_QUICKACK, 0) }
-        if segments.contains(.holdPartialSegments) { setOption(fd, Int32(IPPROTO_TCP), TCP_CORK, 1) }
         if let source {
             let bound = source.withSockAddr { Glibc.bind(fd, $0, socklen_t(source.isIPv6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size)) }
             if bound != 0 {
@@ -158,12 +166,7 @@ public final class TCPStream: Handle {
             Glibc.close(fd)
             throw UVOperationError("connect", target: address.description, code: code)
         }
-        do {
-            return try TCPStream(loop: loop, accepted: fd)
-        } catch {
-            Glibc.close(fd)
-            throw error
-        }
+        return fd
     }
 
     /// A non-blocking, close-on-exec TCP socket made in one call; with an IPv4 `source`, marked
@@ -356,16 +359,6 @@ public final class TCPStream: Handle {
         if taken == UV_EAGAIN.rawValue { return 0 }
         if taken < 0 { throw UVOperationError("try_write", code: taken) }
         return Int(taken)
-    }
-
-    /// Half-closes now: the peer sees end of stream at once. Only when no write is queued
-    /// (`writeQueueSize` is 0). libuv's `uv_shutdown` would wait for a writability poll on the
-    /// loop's next turn; this is `shutdown(2)` on the descriptor, which libuv's reads and close
-    /// do not mind.
-    public func shutdownNow() throws(UVOperationError) {
-        precondition(writeQueueSize == 0, "shutdownNow with writes queued")
-        guard let fd = descriptor else { throw UVOperationError("shutdown", code: UV_EBADF.rawValue) }
-        if Glibc.shutdown(fd, Int32(SHUT_WR)) != 0 { throw UVOperationError("shutdown", code: -errno) }
     }
 
     /// Bytes queued in libuv for writing and not yet taken by the kernel. The field is `write_queue_size`.

@@ -151,6 +151,27 @@ struct LoadGeneratorTests {
         #expect(unreachable.completed == 0)
     }
 
+    /// Seed framing's only confirmation is the receiver's close: a receiver that refuses an
+    /// upload (too large) and closes on unread bytes resets the connection, which the
+    /// generator counts as a failure, never as done; an upload that fits still succeeds.
+    @Test func aSeedUploadTheReceiverRefusesIsAFailure() throws {
+        let server = try BackgroundServer { $0.maxFileSize = 100_000 }
+        let (report, _) = try runBench(port: server.port) {
+            $0.uploads = 6
+            $0.concurrency = 3
+            $0.sizes = .fixed(4 << 20)
+        }
+        let (fits, _) = try runBench(port: server.port) {
+            $0.uploads = 3
+            $0.sizes = .fixed(50_000)
+        }
+        server.stop()
+        #expect(report.completed == 0)
+        #expect(report.failed == 6)
+        #expect(report.failures.keys.allSatisfy { $0 == "connection" || $0 == "connect" }, "\(report.failures)")
+        #expect(fits.completed == 3 && fits.failed == 0)
+    }
+
     @Test func aStalledReceiverFailsTheUploadsByTimeout() throws {
         // A listener that never accepts: connections complete in its backlog, then the socket
         // buffers fill and nothing moves.

@@ -353,6 +353,22 @@ final class Collector: TCPStreamReader {
     }
 }
 
+/// Reads a `ClientSocketGroup` socket when it is readable, and notes every event.
+final class GroupOwner: ClientSocketOwner {
+    let group: ClientSocketGroup
+    var events: [ClientSocketEvents] = []
+    var reads: [TCPStream.Peeked] = []
+    var onEvent: (() -> Void)?
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 16)
+    init(group: ClientSocketGroup) { self.group = group }
+    deinit { buffer.deallocate() }
+    func socket(_ socket: ClientSocket, isReady events: ClientSocketEvents) {
+        self.events.append(events)
+        if events.contains(.readable) { reads.append(group.read(socket, into: buffer)) }
+        onEvent?()
+    }
+}
+
 struct TCPAndUDPTests {
     @Test func tcpRoundTripWithShutdown() throws {
         let loop = try Loop()
@@ -548,13 +564,14 @@ struct TCPAndUDPTests {
         try loop.close()
     }
 
-    /// `connectNow`'s segment packing, by the kernel's own count of the client's segments
-    /// (`tcpi_segs_out` in `TCP_INFO`): with both options a short message and its end leave in
-    /// one segment after the SYN (2); without, the handshake's ACK, the bytes and the FIN go
-    /// one by one (4). Either way `tryWrite` takes the whole message at once, `shutdownNow` ends
-    /// it at once, and the receiver finds every byte and the end when it accepts.
+    /// A `ClientSocketGroup` socket's segment packing, by the kernel's own count of the client's
+    /// segments (`tcpi_segs_out` in `TCP_INFO`): with the ACK riding on the data and `more`, a
+    /// short message and its end leave in one segment after the SYN (2); without, the
+    /// handshake's ACK, the bytes and the FIN go one by one (4). Either way the send takes the
+    /// whole message at once, the receiver finds every byte and the end when it accepts, and
+    /// the group reports the receiver's close as readable, end of stream.
     @Test(arguments: [true, false])
-    func connectNowPacksAShortMessageWithItsEnd(packed: Bool) throws {
+    func clientSocketGroupPacksAShortMessageWithItsEnd(packed: Bool) throws {
         let loop = try Loop()
         let listener = try TCPListener(loop: loop)
         try listener.bind(SocketAddress(host: "127.0.0.1", port: 0))
@@ -565,17 +582,89 @@ struct TCPAndUDPTests {
             accepted.close()
             listener.close()
         }
+        let group = try ClientSocketGroup(loop: loop)
+        let owner = GroupOwner(group: group)
         let message = Array("3000".utf8)
         let body = (0..<3000).map { UInt8(truncatingIfNeeded: $0 * 11) }
-        let client = try TCPStream.connectNow(loop: loop, to: listener.localAddress(), segments: packed ? [.ackWithFirstBytes, .holdPartialSegments] : [])
-        let taken = try message.withUnsafeBytes { m in try body.withUnsafeBytes { try client.tryWrite(m, $0) } }
+        let client = try group.connect(to: listener.localAddress(), segments: packed ? [.ackWithFirstBytes] : [])
+        let taken = try message.withUnsafeBytes { m in try body.withUnsafeBytes { try group.send(client, m, $0, more: packed) } }
         #expect(taken == message.count + body.count)
-        try client.shutdownNow()
-        #expect(try segmentsSent(client.descriptor!) == (packed ? 2 : 4))
+        try group.shutdownWrite(client)
+        #expect(try segmentsSent(client.descriptor) == (packed ? 2 : 4))
+        try group.watch(client, for: .readable, owner: owner)
+        owner.onEvent = {
+            group.close(client)
+            group.close()
+        }
         loop.run()
         #expect(collector.ended)
         #expect(collector.received == message + body)
-        client.close()
+        #expect(owner.reads == [.endOfStream])
+        try loop.close()
+    }
+
+    /// A `ClientSocketGroup` socket sending more than the kernel holds: the send takes part,
+    /// `.writable` comes once the receiver has read some, and 8 MiB arrive whole and in order.
+    /// A connection nobody listens for fails with a typed error, at connect or at the first send.
+    @Test func clientSocketGroupWaitsForWritableAndReportsRefusal() throws {
+        let loop = try Loop()
+        let listener = try TCPListener(loop: loop)
+        try listener.bind(SocketAddress(host: "127.0.0.1", port: 0))
+        let collector = Collector()
+        var accepted: TCPStream?
+        try listener.listen { r in
+            accepted = try? r.get()
+            try? accepted?.startReading(collector)
+        }
+        let group = try ClientSocketGroup(loop: loop)
+        let owner = GroupOwner(group: group)
+        let body = UnsafeMutableRawBufferPointer.allocate(byteCount: 8 << 20, alignment: 16)
+        defer { body.deallocate() }
+        for i in 0..<body.count { body[i] = UInt8(truncatingIfNeeded: i &* 7 &+ i >> 12) }
+        let port = try listener.localAddress().port
+        let client = try group.connect(to: listener.localAddress())
+        var sent = 0, waits = 0
+        func sendSome() {
+            while sent < body.count {
+                let n = try! group.send(client, UnsafeRawBufferPointer(start: nil, count: 0), UnsafeRawBufferPointer(rebasing: body[sent...]), more: false)
+                sent += n
+                if n == 0 || sent < body.count {
+                    waits += 1
+                    try! group.watch(client, for: .writable, owner: owner)
+                    return
+                }
+            }
+            try! group.shutdownWrite(client)
+            try! group.watch(client, for: .readable, owner: owner)
+        }
+        owner.onEvent = {
+            if owner.events.last == .writable { sendSome(); return }
+            group.close(client)
+            group.close()
+        }
+        collector.onEnd = {
+            accepted?.close()
+            listener.close()
+        }
+        sendSome()
+        loop.run()
+        #expect(waits > 0, "8 MiB did not fit the socket at once")
+        #expect(sent == body.count)
+        #expect(collector.received.elementsEqual(body))
+        #expect(owner.reads == [.endOfStream])
+
+        // Nobody listens on the closed listener's port now.
+        let refusing = try ClientSocketGroup(loop: loop)
+        var refused: UVOperationError?
+        do {
+            let s = try refusing.connect(to: SocketAddress(host: "127.0.0.1", port: port))
+            refused = #expect(throws: UVOperationError.self) { _ = try refusing.send(s, UnsafeRawBufferPointer(start: nil, count: 0), UnsafeRawBufferPointer(rebasing: body[0..<10]), more: false) }
+            refusing.close(s)
+        } catch let e {
+            refused = e
+        }
+        #expect(refused?.error == .connectionRefused)
+        refusing.close()
         loop.run()
         try loop.close()
     }
