@@ -18,6 +18,16 @@ by = collections.defaultdict(list)
 for r in rows:
     by[(r["scenario"], r["peer"])].append(r)
 
+# The second column: the same scenarios on a RAM-backed ext4 (bench/run writes it beside).
+ram = collections.defaultdict(list)
+ram_path = os.path.join(os.path.dirname(path), "results-ram.jsonl")
+try:
+    for line in open(ram_path):
+        r = json.loads(line)
+        ram[(r["scenario"], r["peer"])].append(r)
+except OSError:
+    pass
+
 def med(key, rs):
     return statistics.median(r[key] for r in rs)
 
@@ -74,7 +84,7 @@ lines = [
     "verified byte for byte afterwards). `discard` is the C peer writing nothing: the load generator's",
     "own ceiling for that load. Ratios are to the better C receiver of the scenario (c-libuv: threadpool",
     "writes; c-sync: writes on the loop thread).",
-    f"Target: {target} (page cache).",
+    f"Target: {target} (page cache)" + ("; the RAM-backed columns: the same loads into a fresh ext4 on a loop device over /dev/shm." if ram else "."),
     f"Every libuv-based peer (DataStream, c-libuv, c-sync, node, uvloop) ran with UV_THREADPOOL_SIZE={os.environ.get('UV_THREADPOOL_SIZE', '4 (libuv default)')},",
     "the size DataStream picks by default (one thread per core, at least 2).",
     "",
@@ -90,8 +100,10 @@ for scenario in ["S1", "S2", "S3", "S4", "U1", "U2"]:
     base = max(cs, key=lambda rs: med(metric, rs)) if cs else None
     base_name = base[0]["peer"] if base else "-"
     gen = any(r.get("generatorCpuSeconds") is not None for p in peers for r in by[(scenario, p)])
-    lines.append(f"| peer | {unit} | ratio to {base_name} | p99 latency ms | peak RSS MiB | CPU s | CPU per upload µs |{' load generator CPU s |' if gen else ''} failed | verified |")
-    lines.append("|---|---|---|---|---|---|---|---|---|" + ("---|" if gen else ""))
+    has_ram = any((scenario, p) in ram for p in peers)
+    ram_head = f" RAM-backed: {unit} | RAM-backed: CPU per upload µs |" if has_ram else ""
+    lines.append(f"| peer | {unit} | ratio to {base_name} | p99 latency ms | peak RSS MiB | CPU s | CPU per upload µs |{' load generator CPU s |' if gen else ''} failed | verified |{ram_head}")
+    lines.append("|---|---|---|---|---|---|---|---|---|" + ("---|" if gen else "") + ("---|---|" if has_ram else ""))
     for p in peers:
         rs = by[(scenario, p)]
         value = med(metric, rs)
@@ -106,7 +118,13 @@ for scenario in ["S1", "S2", "S3", "S4", "U1", "U2"]:
             g = [r["generatorCpuSeconds"] for r in rs if r.get("generatorCpuSeconds") is not None]
             gen_cell = f" {statistics.median(g):.2f} |" if g else " - |"
         per_upload = med("cpuSeconds", rs) / (med("completed", rs) or 1) * 1e6
-        lines.append(f"| {p} | {value:,.1f} | {ratio} | {med('p99ms', rs):,.1f} | {med('rssMiB', rs):,.1f} | {med('cpuSeconds', rs):.2f} | {per_upload:,.0f} |{gen_cell} {failed} | {verified} |")
+        ram_cell = ""
+        if has_ram:
+            rr = ram.get((scenario, p))
+            ok = rr and all(r["verifyOK"] is not False and r["failed"] == 0 for r in rr)
+            ram_cell = (f" {med(metric, rr):,.1f}{'' if ok else ' (NOT all verified)'} | {med('cpuSeconds', rr) / (med('completed', rr) or 1) * 1e6:,.0f} |"
+                        if rr else " - | - |")
+        lines.append(f"| {p} | {value:,.1f} | {ratio} | {med('p99ms', rs):,.1f} | {med('rssMiB', rs):,.1f} | {med('cpuSeconds', rs):.2f} | {per_upload:,.0f} |{gen_cell} {failed} | {verified} |{ram_cell}")
     lines.append("")
     dr = by.get((scenario, "discard"))
     if dr:

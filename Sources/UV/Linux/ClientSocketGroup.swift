@@ -86,14 +86,15 @@ public final class ClientSocketGroup {
     /// a last segment shorter than the path's largest waits for more bytes or for `shutdown`
     /// (`MSG_MORE`), so a short upload and its end leave together. `sendmsg(2)`.
     public func send(_ socket: ClientSocket, _ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer, more: Bool) throws(UVOperationError) -> Int {
-        var parts = [iovec(iov_base: UnsafeMutableRawPointer(mutating: first.baseAddress), iov_len: first.count),
-                     iovec(iov_base: UnsafeMutableRawPointer(mutating: second.baseAddress), iov_len: second.count)]
+        // The two parts are listed on the stack: nothing is allocated per send.
+        var parts = (iovec(iov_base: UnsafeMutableRawPointer(mutating: first.baseAddress), iov_len: first.count),
+                     iovec(iov_base: UnsafeMutableRawPointer(mutating: second.baseAddress), iov_len: second.count))
         let flags = Int32(MSG_NOSIGNAL) | (more ? Int32(MSG_MORE) : 0)
         while true {
-            let n = parts.withUnsafeMutableBufferPointer { p in
+            let n = withUnsafeMutableBytes(of: &parts) { p in
                 var message = msghdr()
-                message.msg_iov = p.baseAddress
-                message.msg_iovlen = p.count
+                message.msg_iov = p.baseAddress!.assumingMemoryBound(to: iovec.self)
+                message.msg_iovlen = 2
                 return sendmsg(socket.descriptor, &message, flags)
             }
             if n >= 0 { return n }
