@@ -274,6 +274,11 @@ public final class TCPStream: Handle {
     private func receive(into buffer: UnsafeMutableRawBufferPointer, flags: Int32) -> Peeked {
         precondition(!isReading, "a raw receive while libuv reads the stream")
         guard let fd = descriptor else { return .failed(.badDescriptor) }
+        return TCPStream.receive(fd, into: buffer, flags: flags)
+    }
+
+    /// `recv(2)` on a socket libuv does not read, retried on `EINTR`.
+    static func receive(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, flags: Int32) -> Peeked {
         while true {
             let n = recv(fd, buffer.baseAddress, buffer.count, flags)
             if n > 0 { return .bytes(n) }

@@ -113,16 +113,7 @@ public final class ClientSocketGroup {
 
     /// Reads what the socket holds now into `buffer`. `recv(2)`.
     public func read(_ socket: ClientSocket, into buffer: UnsafeMutableRawBufferPointer) -> TCPStream.Peeked {
-        while true {
-            let n = recv(socket.descriptor, buffer.baseAddress, buffer.count, 0)
-            if n > 0 { return .bytes(n) }
-            if n == 0 { return .endOfStream }
-            switch errno {
-            case EINTR: continue
-            case EAGAIN, EWOULDBLOCK: return .nothingYet
-            case let code: return .failed(UVError(code: -code))
-            }
-        }
+        TCPStream.receive(socket.descriptor, into: buffer, flags: 0)
     }
 
     /// Tells `owner` whenever `socket` is ready for what `interest` names (level-triggered:
