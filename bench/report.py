@@ -143,6 +143,14 @@ for scenario in ["S1", "S2", "S3", "S4", "U1", "U2"]:
                 lines += [f"The leanest client this kernel allows (`limits/client-floor`, C, ten system calls an upload, the same "
                           f"segments) used {f:,.1f} µs per upload into `discard`, which used {fd:,.1f} µs ({f / fd:.2f}x); the "
                           f"generator used {g / f:.2f}x the floor's CPU per upload.", ""]
+                uring = limits.get("client-uring")
+                if uring and uring["floor"]["uploads"] > 0:
+                    u = uring["floor"]["cpuMicrosecondsPerUpload"]
+                    ud = uring["discardCpuSeconds"] / uring["floor"]["uploads"] * 1e6
+                    lines += [f"The same client with every step submitted through io_uring (`limits/client-uring`, one chain of "
+                              f"linked requests per upload) used {u:,.1f} µs per upload, and `discard` under it {ud:,.1f} µs "
+                              f"({u / ud:.2f}x): a faster client leaves the receiver fewer sleeps per upload, so the ratio "
+                              f"stays where the kernel puts it.", ""]
     if scenario == "S3":
         lines += s3_budget()
 lines += ["## Limits", "", "| limit | rate |", "|---|---|"]
