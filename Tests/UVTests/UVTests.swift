@@ -597,6 +597,7 @@ struct TCPAndUDPTests {
             group.close()
         }
         loop.run()
+        owner.onEvent = nil  // it holds the owner and the group
         #expect(collector.ended)
         #expect(collector.received == message + body)
         #expect(owner.reads == [.endOfStream])
@@ -648,6 +649,7 @@ struct TCPAndUDPTests {
         }
         sendSome()
         loop.run()
+        owner.onEvent = nil  // it holds the owner and the group
         #expect(waits > 0, "8 MiB did not fit the socket at once")
         #expect(sent == body.count)
         #expect(collector.received.elementsEqual(body))
