@@ -11,6 +11,7 @@ import UV
 final class BenchSeedUpload: BenchTransfer, ClientSocketOwner {
     unowned let generator: LoadGenerator
     let index: UInt64
+    var activeSlot = -1
     let size: UInt64
     let startedAt = monotonicNanoseconds()
     var dueAt: UInt64 = 0

@@ -159,6 +159,22 @@ public final class LoadGenerator {
             return r
         }
 
+        /// Counts an upload that ended: its bytes, and its latency or its failure.
+        mutating func count(_ upload: any BenchTransfer, bytes: UInt64, failure: (FailureKind, String)?, finishedAt: UInt64) {
+            self.bytes += bytes
+            if let (kind, message) = failure {
+                failed += 1
+                failures[kind.rawValue, default: 0] += 1
+                if sampleMessages.count < 5 { sampleMessages.append("upload \(upload.index): \(message)") }
+            } else {
+                completed += 1
+                succeeded.append(upload.index)
+                let (corrected, uncorrected) = OpenLoadSchedule.latency(dueAt: upload.dueAt, startedAt: upload.startedAt, finishedAt: finishedAt)
+                _ = latency.record(uncorrected / 1000)
+                _ = correctedLatency?.record(corrected / 1000)
+            }
+        }
+
         public var megabytesPerSecond: Double { seconds > 0 ? Double(bytes) / seconds / 1e6 : 0 }
         public var gigabitsPerSecond: Double { seconds > 0 ? Double(bytes) * 8 / seconds / 1e9 : 0 }
         public var uploadsPerSecond: Double { seconds > 0 ? Double(completed) / seconds : 0 }
@@ -169,7 +185,8 @@ public final class LoadGenerator {
     public let content: BenchContent
     private var report = Report()
     private var nextIndex: UInt64 = 0
-    private var active: [ObjectIdentifier: any BenchTransfer] = [:]
+    /// Unchecked: see `InFlightTransfers`.
+    @exclusivity(unchecked) private var active = InFlightTransfers()
     private var startedAt: UInt64 = 0
     private var stopping = false
     private var completion: ((Report) -> Void)?
@@ -266,17 +283,17 @@ public final class LoadGenerator {
             case .seed:
                 let upload = BenchSeedUpload(generator: self, index: index, size: size)
                 upload.dueAt = dueAt ?? upload.startedAt
-                active[ObjectIdentifier(upload)] = upload
+                active.add(upload)
                 upload.start(clientSockets!, to: address, from: source)
             case .native, .httpPut, .webSocket:
                 let upload = BenchUpload(generator: self, index: index, size: size)
                 upload.dueAt = dueAt ?? upload.startedAt
-                active[ObjectIdentifier(upload)] = upload
+                active.add(upload)
                 upload.start(address, from: source)
             case .udpNative, .udpSeed:
                 let upload = BenchUDPUpload(generator: self, index: index, size: size)
                 upload.dueAt = dueAt ?? upload.startedAt
-                active[ObjectIdentifier(upload)] = upload
+                active.add(upload)
                 upload.start()
             }
         }
@@ -290,7 +307,7 @@ public final class LoadGenerator {
         if !mayStartMore { stopping = true }
         let limit = UInt64(options.stallTimeout * 1e9)
         let now = monotonicNanoseconds()
-        for upload in Array(active.values) {
+        for upload in active.all {  // a copy: failing one removes it from `active`
             let last = upload.lastProgress  // may be later than `now` (a UDP upload samples it here)
             guard now > last, now - last > limit else { continue }
             upload.fail(.timeout, "no progress for \(options.stallTimeout) s")
@@ -302,19 +319,8 @@ public final class LoadGenerator {
     }
 
     func uploadEnded(_ upload: any BenchTransfer, bytes: UInt64, failure: (FailureKind, String)?) {
-        active[ObjectIdentifier(upload)] = nil
-        report.bytes += bytes
-        if let (kind, message) = failure {
-            report.failed += 1
-            report.failures[kind.rawValue, default: 0] += 1
-            if report.sampleMessages.count < 5 { report.sampleMessages.append("upload \(upload.index): \(message)") }
-        } else {
-            report.completed += 1
-            report.succeeded.append(upload.index)
-            let (corrected, uncorrected) = OpenLoadSchedule.latency(dueAt: upload.dueAt, startedAt: upload.startedAt, finishedAt: monotonicNanoseconds())
-            _ = report.latency.record(uncorrected / 1000)
-            _ = report.correctedLatency?.record(corrected / 1000)
-        }
+        active.remove(upload)
+        report.count(upload, bytes: bytes, failure: failure, finishedAt: monotonicNanoseconds())
         fill()
         finishIfDone()
     }
@@ -342,6 +348,8 @@ public final class LoadGenerator {
 /// One upload of a bench run, as the generator tracks it.
 protocol BenchTransfer: AnyObject {
     var index: UInt64 { get }
+    /// Where the generator keeps it among the uploads in flight (-1 once ended).
+    var activeSlot: Int { get set }
     var startedAt: UInt64 { get }
     /// When it was due (open model), else when it started.
     var dueAt: UInt64 { get }
@@ -358,6 +366,7 @@ protocol BenchTransfer: AnyObject {
 final class BenchUpload: TCPStreamReader, BenchTransfer {
     unowned let generator: LoadGenerator
     let index: UInt64
+    var activeSlot = -1
     let size: UInt64
     let startedAt = monotonicNanoseconds()
     var dueAt: UInt64 = 0
@@ -658,6 +667,7 @@ extension LoadGenerator {
 final class BenchUDPUpload: BenchTransfer {
     unowned let generator: LoadGenerator
     let index: UInt64
+    var activeSlot = -1
     let size: UInt64
     let startedAt = monotonicNanoseconds()
     var dueAt: UInt64 = 0

@@ -1,5 +1,5 @@
 import DataStream
-import DataStreamBench
+@testable import DataStreamBench
 import DataStreamCore
 import Foundation
 #if canImport(FoundationXML)
@@ -257,6 +257,41 @@ struct LoadGeneratorTests {
         #expect(merged.seconds == max(parts[0].seconds, parts[1].seconds))
         #expect(merged.succeeded == (parts[0].succeeded + parts[1].succeeded).sorted())
         #expect(merged.succeeded == Array(0..<31))
+    }
+
+    /// The uploads in flight, through additions and removals in any order: each is found at its
+    /// slot, removing one twice or one never added changes nothing, and the last goes empty.
+    @Test func inFlightTransfersKeepEachAtItsSlot() {
+        final class Transfer: BenchTransfer {
+            let index: UInt64
+            var activeSlot = -1
+            let startedAt: UInt64 = 0, dueAt: UInt64 = 0, lastProgress: UInt64 = 0
+            init(_ index: UInt64) { self.index = index }
+            func fail(_ kind: LoadGenerator.FailureKind, _ message: String) {}
+        }
+        func check(_ set: InFlightTransfers, _ expected: Set<UInt64>) {
+            #expect(Set(set.all.map(\.index)) == expected)
+            #expect(set.count == expected.count)
+            for (i, t) in set.all.enumerated() { #expect(t.activeSlot == i) }
+        }
+        var set = InFlightTransfers()
+        let t = (0..<6).map { Transfer(UInt64($0)) }
+        for x in t.prefix(5) { set.add(x) }
+        check(set, [0, 1, 2, 3, 4])
+        set.remove(t[1])  // the last moves into its place
+        #expect(t[1].activeSlot == -1)
+        check(set, [0, 2, 3, 4])
+        set.remove(t[1])
+        set.remove(t[5])
+        check(set, [0, 2, 3, 4])
+        set.remove(t[3])  // now the last
+        check(set, [0, 2, 4])
+        set.add(t[5])
+        set.remove(t[0])
+        check(set, [2, 4, 5])
+        for x in [t[2], t[4], t[5]] { set.remove(x) }
+        check(set, [])
+        #expect(set.isEmpty)
     }
 
     /// A run on two threads stores and verifies every upload, as one thread would.

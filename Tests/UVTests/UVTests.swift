@@ -671,6 +671,92 @@ struct TCPAndUDPTests {
         try loop.close()
     }
 
+    /// An event the group read for a socket closed before its turn never reaches the socket that
+    /// took its descriptor: two sockets ready in one turn; the first one told closes the other
+    /// and puts a new socket on that descriptor, watched for `.readable` (nothing is ever sent
+    /// to it). The other's writable event, read in the same turn, must be dropped.
+    @Test func clientSocketGroupDropsAnEventForADescriptorReusedInTheSameTurn() throws {
+        let loop = try Loop()
+        let listener = try TCPListener(loop: loop)
+        try listener.bind(SocketAddress(host: "127.0.0.1", port: 0))
+        var accepted: [TCPStream] = []
+        try listener.listen { r in if let s = try? r.get() { accepted.append(s) } }
+        let address = try listener.localAddress()
+        let group = try ClientSocketGroup(loop: loop)
+        let first = GroupOwner(group: group), second = GroupOwner(group: group), newcomer = GroupOwner(group: group)
+        let a = try group.connect(to: address), b = try group.connect(to: address)
+        let timer = try Timer(loop: loop)
+        var swaps = 0
+        func swap(closing other: ClientSocket, keeping own: ClientSocket) {
+            guard swaps == 0 else { return }
+            swaps += 1
+            group.close(other)
+            // The lowest free descriptor: most often the one just closed. Tests run in parallel,
+            // so another may have taken it meanwhile; then this one moves there only if free again.
+            let fresh = try! group.connect(to: address)
+            if fresh.descriptor != other.descriptor {
+                #expect(fcntl(other.descriptor, F_GETFD) == -1 && errno == EBADF)
+                #expect(dup2(fresh.descriptor, other.descriptor) == other.descriptor)
+                Glibc.close(fresh.descriptor)
+            }
+            let reused = ClientSocket(descriptor: other.descriptor)
+            try! group.watch(reused, for: .readable, owner: newcomer)
+            // The next turn, after this one's events: close everything.
+            try! timer.start(timeout: 0) {
+                group.close(reused)
+                group.close(own)
+                group.close()
+                timer.close()
+                for s in accepted { s.close() }
+                listener.close()
+            }
+        }
+        first.onEvent = { swap(closing: b, keeping: a) }
+        second.onEvent = { swap(closing: a, keeping: b) }
+        try group.watch(a, for: .writable, owner: first)
+        try group.watch(b, for: .writable, owner: second)
+        loop.run()
+        first.onEvent = nil  // they hold the owners and the group
+        second.onEvent = nil
+        #expect(swaps == 1)
+        #expect(first.events.count + second.events.count == 1, "only the first socket told is told")
+        #expect(newcomer.events.isEmpty, "the closed socket's event reached the new one")
+        try loop.close()
+    }
+
+    /// A group's owners by descriptor: an event is for the owner only with the generation it was
+    /// watched under; forgetting or replacing the socket on a descriptor drops the old one's
+    /// events; a far descriptor grows the table; each new generation differs.
+    @Test func clientSocketOwnersAnswerOnlyTheirOwnGeneration() throws {
+        let loop = try Loop()
+        let group = try ClientSocketGroup(loop: loop)
+        let one = GroupOwner(group: group), two = GroupOwner(group: group)
+        var owners = ClientSocketOwners()
+        #expect(owners.generation(of: 7) == nil)
+        #expect(owners.owner(of: 7, generation: 0) == nil)
+        let g1 = owners.newGeneration(), g2 = owners.newGeneration()
+        #expect(g1 != g2)
+        owners.record(one, of: 7, generation: g1)
+        #expect(owners.generation(of: 7) == g1)
+        #expect(owners.owner(of: 7, generation: g1) === one)
+        #expect(owners.owner(of: 7, generation: g2) == nil)
+        #expect(owners.owner(of: 6, generation: g1) == nil)
+        owners.record(two, of: 7, generation: g2)  // another socket on the same descriptor
+        #expect(owners.owner(of: 7, generation: g1) == nil)
+        #expect(owners.owner(of: 7, generation: g2) === two)
+        owners.record(one, of: 5_000, generation: g1)
+        #expect(owners.owner(of: 5_000, generation: g1) === one)
+        owners.forget(7)
+        owners.forget(9_999)  // never watched: nothing to forget
+        #expect(owners.owner(of: 7, generation: g2) == nil)
+        #expect(owners.generation(of: 7) == nil)
+        owners.removeAll()
+        #expect(owners.owner(of: 5_000, generation: g1) == nil)
+        group.close()
+        loop.run()
+        try loop.close()
+    }
+
     /// `tcpi_segs_out` (Linux 4.2): at byte 136 of the kernel's `struct tcp_info`, which
     /// Glibc's shorter copy of the struct lacks.
     private func segmentsSent(_ fd: Int32) throws -> UInt32 {

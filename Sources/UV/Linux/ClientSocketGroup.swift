@@ -36,10 +36,8 @@ public protocol ClientSocketOwner: AnyObject {
 public final class ClientSocketGroup {
     private let epoll: Int32
     private let poll: Poll
-    /// Watched sockets: their owner and the generation its events carry, so an event read for a
-    /// socket closed meanwhile never reaches a later socket with the same descriptor.
-    private var watched: [Int32: (owner: ClientSocketOwner, generation: UInt32)] = [:]
-    private var generation: UInt32 = 0
+    /// Unchecked: see `ClientSocketOwners`.
+    @exclusivity(unchecked) private var watched = ClientSocketOwners()
     private let capacity = 256
     private let events: UnsafeMutablePointer<epoll_event>
 
@@ -121,26 +119,20 @@ public final class ClientSocketGroup {
     /// always reported. `epoll_ctl(2)`.
     public func watch(_ socket: ClientSocket, for interest: ClientSocketEvents, owner: ClientSocketOwner) throws(UVOperationError) {
         let fd = socket.descriptor
-        let known = watched[fd]
-        let current: UInt32
-        if let known {
-            current = known.generation
-        } else {
-            generation &+= 1
-            current = generation
-        }
+        let known = watched.generation(of: fd)
+        let current = known ?? watched.newGeneration()
         var event = epoll_event()
         event.events = (interest.contains(.readable) ? EPOLLIN.rawValue : 0) | (interest.contains(.writable) ? EPOLLOUT.rawValue : 0)
         event.data.u64 = UInt64(current) << 32 | UInt64(UInt32(bitPattern: fd))
         if epoll_ctl(epoll, known == nil ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &event) != 0 {
             throw UVOperationError("epoll_ctl", code: -errno)
         }
-        watched[fd] = (owner, current)
+        watched.record(owner, of: fd, generation: current)
     }
 
     /// Closes the socket (which also takes it out of the epoll set) and forgets its owner. `close(2)`.
     public func close(_ socket: ClientSocket) {
-        watched[socket.descriptor] = nil
+        watched.forget(socket.descriptor)
         Glibc.close(socket.descriptor)
     }
 
@@ -153,12 +145,12 @@ public final class ClientSocketGroup {
             for i in 0..<Int(n) {
                 let event = events[i]
                 let fd = Int32(bitPattern: UInt32(truncatingIfNeeded: event.data.u64))
-                guard let entry = watched[fd], entry.generation == UInt32(truncatingIfNeeded: event.data.u64 >> 32) else { continue }
+                guard let owner = watched.owner(of: fd, generation: UInt32(truncatingIfNeeded: event.data.u64 >> 32)) else { continue }
                 var ready: ClientSocketEvents = []
                 if event.events & EPOLLIN.rawValue != 0 { ready.insert(.readable) }
                 if event.events & EPOLLOUT.rawValue != 0 { ready.insert(.writable) }
                 if event.events & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 { ready.insert(.failed) }
-                entry.owner.socket(ClientSocket(descriptor: fd), isReady: ready)
+                owner.socket(ClientSocket(descriptor: fd), isReady: ready)
             }
             if Int(n) < capacity { return }
         }
