@@ -309,7 +309,7 @@ struct DescriptorExhaustionTests {
         client.send(Array(String(data.count).utf8) + data)
         client.shutdownWrite()
         #expect(client.readUntilEOF() != nil)
-        #expect(server.eventually { server.storedFiles().count == 1 })
+        #expect(server.eventually { server.storedFiles().count == 1 }, "\(server.log.text)")
         let end = server.stop()
         #expect(end?.status == 0)
         #expect(end?.log.contains("out of descriptors") == true, "\(end?.log ?? "no exit")")
